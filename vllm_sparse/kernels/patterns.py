@@ -16,6 +16,12 @@ class SparsePatternError(ValueError):
     """A weight does not have the sparsity pattern it was declared or packed with."""
 
 
+class SparseLayoutError(SparsePatternError):
+    """A compressed layout is malformed (wrong dtype or shape, metadata out of range,
+    bitmap and value counts that disagree). A subclass of ``SparsePatternError`` so one
+    ``except`` catches every "this sparse weight is not what it claims" error."""
+
+
 @dataclass(frozen=True, order=True)
 class NMPattern:
     n: int

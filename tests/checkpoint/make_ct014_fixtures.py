@@ -1,0 +1,263 @@
+"""Write the compressed-tensors 0.14.0.1 reference fixtures, or check our files
+with 0.14.0.1. Runs ONLY inside .venv-ct014 (see scripts/ct014_venv.sh):
+
+    .venv-ct014/bin/python tests/checkpoint/make_ct014_fixtures.py write [OUT_DIR]
+    .venv-ct014/bin/python tests/checkpoint/make_ct014_fixtures.py verify MODEL_DIR
+
+``write`` (default OUT_DIR: tests/checkpoint/fixtures/ct014) produces:
+
+* ``<dtype>_<structure>/`` for dtype in bf16/fp16/fp32 and structure in
+  unstructured/2of4: a tiny seeded random ``LlamaForCausalLM`` (transformers 4.x),
+  magnitude-pruned (50% per weight, or 2 of every 4), saved the way llm-compressor
+  saves a sparse model: ``ModelCompressor.from_pretrained_model`` ->
+  ``compress_model`` (in place) -> ``save_pretrained`` -> ``update_config``.
+  Files: ``dense.safetensors`` (the pruned dense state dict before compression),
+  ``model.safetensors`` (what 0.14.0.1 wrote) and ``config.json`` (with the
+  ``quantization_config`` block 0.14.0.1 wrote).
+* ``edge/<dtype>/``: hand-made tensors that exercise corner cases of the two
+  compressors directly (cols not a multiple of 8, -0.0, NaN/inf, 1-D and all-zero
+  weights, 2:4 groups with ties, fewer than 2 or more than 2 non-zeros).
+  ``input.safetensors``, ``<format>.safetensors`` (0.14.0.1's compress of every
+  ``*.weight`` in input) and ``<format>.decompressed.safetensors`` (0.14.0.1's
+  decompress of that).
+
+``verify`` loads MODEL_DIR (config.json with a quantization_config block +
+model.safetensors, written by OUR code) with 0.14.0.1's ``ModelCompressor`` into a
+fresh model, and compares every tensor bit for bit with MODEL_DIR/dense.safetensors.
+Prints one JSON line; exit status 0 only when everything matched.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_OUT = HERE / "fixtures" / "ct014"
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+STRUCTURES = {"unstructured": "sparse-bitmask", "2of4": "sparse-24-bitmask"}
+
+# Small, but with in_features 36 and 52: multiples of 4 (2:4 needs that) and not
+# of 8, so every bitmask row ends in a padded byte.
+LLAMA_CONFIG = dict(
+    vocab_size=48,
+    hidden_size=36,
+    intermediate_size=52,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    max_position_embeddings=64,
+    tie_word_embeddings=False,
+)
+
+
+def _require_ct014() -> None:
+    import compressed_tensors
+
+    if compressed_tensors.__version__ != "0.14.0.1":
+        sys.exit(
+            f"needs compressed-tensors 0.14.0.1 (scripts/ct014_venv.sh), "
+            f"found {compressed_tensors.__version__}"
+        )
+
+
+def _prune(weight: torch.Tensor, structure: str) -> torch.Tensor:
+    w = weight.clone()
+    if structure == "2of4":
+        groups = w.view(-1, 4)
+        drop = groups.abs().float().argsort(dim=1)[:, :2]
+        groups.scatter_(1, drop, 0)
+    else:
+        k = w.numel() // 2
+        order = w.abs().float().flatten().argsort()
+        w.view(-1)[order[:k]] = 0
+    return w
+
+
+def _tiny_llama(dtype: torch.dtype, structure: str):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(1234)
+    model = LlamaForCausalLM(LlamaConfig(**LLAMA_CONFIG))
+    # Random norms too, so a dense tensor that slipped through unchanged is visible.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1 + 0.1 * torch.randn_like(p))
+    model = model.to(dtype)
+    zeros = total = 0
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and name != "lm_head":
+                module.weight.copy_(_prune(module.weight, structure))
+                zeros += int((module.weight == 0).sum())
+                total += module.weight.numel()
+    return model, zeros / total
+
+
+def write_models(out: Path) -> None:
+    from compressed_tensors.compressors import ModelCompressor
+    from compressed_tensors.config import SparsityCompressionConfig
+
+    for dname, dtype in DTYPES.items():
+        for sname, fmt in STRUCTURES.items():
+            model, sparsity = _tiny_llama(dtype, sname)
+            dense = {k: v.clone().contiguous() for k, v in model.state_dict().items()}
+            config = SparsityCompressionConfig.load_from_registry(
+                fmt,
+                targets=["Linear"],
+                ignore=["lm_head"],
+                global_sparsity=sparsity,
+                sparsity_structure="2:4" if sname == "2of4" else "unstructured",
+            )
+            compressor = ModelCompressor.from_pretrained_model(
+                model, sparsity_config_or_format=config
+            )
+            # The state-dict path must agree with the in-place path used for saving.
+            via_state_dict = compressor.compress(model)
+            compressor.compress_model(model)
+            d = out / f"{dname}_{sname}"
+            if d.exists():
+                shutil.rmtree(d)
+            with tempfile.TemporaryDirectory() as tmp:
+                model.save_pretrained(tmp, safe_serialization=True)
+                compressor.update_config(tmp)
+                d.mkdir(parents=True)
+                shutil.copy(Path(tmp) / "config.json", d / "config.json")
+                shutil.copy(Path(tmp) / "model.safetensors", d / "model.safetensors")
+            written = load_file(d / "model.safetensors")
+            assert written.keys() == via_state_dict.keys(), (
+                sorted(written.keys() ^ via_state_dict.keys())
+            )
+            for k, v in written.items():
+                assert v.dtype == via_state_dict[k].dtype and torch.equal(
+                    v, via_state_dict[k]
+                ), k
+            save_file(dense, d / "dense.safetensors")
+            print(f"wrote {d.relative_to(out)}: sparsity {sparsity:.4f}")
+
+
+def _edge_inputs(dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(99)
+    inf, nan = float("inf"), float("nan")
+
+    odd = torch.randn(5, 13, generator=g)
+    odd[torch.rand(5, 13, generator=g) < 0.6] = 0
+    odd[0, 1], odd[2, 12], odd[3, 3], odd[4, 0] = -0.0, nan, inf, -inf
+
+    # 2:4 corner cases, one group of 4 per line (cols are a multiple of 4).
+    groups = torch.tensor(
+        [
+            [0.0, 0.0, 0.0, 0.0],  # no non-zero: two zeros are kept
+            [0.0, 0.5, 0.0, 0.0],  # one non-zero
+            [0.0, -0.0, 0.0, 0.0],  # -0.0 only
+            [1.0, -1.0, 1.0, -1.0],  # four-way tie (lossy)
+            [0.25, 0.0, -0.25, 0.0],  # exactly 2, equal magnitude
+            [3.0, 1.0, 2.0, 0.0],  # three non-zeros (lossy)
+            [1.0, 2.0, 3.0, 4.0],  # four non-zeros (lossy)
+            [0.0, 0.0, 2.0, -2.0],  # exactly 2, at the end
+            [-0.0, 0.0, 7.0, 0.0],  # one non-zero and a -0.0
+            [0.5, 0.5, 0.0, 0.5],  # three-way tie (lossy)
+            [0.0, 0.0, 0.0, 1.0],
+            [2.0, 0.0, 0.0, 0.0],
+        ]
+    )
+    ties = groups.reshape(3, 16)
+
+    valid24 = _prune(torch.randn(6, 12, generator=g), "2of4")
+
+    return {
+        "odd.weight": odd,
+        "ties.weight": ties,
+        "valid24.weight": valid24,
+        "one_row.weight": _prune(torch.randn(1, 20, generator=g), "2of4"),
+        "zeros.weight": torch.zeros(3, 8),
+        "vector.weight": torch.tensor([0.0, 1.5, 0, 0, -2.0, 0, 0, 0, 0, 3.0, 0]),
+        "not_a_weight.bias": torch.randn(7, generator=g),
+    }
+
+
+def write_edge(out: Path) -> None:
+    from compressed_tensors.compressors import BaseCompressor
+    from compressed_tensors.config import SparsityCompressionConfig
+
+    for dname, dtype in DTYPES.items():
+        d = out / "edge" / dname
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
+        inputs = {k: v.to(dtype).contiguous() for k, v in _edge_inputs(dtype).items()}
+        save_file(inputs, d / "input.safetensors")
+        for fmt in STRUCTURES.values():
+            chosen = dict(inputs)
+            if fmt == "sparse-24-bitmask":
+                # 0.14.0.1 asserts 2-D for 2:4, and groups must not cross rows.
+                chosen = {k: v for k, v in inputs.items() if k not in ("odd.weight", "vector.weight")}
+            compressor = BaseCompressor.load_from_registry(
+                fmt, config=SparsityCompressionConfig.load_from_registry(fmt)
+            )
+            compressed = compressor.compress(chosen)
+            save_file(compressed, d / f"{fmt}.safetensors")
+            decompressed = dict(compressor.decompress_from_state_dict(compressed))
+            save_file(
+                {k: v.contiguous() for k, v in decompressed.items()},
+                d / f"{fmt}.decompressed.safetensors",
+            )
+        print(f"wrote edge/{dname}")
+
+
+def verify(model_dir: Path) -> int:
+    from compressed_tensors.compressors import ModelCompressor
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir)
+    qcfg = config.quantization_config
+    del config.quantization_config
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, torch_dtype=config.torch_dtype)
+    with torch.no_grad():  # poison: every weight must come from the checkpoint
+        for p in model.parameters():
+            p.fill_(123.0)
+    compressor = ModelCompressor.from_compression_config(qcfg)
+    compressor.decompress(str(model_dir), model)
+    expected = load_file(model_dir / "dense.safetensors")
+    got = model.state_dict()
+    problems = []
+    for name, want in expected.items():
+        have = got.get(name)
+        if have is None:
+            problems.append(f"{name}: missing")
+        elif have.dtype != want.dtype or have.shape != want.shape:
+            problems.append(f"{name}: {have.dtype}{tuple(have.shape)} != {want.dtype}{tuple(want.shape)}")
+        elif not torch.equal(have.contiguous().view(torch.uint8), want.contiguous().view(torch.uint8)):
+            problems.append(f"{name}: values differ")
+    print(json.dumps({
+        "sparsity_format": compressor.sparsity_config.format if compressor.sparsity_config else None,
+        "checked": len(expected),
+        "problems": problems,
+    }))
+    return 1 if problems else 0
+
+
+def main(argv: list[str]) -> int:
+    _require_ct014()
+    cmd = argv[0] if argv else "write"
+    if cmd == "write":
+        out = Path(argv[1]) if len(argv) > 1 else DEFAULT_OUT
+        write_models(out)
+        write_edge(out)
+        return 0
+    if cmd == "verify":
+        return verify(Path(argv[1]))
+    sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

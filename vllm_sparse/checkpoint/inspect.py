@@ -1,0 +1,51 @@
+"""``vllm-sparse inspect``: the per-layer table of a checkpoint, without serving it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..kernels import DENSE, analyze_weight, dispatcher
+from .compressed_tensors_format import SPARSE_FORMATS, decompress_state_dict, parse_sparsity_config
+from .layer_table import LayerRow
+from .pruning import prunable_layer_index
+from .sparsity_spec import SparsitySpec
+from .writer import load_state_dict
+
+
+def read_sparsity_spec(model_dir: str | Path) -> SparsitySpec:
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    quantization = config.get("quantization_config") or {}
+    if quantization.get("sparsity_config"):
+        return parse_sparsity_config(quantization)
+    return SparsitySpec.detect_all()
+
+
+def inspect_checkpoint(model_dir: str | Path, device: str = "cpu") -> list[LayerRow]:
+    spec = read_sparsity_spec(model_dir)
+    tensors = load_state_dict(model_dir)
+    if spec.format in SPARSE_FORMATS:
+        tensors = decompress_state_dict(tensors, spec.format)
+    linear = [name for name in tensors if prunable_layer_index(name) is not None]
+    linear.sort(key=lambda name: (prunable_layer_index(name), name))
+    rows = []
+    for name in linear:
+        weight = tensors[name]
+        analysis = analyze_weight(weight)
+        path = dispatcher.select_path(analysis, weight.dtype, torch.device(device))
+        dense = dispatcher.dense_bytes(analysis, weight.dtype)
+        stored = dense if path == DENSE else dispatcher.compressed_bytes(analysis, weight.dtype)
+        rows.append(
+            LayerRow(
+                name=name.removesuffix(".weight"),
+                shape=analysis.shape,
+                pattern=analysis.pattern_name,
+                sparsity=analysis.sparsity,
+                kernel=path,
+                dense_bytes=dense,
+                stored_bytes=stored,
+            )
+        )
+    return rows

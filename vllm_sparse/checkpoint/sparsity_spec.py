@@ -1,0 +1,51 @@
+"""What a checkpoint declares about its sparsity (from config.json), in one object."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from ..kernels.patterns import NMPattern
+
+DENSE_FORMAT = "dense"
+UNSTRUCTURED = "unstructured"
+
+
+@dataclass(frozen=True)
+class SparsitySpec:
+    """``format``: how weights are stored (``dense``, ``sparse-bitmask``,
+    ``sparse-24-bitmask``). ``structure``: the declared pattern (``2:4``, ``4:8``,
+    ``unstructured``) or None when nothing is declared. ``targets`` and ``ignore``
+    follow compressed-tensors: class names such as ``Linear``, module names, or
+    ``re:`` regular expressions."""
+
+    format: str = DENSE_FORMAT
+    structure: str | None = None
+    targets: tuple[str, ...] = ("Linear",)
+    ignore: tuple[str, ...] = ("lm_head",)
+    global_sparsity: float | None = None
+    extra: dict = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def detect_all(cls) -> "SparsitySpec":
+        """Nothing declared: dense storage, every linear layer scanned at load."""
+        return cls()
+
+    @property
+    def nm_pattern(self) -> NMPattern | None:
+        if self.structure in (None, "", UNSTRUCTURED, "0:0"):
+            return None
+        return NMPattern.parse(self.structure)
+
+    def applies_to(self, module_name: str) -> bool:
+        """Whether a linear module (checkpoint name, e.g. ``model.layers.0.mlp.up_proj``)
+        is covered by the declaration."""
+        if any(_matches(module_name, rule) for rule in self.ignore):
+            return False
+        return any(rule == "Linear" or _matches(module_name, rule) for rule in self.targets)
+
+
+def _matches(module_name: str, rule: str) -> bool:
+    if rule.startswith("re:"):
+        return re.match(rule[3:], module_name) is not None
+    return module_name == rule or module_name.endswith("." + rule)

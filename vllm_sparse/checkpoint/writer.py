@@ -1,0 +1,90 @@
+"""Write a pruned checkpoint: the source model's files with new weights, stored
+dense (zeros kept) or in a compressed-tensors sparse format, and a config.json whose
+``quantization_config`` declares the sparsity so the plugin needs no flag."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .compressed_tensors_format import SPARSE_FORMATS, compress_state_dict, quantization_config_dict
+from .pruning import prunable_layer_index
+from .sparsity_spec import DENSE_FORMAT
+
+STORAGE_FORMATS = (DENSE_FORMAT, *SPARSE_FORMATS)
+WEIGHTS_FILE = "model.safetensors"
+# Pruning covers the decoder's linear layers; everything else is left dense.
+IGNORE = ["lm_head", "re:.*embed_tokens.*"]
+
+
+def load_state_dict(model_dir: str | Path) -> dict[str, torch.Tensor]:
+    tensors: dict[str, torch.Tensor] = {}
+    for path in sorted(Path(model_dir).glob("*.safetensors")):
+        tensors.update(load_file(path))
+    if not tensors:
+        raise FileNotFoundError(f"{model_dir}: no *.safetensors files")
+    return tensors
+
+
+def global_sparsity(state_dict: dict[str, torch.Tensor]) -> float:
+    """Share of zeros over the prunable weights."""
+    total = zeros = 0
+    for name, tensor in state_dict.items():
+        if prunable_layer_index(name) is not None:
+            total += tensor.numel()
+            zeros += tensor.numel() - int(torch.count_nonzero(tensor))
+    return zeros / total if total else 0.0
+
+
+def save_sparse_checkpoint(
+    source_dir: str | Path,
+    state_dict: dict[str, torch.Tensor],
+    out_dir: str | Path,
+    *,
+    storage: str,
+    structure: str,
+    recipe: dict | None = None,
+) -> Path:
+    """Write ``state_dict`` (already pruned) as a checkpoint beside a copy of the
+    source model's config and tokenizer files. ``recipe`` (method and parameters)
+    is recorded in config.json under ``vllm_sparse``."""
+    if storage not in STORAGE_FORMATS:
+        raise ValueError(f"unknown storage format {storage!r}; choose one of {', '.join(STORAGE_FORMATS)}")
+    source_dir, out_dir = Path(source_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path in source_dir.iterdir():
+        if path.is_file() and path.suffix != ".safetensors" and not path.name.endswith(".index.json"):
+            shutil.copy2(path, out_dir / path.name)
+
+    if storage == DENSE_FORMAT:
+        tensors = dict(state_dict)
+    else:
+        tensors = compress_state_dict(state_dict, storage, lambda name: prunable_layer_index(name) is not None)
+    save_file({name: t.contiguous() for name, t in tensors.items()}, out_dir / WEIGHTS_FILE, metadata={"format": "pt"})
+
+    config_path = out_dir / "config.json"
+    config = json.loads(config_path.read_text())
+    config["quantization_config"] = quantization_config_dict(
+        storage,
+        sparsity_structure=structure,
+        global_sparsity=global_sparsity(state_dict),
+        targets=["Linear"],
+        ignore=IGNORE,
+    )
+    if recipe:
+        config["vllm_sparse"] = recipe
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return out_dir
+
+
+def strip_sparsity_declaration(model_dir: str | Path) -> None:
+    """Remove the sparsity declaration from a dense-stored checkpoint, leaving an
+    ordinary dense checkpoint that stock vLLM serves (the baseline in comparisons)."""
+    config_path = Path(model_dir) / "config.json"
+    config = json.loads(config_path.read_text())
+    config.pop("quantization_config", None)
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

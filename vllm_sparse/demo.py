@@ -1,0 +1,56 @@
+"""The main job: fetch the default model, prune it 2:4, store it in the
+compressed-tensors ``sparse-24-bitmask`` format, serve it with vLLM's OpenAI server
+(the plugin loads it with no flag), ask it something and show the layer table the
+server logged."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+PROMPT = "The three most important things to know about the ocean are"
+_TABLE_START = "vllm-sparse layer table:"
+
+
+def extract_layer_table(log_text: str) -> str:
+    """The table the plugin logged at start-up (ANSI colour codes removed)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", log_text)
+    start = text.find(_TABLE_START)
+    if start < 0:
+        return ""
+    lines = text[start:].splitlines()[1:]
+    table = []
+    for line in lines:
+        if line.startswith(("(", "INFO", "WARNING", "DEBUG", "ERROR")) and table and "total (" in table[-1]:
+            break
+        table.append(line)
+        if line.startswith("total ("):
+            break
+    return "\n".join(table)
+
+
+def run_demo(workdir: Path, port: int = 8011) -> int:
+    from .checkpoint.default_model import fetch_default_model
+    from .checkpoint.pruning import PruningPlan, prune_state_dict
+    from .checkpoint.writer import load_state_dict, save_sparse_checkpoint
+    from .kernels import NMPattern
+    from .serving.server_process import OpenAIServer
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    dense_dir = fetch_default_model(workdir / "smollm2-135m")
+    sparse_dir = workdir / "smollm2-135m-2of4"
+    plan = PruningPlan(sparsity=0.5, pattern=NMPattern(2, 4))
+    print(f"pruning {dense_dir} to 2:4 -> {sparse_dir}")
+    save_sparse_checkpoint(
+        dense_dir, prune_state_dict(load_state_dict(dense_dir), plan), sparse_dir,
+        storage="sparse-24-bitmask", structure=plan.structure,
+        recipe={"method": "magnitude", "pattern": "2:4", "sparsity": 0.5},
+    )
+    print(f"serving {sparse_dir} with vLLM's OpenAI server on port {port} (log: {workdir / 'server.log'})")
+    with OpenAIServer(sparse_dir, port, workdir / "server.log") as server:
+        answer = server.complete(PROMPT, max_tokens=32)
+        table = extract_layer_table(server.log_text())
+    print(f"\nprompt: {PROMPT}\nanswer: {answer}\n")
+    print("layer table logged by the server at start-up:")
+    print(table or "(not found in the server log)")
+    return 0 if table else 1

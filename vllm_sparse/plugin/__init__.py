@@ -1,0 +1,15 @@
+"""Everything that touches vLLM. ``register()`` is the ``vllm.general_plugins``
+entry point: vLLM calls it in every process (API server, engine core, each worker),
+so it must be cheap and idempotent."""
+
+_registered = False
+
+
+def register() -> None:
+    global _registered
+    if _registered:
+        return
+    # Importing the module registers the quantization config with vLLM.
+    from . import sparse_config  # noqa: F401
+
+    _registered = True

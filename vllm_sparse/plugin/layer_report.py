@@ -1,0 +1,25 @@
+"""Collects one table row per sparse-aware layer as the model loads and logs the
+whole table once the last layer is done."""
+
+from __future__ import annotations
+
+import logging
+
+from ..checkpoint.layer_table import LayerRow, format_layer_table
+
+
+class LayerReport:
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+        self._pending: set[str] = set()
+        self.rows: list[LayerRow] = []
+
+    def expect(self, layer_name: str) -> None:
+        """A layer was built with our linear method; its row will come at load."""
+        self._pending.add(layer_name)
+
+    def add(self, row: LayerRow) -> None:
+        self.rows.append(row)
+        self._pending.discard(row.name)
+        if not self._pending:
+            self._logger.info("vllm-sparse layer table:\n%s", format_layer_table(self.rows))

@@ -1,0 +1,228 @@
+"""The linear method vLLM runs for every linear layer of a sparse checkpoint.
+
+Loading: each layer owns the ordinary dense ``weight`` parameter that stock vLLM
+creates, plus, for compressed-tensors sparse formats, one placeholder parameter per
+stored part (``compressed``, ``bitmask``, ...). Parts arriving from the checkpoint
+are gathered per shard (q/k/v, gate/up); once a shard is complete it is validated,
+decompressed and handed to vLLM's own weight loader, which handles fusing and tensor
+parallel slicing exactly as for a dense checkpoint. Dense-stored shards go straight
+through. ``process_weights_after_loading`` then refuses any layer with a shard
+missing (nothing half-loaded is served), checks a declared N:M pattern, detects the
+layer's real pattern and asks the kernel dispatcher for its path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ..checkpoint.compressed_tensors_format import PART_NAMES, decompress_weight
+from ..checkpoint.sparsity_spec import SparsitySpec
+from ..checkpoint.errors import CheckpointError
+from ..checkpoint.layer_table import LayerRow
+from ..kernels import DENSE, analyze_weight, dispatcher, find_nm_violation
+from .layer_report import LayerReport
+from .vllm_internals import (
+    LinearMethodBase,
+    QKVParallelLinear,
+    UnquantizedLinearMethod,
+    register_weight_loader_v2_supported_method,
+)
+
+_QKV_SHARD_INDEX = {"q": 0, "k": 1, "v": 2}
+
+
+class ShardAssembler:
+    """Gathers one layer's checkpoint tensors, shard by shard."""
+
+    def __init__(
+        self,
+        layer_name: str,
+        shard_names: list[str],
+        shard_shapes: list[tuple[int, int]],
+        part_names: tuple[str, ...],
+        storage_format: str,
+        load_dense: Callable[[torch.Tensor, object], None],
+    ) -> None:
+        self.layer_name = layer_name
+        self.shard_names = shard_names
+        self.shard_shapes = shard_shapes
+        self.part_names = part_names
+        self.storage_format = storage_format
+        self._load_dense = load_dense
+        self._parts: dict[int, dict[str, torch.Tensor]] = {}
+        self._done: set[int] = set()
+
+    def shard_index(self, shard_id) -> int:
+        if shard_id is None:
+            return 0
+        return _QKV_SHARD_INDEX[shard_id] if isinstance(shard_id, str) else int(shard_id)
+
+    def load_dense(self, loaded: torch.Tensor, shard_id) -> None:
+        index = self.shard_index(shard_id)
+        name = f"{self.shard_names[index]}.weight"
+        self._check_shape(index, tuple(loaded.shape), name)
+        self._mark_done(index, name)
+        self._load_dense(loaded, shard_id)
+
+    def load_part(self, part: str, loaded: torch.Tensor, shard_id) -> None:
+        index = self.shard_index(shard_id)
+        parts = self._parts.setdefault(index, {})
+        name = f"{self.shard_names[index]}.{part}"
+        if part in parts:
+            raise CheckpointError(f"{name}: tensor appears twice in the checkpoint")
+        parts[part] = loaded
+        if len(parts) < len(self.part_names):
+            return
+        del self._parts[index]
+        dense = decompress_weight(parts, self.storage_format, name=self.shard_names[index])
+        self._check_shape(index, tuple(dense.shape), f"{self.shard_names[index]} (decompressed)")
+        self._mark_done(index, self.shard_names[index])
+        self._load_dense(dense, shard_id)
+
+    def _check_shape(self, index: int, shape: tuple[int, ...], name: str) -> None:
+        expected = self.shard_shapes[index]
+        if shape != expected:
+            raise CheckpointError(
+                f"{name}: shape {list(shape)} does not match the model config, "
+                f"which needs {list(expected)} for {self.shard_names[index]}"
+            )
+
+    def _mark_done(self, index: int, name: str) -> None:
+        if index in self._done:
+            raise CheckpointError(f"{name}: {self.shard_names[index]} is stored twice in the checkpoint")
+        self._done.add(index)
+
+    def missing(self) -> list[str]:
+        """Descriptions of every shard not (completely) loaded."""
+        problems = []
+        for index, shard in enumerate(self.shard_names):
+            if index in self._done:
+                continue
+            have = sorted(self._parts.get(index, {}))
+            if have:
+                need = sorted(set(self.part_names) - set(have))
+                problems.append(f"{shard}: has {have} but lacks {need}")
+            else:
+                problems.append(f"{shard}: no weight in the checkpoint")
+        return problems
+
+
+def _shard_shapes(layer: torch.nn.Module, output_size: int, input_size: int, count: int) -> list[tuple[int, int]]:
+    sizes = getattr(layer, "output_sizes", None)
+    if count > 1 and sizes is not None and len(sizes) == count:
+        return [(int(size), input_size) for size in sizes]
+    return [(output_size, input_size)]
+
+
+@register_weight_loader_v2_supported_method
+class SparseLinearMethod(LinearMethodBase):
+    def __init__(self, spec: SparsitySpec, report: LayerReport, prefix: str, shard_names: list[str]) -> None:
+        self.spec = spec
+        self.report = report
+        self.prefix = prefix
+        self.shard_names = shard_names
+        self.dense_method = UnquantizedLinearMethod()
+
+    def create_weights(
+        self,
+        layer: torch.nn.Module,
+        input_size_per_partition: int,
+        output_partition_sizes: list[int],
+        input_size: int,
+        output_size: int,
+        params_dtype: torch.dtype,
+        **extra_weight_attrs,
+    ) -> None:
+        vllm_loader = extra_weight_attrs["weight_loader"]
+        self.dense_method.create_weights(
+            layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
+            params_dtype, **extra_weight_attrs,
+        )
+        weight = layer.weight
+        if isinstance(layer, QKVParallelLinear) or len(output_partition_sizes) > 1:
+            shard_count = len(output_partition_sizes)
+        else:
+            shard_count = 1
+        if len(self.shard_names) != shard_count:
+            self.shard_names = [f"{self.prefix}[{i}]" for i in range(shard_count)] if shard_count > 1 else [self.prefix]
+
+        def load_into_weight(loaded: torch.Tensor, shard_id) -> None:
+            if shard_id is None:
+                vllm_loader(weight, loaded)
+            else:
+                vllm_loader(weight, loaded, shard_id)
+
+        part_names = PART_NAMES.get(self.spec.format, ())
+        assembler = ShardAssembler(
+            self.prefix,
+            self.shard_names,
+            _shard_shapes(layer, output_size, input_size, shard_count),
+            part_names,
+            self.spec.format,
+            load_into_weight,
+        )
+        assembler.partition_rows = list(output_partition_sizes)
+        layer.sparse_assembler = assembler
+        weight.weight_loader = lambda param, loaded, shard_id=None: assembler.load_dense(loaded, shard_id)
+        for part in part_names:
+            placeholder = torch.nn.Parameter(torch.empty(0, dtype=torch.uint8), requires_grad=False)
+            placeholder.weight_loader = (
+                lambda param, loaded, shard_id=None, part=part: assembler.load_part(part, loaded, shard_id)
+            )
+            layer.register_parameter(part, placeholder)
+
+    def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
+        assembler: ShardAssembler = layer.sparse_assembler
+        missing = assembler.missing()
+        if missing:
+            raise CheckpointError(f"{self.prefix}: incomplete weights: " + "; ".join(missing))
+        for part in assembler.part_names:
+            delattr(layer, part)
+        del layer.sparse_assembler
+
+        weight = layer.weight.data
+        self._check_declared_pattern(weight, assembler)
+        analysis = analyze_weight(weight)
+        path = dispatcher.select_path(analysis, weight.dtype, weight.device)
+        layer.sparse_path = path
+        if path == DENSE:
+            stored = dispatcher.dense_bytes(analysis, weight.dtype)
+            self.dense_method.process_weights_after_loading(layer)
+        else:
+            layer.sparse_weight = dispatcher.pack_for_path(weight, analysis, path)
+            stored = layer.sparse_weight.stored_bytes
+            del layer.weight
+        self.report.add(
+            LayerRow(
+                name=self.prefix,
+                shape=analysis.shape,
+                pattern=analysis.pattern_name,
+                sparsity=analysis.sparsity,
+                kernel=path,
+                dense_bytes=dispatcher.dense_bytes(analysis, weight.dtype),
+                stored_bytes=stored,
+            )
+        )
+
+    def _check_declared_pattern(self, weight: torch.Tensor, assembler: ShardAssembler) -> None:
+        pattern = self.spec.nm_pattern
+        if pattern is None:
+            return
+        start = 0
+        # With tensor parallelism each shard holds only its slice of rows.
+        for name, rows in zip(assembler.shard_names, assembler.partition_rows):
+            if self.spec.applies_to(name):
+                violation = find_nm_violation(weight[start : start + rows], pattern)
+                if violation is not None:
+                    raise CheckpointError(
+                        f"{name}.weight: declared {pattern} sparse in config.json "
+                        f"(quantization_config.sparsity_config.sparsity_structure) but {violation.describe()}"
+                    )
+            start += rows
+
+    def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if layer.sparse_path == DENSE:
+            return self.dense_method.apply(layer, x, bias)
+        return dispatcher.sparse_linear(x, layer.sparse_weight, bias)

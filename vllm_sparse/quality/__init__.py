@@ -1,0 +1,1 @@
+"""Quality measurements (perplexity) that anyone can rerun."""

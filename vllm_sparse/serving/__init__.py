@@ -1,0 +1,1 @@
+"""Serving: running vLLM's servers with the plugin, and talking to them."""
