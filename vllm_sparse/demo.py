@@ -10,21 +10,22 @@ from pathlib import Path
 
 PROMPT = "The three most important things to know about the ocean are"
 _TABLE_START = "vllm-sparse layer table:"
+# vLLM prefixes every logged line, e.g. "(EngineCore pid=7) INFO 11-23 10:00:00 [layer_report.py:25] ".
+_LOG_PREFIX = re.compile(r"^.*?\[layer_report\.py:\d+\] ?")
 
 
 def extract_layer_table(log_text: str) -> str:
-    """The table the plugin logged at start-up (ANSI colour codes removed)."""
+    """The table the plugin logged at start-up, without vLLM's log-line prefixes
+    and colour codes."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", log_text)
-    start = text.find(_TABLE_START)
-    if start < 0:
+    lines = text.splitlines()
+    starts = [i for i, line in enumerate(lines) if _TABLE_START in line]
+    if not starts:
         return ""
-    lines = text[start:].splitlines()[1:]
     table = []
-    for line in lines:
-        if line.startswith(("(", "INFO", "WARNING", "DEBUG", "ERROR")) and table and "total (" in table[-1]:
-            break
-        table.append(line)
-        if line.startswith("total ("):
+    for line in lines[starts[-1] + 1 :]:
+        table.append(_LOG_PREFIX.sub("", line))
+        if table[-1].startswith("total ("):
             break
     return "\n".join(table)
 

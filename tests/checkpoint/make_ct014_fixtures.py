@@ -2,7 +2,7 @@
 with 0.14.0.1. Runs ONLY inside .venv-ct014 (see scripts/ct014_venv.sh):
 
     .venv-ct014/bin/python tests/checkpoint/make_ct014_fixtures.py write [OUT_DIR]
-    .venv-ct014/bin/python tests/checkpoint/make_ct014_fixtures.py verify MODEL_DIR
+    .venv-ct014/bin/python tests/checkpoint/make_ct014_fixtures.py verify MODEL_DIR...
 
 ``write`` (default OUT_DIR: tests/checkpoint/fixtures/ct014) produces:
 
@@ -21,10 +21,10 @@ with 0.14.0.1. Runs ONLY inside .venv-ct014 (see scripts/ct014_venv.sh):
   ``*.weight`` in input) and ``<format>.decompressed.safetensors`` (0.14.0.1's
   decompress of that).
 
-``verify`` loads MODEL_DIR (config.json with a quantization_config block +
+``verify`` loads each MODEL_DIR (config.json with a quantization_config block +
 model.safetensors, written by OUR code) with 0.14.0.1's ``ModelCompressor`` into a
 fresh model, and compares every tensor bit for bit with MODEL_DIR/dense.safetensors.
-Prints one JSON line; exit status 0 only when everything matched.
+Prints one JSON line per directory; exit status 0 only when everything matched.
 """
 
 from __future__ import annotations
@@ -239,6 +239,7 @@ def verify(model_dir: Path) -> int:
         elif not torch.equal(have.contiguous().view(torch.uint8), want.contiguous().view(torch.uint8)):
             problems.append(f"{name}: values differ")
     print(json.dumps({
+        "dir": str(model_dir),
         "sparsity_format": compressor.sparsity_config.format if compressor.sparsity_config else None,
         "checked": len(expected),
         "problems": problems,
@@ -254,8 +255,8 @@ def main(argv: list[str]) -> int:
         write_models(out)
         write_edge(out)
         return 0
-    if cmd == "verify":
-        return verify(Path(argv[1]))
+    if cmd == "verify" and len(argv) > 1:
+        return max(verify(Path(d)) for d in argv[1:])
     sys.exit(__doc__)
 
 

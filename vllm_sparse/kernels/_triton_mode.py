@@ -1,17 +1,14 @@
-"""Decides, once per process, whether our Triton kernels run compiled or interpreted.
+"""Whether our Triton kernels run compiled (CUDA) or interpreted (CPU, for tests).
 
-Triton picks compiled (``JITFunction``) or interpreted (``InterpretedFunction``) at
-decoration time, from ``TRITON_INTERPRET``. Relying on the caller to export that
-variable before the first import is fragile (any earlier import of a kernel module
-fixes the mode), and exporting it process-wide would also switch every *other*
-library's Triton kernels (vLLM's) to the interpreter. So our kernel modules decorate
-with :func:`jit`, which sets the mode only while decorating *our* functions:
+Triton fixes the mode when ``triton.language`` is first imported: its own helpers
+(``tl.zeros``, ``tl.cumsum`` ...) become interpreted only if ``TRITON_INTERPRET=1``
+was set by then. A kernel decorated in the other mode cannot call them. So we do not
+read the variable ourselves: we look at the mode ``triton.language`` was built in and
+decorate our kernels the same way (``jit`` below), so they always agree.
 
-* ``VLLM_SPARSE_TRITON_INTERPRET=1`` / ``=0`` forces interpreted / compiled;
-* otherwise we interpret when ``TRITON_INTERPRET=1`` or when no CUDA device exists
-  (there is no compiled CPU backend, so the interpreter is the only way to run there).
-
-The compile-only Hopper check runs with ``VLLM_SPARSE_TRITON_INTERPRET=0``.
+To run the kernels on CPU, export ``TRITON_INTERPRET=1`` before anything imports
+triton (tests/kernels/conftest.py does). Without it, on a machine with no GPU, the
+kernels cannot run and ``sparse_linear`` falls back to the torch reference.
 """
 
 from __future__ import annotations
@@ -20,22 +17,20 @@ import os
 
 import torch
 import triton
+import triton.language as tl
 
 
-def _decide_interpret() -> bool:
-    forced = os.environ.get("VLLM_SPARSE_TRITON_INTERPRET")
-    if forced is not None and forced != "":
-        return forced not in ("0", "false", "False")
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        return True
-    return not torch.cuda.is_available()
+def _language_is_interpreted() -> bool:
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(tl.standard.zeros, InterpretedFunction)
 
 
-INTERPRET: bool = _decide_interpret()
+INTERPRET: bool = _language_is_interpreted()
 
 
 def jit(fn):
-    """``triton.jit`` in the mode this process chose for our kernels."""
+    """``triton.jit`` in the mode ``triton.language`` was imported in."""
     old = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1" if INTERPRET else "0"
     try:
@@ -47,10 +42,18 @@ def jit(fn):
             os.environ["TRITON_INTERPRET"] = old
 
 
+def kernels_can_run(device: torch.device | str) -> bool:
+    device = torch.device(device)
+    return device.type == "cpu" if INTERPRET else device.type == "cuda"
+
+
 def check_device(t: torch.Tensor, what: str) -> None:
     """Fail clearly when a tensor lives where our kernels cannot run."""
     if INTERPRET:
         if t.device.type != "cpu":
             raise ValueError(f"{what} is on {t.device}, but our Triton kernels run interpreted (CPU tensors only)")
     elif t.device.type != "cuda":
-        raise ValueError(f"{what} is on {t.device}; compiled Triton kernels need CUDA tensors")
+        raise ValueError(
+            f"{what} is on {t.device}; compiled Triton kernels need CUDA tensors "
+            "(for CPU, set TRITON_INTERPRET=1 before triton is first imported)"
+        )

@@ -4,32 +4,222 @@ The plugin asks ``select_path`` once per layer (at load time), keeps the weight 
 the layout that path reads (``pack_for_path``) and calls ``sparse_linear`` at run
 time. ``DENSE`` means: keep the ordinary dense weight and let the caller run its
 usual dense matmul (in vLLM, the unquantized linear method), which is what wins on
-CPU, where zeros alone buy nothing.
+CPU, where zeros alone buy nothing (benchmarks/results/cpu_linear.md: torch's CSR
+matmul is slower than dense F.linear at every SmolLM2 shape, sparsity and M).
+
+Paths on CUDA, and why (a heuristic from roofline reasoning: **not yet measured on a
+GPU**; benchmarks/kernels.py produces the numbers to confirm or retune it):
+
+* ``torch_semi_structured`` for 2:4 fp16/bf16 weights on sm_80+ whose shape torch
+  accepts: the vendor sparse tensor cores (cuSPARSELt/CUTLASS) do half the MACs, so
+  they win prefill, and read the same ~56% of bytes as our layout at decode.
+* ``triton_nm`` for other N:M weights (4:8; 2:4 torch cannot take): our N:M kernel
+  reads 56% of the dense bytes, which decode (M <= 64, bandwidth-bound) turns into
+  time. Above ``custom_ops.NM_DIRECT_MAX_M`` rows it unpacks once and uses cuBLAS.
+* ``triton_bitmap`` for unstructured weights at >= 50% sparsity: the bitmap layout
+  reads 0.56x (50%) to 0.17x (90%) of the dense fp16 bytes at decode; above
+  ``custom_ops.BITMAP_DIRECT_MAX_M`` rows it unpacks and uses cuBLAS (prefill is
+  compute-bound, and dense tensor cores beat any gather-based sparse kernel there).
+* ``dense`` otherwise (sparsity < 30%, or unsupported dtype).
+
+``VLLM_SPARSE_PATH=<path>`` forces a path on CUDA where the weight allows it (for
+benchmarking a whole model under each path).
 """
 
 from __future__ import annotations
 
-import torch
+import os
+from dataclasses import dataclass
 
-from .patterns import WeightAnalysis
+import torch
+import torch.nn.functional as F
+
+from .bitmap_layout import DEFAULT_TILE_K, BitmapLayout
+from .nm_layout import NMLayout
+from .patterns import NMPattern, SparseLayoutError, SparsePatternError, WeightAnalysis, find_nm_violation
 
 DENSE = "dense"
+TRITON_NM = "triton_nm"
+TRITON_BITMAP = "triton_bitmap"
+TORCH_SEMI_STRUCTURED = "torch_semi_structured"
+PATHS = (DENSE, TRITON_NM, TRITON_BITMAP, TORCH_SEMI_STRUCTURED)
 
 # Below this share of zeros a compressed layout cannot read fewer bytes than dense
 # (the index metadata eats the saving), so such layers always stay dense.
 MIN_SPARSITY_FOR_SPARSE_PATH = 0.3
+# Unstructured weights need more zeros than N:M ones: the bitmap (1 bit/entry) and
+# the gather cost more than the N:M decode.
+MIN_SPARSITY_FOR_BITMAP = 0.5
+
+_KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_SEMI_STRUCTURED_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def _numel(shape) -> int:
+    out = 1
+    for s in shape:
+        out *= s
+    return out
+
+
+def _as_2d(shape) -> tuple[int, int]:
+    if len(shape) == 2:
+        return int(shape[0]), int(shape[1])
+    return _numel(shape[:-1]), int(shape[-1])
+
+
+def semi_structured_supported(shape, dtype: torch.dtype, device: torch.device | str) -> bool:
+    """Would ``torch.sparse.to_sparse_semi_structured`` take this weight here?"""
+    device = torch.device(device)
+    if device.type != "cuda" or dtype not in _SEMI_STRUCTURED_DTYPES or len(shape) != 2:
+        return False
+    if not hasattr(torch.sparse, "to_sparse_semi_structured") or not torch.cuda.is_available():
+        return False
+    major, _ = torch.cuda.get_device_capability(device)
+    if major < 8:
+        return False
+    rows, cols = shape
+    # Strictest of torch's per-backend minimum shapes for fp16/bf16 (CUTLASS: 32 x 128
+    # for the dense operand; cuSPARSELt: 16 x 16 ...): multiples of 64 x 128 pass all.
+    return rows % 64 == 0 and cols % 128 == 0
 
 
 def select_path(analysis: WeightAnalysis, dtype: torch.dtype, device: torch.device | str) -> str:
     """Name of the fastest correct path for a weight on a device."""
     device = torch.device(device)
-    if device.type != "cuda" or analysis.sparsity < MIN_SPARSITY_FOR_SPARSE_PATH:
+    if device.type != "cuda" or dtype not in _KERNEL_DTYPES or len(analysis.shape) != 2:
         return DENSE
+    forced = os.environ.get("VLLM_SPARSE_PATH")
+    if forced:
+        if forced not in PATHS:
+            raise ValueError(f"VLLM_SPARSE_PATH={forced!r} is not one of {PATHS}")
+        if _path_allowed(forced, analysis, dtype, device):
+            return forced
+    if analysis.sparsity < MIN_SPARSITY_FOR_SPARSE_PATH:
+        return DENSE
+    if analysis.nm is not None:
+        if analysis.nm == NMPattern(2, 4) and semi_structured_supported(analysis.shape, dtype, device):
+            return TORCH_SEMI_STRUCTURED
+        if analysis.shape[1] % analysis.nm.m == 0:
+            return TRITON_NM
+    if analysis.sparsity >= MIN_SPARSITY_FOR_BITMAP:
+        return TRITON_BITMAP
     return DENSE
 
 
+def _path_allowed(path: str, analysis: WeightAnalysis, dtype, device) -> bool:
+    if path == TORCH_SEMI_STRUCTURED:
+        return analysis.nm == NMPattern(2, 4) and semi_structured_supported(analysis.shape, dtype, device)
+    if path == TRITON_NM:
+        return analysis.nm is not None
+    return True
+
+
 def dense_bytes(analysis: WeightAnalysis, dtype: torch.dtype) -> int:
-    numel = 1
-    for size in analysis.shape:
-        numel *= size
-    return numel * dtype.itemsize
+    return _numel(analysis.shape) * dtype.itemsize
+
+
+def compressed_bytes(analysis: WeightAnalysis, dtype: torch.dtype) -> int:
+    """Bytes of the smallest of our compressed layouts that fits this weight."""
+    shape = _as_2d(analysis.shape)
+    nnz = round((1.0 - analysis.sparsity) * _numel(shape))
+    best = BitmapLayout.stored_bytes_for(shape, nnz, dtype, DEFAULT_TILE_K)
+    if analysis.nm is not None and shape[1] % analysis.nm.m == 0:
+        best = min(best, NMLayout.stored_bytes_for(shape, analysis.nm, dtype))
+    return best
+
+
+@dataclass(frozen=True)
+class PackedWeight:
+    """A weight in the form its path reads. ``stored_bytes``: what it keeps in memory."""
+
+    path: str
+    shape: tuple[int, int]  # dense [out_features, in_features]
+    dtype: torch.dtype
+    dense: torch.Tensor | None = None  # DENSE: the weight; TORCH_SEMI_STRUCTURED: torch's sparse tensor
+    layout: NMLayout | BitmapLayout | None = None
+
+    @property
+    def out_features(self) -> int:
+        return self.shape[0]
+
+    @property
+    def in_features(self) -> int:
+        return self.shape[1]
+
+    @property
+    def stored_bytes(self) -> int:
+        if self.layout is not None:
+            return self.layout.stored_bytes
+        if self.path == TORCH_SEMI_STRUCTURED:
+            total = 0
+            for name in ("packed", "meta", "packed_t", "meta_t", "compressed_swizzled_bitmask"):
+                t = getattr(self.dense, name, None)
+                if isinstance(t, torch.Tensor):
+                    total += t.numel() * t.element_size()
+            return total
+        return self.dense.numel() * self.dense.element_size()
+
+    def to_dense(self) -> torch.Tensor:
+        if self.layout is not None:
+            return self.layout.to_dense()
+        if self.path == TORCH_SEMI_STRUCTURED:
+            return self.dense.to_dense()
+        return self.dense
+
+
+def pack_for_path(weight: torch.Tensor, analysis: WeightAnalysis, path: str) -> PackedWeight:
+    """Keep ``weight`` in the layout ``path`` reads; SparsePatternError if it does not fit."""
+    if path not in PATHS:
+        raise ValueError(f"unknown path {path!r}; known: {PATHS}")
+    if weight.dim() != 2:
+        raise SparseLayoutError(f"linear weights are 2-D, got shape {tuple(weight.shape)}")
+    if tuple(weight.shape) != tuple(analysis.shape):
+        raise SparseLayoutError(f"weight shape {tuple(weight.shape)} differs from its analysis {analysis.shape}")
+    shape = (int(weight.shape[0]), int(weight.shape[1]))
+    if path == DENSE:
+        return PackedWeight(path, shape, weight.dtype, dense=weight)
+    if path == TRITON_NM:
+        if analysis.nm is None:
+            raise SparsePatternError(f"path {TRITON_NM} needs an N:M weight; this one is {analysis.pattern_name}")
+        return PackedWeight(path, shape, weight.dtype, layout=NMLayout.pack(weight, analysis.nm))
+    if path == TRITON_BITMAP:
+        return PackedWeight(path, shape, weight.dtype, layout=BitmapLayout.pack(weight, DEFAULT_TILE_K))
+    # TORCH_SEMI_STRUCTURED
+    if not semi_structured_supported(shape, weight.dtype, weight.device):
+        raise ValueError(
+            f"torch semi-structured sparsity needs a CUDA sm_80+ device, fp16/bf16 and a shape that is a "
+            f"multiple of 64 x 128; got {weight.device}, {weight.dtype}, {shape}"
+        )
+    violation = find_nm_violation(weight, NMPattern(2, 4))
+    if violation is not None:
+        raise SparsePatternError(f"weight breaks 2:4 (needed by {TORCH_SEMI_STRUCTURED}): {violation.describe()}")
+    sparse = torch.sparse.to_sparse_semi_structured(weight)
+    return PackedWeight(path, shape, weight.dtype, dense=sparse)
+
+
+def sparse_linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., in_features] -> [..., out_features] through the packed weight's path."""
+    if x.shape[-1] != packed.in_features:
+        raise ValueError(f"input has {x.shape[-1]} features, the weight expects {packed.in_features}")
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, packed.in_features)
+    if packed.path == DENSE:
+        y = F.linear(x2, packed.dense, bias)
+    elif packed.path == TORCH_SEMI_STRUCTURED:
+        y = F.linear(x2, packed.dense, bias)
+    elif packed.path == TRITON_NM:
+        lay = packed.layout
+        y = torch.ops.vllm_sparse.nm_linear(x2, lay.values, lay.bitmap, lay.pattern.n, lay.pattern.m,
+                                            packed.in_features, bias)
+    elif packed.path == TRITON_BITMAP:
+        lay = packed.layout
+        y = torch.ops.vllm_sparse.bitmap_linear(x2, lay.values, lay.bitmap, lay.tile_offsets, lay.tile_k,
+                                                packed.in_features, bias)
+    else:
+        raise ValueError(f"unknown path {packed.path!r}")
+    return y.reshape(*lead, packed.out_features)
+
+
+# The ops must be registered before sparse_linear runs (it calls torch.ops.vllm_sparse).
+from . import custom_ops as _custom_ops  # noqa: E402,F401

@@ -1,0 +1,68 @@
+"""Pruned test checkpoints, each written once under MODELS/test-checkpoints and
+reused: the same weights stored dense (sparsity declared in config.json), in a
+compressed-tensors sparse format, and as a plain dense checkpoint for stock vLLM."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from vllm_sparse.checkpoint.pruning import PruningPlan, prune_state_dict
+from vllm_sparse.checkpoint.writer import (
+    WEIGHTS_FILE,
+    load_state_dict,
+    save_sparse_checkpoint,
+    strip_sparsity_declaration,
+)
+from vllm_sparse.kernels import NMPattern
+
+NUM_LAYERS = 30  # SmolLM2-135M
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    plan: PruningPlan
+    compressed_format: str
+
+
+CASES = [
+    Case("unstructured50", PruningPlan(sparsity=0.5), "sparse-bitmask"),
+    Case("2of4", PruningPlan(sparsity=0.5, pattern=NMPattern(2, 4)), "sparse-24-bitmask"),
+    Case("4of8", PruningPlan(sparsity=0.5, pattern=NMPattern(4, 8)), "sparse-bitmask"),
+    # OWL-like: a different sparsity for every layer, from 30% to 70%.
+    Case(
+        "per_layer",
+        PruningPlan(layer_sparsity=tuple(round(0.3 + 0.4 * i / (NUM_LAYERS - 1), 4) for i in range(NUM_LAYERS))),
+        "sparse-bitmask",
+    ),
+]
+
+
+@dataclass(frozen=True)
+class CaseDirs:
+    dense: Path  # dense-stored, sparsity declared in config.json
+    compressed: Path  # compressed-tensors sparse format
+    stock: Path  # the dense weights with no declaration: what stock vLLM serves
+
+
+def build_case(base_model: Path, root: Path, case: Case) -> CaseDirs:
+    dirs = CaseDirs(root / f"{case.name}-dense", root / f"{case.name}-{case.compressed_format}", root / f"{case.name}-stock")
+    if all((d / "config.json").exists() for d in (dirs.dense, dirs.compressed, dirs.stock)):
+        return dirs
+    pruned = prune_state_dict(load_state_dict(base_model), case.plan)
+    recipe = {"method": "magnitude", "pattern": case.plan.structure}
+    for directory, storage in ((dirs.dense, "dense"), (dirs.compressed, case.compressed_format)):
+        shutil.rmtree(directory, ignore_errors=True)
+        save_sparse_checkpoint(base_model, pruned, directory, storage=storage, structure=case.plan.structure, recipe=recipe)
+    shutil.rmtree(dirs.stock, ignore_errors=True)
+    dirs.stock.mkdir(parents=True)
+    for path in dirs.dense.iterdir():
+        if path.name == WEIGHTS_FILE:
+            os.symlink(path, dirs.stock / path.name)  # the very same bytes
+        else:
+            shutil.copy2(path, dirs.stock / path.name)
+    strip_sparsity_declaration(dirs.stock)
+    return dirs

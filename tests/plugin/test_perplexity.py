@@ -1,0 +1,43 @@
+"""Perplexity of a sparse model served through vLLM + the plugin (the project's own
+command) agrees with transformers on the same weights."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from checkpoints import CASES, build_case
+from conftest import MODELS, REPO
+
+pytestmark = pytest.mark.vllm
+
+CORPUS = REPO.parent / "shared" / "data" / "persuasion.txt"
+WINDOW, COUNT = 512, 8
+
+
+@pytest.mark.skipif(not CORPUS.exists(), reason=f"corpus {CORPUS} not present")
+def test_served_perplexity_matches_transformers(base_model, tmp_path):
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from vllm_sparse.quality.perplexity import corpus_windows, transformers_perplexity
+
+    dirs = build_case(base_model, MODELS / "test-checkpoints", next(c for c in CASES if c.name == "2of4"))
+    command = [
+        sys.executable, "-m", "vllm_sparse.cli", "perplexity", str(dirs.compressed),
+        "--corpus", str(CORPUS), "--window", str(WINDOW), "--count", str(COUNT),
+    ]
+    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CACHE_ROOT": str(tmp_path / "cache")}
+    completed = subprocess.run(command, capture_output=True, text=True, env={**__import__("os").environ, **env})
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    served = float(re.search(r"perplexity ([0-9.]+)", completed.stdout).group(1))
+
+    tokenizer = AutoTokenizer.from_pretrained(dirs.stock)
+    model = LlamaForCausalLM.from_pretrained(dirs.stock, dtype=torch.bfloat16).eval()
+    reference = transformers_perplexity(model, corpus_windows(tokenizer, CORPUS, WINDOW, COUNT))
+    print(f"perplexity on {CORPUS.name}: served {served:.3f}, transformers {reference:.3f}")
+    assert served == pytest.approx(reference, rel=0.01)

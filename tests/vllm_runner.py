@@ -1,0 +1,88 @@
+"""Runs vLLM engines in a child process and returns what they produced.
+
+Each call starts one fresh Python process that loads the given models one after
+another (vLLM in-process mode, eager), so the cost of importing vLLM is paid once
+per call, and a crash in vLLM never takes pytest down with it. Setting
+``plugins=False`` runs stock vLLM: ``VLLM_PLUGINS=""`` disables every plugin.
+
+Usage as a script: ``python tests/vllm_runner.py JOB.json RESULT.json``.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+RUNNER = Path(__file__).resolve()
+
+
+def run_engines(jobs: list[dict], workdir: Path, *, plugins: bool = True, timeout: float = 900) -> list[dict]:
+    """``jobs``: dicts with ``model``, optional ``quantization``, ``prompts``,
+    ``max_tokens``, ``logprobs``, ``perplexity_windows``. Returns one result per job:
+    ``{"tokens": [[...]], "logprobs": [[...]], "perplexity": float|None}`` or
+    ``{"error": "..."}`` when the engine failed to start."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    job_path, result_path = workdir / "jobs.json", workdir / "results.json"
+    job_path.write_text(json.dumps(jobs))
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_HOST_IP": "127.0.0.1",
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+        "VLLM_CACHE_ROOT": str(workdir / "vllm-cache"),
+    }
+    if not plugins:
+        env["VLLM_PLUGINS"] = ""
+    completed = subprocess.run(
+        [sys.executable, str(RUNNER), str(job_path), str(result_path)],
+        env=env, capture_output=True, text=True, timeout=timeout,
+    )
+    (workdir / "runner.log").write_text(completed.stdout + completed.stderr)
+    if completed.returncode != 0:
+        raise RuntimeError(f"vLLM runner failed ({completed.returncode}); log: {workdir / 'runner.log'}\n"
+                           + completed.stderr[-4000:])
+    return json.loads(result_path.read_text())
+
+
+def _run_job(job: dict) -> dict:
+    from vllm import LLM, SamplingParams
+
+    try:
+        llm = LLM(
+            model=job["model"], quantization=job.get("quantization"), dtype=job.get("dtype", "bfloat16"),
+            enforce_eager=True, max_model_len=1024, seed=0,
+        )
+    except Exception as exc:  # report start-up failures to the test, which checks them
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    result: dict = {}
+    if job.get("prompts"):
+        params = SamplingParams(max_tokens=job.get("max_tokens", 32), temperature=0.0, logprobs=0, ignore_eos=True)
+        outputs = llm.generate(job["prompts"], params, use_tqdm=False)
+        result["tokens"] = [list(o.outputs[0].token_ids) for o in outputs]
+        result["logprobs"] = [
+            [step[token].logprob for step, token in zip(o.outputs[0].logprobs, o.outputs[0].token_ids)]
+            for o in outputs
+        ]
+        result["texts"] = [o.outputs[0].text for o in outputs]
+    if job.get("perplexity_windows"):
+        from vllm_sparse.quality.perplexity import vllm_perplexity
+
+        result["perplexity"] = vllm_perplexity(llm, job["perplexity_windows"])
+    del llm
+    gc.collect()
+    return result
+
+
+def main(job_path: str, result_path: str) -> None:
+    jobs = json.loads(Path(job_path).read_text())
+    results = [_run_job(job) for job in jobs]
+    Path(result_path).write_text(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])
