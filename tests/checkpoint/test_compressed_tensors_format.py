@@ -14,6 +14,7 @@ import math
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -24,8 +25,6 @@ from vllm_sparse.checkpoint.compressed_tensors_format import (
     DENSE_FORMAT,
     PART_NAMES,
     SPARSE_FORMATS,
-    SPARSITY_STRUCTURES,
-    SparsitySpec,
     compress_state_dict,
     compress_weight,
     decompress_state_dict,
@@ -37,6 +36,7 @@ from vllm_sparse.checkpoint.compressed_tensors_format import (
     weight_part_names,
 )
 from vllm_sparse.checkpoint.errors import CheckpointError
+from vllm_sparse.checkpoint.sparsity_spec import SparsitySpec
 
 HERE = Path(__file__).resolve().parent
 FIXTURES = HERE / "fixtures" / "ct014"
@@ -337,7 +337,7 @@ def test_rejects_24_group_with_three_flags(data):
     r = data.draw(st.integers(0, rows - 1))
     g = data.draw(st.integers(0, cols // 4 - 1))
     mask = torch.from_numpy(
-        __import__("numpy").unpackbits(parts["bitmask"].numpy(), axis=-1, count=cols, bitorder="little")
+        np.unpackbits(parts["bitmask"].numpy(), axis=-1, count=cols, bitorder="little")
     ).bool()
     free = [c for c in range(4 * g, 4 * g + 4) if not mask[r, c]]
     parts["bitmask"] = _set_bit(parts["bitmask"], r, data.draw(st.sampled_from(free)))
@@ -483,9 +483,8 @@ def test_target_matcher_follows_ct014_rules():
 
 
 def test_our_names_match_compressed_tensors_017():
-    from compressed_tensors.config import CompressionFormat, SparsityStructure
+    from compressed_tensors.config import CompressionFormat
 
-    assert {s.value for s in SparsityStructure} == set(SPARSITY_STRUCTURES)
     assert {CompressionFormat.dense.value, CompressionFormat.sparse_bitmask.value,
             CompressionFormat.sparse_24_bitmask.value} == {DENSE_FORMAT, *SPARSE_FORMATS}
 
@@ -499,14 +498,28 @@ def test_sparsity_config_dict_and_parse():
         "global_sparsity": 0.3125,
         "ignore": None,
         "registry_requires_subclass": False,
-        "sparsity_structure": "unstructured",
+        "sparsity_structure": "Unstructured",  # written as given, like 0.14.0.1
         "targets": None,
     }
+    spec = parse_sparsity_config({"quant_method": "compressed-tensors", "sparsity_config": sc})
+    # null targets: 0.14.0.1 matches no module; structure normalised for NMPattern
+    assert (spec.structure, spec.targets, spec.ignore, spec.nm_pattern) == ("unstructured", (), (), None)
+    assert spec.extra == {"registry_requires_subclass": False}
+
+    # N:M other than 2:4 is legal with sparse-bitmask and dense storage
+    block = quantization_config_dict("dense", sparsity_structure="4:8", global_sparsity=0.5, targets=["Linear"], ignore=[])
+    assert block["sparsity_config"]["format"] == "dense"
+    spec = parse_sparsity_config(block)
+    assert spec.format == DENSE_FORMAT and str(spec.nm_pattern) == "4:8" and spec.targets == ("Linear",)
+    assert parse_sparsity_config({"quant_method": "compressed-tensors", "sparsity_config": {}}) == SparsitySpec()
+
     with pytest.raises(CheckpointError, match="requires sparsity_structure '2:4'"):
-        sparsity_config_dict("sparse-24-bitmask", sparsity_structure="unstructured", global_sparsity=0.5, targets=None, ignore=None)
-    assert parse_sparsity_config({"quant_method": "compressed-tensors", "sparsity_config": {}}).format == DENSE_FORMAT
+        sparsity_config_dict("sparse-24-bitmask", sparsity_structure="4:8", global_sparsity=0.5, targets=None, ignore=None)
     bad = {"quant_method": "compressed-tensors", "sparsity_config": {"format": "sparse-24-bitmask", "sparsity_structure": "4:8"}}
-    with pytest.raises(CheckpointError, match=r"quantization_config\.sparsity_config\.sparsity_structure: '4:8'"):
+    with pytest.raises(CheckpointError, match=r"quantization_config\.sparsity_config\.sparsity_structure: sparse-24-bitmask requires"):
+        parse_sparsity_config(bad)
+    bad["sparsity_config"] = {"format": "sparse-bitmask", "sparsity_structure": "blocky"}
+    with pytest.raises(CheckpointError, match=r"sparsity_structure: 'blocky' is not a sparsity structure"):
         parse_sparsity_config(bad)
     with pytest.raises(CheckpointError, match=r"quantization_config\.quant_method"):
         parse_sparsity_config({"quant_method": "gptq"})

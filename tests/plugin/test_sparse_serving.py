@@ -38,14 +38,15 @@ def case_dirs(base_model):
 
 
 @pytest.fixture(scope="module")
-def served(case_dirs, tmp_path_factory):
+def served(base_model, case_dirs, tmp_path_factory):
     """Generations of every checkpoint: stock vLLM (plugins off) on the plain dense
     copies, the plugin on the declared-dense and compressed copies, and the plugin
     opted in with --quantization vllm-sparse on an undeclared copy."""
     work = tmp_path_factory.mktemp("engines")
     job = {"prompts": PROMPTS, "max_tokens": MAX_TOKENS}
     names = [case.name for case in CASES]
-    stock = run_engines([{**job, "model": str(case_dirs[n].stock)} for n in names], work / "stock", plugins=False)
+    stock_jobs = [{**job, "model": str(case_dirs[n].stock)} for n in names] + [{**job, "model": str(base_model)}]
+    *stock, stock_base = run_engines(stock_jobs, work / "stock", plugins=False)
     plugin_jobs, keys = [], []
     for name in names:
         for storage in ("dense", "compressed"):
@@ -53,17 +54,20 @@ def served(case_dirs, tmp_path_factory):
             keys.append((name, storage))
     plugin_jobs.append({**job, "model": str(case_dirs["per_layer"].stock), "quantization": "vllm-sparse"})
     keys.append(("per_layer", "opt-in flag"))
-    results = run_engines(plugin_jobs, work / "plugin", plugins=True)
+    # Last: an ordinary dense checkpoint, which the plugin must leave alone.
+    *results, plugin_base = run_engines(plugin_jobs + [{**job, "model": str(base_model)}], work / "plugin", plugins=True)
     log = (work / "plugin" / "runner.log").read_text()
     # One table per engine, in the order the engines started.
     tables = [extract_layer_table(TABLE_MARKER + chunk) for chunk in log.split(TABLE_MARKER)[1:]]
-    return dict(zip(names, stock)), dict(zip(keys, results)), tables
+    stock = {**dict(zip(names, stock)), "ordinary": stock_base}
+    return stock, {**dict(zip(keys, results)), ("ordinary", "dense"): plugin_base}, tables
 
 
 KEYS = [(case.name, storage) for case in CASES for storage in ("dense", "compressed")] + [("per_layer", "opt-in flag")]
+ORDINARY = ("ordinary", "dense")  # the unpruned model: nothing for the plugin to do
 
 
-@pytest.mark.parametrize("key", KEYS, ids=[f"{n}-{s}" for n, s in KEYS])
+@pytest.mark.parametrize("key", [*KEYS, ORDINARY], ids=[f"{n}-{s}" for n, s in [*KEYS, ORDINARY]])
 def test_greedy_generation_matches_stock_vllm(served, key):
     stock, plugin, _ = served
     result = plugin[key]
@@ -85,6 +89,7 @@ def test_layer_tables_name_every_pattern(served):
     """Each engine logged a 120-row layer table; the patterns detected match how
     each checkpoint was pruned."""
     _, _, tables = served
+    # one table per sparse engine, none for the ordinary dense checkpoint
     assert len(tables) == len(KEYS)
     expected = {"unstructured50": {"unstructured"}, "2of4": {"2:4"}, "4of8": {"4:8"}, "per_layer": {"unstructured"}}
     for (name, storage), table in zip(KEYS, tables):

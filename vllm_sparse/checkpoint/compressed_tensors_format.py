@@ -109,6 +109,14 @@ differs: 0.17's own ``update_config`` would write ``"version": "0.17.0"`` and an
 empty ``"sparsity_config": {}`` (sparsity support removed). We emit
 ``"version": "0.14.0.1"`` by default (:data:`FORMAT_VERSION`), because the weight
 tensors are in 0.14.0.1's layout and that is the version that can read them.
+
+``sparsity_structure`` is a free string in both versions (``"unstructured"``,
+``"2:4"``, ``"8:16"``...); only the 2:4 compressor requires ``"2:4"``
+(case-insensitively). ``format`` may also be ``"dense"`` (DenseSparsityConfig:
+sparse weights stored dense). A ``null`` targets list matches nothing in
+0.14.0.1 (``targets or []``), so nothing is compressed. ``parse_sparsity_config``
+returns the project's :class:`~vllm_sparse.checkpoint.sparsity_spec.SparsitySpec`
+(structure lower-cased, null lists as empty tuples).
 """
 
 from __future__ import annotations
@@ -116,20 +124,20 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from vllm_sparse.checkpoint.errors import CheckpointError
+from vllm_sparse.checkpoint.sparsity_spec import DENSE_FORMAT, SparsitySpec
+from vllm_sparse.kernels.patterns import NMPattern
 
 __all__ = [
     "DENSE_FORMAT",
     "FORMAT_VERSION",
     "PART_NAMES",
     "SPARSE_FORMATS",
-    "SPARSITY_STRUCTURES",
     "SUPPORTED_DTYPES",
     "SparsitySpec",
     "compress_state_dict",
@@ -146,7 +154,6 @@ __all__ = [
 SPARSE_BITMASK = "sparse-bitmask"
 SPARSE_24_BITMASK = "sparse-24-bitmask"
 SPARSE_FORMATS = (SPARSE_BITMASK, SPARSE_24_BITMASK)
-DENSE_FORMAT = "dense"
 KNOWN_FORMATS = (DENSE_FORMAT, *SPARSE_FORMATS)
 
 # Per-weight tensors, in the order compressed-tensors 0.14.0.1 emits them.
@@ -507,19 +514,23 @@ def target_matcher(
 # ------------------------------------------------------------------------- config
 
 
-# compressed_tensors.config.SparsityStructure's values (unchanged 0.14 -> 0.17);
-# kept here so reading a config does not import compressed_tensors (~4 s).
-SPARSITY_STRUCTURES = ("2:4", "unstructured", "0:0")
+def _check_structure(fmt: str, structure, key: str) -> str:
+    """Validate a sparsity_structure string and return it lower-cased.
 
-
-def _canonical_structure(fmt: str, structure: str | None, key: str) -> str:
-    """SparsityStructure's parsing: case-insensitive, None means unstructured."""
-    value = "unstructured" if structure is None else structure
-    if not isinstance(value, str) or value.lower() not in SPARSITY_STRUCTURES:
-        raise CheckpointError(
-            f"{key}: {structure!r} is not a sparsity structure (one of: {', '.join(SPARSITY_STRUCTURES)})"
-        )
-    value = value.lower()
+    compressed-tensors' config field is a free string ("unstructured", "2:4",
+    "8:16", ...); only the 2:4 compressor insists on "2:4" (through
+    SparsityStructure, which is case-insensitive). We accept "unstructured",
+    "0:0" and any "N:M" with 0 < N < M, and "2:4" alone for sparse-24-bitmask."""
+    if not isinstance(structure, str):
+        raise CheckpointError(f"{key}: expected a string such as 'unstructured' or '2:4', got {structure!r}")
+    value = structure.strip().lower()
+    if value not in ("unstructured", "0:0"):
+        try:
+            NMPattern.parse(value)
+        except ValueError:
+            raise CheckpointError(
+                f"{key}: {structure!r} is not a sparsity structure ('unstructured', '0:0' or 'N:M' such as '2:4')"
+            ) from None
     if fmt == SPARSE_24_BITMASK and value != "2:4":
         raise CheckpointError(f"{key}: {fmt} requires sparsity_structure '2:4', got {structure!r}")
     return value
@@ -534,14 +545,16 @@ def sparsity_config_dict(
     ignore: list[str] | None,
 ) -> dict:
     """``quantization_config.sparsity_config`` as 0.14.0.1 writes it, built with
-    compressed-tensors 0.17's (unchanged) config classes."""
+    compressed-tensors 0.17's (unchanged) config classes. ``fmt`` may also be
+    "dense" (sparse weights stored dense: compressed-tensors' DenseSparsityConfig).
+    ``sparsity_structure`` is validated and written as given, like 0.14.0.1 does."""
     from compressed_tensors.config import SparsityCompressionConfig
 
-    _check_format(fmt)
-    structure = _canonical_structure(fmt, sparsity_structure, "sparsity_structure")
+    _check_format(fmt, KNOWN_FORMATS)
+    _check_structure(fmt, sparsity_structure, "sparsity_structure")
     config = SparsityCompressionConfig.load_from_registry(
         fmt,
-        sparsity_structure=structure,
+        sparsity_structure=sparsity_structure,
         global_sparsity=float(global_sparsity),
         targets=None if targets is None else list(targets),
         ignore=None if ignore is None else list(ignore),
@@ -583,45 +596,34 @@ def quantization_config_dict(
     return dict(sorted(block.items()))
 
 
-@dataclass(frozen=True)
-class SparsitySpec:
-    """What a checkpoint's quantization_config says about sparsity. ``format`` is
-    DENSE_FORMAT when there is no (or an empty) sparsity_config."""
-
-    format: str
-    structure: str | None
-    targets: tuple[str, ...] | None
-    ignore: tuple[str, ...] | None
-    global_sparsity: float
-    has_quantization: bool = False  # config_groups present: stacked with quantization
-
-    @property
-    def is_sparse(self) -> bool:
-        return self.format in SPARSE_FORMATS
-
-
-def _str_list(value, key: str) -> tuple[str, ...] | None:
+def _str_list(value, key: str) -> tuple[str, ...]:
+    # null means no entries: 0.14.0.1's match_named_modules treats None as [], so
+    # null targets compress nothing and null ignore ignores nothing.
     if value is None:
-        return None
+        return ()
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise CheckpointError(f"{key}: expected a list of strings or null, got {value!r}")
     return tuple(value)
 
 
+_SPARSITY_KEYS = ("format", "sparsity_structure", "targets", "ignore", "global_sparsity")
+
+
 def parse_sparsity_config(quantization_config: Mapping) -> SparsitySpec:
-    """Read config.json's ``quantization_config`` block (the dict under that key)."""
+    """Read config.json's ``quantization_config`` block (the dict under that key)
+    into a :class:`~vllm_sparse.checkpoint.sparsity_spec.SparsitySpec`. A missing or
+    empty ``sparsity_config`` (0.17 writes ``{}``) gives ``SparsitySpec()`` (dense,
+    nothing declared). Unknown keys of sparsity_config land in ``spec.extra``."""
     root = "quantization_config"
     if not isinstance(quantization_config, Mapping):
         raise CheckpointError(f"{root}: expected a JSON object, got {type(quantization_config).__name__}")
     method = quantization_config.get("quant_method")
     if method != QUANT_METHOD:
         raise CheckpointError(f"{root}.quant_method: {method!r} is not {QUANT_METHOD!r}")
-    has_quant = bool(quantization_config.get("config_groups"))
     sc = quantization_config.get("sparsity_config")
     key = f"{root}.sparsity_config"
-    if sc is None or sc == {}:
-        # 0.17 writes {} here; older files may omit it: no sparse compression.
-        return SparsitySpec(DENSE_FORMAT, None, None, None, 0.0, has_quant)
+    if sc is None or (isinstance(sc, Mapping) and not sc):
+        return SparsitySpec()
     if not isinstance(sc, Mapping):
         raise CheckpointError(f"{key}: expected a JSON object, got {type(sc).__name__}")
     fmt = sc.get("format")
@@ -634,17 +636,15 @@ def parse_sparsity_config(quantization_config: Mapping) -> SparsitySpec:
     gs = 0.0 if gs is None else gs
     if isinstance(gs, bool) or not isinstance(gs, (int, float)) or not 0.0 <= gs <= 1.0:
         raise CheckpointError(f"{key}.global_sparsity: expected a number in [0, 1], got {gs!r}")
-    default_structure = "2:4" if fmt == SPARSE_24_BITMASK else "unstructured"
-    structure = sc.get("sparsity_structure", default_structure)
-    if fmt == DENSE_FORMAT:
-        structure_value = None if structure is None else str(structure)
-    else:
-        structure_value = _canonical_structure(fmt, structure, f"{key}.sparsity_structure")
+    # Field defaults of the 0.14/0.17 config classes when the key is absent or null.
+    structure = sc.get("sparsity_structure")
+    if structure is None:
+        structure = "2:4" if fmt == SPARSE_24_BITMASK else "unstructured"
     return SparsitySpec(
         format=fmt,
-        structure=structure_value,
+        structure=_check_structure(fmt, structure, f"{key}.sparsity_structure"),
         targets=_str_list(sc.get("targets"), f"{key}.targets"),
         ignore=_str_list(sc.get("ignore"), f"{key}.ignore"),
         global_sparsity=float(gs),
-        has_quantization=has_quant,
+        extra={k: v for k, v in sc.items() if k not in _SPARSITY_KEYS},
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..kernels import DENSE, analyze_weight, dispatcher
-from .compressed_tensors_format import SPARSE_FORMATS, decompress_state_dict, parse_sparsity_config
+from .compressed_tensors_format import SPARSE_FORMATS, decompress_state_dict
 from .layer_table import LayerRow
 from .pruning import prunable_layer_index
 from .sparsity_spec import SparsitySpec
@@ -17,10 +17,7 @@ from .writer import load_state_dict
 
 def read_sparsity_spec(model_dir: str | Path) -> SparsitySpec:
     config = json.loads((Path(model_dir) / "config.json").read_text())
-    quantization = config.get("quantization_config") or {}
-    if quantization.get("sparsity_config"):
-        return parse_sparsity_config(quantization)
-    return SparsitySpec.detect_all()
+    return SparsitySpec.from_quantization_config(config.get("quantization_config"))
 
 
 def inspect_checkpoint(model_dir: str | Path, device: str = "cpu") -> list[LayerRow]:

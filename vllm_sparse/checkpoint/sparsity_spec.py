@@ -31,6 +31,16 @@ class SparsitySpec:
         """Nothing declared: dense storage, every linear layer scanned at load."""
         return cls()
 
+    @classmethod
+    def from_quantization_config(cls, quantization_config: dict | None) -> "SparsitySpec":
+        """From config.json's ``quantization_config`` (None or no sparsity_config:
+        nothing declared)."""
+        if not quantization_config or not quantization_config.get("sparsity_config"):
+            return cls.detect_all()
+        from .compressed_tensors_format import parse_sparsity_config
+
+        return parse_sparsity_config(quantization_config)
+
     @property
     def nm_pattern(self) -> NMPattern | None:
         if self.structure in (None, "", UNSTRUCTURED, "0:0"):

@@ -63,7 +63,9 @@ def save_sparse_checkpoint(
     if storage == DENSE_FORMAT:
         tensors = dict(state_dict)
     else:
-        tensors = compress_state_dict(state_dict, storage, lambda name: prunable_layer_index(name) is not None)
+        tensors = compress_state_dict(
+            state_dict, storage, lambda module: prunable_layer_index(f"{module}.weight") is not None
+        )
     save_file({name: t.contiguous() for name, t in tensors.items()}, out_dir / WEIGHTS_FILE, metadata={"format": "pt"})
 
     config_path = out_dir / "config.json"

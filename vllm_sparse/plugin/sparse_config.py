@@ -21,7 +21,6 @@ import torch
 from ..checkpoint.compressed_tensors_format import (
     PART_NAMES,
     SPARSE_FORMATS,
-    parse_sparsity_config,
     weight_part_names,
 )
 from ..checkpoint.sparsity_spec import SparsitySpec
@@ -90,9 +89,7 @@ class SparseConfig(QuantizationConfig):
                 "config.json quantization_config.config_groups: this checkpoint is quantized "
                 "as well as sparse; vllm-sparse serves sparse bf16/fp16/fp32 weights only"
             )
-        if not config.get("sparsity_config"):
-            return cls()
-        return cls(parse_sparsity_config(config))
+        return cls(SparsitySpec.from_quantization_config(config))
 
     @classmethod
     def override_quantization_method(cls, hf_quant_cfg, user_quant, hf_config=None):
