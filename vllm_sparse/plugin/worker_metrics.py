@@ -1,0 +1,55 @@
+"""Figures recorded where the model runs (vLLM's worker processes) and exported on
+the API server's ``/metrics``.
+
+prometheus_client's multiprocess mode carries them across processes: when
+``PROMETHEUS_MULTIPROC_DIR`` names a folder before vLLM starts (``vllm-sparse serve``
+sets it), every process writes its samples there and the server aggregates them.
+Without it they stay in the recording process (fine in one-process tests).
+
+Call these from eager Python code only: a Prometheus call inside a compiled graph
+is rejected by torch.compile.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from prometheus_client import Counter, Gauge
+
+FFN_BLOCKS = Counter(
+    "vllm_sparse_ffn_blocks_total",
+    "Feed-forward blocks run per token, by decoder layer and decision (skipped or computed).",
+    ["layer", "decision"],
+)
+KERNEL_DISPATCH = Counter(
+    "vllm_sparse_kernel_dispatch_total",
+    "Linear-layer calls by the kernel path the dispatcher chose.",
+    ["kernel"],
+)
+LAYER_SPARSITY = Gauge(
+    "vllm_sparse_layer_sparsity_ratio",
+    "Share of zero weights in each linear layer, as loaded.",
+    ["layer", "pattern", "kernel"],
+    multiprocess_mode="max",
+)
+
+# Process-local totals, for snapshots (gRPC GetMetrics, tests) without scraping.
+_ffn_totals: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+
+
+def record_ffn_blocks(layer_index: int, skipped: int, computed: int) -> None:
+    """Count one forward pass of a decoder layer's FFN: how many token rows skipped
+    it and how many computed it."""
+    label = str(layer_index)
+    if skipped:
+        FFN_BLOCKS.labels(label, "skipped").inc(skipped)
+    if computed:
+        FFN_BLOCKS.labels(label, "computed").inc(computed)
+    totals = _ffn_totals[layer_index]
+    totals[0] += skipped
+    totals[1] += computed
+
+
+def ffn_block_totals() -> dict[int, tuple[int, int]]:
+    """Per decoder layer: (skipped, computed) recorded in this process."""
+    return {layer: (skipped, computed) for layer, (skipped, computed) in sorted(_ffn_totals.items())}
