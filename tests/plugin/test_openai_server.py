@@ -8,8 +8,7 @@ import socket
 
 import pytest
 
-from checkpoints import CASES, build_case
-from conftest import MODELS
+from checkpoints import CASES, MODELS, build_case
 from vllm_sparse.demo import extract_layer_table
 from vllm_sparse.serving.server_process import OpenAIServer
 

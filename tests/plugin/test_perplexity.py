@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from checkpoints import CASES, build_case
-from conftest import MODELS, REPO
+from checkpoints import CASES, MODELS, REPO, build_case
 
 pytestmark = pytest.mark.vllm
 

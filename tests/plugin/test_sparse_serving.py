@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from checkpoints import CASES, build_case
-from conftest import MODELS
+from checkpoints import CASES, MODELS, build_case
 from vllm_runner import run_engines
 from vllm_sparse.demo import extract_layer_table
 

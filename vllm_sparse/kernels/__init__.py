@@ -16,6 +16,7 @@ from .dispatcher import (
     dense_bytes,
     pack_for_path,
     select_path,
+    skip_gated_mlp,
     sparse_linear,
 )
 from .nm_layout import NMLayout, pack_nm, unpack_nm
@@ -55,6 +56,7 @@ __all__ = [
     "pack_nm",
     "satisfies_nm",
     "select_path",
+    "skip_gated_mlp",
     "sparse_linear",
     "unpack_bitmap",
     "unpack_nm",

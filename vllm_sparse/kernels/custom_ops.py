@@ -1,7 +1,7 @@
 """Our kernels as torch custom ops (namespace ``vllm_sparse``), so torch.compile'd
 graphs (vLLM's) treat each as one opaque node with a shape-only fake implementation.
 
-Each op runs the Triton kernel where our kernels can run (CUDA, or CPU under the
+Importing this module does not import triton. Each op runs the Triton kernel where our kernels can run (CUDA, or CPU under the
 Triton interpreter) and the torch reference elsewhere, so a graph stays runnable
 on any device. Kernel modules are imported on first use only.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._triton_mode import kernels_can_run
 from .bitmap_layout import BitmapLayout
 from .nm_layout import NMLayout
 from .patterns import NMPattern
@@ -22,6 +21,15 @@ NM_DIRECT_MAX_M = 256  # above: unpack to dense once, then the vendor dense GEMM
 BITMAP_DIRECT_MAX_M = 64
 
 FMT_DENSE, FMT_NM, FMT_BITMAP = 0, 1, 2
+
+
+def kernels_can_run(device: torch.device) -> bool:
+    """Can our Triton kernels run on ``device`` in this process? Imports triton only
+    now, at the first op call: importing ``vllm_sparse.kernels`` must not fix triton's
+    interpreted-vs-compiled mode (see ``_triton_mode``)."""
+    from ._triton_mode import kernels_can_run as can_run
+
+    return can_run(device)
 
 
 def _nm_dense(values, bitmap, n, m, in_features):

@@ -4,8 +4,10 @@ The plugin asks ``select_path`` once per layer (at load time), keeps the weight 
 the layout that path reads (``pack_for_path``) and calls ``sparse_linear`` at run
 time. ``DENSE`` means: keep the ordinary dense weight and let the caller run its
 usual dense matmul (in vLLM, the unquantized linear method), which is what wins on
-CPU, where zeros alone buy nothing (benchmarks/results/cpu_linear.md: torch's CSR
-matmul is slower than dense F.linear at every SmolLM2 shape, sparsity and M).
+CPU for bf16, where zeros alone buy nothing (benchmarks/results/cpu_linear.md: torch
+has no bf16 CSR matmul on CPU, and an fp32 CSR copy at best ties dense at 90% sparsity
+on SmolLM2 shapes. Only fp32 at M >= 8 and ~90% sparsity saw CSR win, 1.4x-3x; not
+taken: CPU always gets DENSE).
 
 Paths on CUDA, and why (a heuristic from roofline reasoning: **not yet measured on a
 GPU**; benchmarks/kernels.py produces the numbers to confirm or retune it):
@@ -219,6 +221,71 @@ def sparse_linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | No
     else:
         raise ValueError(f"unknown path {packed.path!r}")
     return y.reshape(*lead, packed.out_features)
+
+
+def skip_gated_mlp(x: torch.Tensor, skip: torch.Tensor, gate: PackedWeight, up: PackedWeight,
+                   down: PackedWeight) -> torch.Tensor:
+    """down(SiLU(gate(x)) * up(x)) for x [..., hidden], skipping rows where ``skip`` is set.
+
+    Contract: a skipped row does no work and its output row is exactly zero (so
+    ``h + skip_gated_mlp(h, ...)`` leaves it unchanged). When the three weights share a
+    path our fused kernel reads (dense, N:M with one pattern, bitmap with one tile
+    width) this is one fused kernel launch in which an all-skipped row block reads no
+    weights; otherwise (e.g. torch semi-structured weights) the active rows are
+    gathered and run through ``sparse_linear`` three times.
+    """
+    hidden = x.shape[-1]
+    inter = gate.out_features
+    if gate.in_features != hidden or up.shape != gate.shape or down.shape != (hidden, inter):
+        raise ValueError(
+            f"MLP weights do not fit hidden={hidden}: gate {gate.shape}, up {up.shape}, down {down.shape}"
+        )
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, hidden)
+    flags = skip.reshape(-1)
+    if flags.shape[0] != x2.shape[0]:
+        raise ValueError(f"skip has {flags.shape[0]} flags for {x2.shape[0]} rows")
+    fused = _fused_mlp_args(gate, up, down)
+    if fused is not None:
+        fmt, n, m, tile_k, tensors = fused
+        y = torch.ops.vllm_sparse.skip_mlp(x2, flags, fmt, n, m, tile_k, inter, *tensors)
+    else:
+        y = torch.zeros_like(x2)
+        active = (flags == 0).nonzero().squeeze(1)
+        xa = x2.index_select(0, active)
+        h = F.silu(sparse_linear(xa, gate)) * sparse_linear(xa, up)
+        y.index_copy_(0, active, sparse_linear(h, down))
+    return y.reshape(*lead, hidden)
+
+
+def _fused_mlp_args(*weights: PackedWeight):
+    paths = {w.path for w in weights}
+    if len(paths) != 1:
+        return None
+    path = paths.pop()
+    if path == DENSE:
+        tensors = []
+        for w in weights:
+            tensors += [w.dense, None, None]
+        return _custom_ops.FMT_DENSE, 2, 4, DEFAULT_TILE_K, tensors
+    if path == TRITON_NM:
+        patterns = {w.layout.pattern for w in weights}
+        if len(patterns) != 1:
+            return None
+        p = patterns.pop()
+        tensors = []
+        for w in weights:
+            tensors += [w.layout.values, w.layout.bitmap, None]
+        return _custom_ops.FMT_NM, p.n, p.m, DEFAULT_TILE_K, tensors
+    if path == TRITON_BITMAP:
+        tiles = {w.layout.tile_k for w in weights}
+        if len(tiles) != 1 or any(w.layout.tile_offsets.dtype != torch.int32 for w in weights):
+            return None
+        tensors = []
+        for w in weights:
+            tensors += [w.layout.values, w.layout.bitmap, w.layout.tile_offsets]
+        return _custom_ops.FMT_BITMAP, 2, 4, tiles.pop(), tensors
+    return None
 
 
 # The ops must be registered before sparse_linear runs (it calls torch.ops.vllm_sparse).

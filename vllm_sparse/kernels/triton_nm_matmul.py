@@ -17,9 +17,8 @@ import triton
 import triton.language as tl
 
 from ._launch import BlockConfig, check_activation, check_bias, dot_precision, out_buffer, upcast_in_kernel
-from ._triton_mode import INTERPRET, check_device
+from ._triton_mode import INTERPRET, check_device, jit
 from .triton_tiles import load_nm_tile
-from ._triton_mode import jit
 
 
 @jit

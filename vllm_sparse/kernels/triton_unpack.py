@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._triton_mode import INTERPRET, check_device, jit
+from ._triton_mode import check_device, jit
 from .triton_tiles import load_weight_tile
 
 BLOCK_R = 32  # rows per program; BLOCK_K is the bitmap layout's tile_k (or 128 for N:M)
@@ -41,11 +41,7 @@ def unpack(fmt: int, values: torch.Tensor, bitmap: torch.Tensor, tile_offsets: t
         raise ValueError(f"unpack handles N:M (1) and bitmap (2) layouts, got format {fmt}")
     check_device(values, "values")
     out_features = bitmap.shape[0]
-    block_k = tile_k if fmt == 2 else NM_BLOCK_K
-    if INTERPRET:
-        block_k = max(block_k, 64)
-        if fmt == 2:
-            block_k = tile_k
+    block_k = tile_k if fmt == 2 else NM_BLOCK_K  # bitmap: one tile offset per program row
     # Values go through an integer view, so the kernel copies bits, never floats.
     ity = {2: torch.int16, 4: torch.int32}[values.element_size()]
     vals = values.view(ity)

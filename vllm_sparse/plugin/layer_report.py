@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 
 from ..checkpoint.layer_table import LayerRow, format_layer_table
+from .run_files import write_layer_table
+from .worker_metrics import record_layer_sparsity
 
 
 class LayerReport:
@@ -21,5 +23,7 @@ class LayerReport:
     def add(self, row: LayerRow) -> None:
         self.rows.append(row)
         self._pending.discard(row.name)
+        record_layer_sparsity(row.name, row.pattern, row.kernel, row.sparsity)
         if not self._pending:
             self._logger.info("vllm-sparse layer table:\n%s", format_layer_table(self.rows))
+            write_layer_table(self.rows, quantization="vllm-sparse")

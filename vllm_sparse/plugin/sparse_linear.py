@@ -63,7 +63,7 @@ class ShardAssembler:
         index = self.shard_index(shard_id)
         name = f"{self.shard_names[index]}.weight"
         self._check_shape(index, tuple(loaded.shape), name)
-        self._mark_done(index, name)
+        self._mark_done(index)
         self._load_dense(loaded, shard_id)
 
     def load_part(self, part: str, loaded: torch.Tensor, shard_id) -> None:
@@ -77,21 +77,21 @@ class ShardAssembler:
             return
         del self._parts[index]
         dense = decompress_weight(parts, self.storage_format, name=self.shard_names[index])
-        self._check_shape(index, tuple(dense.shape), f"{self.shard_names[index]} (decompressed)")
-        self._mark_done(index, self.shard_names[index])
+        self._check_shape(index, tuple(dense.shape), f"{self.shard_names[index]} (decompressed from {sorted(parts)})")
+        self._mark_done(index)
         self._load_dense(dense, shard_id)
 
-    def _check_shape(self, index: int, shape: tuple[int, ...], name: str) -> None:
+    def _check_shape(self, index: int, shape: tuple[int, ...], what: str) -> None:
         expected = self.shard_shapes[index]
         if shape != expected:
             raise CheckpointError(
-                f"{name}: shape {list(shape)} does not match the model config, "
-                f"which needs {list(expected)} for {self.shard_names[index]}"
+                f"{what}: shape {list(shape)} does not match the model config (config.json), "
+                f"which needs {list(expected)}"
             )
 
-    def _mark_done(self, index: int, name: str) -> None:
+    def _mark_done(self, index: int) -> None:
         if index in self._done:
-            raise CheckpointError(f"{name}: {self.shard_names[index]} is stored twice in the checkpoint")
+            raise CheckpointError(f"{self.shard_names[index]}: weight stored twice in the checkpoint")
         self._done.add(index)
 
     def missing(self) -> list[str]:

@@ -21,10 +21,11 @@ FFN_BLOCKS = Counter(
     "Feed-forward blocks run per token, by decoder layer and decision (skipped or computed).",
     ["layer", "decision"],
 )
-KERNEL_DISPATCH = Counter(
-    "vllm_sparse_kernel_dispatch_total",
-    "Linear-layer calls by the kernel path the dispatcher chose.",
+KERNEL_LAYERS = Gauge(
+    "vllm_sparse_kernel_layers",
+    "Linear layers by the kernel path the dispatcher chose for them at load.",
     ["kernel"],
+    multiprocess_mode="max",
 )
 LAYER_SPARSITY = Gauge(
     "vllm_sparse_layer_sparsity_ratio",
@@ -32,6 +33,12 @@ LAYER_SPARSITY = Gauge(
     ["layer", "pattern", "kernel"],
     multiprocess_mode="max",
 )
+
+def record_layer_sparsity(layer: str, pattern: str, kernel: str, sparsity: float) -> None:
+    """One linear layer loaded: its sparsity, pattern and kernel path."""
+    LAYER_SPARSITY.labels(layer, pattern, kernel).set(sparsity)
+    KERNEL_LAYERS.labels(kernel).inc()
+
 
 # Process-local totals, for snapshots (gRPC GetMetrics, tests) without scraping.
 _ffn_totals: dict[int, list[int]] = defaultdict(lambda: [0, 0])

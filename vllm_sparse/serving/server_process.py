@@ -37,12 +37,15 @@ class OpenAIServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "OpenAIServer":
-        command = [
+    def command(self) -> list[str]:
+        return [
             sys.executable, "-m", "vllm.entrypoints.openai.api_server",
             "--model", self.model, "--host", "127.0.0.1", "--port", str(self.port),
             "--max-model-len", "1024", "--enforce-eager", *self.extra_args,
         ]
+
+    def start(self) -> "OpenAIServer":
+        command = self.command()
         self._log = self.log_path.open("w")
         # A session of its own, so stopping the server also stops its engine processes.
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
@@ -91,3 +94,23 @@ class OpenAIServer:
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+class SparseServer(OpenAIServer):
+    """``vllm-sparse serve``: the OpenAI server plus our gRPC server."""
+
+    def __init__(self, model, port: int, grpc_port: int, log_path: Path, grpc_args: list[str] = (), **kwargs) -> None:
+        super().__init__(model, port, log_path, **kwargs)
+        self.grpc_port = grpc_port
+        self.grpc_args = list(grpc_args)
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "vllm_sparse.cli", "serve", self.model,
+            "--grpc-port", str(self.grpc_port), *self.grpc_args,
+            "--port", str(self.port), "--max-model-len", "1024", "--enforce-eager", *self.extra_args,
+        ]
+
+    def get(self, path: str, timeout: float = 30.0) -> str:
+        with urllib.request.urlopen(f"{self.url}{path}", timeout=timeout) as response:
+            return response.read().decode()

@@ -1,0 +1,42 @@
+"""Small helpers shared by the gRPC tests."""
+
+from __future__ import annotations
+
+import re
+import socket
+
+import grpc
+
+from vllm_sparse.serving.proto import sparse_serving_pb2 as pb
+from vllm_sparse.serving.proto import sparse_serving_pb2_grpc as pb_grpc
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def generate_request(prompt: str = "The capital of France is", max_tokens: int = 16, **sampling) -> pb.GenerateRequest:
+    params = {"temperature": 0.0, "ignore_eos": True, **sampling}
+    return pb.GenerateRequest(prompt=prompt, sampling=pb.SamplingParameters(max_tokens=max_tokens, **params))
+
+
+def stub(channel: grpc.Channel) -> pb_grpc.SparseServingStub:
+    return pb_grpc.SparseServingStub(channel)
+
+
+def prometheus_value(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` in Prometheus text format whose labels include
+    ``labels`` (0 when none)."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        match = re.match(r"^([A-Za-z_:][\w:]*)(\{[^}]*\})?\s+(\S+)", line)
+        if not match or match.group(1) != name:
+            continue
+        found = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', match.group(2) or ""))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(match.group(3))
+    return total

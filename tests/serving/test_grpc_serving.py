@@ -1,0 +1,187 @@
+"""``vllm-sparse serve`` for real: one vLLM engine behind the OpenAI HTTP server and
+our gRPC server, a compressed-tensors 2:4 checkpoint, Python gRPC clients.
+
+The tests share one server and run in file order; the last one stops it with
+SIGTERM."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+import time
+
+import grpc
+import psutil
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from checkpoints import CASES, MODELS, build_case
+from grpc_helpers import free_port, generate_request, prometheus_value, stub
+from vllm_sparse.serving.proto import sparse_serving_pb2 as pb
+from vllm_sparse.serving.server_process import SparseServer
+
+pytestmark = pytest.mark.vllm
+
+
+@pytest.fixture(scope="module")
+def server(base_model, tmp_path_factory):
+    checkpoint = build_case(base_model, MODELS / "test-checkpoints", next(c for c in CASES if c.name == "2of4")).compressed
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    server = SparseServer(checkpoint, free_port(), free_port(), log)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def channel(server):
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        grpc.channel_ready_future(channel).result(timeout=30)
+        yield channel
+
+
+def _wait_for_idle(client, timeout: float = 30.0) -> pb.MetricsSnapshot:
+    deadline = time.monotonic() + timeout
+    while True:
+        snapshot = client.GetMetrics(pb.GetMetricsRequest())
+        if snapshot.requests_running == 0 and snapshot.requests_waiting == 0:
+            return snapshot
+        if time.monotonic() > deadline:
+            raise AssertionError(f"engine still busy: {snapshot.requests_running} running")
+        time.sleep(0.2)
+
+
+def test_health_serving_and_reflection(channel):
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "vllm_sparse.v1.SparseServing"):
+        assert health.Check(health_pb2.HealthCheckRequest(service=service)).status == health_pb2.HealthCheckResponse.SERVING
+    responses = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+    )
+    names = {service.name for response in responses for service in response.list_services_response.service}
+    assert {"vllm_sparse.v1.SparseServing", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names
+
+
+def test_model_info_has_the_layer_table(channel):
+    info = stub(channel).GetModelInfo(pb.GetModelInfoRequest())
+    assert info.quantization == "vllm-sparse"
+    assert len(info.layers) == 120
+    assert {layer.pattern for layer in info.layers} == {"2:4"}
+    assert info.model_sparsity == pytest.approx(0.5, abs=0.001)
+    assert info.dense_bytes > 0
+
+
+def test_generate_streams_tokens_and_matches_http(server, channel):
+    replies = list(stub(channel).Generate(generate_request("The capital of France is", max_tokens=16)))
+    tokens = [t for reply in replies for t in reply.token_ids]
+    assert len(tokens) == 16 and len(replies) >= 2  # streamed, not one final message
+    assert replies[-1].finished and replies[-1].finish_reason == "length"
+    http = server.post("/v1/completions", {"model": server.model, "prompt": "The capital of France is",
+                                           "max_tokens": 16, "temperature": 0.0, "ignore_eos": True})
+    assert "".join(reply.text for reply in replies) == http["choices"][0]["text"]
+
+
+def test_bad_parameters_are_invalid_argument(channel):
+    with pytest.raises(grpc.RpcError) as error:
+        list(stub(channel).Generate(generate_request(max_tokens=0)))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "max_tokens" in error.value.details()
+
+
+def test_cancel_mid_stream_frees_the_engine(channel):
+    client = stub(channel)
+    call = client.Generate(generate_request(max_tokens=400))
+    next(call)
+    assert client.GetMetrics(pb.GetMetricsRequest()).requests_running == 1
+    call.cancel()
+    _wait_for_idle(client, timeout=10)
+
+
+def test_deadline_shorter_than_generation_aborts(server, channel):
+    client = stub(channel)
+    before = prometheus_value(server.get("/metrics"), "vllm_sparse_grpc_requests_total",
+                              method="Generate", code="DEADLINE_EXCEEDED")
+    with pytest.raises(grpc.RpcError) as error:
+        list(client.Generate(generate_request(max_tokens=600), timeout=1.0))
+    assert error.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    _wait_for_idle(client, timeout=10)
+    after = prometheus_value(server.get("/metrics"), "vllm_sparse_grpc_requests_total",
+                             method="Generate", code="DEADLINE_EXCEEDED")
+    assert after == before + 1
+
+
+def test_32_concurrent_streams_and_counters_match(server, channel):
+    client = stub(channel)
+    _wait_for_idle(client)
+    before = client.GetMetrics(pb.GetMetricsRequest())
+    metrics_before = server.get("/metrics")
+
+    def one(index: int) -> int:
+        replies = list(client.Generate(generate_request(f"Story number {index}:", max_tokens=8 + index % 5)))
+        assert replies[-1].finished
+        return sum(len(reply.token_ids) for reply in replies)
+
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        received = list(pool.map(one, range(32)))
+    assert received == [8 + i % 5 for i in range(32)]
+
+    after = _wait_for_idle(client)
+    metrics_after = server.get("/metrics")
+    assert after.requests_finished_total - before.requests_finished_total == 32
+    assert after.generation_tokens_total - before.generation_tokens_total == sum(received)
+
+    def delta(name, **labels):
+        return prometheus_value(metrics_after, name, **labels) - prometheus_value(metrics_before, name, **labels)
+
+    assert delta("vllm_sparse_grpc_requests_total", method="Generate", code="OK") == 32
+    assert delta("vllm_sparse_grpc_generated_tokens_total") == sum(received)
+    assert delta("vllm:generation_tokens_total") == sum(received)
+    assert delta("vllm:request_success_total") == 32
+    assert after.time_to_first_token.samples > 0 and after.end_to_end_latency.p50_seconds > 0
+    assert after.generation_tokens_per_second > 0
+
+
+def test_metrics_endpoint_carries_sparse_figures(server):
+    text = server.get("/metrics")
+    assert prometheus_value(text, "vllm_sparse_kernel_layers", kernel="dense") == 120
+    sparsity = prometheus_value(text, "vllm_sparse_layer_sparsity_ratio", layer="model.layers.0.mlp.down_proj")
+    assert sparsity == pytest.approx(0.5, abs=0.001)
+    assert "vllm_sparse_grpc_request_duration_seconds_bucket" in text
+
+
+def test_watch_metrics_streams_snapshots(channel):
+    stream = stub(channel).WatchMetrics(pb.WatchMetricsRequest(interval_seconds=0.2))
+    first, second = next(stream), next(stream)
+    stream.cancel()
+    assert second.timestamp_seconds - first.timestamp_seconds == pytest.approx(0.2, abs=0.15)
+    with pytest.raises(grpc.RpcError) as error:
+        next(stub(channel).WatchMetrics(pb.WatchMetricsRequest(interval_seconds=0)))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_sigterm_reports_not_serving_finishes_streams_and_leaves_no_processes(server, channel):
+    health = health_pb2_grpc.HealthStub(channel)
+    family = [server.process.pid] + [child.pid for child in psutil.Process(server.process.pid).children(recursive=True)]
+    call = stub(channel).Generate(generate_request(max_tokens=60))
+    next(call)
+    os.kill(server.process.pid, signal.SIGTERM)  # `vllm-sparse serve` forwards it
+    statuses = set()
+    for _ in range(100):
+        try:
+            statuses.add(health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1).status)
+        except grpc.RpcError:
+            break  # the server is gone
+        time.sleep(0.05)
+    assert health_pb2.HealthCheckResponse.NOT_SERVING in statuses
+    # The in-flight stream either finished within the grace period or was cancelled.
+    try:
+        rest = list(call)
+        assert rest[-1].finished
+    except grpc.RpcError as error:
+        assert error.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+    assert server.process.wait(timeout=60) == 0
+    time.sleep(1)
+    alive = [pid for pid in family if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    assert alive == []

@@ -1,0 +1,88 @@
+"""The gRPC server: SparseServing, the standard health service and server
+reflection, with optional TLS and bearer-token authentication."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from .grpc_service import SparseServingService
+from .grpc_settings import GrpcSettings
+from .proto import sparse_serving_pb2 as pb
+from .proto import sparse_serving_pb2_grpc as pb_grpc
+
+logger = logging.getLogger("vllm.sparse.grpc")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SparseServing"].full_name
+# Probes (kubelet, grpc_health_probe) cannot send a token: health stays open.
+_UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.Health/",)
+
+
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+        async def refuse(request, context):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+
+        self._refusal = grpc.unary_unary_rpc_method_handler(refuse)
+
+    async def intercept_service(self, continuation, handler_call_details):
+        method = handler_call_details.method
+        if method.startswith(_UNAUTHENTICATED_PREFIXES):
+            return await continuation(handler_call_details)
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        given = str(metadata.get("authorization", "")).encode()
+        if hmac.compare_digest(given, self._expected):
+            return await continuation(handler_call_details)
+        return self._refusal
+
+
+class GrpcFrontEnd:
+    """Owns the grpc.aio server; started and stopped with vLLM's API server."""
+
+    def __init__(self, settings: GrpcSettings, engine_client, model_name: str, max_model_len: int | None) -> None:
+        self.settings = settings
+        interceptors = [BearerTokenInterceptor(settings.token)] if settings.token else []
+        self.server = grpc.aio.server(interceptors=interceptors)
+        self.service = SparseServingService(engine_client, model_name, max_model_len, settings.max_inflight)
+        pb_grpc.add_SparseServingServicer_to_server(self.service, self.server)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self.server,
+        )
+        address = f"{settings.host}:{settings.port}"
+        if settings.tls_cert:
+            credentials = grpc.ssl_server_credentials(
+                [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())]
+            )
+            self.port = self.server.add_secure_port(address, credentials)
+        else:
+            self.port = self.server.add_insecure_port(address)
+        if self.port == 0:
+            raise RuntimeError(f"gRPC server could not bind {address}")
+
+    async def start(self) -> None:
+        await self.server.start()
+        await self._set_status(health_pb2.HealthCheckResponse.SERVING)
+        logger.info(
+            "vllm-sparse gRPC server on %s:%d (%s%s)", self.settings.host, self.port,
+            "TLS" if self.settings.tls_cert else "plaintext", ", bearer token" if self.settings.token else "",
+        )
+
+    async def stop(self) -> None:
+        """NOT_SERVING first, so balancers drain; in-flight streams get the grace
+        period to finish, then are cancelled (their engine requests aborted)."""
+        await self._set_status(health_pb2.HealthCheckResponse.NOT_SERVING)
+        logger.info("vllm-sparse gRPC server stopping (grace %.1f s)", self.settings.shutdown_grace_seconds)
+        await self.server.stop(self.settings.shutdown_grace_seconds)
+
+    async def _set_status(self, status) -> None:
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, status)
