@@ -19,17 +19,33 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from checkpoints import CASES, MODELS, build_case
 from grpc_helpers import free_port, generate_request, prometheus_value, stub
+from prometheus_server import PrometheusServer
 from vllm_sparse.serving.proto import sparse_serving_pb2 as pb
 from vllm_sparse.serving.server_process import SparseServer
 
 pytestmark = pytest.mark.vllm
 
 
+# FFN skipping on (an aggressive profile, so that short test requests skip), so the
+# skip counters are exercised end to end.
+SKIP_PROFILE = """\
+enabled: true
+threshold: 0.5
+skip_layers: 1
+cold_start: 2
+cold_end: 2
+warmup_tokens: 2
+skip_prompt: false
+"""
+
+
 @pytest.fixture(scope="module")
 def server(base_model, tmp_path_factory):
     checkpoint = build_case(base_model, MODELS / "test-checkpoints", next(c for c in CASES if c.name == "2of4")).compressed
-    log = tmp_path_factory.mktemp("serve") / "server.log"
-    server = SparseServer(checkpoint, free_port(), free_port(), log)
+    workdir = tmp_path_factory.mktemp("serve")
+    (workdir / "skip.yaml").write_text(SKIP_PROFILE)
+    server = SparseServer(checkpoint, free_port(), free_port(), workdir / "server.log",
+                          env={"VLLM_SPARSE_FFN_SKIP": str(workdir / "skip.yaml")})
     server.start()
     yield server
     server.stop()
@@ -149,6 +165,40 @@ def test_metrics_endpoint_carries_sparse_figures(server):
     sparsity = prometheus_value(text, "vllm_sparse_layer_sparsity_ratio", layer="model.layers.0.mlp.down_proj")
     assert sparsity == pytest.approx(0.5, abs=0.001)
     assert "vllm_sparse_grpc_request_duration_seconds_bucket" in text
+
+
+def test_ffn_skip_counters_reach_grpc_and_metrics(server, channel):
+    list(stub(channel).Generate(generate_request("Tell me about the sea.", max_tokens=24)))
+    snapshot = stub(channel).GetMetrics(pb.GetMetricsRequest())
+    assert 0 < snapshot.ffn_skip_ratio < 1
+    by_layer = {entry.layer: entry for entry in snapshot.ffn_skip}
+    assert by_layer[0].skipped == 0 and by_layer[0].computed > 0  # cold layer
+    assert sum(entry.skipped for entry in snapshot.ffn_skip) > 0
+    text = server.get("/metrics")
+    assert prometheus_value(text, "vllm_sparse_ffn_blocks_total", decision="skipped") == sum(
+        entry.skipped for entry in snapshot.ffn_skip
+    )
+
+
+def test_prometheus_scrapes_request_and_skip_counters(server, channel, tmp_path):
+    with PrometheusServer(tmp_path, free_port(), f"127.0.0.1:{server.port}") as prometheus:
+        # The counters before our requests, as Prometheus itself saw them.
+        start_ok = prometheus.wait_for_value(
+            'sum(vllm_sparse_grpc_requests_total{method="Generate",code="OK"})',
+            prometheus_value(server.get("/metrics"), "vllm_sparse_grpc_requests_total", method="Generate", code="OK"),
+        )
+        start_http = float(prometheus_value(server.get("/metrics"), "vllm:request_success_total"))
+        requests = 5
+        for index in range(requests):
+            list(stub(channel).Generate(generate_request(f"Request {index}", max_tokens=6)))
+        prometheus.wait_for_value(
+            'sum(vllm_sparse_grpc_requests_total{method="Generate",code="OK"})', start_ok + requests
+        )
+        prometheus.wait_for_value("sum(vllm:request_success_total)", start_http + requests)
+        skipped = prometheus.query('sum(vllm_sparse_ffn_blocks_total{decision="skipped"})')
+        assert skipped and float(skipped[0]["value"][1]) > 0
+        layers = prometheus.query("count(vllm_sparse_layer_sparsity_ratio)")
+        assert float(layers[0]["value"][1]) == 120
 
 
 def test_watch_metrics_streams_snapshots(channel):
