@@ -58,7 +58,7 @@ async def _with_server(settings: GrpcSettings, engine: FakeEngine, body):
 
 
 def _plain(**kwargs) -> GrpcSettings:
-    return GrpcSettings(port=free_port(), **kwargs)
+    return GrpcSettings(port=free_port(), shutdown_drain_seconds=0, **kwargs)
 
 
 def test_streams_every_token_then_finishes():
@@ -181,7 +181,7 @@ def test_tls_only_clients_with_the_certificate_get_in(tmp_path):
             info = await stub(channel).GetModelInfo(pb.GetModelInfoRequest(), timeout=5)
             assert info.model == "fake-model"
 
-    run(_with_server(GrpcSettings(host="localhost", port=free_port(), tls_cert=cert, tls_key=key), FakeEngine(), body))
+    run(_with_server(GrpcSettings(host="localhost", port=free_port(), tls_cert=cert, tls_key=key, shutdown_drain_seconds=0), FakeEngine(), body))
 
 
 def test_settings_reject_bad_values(tmp_path):

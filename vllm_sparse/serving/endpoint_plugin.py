@@ -43,7 +43,7 @@ class GrpcEndpointPlugin:
 
 def _stop_before_engine_shutdown(engine_client, front_end: GrpcFrontEnd, loop: asyncio.AbstractEventLoop) -> None:
     original_shutdown = engine_client.shutdown
-    grace = front_end.settings.shutdown_grace_seconds
+    grace = front_end.settings.shutdown_drain_seconds + front_end.settings.shutdown_grace_seconds
     loop_thread = threading.get_ident()
 
     def shutdown(*args, **kwargs):

@@ -3,6 +3,7 @@ reflection, with optional TLS and bearer-token authentication."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 
@@ -77,10 +78,16 @@ class GrpcFrontEnd:
         )
 
     async def stop(self) -> None:
-        """NOT_SERVING first, so balancers drain; in-flight streams get the grace
-        period to finish, then are cancelled (their engine requests aborted)."""
+        """NOT_SERVING first, kept up for the drain period so health probes and
+        balancers see it while the server still answers; then new calls are
+        refused and in-flight streams get the grace period to finish before they
+        are cancelled (their engine requests aborted)."""
         await self._set_status(health_pb2.HealthCheckResponse.NOT_SERVING)
-        logger.info("vllm-sparse gRPC server stopping (grace %.1f s)", self.settings.shutdown_grace_seconds)
+        logger.info(
+            "vllm-sparse gRPC server draining (%.1f s), then stopping (grace %.1f s)",
+            self.settings.shutdown_drain_seconds, self.settings.shutdown_grace_seconds,
+        )
+        await asyncio.sleep(self.settings.shutdown_drain_seconds)
         await self.server.stop(self.settings.shutdown_grace_seconds)
 
     async def _set_status(self, status) -> None:

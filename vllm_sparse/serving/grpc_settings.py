@@ -18,6 +18,7 @@ class GrpcSettings:
     tls_key: Path | None = None
     token: str | None = None  # clients must send "authorization: Bearer <token>"
     max_inflight: int = 256  # concurrent Generate streams before RESOURCE_EXHAUSTED
+    shutdown_drain_seconds: float = 1.0  # NOT_SERVING while still answering, before stopping
     shutdown_grace_seconds: float = 5.0  # in-flight streams may finish, then are cancelled
 
     @classmethod
@@ -33,6 +34,7 @@ class GrpcSettings:
             tls_key=Path(get("TLS_KEY")) if get("TLS_KEY") else None,
             token=_token(get("TOKEN"), get("TOKEN_FILE")),
             max_inflight=_int(get("MAX_INFLIGHT"), cls.max_inflight, "MAX_INFLIGHT"),
+            shutdown_drain_seconds=float(get("SHUTDOWN_DRAIN") or cls.shutdown_drain_seconds),
             shutdown_grace_seconds=float(get("SHUTDOWN_GRACE") or cls.shutdown_grace_seconds),
         )
         settings.validate()
@@ -46,12 +48,15 @@ class GrpcSettings:
                 raise ValueError(f"gRPC TLS file {path} does not exist")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"gRPC port {self.port} is out of range")
+        if self.shutdown_drain_seconds < 0 or self.shutdown_grace_seconds < 0:
+            raise ValueError("gRPC shutdown drain and grace periods cannot be negative")
         if self.max_inflight < 1:
             raise ValueError("gRPC max in-flight streams must be at least 1")
 
     def to_env(self) -> dict[str, str]:
         env = {
             "HOST": self.host, "PORT": str(self.port), "MAX_INFLIGHT": str(self.max_inflight),
+            "SHUTDOWN_DRAIN": str(self.shutdown_drain_seconds),
             "SHUTDOWN_GRACE": str(self.shutdown_grace_seconds),
         }
         if self.tls_cert:
