@@ -19,6 +19,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from checkpoints import CASES, MODELS, build_case
 from grpc_helpers import free_port, generate_request, prometheus_value, stub
+from deploy_metrics import metric_names
 from prometheus_server import PrometheusServer
 from vllm_sparse.serving.proto import sparse_serving_pb2 as pb
 from vllm_sparse.serving.server_process import SparseServer
@@ -206,6 +207,15 @@ def test_prometheus_scrapes_request_and_skip_counters(server, channel, tmp_path)
         assert skipped and float(skipped[0]["value"][1]) > 0
         layers = prometheus.query("count(vllm_sparse_layer_sparsity_ratio)")
         assert float(layers[0]["value"][1]) == 120
+
+
+def test_dashboard_and_alerts_use_metrics_the_server_exports(server):
+    """Every metric the Grafana dashboard and the alert rules query is on /metrics."""
+    from test_deploy_files import referenced_metrics
+
+    exported = {name.removesuffix("_bucket") for name in metric_names(server.get("/metrics"))}
+    missing = {name for name in referenced_metrics() if name.removesuffix("_bucket") not in exported}
+    assert not missing
 
 
 def test_watch_metrics_streams_snapshots(channel):
