@@ -22,8 +22,14 @@ RUNNER = Path(__file__).resolve()
 
 def run_engines(jobs: list[dict], workdir: Path, *, plugins: bool = True, timeout: float = 900) -> list[dict]:
     """``jobs``: dicts with ``model``, optional ``quantization``, ``prompts``,
-    ``max_tokens``, ``logprobs``, ``perplexity_windows``. Returns one result per job:
-    ``{"tokens": [[...]], "logprobs": [[...]], "perplexity": float|None}`` or
+    ``max_tokens``, ``logprobs``, ``perplexity_windows``, ``enforce_eager`` (default
+    True), ``max_num_batched_tokens``; FFN-skip keys: ``ffn_skip`` (a profile path,
+    put in ``VLLM_SPARSE_FFN_SKIP`` before the engine starts; it must be set in the
+    first job of a call for any job of that call to skip, since plugins register
+    once per process) and ``ffn_trace`` (return the per-layer decisions). Returns one result per job:
+    ``{"tokens": [[...]], "logprobs": [[...]], "perplexity": float|None}`` (plus
+    ``ffn_totals`` {layer: [skipped, computed]} and, with ``ffn_trace``, ``ffn_trace``
+    [[layer, position, skipped], ...] when ``ffn_skip`` is given) or
     ``{"error": "..."}`` when the engine failed to start."""
     workdir.mkdir(parents=True, exist_ok=True)
     job_path, result_path = workdir / "jobs.json", workdir / "results.json"
@@ -50,16 +56,25 @@ def run_engines(jobs: list[dict], workdir: Path, *, plugins: bool = True, timeou
 
 
 def _run_job(job: dict) -> dict:
+    if "ffn_skip" in job:  # read by the plugin when the engine builds the model
+        os.environ["VLLM_SPARSE_FFN_SKIP"] = job["ffn_skip"] or ""
     from vllm import LLM, SamplingParams
 
     try:
         llm = LLM(
             model=job["model"], quantization=job.get("quantization"), dtype=job.get("dtype", "bfloat16"),
-            enforce_eager=True, max_model_len=1024, seed=0,
+            enforce_eager=job.get("enforce_eager", True), max_model_len=1024, seed=0,
+            **({"max_num_batched_tokens": job["max_num_batched_tokens"]} if "max_num_batched_tokens" in job else {}),
         )
     except Exception as exc:  # report start-up failures to the test, which checks them
         return {"error": f"{type(exc).__name__}: {exc}"}
     result: dict = {}
+    if "ffn_skip" in job:
+        from vllm_sparse.plugin import ffn_skip, worker_metrics
+
+        if job.get("ffn_trace"):
+            ffn_skip.enable_trace()
+        before = worker_metrics.ffn_block_totals()
     if job.get("prompts"):
         params = SamplingParams(max_tokens=job.get("max_tokens", 32), temperature=0.0, logprobs=0, ignore_eos=True)
         outputs = llm.generate(job["prompts"], params, use_tqdm=False)
@@ -69,6 +84,18 @@ def _run_job(job: dict) -> dict:
             for o in outputs
         ]
         result["texts"] = [o.outputs[0].text for o in outputs]
+        result["prompt_tokens"] = [list(o.prompt_token_ids) for o in outputs]
+    if "ffn_skip" in job:
+        after = worker_metrics.ffn_block_totals()
+        result["ffn_totals"] = {
+            layer: [s - before.get(layer, (0, 0))[0], c - before.get(layer, (0, 0))[1]]
+            for layer, (s, c) in after.items()
+        }
+        if job.get("ffn_trace"):
+            result["ffn_trace"] = [
+                [layer, int(p), bool(s)] for layer, positions, skipped in ffn_skip.take_trace()
+                for p, s in zip(positions.tolist(), skipped.tolist())
+            ]
     if job.get("perplexity_windows"):
         from vllm_sparse.quality.perplexity import vllm_perplexity
 

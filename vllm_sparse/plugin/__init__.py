@@ -11,5 +11,9 @@ def register() -> None:
         return
     # Importing the module registers the quantization config with vLLM.
     from . import sparse_config  # noqa: F401
+    # FFN skipping: re-registers Llama/Qwen2/Mistral only when VLLM_SPARSE_FFN_SKIP is set.
+    from .ffn_skip import register_models
+
+    register_models()
 
     _registered = True

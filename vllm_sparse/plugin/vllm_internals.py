@@ -22,10 +22,28 @@ Internals:
   (on CPU: oneDNN-prepacked GEMM).
 - ``register_weight_loader_v2_supported_method``: lets our method receive the
   layer's ``weight_loader_v2`` (the loader for ``ModelWeightParameter``).
+- FFN skipping (plugin/ffn_skip.py, ffn_skip_models.py):
+  ``ModelRegistry.register_model`` re-points the architectures ``LlamaForCausalLM``,
+  ``Qwen2ForCausalLM``, ``MistralForCausalLM`` at subclasses of vLLM's own classes
+  (``vllm.model_executor.models.{llama,qwen2,mistral}``), only when
+  ``VLLM_SPARSE_FFN_SKIP`` is set. Relied on: the classes' ``__init__(*, vllm_config,
+  prefix)``; ``model.model.layers`` (``PPMissingLayer`` entries have no ``mlp``);
+  each decoder layer's ``forward(positions, hidden_states, residual, ...)``, its
+  ``post_attention_layernorm(hidden_states, residual)`` returning
+  ``(normed, residual)`` (the fused add + RMSNorm), and ``mlp(x)`` returning the FFN
+  output that the next layer's fused norm adds to the residual; ``mlp.gate_up_proj``
+  (merged [gate; up] weight) / ``mlp.down_proj``.
+  ``get_forward_context`` / ``is_forward_context_available`` (forward_context.py):
+  ``attn_metadata`` is a dict layer name -> metadata whose ``query_start_loc``
+  (every v1 backend has it) gives each request's rows; it is None in dummy runs.
+  ``CompilationMode`` (config/compilation.py): skipping needs ``NONE`` (eager).
 - the ``vllm`` logger namespace: our start-up table is logged under ``vllm.sparse``
   so it appears in vLLM's own log stream and format.
 """
 
+from vllm import ModelRegistry
+from vllm.config import CompilationMode
+from vllm.forward_context import get_forward_context, is_forward_context_available
 from vllm.model_executor.layers.linear import (
     LinearBase,
     LinearMethodBase,
@@ -43,8 +61,24 @@ from vllm.platforms import current_platform
 
 LOGGER_NAME = "vllm.sparse"
 
+
+def skip_capable_model_classes() -> dict[str, type]:
+    """vLLM's causal-LM classes that FFN skipping subclasses (imported lazily: they
+    pull in the model code, which only the process that builds the model needs)."""
+    from vllm.model_executor.models.llama import LlamaForCausalLM
+    from vllm.model_executor.models.mistral import MistralForCausalLM
+    from vllm.model_executor.models.qwen2 import Qwen2ForCausalLM
+
+    return {"LlamaForCausalLM": LlamaForCausalLM, "Qwen2ForCausalLM": Qwen2ForCausalLM,
+            "MistralForCausalLM": MistralForCausalLM}
+
 __all__ = [
     "LOGGER_NAME",
+    "CompilationMode",
+    "ModelRegistry",
+    "get_forward_context",
+    "is_forward_context_available",
+    "skip_capable_model_classes",
     "LinearBase",
     "LinearMethodBase",
     "MergedColumnParallelLinear",

@@ -38,7 +38,7 @@ def vllm_command(model: str, vllm_args: list[str]) -> list[str]:
     return command + vllm_args
 
 
-def serve(model: str, vllm_args: list[str], grpc: GrpcSettings) -> int:
+def serve(model: str, vllm_args: list[str], grpc: GrpcSettings, ffn_skip_profile: str | None = None) -> int:
     grpc.validate()
     run_dir = Path(tempfile.mkdtemp(prefix="vllm-sparse-run-"))
     env = dict(os.environ)
@@ -48,6 +48,8 @@ def serve(model: str, vllm_args: list[str], grpc: GrpcSettings) -> int:
         (run_dir / "prometheus").mkdir()
         env["PROMETHEUS_MULTIPROC_DIR"] = str(run_dir / "prometheus")
     env.update(grpc.to_env())
+    if ffn_skip_profile:
+        env["VLLM_SPARSE_FFN_SKIP"] = str(Path(ffn_skip_profile).resolve())
     process = subprocess.Popen(vllm_command(model, vllm_args), env=env)
 
     def forward(signum, _frame):

@@ -1,0 +1,171 @@
+"""Decode tokens/s through vLLM with FFN skipping off vs on, side by side in one run.
+
+    python benchmarks/ffn_skip_throughput.py [--model models/smollm2-135m]
+        [--profile configs/ffn_skip_25.yaml] [--out benchmarks/results/ffn_skip_throughput.md]
+
+Two engines live in this one process (vLLM in-process mode, eager, bf16): one with
+the off profile, one with the skip profile. Rounds alternate between them so load
+from other processes on the machine hits both alike. Decode throughput is
+B x (N - 1) / (t(N tokens) - t(1 token)): the prompt pass is subtracted. Prompts
+are 40 corpus tokens (past the warm-up, so generated tokens may skip; prompt tokens
+never do). Then one more pass per engine with timing hooks on the model's modules
+shows where a decode step's time goes (hooks cost a little; those figures are a
+breakdown, not the throughput).
+
+On a loaded shared machine, vLLM's default two bound OpenMP threads spend most of a
+step waiting for each other (0.5 tok/s seen); the figures in benchmarks/results were
+taken with ``VLLM_CPU_OMP_THREADS_BIND=nobind OMP_NUM_THREADS=1`` (one thread).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import time
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _engine(model: str, profile: Path):
+    os.environ["VLLM_SPARSE_FFN_SKIP"] = str(profile)  # read when the engine builds its model
+    from vllm import LLM
+
+    return LLM(model=model, dtype="bfloat16", enforce_eager=True, max_model_len=512, seed=0,
+               enable_prefix_caching=False)
+
+
+def _prompts(llm, batch: int, length: int = 40) -> list:
+    from vllm.inputs import TokensPrompt
+
+    ids = llm.get_tokenizer()((ROOT / "../shared/data/sensesensibility.txt").resolve().read_text()[:20000],
+                              add_special_tokens=False)["input_ids"]
+    return [TokensPrompt(prompt_token_ids=ids[i * 97: i * 97 + length]) for i in range(batch)]
+
+
+def _generate_time(llm, prompts, tokens: int) -> float:
+    from vllm import SamplingParams
+
+    params = SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=True)
+    start = time.perf_counter()
+    llm.generate(prompts, params, use_tqdm=False)
+    return time.perf_counter() - start
+
+
+def _decode_rate(llm, prompts, tokens: int) -> float:
+    prefill = _generate_time(llm, prompts, 1)
+    full = _generate_time(llm, prompts, tokens)
+    return len(prompts) * (tokens - 1) / max(full - prefill, 1e-9)
+
+
+def _skip_ratio_during(llm, prompts, tokens: int) -> float:
+    from vllm_sparse.plugin.worker_metrics import ffn_block_totals
+
+    before = ffn_block_totals()
+    _generate_time(llm, prompts, tokens)
+    after = ffn_block_totals()
+    skipped = sum(s - before.get(k, (0, 0))[0] for k, (s, _) in after.items())
+    computed = sum(c - before.get(k, (0, 0))[1] for k, (_, c) in after.items())
+    return skipped / max(skipped + computed, 1)
+
+
+class _Timer:
+    """Wall time inside chosen submodules (pre/post forward hooks), per decode step."""
+
+    def __init__(self) -> None:
+        self.total = defaultdict(float)
+        self._start: dict[int, float] = {}
+
+    def attach(self, model) -> str:
+        for name, module in model.named_modules():
+            kind = name.rsplit(".", 1)[-1]
+            if kind in ("mlp", "self_attn") or name == "model":
+                module.register_forward_pre_hook(lambda m, a, k=kind if name != "model" else "model forward":
+                                                 self._start.__setitem__(id(m), time.perf_counter()))
+                module.register_forward_hook(lambda m, a, o, k=kind if name != "model" else "model forward":
+                                             self._add(k, m))
+        return "attached"
+
+    def _add(self, kind: str, module) -> None:
+        self.total[kind] += time.perf_counter() - self._start.pop(id(module))
+
+
+def _breakdown(llm, prompts, tokens: int) -> dict[str, float]:
+    timer = _Timer()
+    llm.apply_model(timer.attach)  # in-process mode: the hooks live in this process
+    _generate_time(llm, prompts, 1)
+    timer.total.clear()
+    wall = _generate_time(llm, prompts, tokens)
+    steps = tokens
+    out = {k: 1000 * v / steps for k, v in timer.total.items()}
+    out["whole step (generate wall / steps)"] = 1000 * wall / steps
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=str(ROOT / "models/smollm2-135m"))
+    parser.add_argument("--off", type=Path, default=ROOT / "configs/ffn_skip_off.yaml")
+    parser.add_argument("--profile", type=Path, default=ROOT / "configs/ffn_skip_25.yaml")
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/ffn_skip_throughput.md")
+    args = parser.parse_args()
+    for key, value in {"HF_HUB_OFFLINE": "1", "VLLM_HOST_IP": "127.0.0.1", "VLLM_CPU_KVCACHE_SPACE": "1",
+                       "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}.items():
+        os.environ.setdefault(key, value)
+
+    engines = {"off": _engine(args.model, args.off.resolve()), "on": _engine(args.model, args.profile.resolve())}
+    rates: dict[tuple[str, int], list[float]] = defaultdict(list)
+    ratios = {}
+    for batch in (1, 8):
+        prompts = _prompts(engines["off"], batch)
+        for llm in engines.values():  # warm-up
+            _generate_time(llm, prompts, 8)
+        for _ in range(args.rounds):
+            for name, llm in engines.items():
+                rates[(name, batch)].append(_decode_rate(llm, prompts, args.tokens))
+                print(f"batch {batch} {name}: {rates[(name, batch)][-1]:.2f} tok/s", flush=True)
+        ratios[batch] = _skip_ratio_during(engines["on"], prompts, args.tokens)
+        _report(args, rates, ratios, {})  # partial results survive a later failure
+    breakdown = {name: _breakdown(llm, _prompts(llm, 1), args.tokens) for name, llm in engines.items()}
+    print(_report(args, rates, ratios, breakdown))
+
+
+def _report(args, rates, ratios, breakdown) -> str:
+    lines = [
+        "# FFN skipping: decode throughput through vLLM, off vs on",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, no GPU (shared with other jobs while measured); "
+        f"date {datetime.date.today()}. vLLM 0.32.0 (vllm-cpu), bf16, enforce_eager, in-process; "
+        f"VLLM_CPU_OMP_THREADS_BIND={os.environ.get('VLLM_CPU_OMP_THREADS_BIND', 'auto')}, "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}.",
+        f"Model {Path(args.model).name}; skip profile `{args.profile.relative_to(ROOT)}`; {args.tokens} new tokens "
+        f"after 40-token prompts; median of {args.rounds} alternating rounds. "
+        "Command: `python benchmarks/ffn_skip_throughput.py`.",
+        "",
+        "| batch | off (tok/s) | on (tok/s) | on / off | FFN blocks skipped (whole run incl. prompt) |",
+        "|---|---|---|---|---|",
+    ]
+    for batch in sorted(ratios):
+        off, on = statistics.median(rates[("off", batch)]), statistics.median(rates[("on", batch)])
+        lines.append(f"| {batch} | {off:.1f} | {on:.1f} | {on / off:.3f}x | {ratios[batch]:.1%} |")
+    lines += ["", "All rounds (tok/s): " + "; ".join(
+        f"{name} b{batch}: {', '.join(f'{r:.1f}' for r in values)}" for (name, batch), values in rates.items()), "",
+        "## Where a batch-1 decode step's time goes (ms per step, timing hooks on)", ""]
+    if breakdown:
+        lines += ["| part | off | on |", "|---|---|---|"]
+        for key in breakdown["off"]:
+            lines.append(f"| {key} | {breakdown['off'][key]:.2f} | {breakdown['on'].get(key, 0):.2f} |")
+    text = "\n".join(lines) + "\n"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()

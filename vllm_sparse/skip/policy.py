@@ -1,0 +1,106 @@
+"""The FFN-skip policy: its knobs, their checks, and the YAML profile they live in.
+
+A profile is a small YAML mapping, e.g. ``configs/ffn_skip_25.yaml``::
+
+    enabled: true
+    threshold: 0.985        # cosine(h_in, h_in + ffn(h_in)) above this triggers a skip
+    skip_layers: 3          # k: the FFNs of the next k layers are skipped, then check again
+    cold_start: 4           # the first layers never skip
+    cold_end: 2             # nor the last ones
+    warmup_tokens: 28       # the first W positions of every sequence always compute
+    skip_prompt: false      # prompt (prefill) tokens compute in full unless true
+
+Unknown keys and out-of-range values are rejected with the key named, so a typo
+fails at start-up instead of silently serving an unintended policy.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import yaml
+
+ENV_VAR = "VLLM_SPARSE_FFN_SKIP"
+
+
+class SkipPolicyError(ValueError):
+    """A profile that cannot be served; the message names the file and key."""
+
+
+@dataclass(frozen=True)
+class SkipPolicy:
+    enabled: bool = False
+    threshold: float = 1.0
+    skip_layers: int = 3
+    cold_start: int = 4
+    cold_end: int = 2
+    warmup_tokens: int = 28
+    skip_prompt: bool = False
+
+    def validate(self, num_layers: int | None = None, source: str = "skip policy") -> "SkipPolicy":
+        def bad(key: str, why: str) -> SkipPolicyError:
+            return SkipPolicyError(f"{source}: {key} {why} (got {getattr(self, key)!r})")
+
+        for key in ("enabled", "skip_prompt"):
+            if not isinstance(getattr(self, key), bool):
+                raise bad(key, "must be true or false")
+        for key in ("skip_layers", "cold_start", "cold_end", "warmup_tokens"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise bad(key, "must be a whole number >= 0")
+        if self.skip_layers < 1:
+            raise bad("skip_layers", "must be >= 1 (the number of layers skipped after a trigger)")
+        t = self.threshold
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or not -1.0 <= t <= 1.0:
+            raise bad("threshold", "must be a cosine similarity in [-1, 1]")
+        if num_layers is not None and self.enabled and self.cold_start + self.cold_end >= num_layers:
+            raise SkipPolicyError(
+                f"{source}: cold_start + cold_end = {self.cold_start + self.cold_end} leaves no layer "
+                f"that may skip in a {num_layers}-layer model")
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(asdict(self), sort_keys=False)
+
+
+OFF = SkipPolicy()
+
+
+def policy_from_mapping(data: object, source: str = "skip policy") -> SkipPolicy:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SkipPolicyError(f"{source}: expected a mapping of policy keys, got {type(data).__name__}")
+    known = {f.name for f in fields(SkipPolicy)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise SkipPolicyError(f"{source}: unknown key(s) {unknown}; known keys: {sorted(known)}")
+    return SkipPolicy(**data).validate(source=source)
+
+
+def load_policy(path: str | Path) -> SkipPolicy:
+    path = Path(path)
+    if not path.is_file():
+        raise SkipPolicyError(f"{ENV_VAR}={path}: no such profile file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise SkipPolicyError(f"{path}: not valid YAML: {exc}") from exc
+    return policy_from_mapping(data, source=str(path))
+
+
+def save_policy(policy: SkipPolicy, path: str | Path, comment: str = "") -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = "".join(f"# {line}\n" for line in comment.splitlines()) if comment else ""
+    path.write_text(header + policy.to_yaml(), encoding="utf-8")
+    return path
+
+
+def policy_from_env() -> SkipPolicy | None:
+    """The profile named by ``VLLM_SPARSE_FFN_SKIP``, or None when it is unset/empty."""
+    value = os.environ.get(ENV_VAR, "").strip()
+    return load_policy(value) if value else None
