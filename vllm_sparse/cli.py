@@ -18,8 +18,8 @@ def _cmd_fetch_model(args: argparse.Namespace) -> int:
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
-    from .checkpoint.pruning import PruningPlan, parse_layer_sparsity, prune_state_dict
-    from .checkpoint.writer import load_state_dict, save_sparse_checkpoint
+    from .checkpoint.pruning import OWLConfig, PruningPlan, SparseGPTConfig, check_request, parse_layer_sparsity, prune_model
+    from .checkpoint.writer import save_sparse_checkpoint
     from .kernels import NMPattern
 
     pattern = None if args.pattern == "unstructured" else NMPattern.parse(args.pattern)
@@ -29,10 +29,17 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         pattern=pattern,
         layer_sparsity=parse_layer_sparsity(args.layer_sparsity),
     )
-    pruned = prune_state_dict(load_state_dict(args.model), plan)
-    recipe = {"method": "magnitude", "pattern": plan.structure, "sparsity": plan.sparsity}
-    if plan.layer_sparsity:
-        recipe["layer_sparsity"] = list(plan.layer_sparsity)
+    calibration = None
+    if args.calibration is not None:
+        from .checkpoint.calibration import CalibrationConfig
+
+        calibration = CalibrationConfig(args.calibration, args.calibration_samples, args.calibration_seqlen)
+    check_request(args.method, plan, args.allocation, calibration)
+    pruned, recipe = prune_model(
+        args.model, args.method, plan, calibration=calibration, allocation=args.allocation,
+        owl=OWLConfig(m=args.owl_m, lam=args.owl_lambda),
+        sparsegpt=SparseGPTConfig(blocksize=args.sparsegpt_blocksize, damp=args.sparsegpt_damp),
+    )
     out = save_sparse_checkpoint(args.model, pruned, args.out, storage=args.storage, structure=plan.structure, recipe=recipe)
     print(out)
     return 0
@@ -51,6 +58,7 @@ def _cmd_perplexity(args: argparse.Namespace) -> int:
     from .runtime import apply_offline_defaults
 
     apply_offline_defaults()
+    _apply_ffn_skip(args.ffn_skip)
     from vllm import LLM
 
     llm = LLM(
@@ -66,10 +74,116 @@ def _cmd_perplexity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serving.grpc_settings import GrpcSettings
+    from .serving.launch import serve
+
+    token = Path(args.grpc_token_file).read_text().strip() if args.grpc_token_file else None
+    settings = GrpcSettings(
+        host=args.grpc_host, port=args.grpc_port, tls_cert=args.grpc_tls_cert, tls_key=args.grpc_tls_key,
+        token=token, max_inflight=args.grpc_max_inflight, shutdown_drain_seconds=args.grpc_shutdown_drain,
+        shutdown_grace_seconds=args.grpc_shutdown_grace,
+    )
+    return serve(args.model, args.vllm_args, settings, ffn_skip_profile=args.ffn_skip)
+
+
+def _apply_ffn_skip(profile: str | None) -> None:
+    """--ffn-skip: check the profile now (a clear error before vLLM starts), then
+    hand it to the plugin through the environment (inherited by vLLM's processes)."""
+    if profile is None:
+        return
+    import os
+
+    from .skip.policy import ENV_VAR, load_policy
+
+    load_policy(profile)
+    os.environ[ENV_VAR] = str(Path(profile).resolve())
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     return run_demo(Path(args.workdir), port=args.port)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .serving.loadgen.bench import BenchOptions, Endpoint, run_bench
+    from .serving.loadgen.runner import LoadPlan
+    from .serving.loadgen.workload import GenerationParams
+
+    if args.compare:
+        endpoints = [Endpoint.parse(text) for text in args.compare]
+    elif args.backend == "grpc":
+        if not args.target:
+            raise ValueError("--backend grpc needs --target HOST:PORT")
+        endpoints = [Endpoint.parse(args.target, "grpc")]
+    else:
+        if not args.base_url:
+            raise ValueError("--backend openai needs --base-url http://HOST:PORT")
+        endpoints = [Endpoint.parse(args.base_url, "openai")]
+    if (args.prompts is None) == (args.random_input_len is None):
+        raise ValueError("give exactly one of --prompts FILE and --random-input-len L")
+    num_requests = args.num_requests if args.num_requests is not None or args.duration is not None else 100
+    options = BenchOptions(
+        endpoints=endpoints,
+        plan=LoadPlan(num_requests=num_requests, duration=args.duration, concurrency=args.concurrency,
+                      request_rate=args.request_rate, seed=args.seed, request_timeout=args.request_timeout),
+        params=GenerationParams(max_tokens=args.max_tokens, temperature=args.temperature, ignore_eos=args.ignore_eos),
+        prompts_file=args.prompts, prompt_words=args.prompt_words, random_input_len=args.random_input_len,
+        vocab_size=args.vocab_size, model=args.model, token=args.token, tls_ca=args.tls_ca,
+        tls_server_name=args.tls_server_name, warmup_requests=args.warmup_requests,
+        progress=not args.no_progress, json_out=args.json_out,
+    )
+    run_bench(options)
+    return 0
+
+
+def _cmd_calibrate_skip(args: argparse.Namespace) -> int:
+    import torch
+    from transformers import AutoTokenizer
+
+    from .quality.perplexity import corpus_windows
+    from .skip.calibrate import calibrate
+    from .skip.hf import load_hf_llama
+    from .skip.policy import save_policy
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model = load_hf_llama(args.model, torch.float32)
+    windows = corpus_windows(tokenizer, args.corpus, args.window, args.count)
+    result = calibrate(model, windows, args.target_skip, skip_layers=args.skip_layers,
+                       warmup_tokens=args.warmup_tokens)
+    comment = (f"calibrated by vllm-sparse calibrate-skip on {args.corpus} ({len(windows)} x {args.window} tokens)\n"
+               f"model {args.model}; target skip ratio {args.target_skip}; realised there "
+               f"{result.realised_ratio:.4f} (open-loop replay {result.open_loop_ratio:.4f})")
+    save_policy(result.policy, args.out, comment)
+    print(f"{args.out}: {result.policy}")
+    print(f"skip ratio on the calibration corpus: {result.realised_ratio:.2%} (target {args.target_skip:.0%})")
+    return 0
+
+
+def _cmd_eval_skip(args: argparse.Namespace) -> int:
+    import json
+
+    from .skip.evaluate import evaluate_model, markdown_table, rows_as_dicts, write_report
+
+    targets = [float(t) for t in args.targets.split(",")]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for spec in args.model:
+        name, _, path = spec.rpartition("=")
+        rows += evaluate_model(name or Path(path).name, path, targets, args.calib_corpus, args.eval_corpus,
+                               window=args.window, count=args.count, prompts=args.prompts,
+                               new_tokens=args.new_tokens, profiles_dir=out / "profiles")
+        # Written after each model, so a long run leaves what it has measured.
+        (out / "ffn_skip_quality.json").write_text(json.dumps(rows_as_dicts(rows), indent=1))
+    settings = (f"Calibrated on {args.calib_corpus.name}, measured on {args.eval_corpus.name}: {args.count} windows "
+                f"x {args.window} tokens each (every token as generated); greedy agreement over {args.prompts} "
+                f"prompts x {args.new_tokens} new tokens (32-token prompts, which never skip). k = 3, "
+                "warm-up 28 tokens; cold regions chosen by calibration.")
+    write_report(rows, out, "vllm-sparse " + " ".join(sys.argv[1:]), settings)
+    print(markdown_table(rows))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,12 +194,23 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--out", type=Path, default=DEFAULT_MODEL_DIR)
     fetch.set_defaults(run=_cmd_fetch_model)
 
-    prune = commands.add_parser("prune", help="magnitude-prune a dense checkpoint")
+    prune = commands.add_parser("prune", help="prune a dense checkpoint (magnitude, Wanda, SparseGPT; OWL allocation)")
     prune.add_argument("model", type=Path)
     prune.add_argument("out", type=Path)
+    prune.add_argument("--method", default="magnitude", choices=["magnitude", "wanda", "sparsegpt"])
     prune.add_argument("--pattern", default="unstructured", choices=["unstructured", "2:4", "4:8"])
     prune.add_argument("--sparsity", type=float, default=None, help="share of zeros (unstructured; default 0.5)")
+    prune.add_argument("--allocation", default="uniform", choices=["uniform", "owl"],
+                       help="owl: a sparsity per decoder layer from outlier ratios, averaging to --sparsity")
+    prune.add_argument("--owl-m", type=float, default=5.0, help="outlier threshold: M x the layer's mean Wanda score")
+    prune.add_argument("--owl-lambda", type=float, default=0.08, help="layer sparsities within sparsity +- lambda")
     prune.add_argument("--layer-sparsity", default=None, help="comma-separated sparsity per decoder layer")
+    prune.add_argument("--calibration", type=Path, default=None,
+                       help="text file of calibration data (needed by wanda, sparsegpt and owl)")
+    prune.add_argument("--calibration-samples", type=int, default=32, help="random windows of the text")
+    prune.add_argument("--calibration-seqlen", type=int, default=256, help="tokens per window")
+    prune.add_argument("--sparsegpt-blocksize", type=int, default=128)
+    prune.add_argument("--sparsegpt-damp", type=float, default=0.01, help="Hessian dampening, relative to its mean diagonal")
     prune.add_argument(
         "--storage", default="sparse-bitmask", choices=["dense", "sparse-bitmask", "sparse-24-bitmask"],
         help="dense keeps the zeros; the others are compressed-tensors sparse formats",
@@ -104,18 +229,112 @@ def build_parser() -> argparse.ArgumentParser:
     ppl.add_argument("--count", type=int, default=8)
     ppl.add_argument("--dtype", default="bfloat16")
     ppl.add_argument("--quantization", default=None, help="e.g. vllm-sparse for an undeclared pruned checkpoint")
+    ppl.add_argument("--ffn-skip", default=None, help="FFN-skip profile (sets VLLM_SPARSE_FFN_SKIP; prompt tokens "
+                     "are scored as a prompt, so they skip only with skip_prompt: true)")
     ppl.set_defaults(run=_cmd_perplexity)
+
+    serve = commands.add_parser(
+        "serve", help="vLLM's OpenAI HTTP server plus our gRPC server on one engine",
+        description="Any argument not listed here is passed to vLLM's OpenAI server unchanged "
+        "(e.g. --port 8000 --max-model-len 2048 --enforce-eager).",
+    )
+    serve.add_argument("model")
+    serve.add_argument("--grpc-host", default="127.0.0.1")
+    serve.add_argument("--grpc-port", type=int, default=50051)
+    serve.add_argument("--grpc-tls-cert", type=Path, default=None, help="PEM certificate chain (TLS)")
+    serve.add_argument("--grpc-tls-key", type=Path, default=None, help="PEM private key (TLS)")
+    serve.add_argument("--grpc-token-file", default=None, help="file holding the bearer token clients must send")
+    serve.add_argument("--grpc-max-inflight", type=int, default=256, help="streams before RESOURCE_EXHAUSTED")
+    serve.add_argument("--grpc-shutdown-drain", type=float, default=1.0,
+                       help="seconds health reports NOT_SERVING before the server stops taking calls")
+    serve.add_argument("--grpc-shutdown-grace", type=float, default=5.0, help="seconds in-flight streams may finish")
+    serve.add_argument("--ffn-skip", default=None, metavar="PROFILE",
+                       help="FFN-skip profile (YAML, see configs/); needs --enforce-eager")
+    serve.set_defaults(run=_cmd_serve, vllm_args=[])
+
+    cal = commands.add_parser("calibrate-skip", help="choose an FFN-skip profile that reaches a target skip ratio")
+    cal.add_argument("model")
+    cal.add_argument("--corpus", type=Path, required=True)
+    cal.add_argument("--target-skip", type=float, required=True, help="share of FFN blocks to skip, e.g. 0.25")
+    cal.add_argument("--out", type=Path, required=True, help="profile to write, e.g. configs/ffn_skip_25.yaml")
+    cal.add_argument("--window", type=int, default=256)
+    cal.add_argument("--count", type=int, default=4, help="corpus windows to calibrate on")
+    cal.add_argument("--skip-layers", type=int, default=3, help="k: layers skipped after a trigger")
+    cal.add_argument("--warmup-tokens", type=int, default=28)
+    cal.set_defaults(run=_cmd_calibrate_skip)
+
+    ev = commands.add_parser("eval-skip", help="skip ratio, perplexity and greedy agreement at several targets")
+    ev.add_argument("model", nargs="+", help="model directory, or NAME=DIR")
+    ev.add_argument("--calib-corpus", type=Path, required=True)
+    ev.add_argument("--eval-corpus", type=Path, required=True)
+    ev.add_argument("--targets", default="0,0.1,0.2,0.25,0.3,0.4")
+    ev.add_argument("--window", type=int, default=256)
+    ev.add_argument("--count", type=int, default=3, help="windows per corpus (calibration and held-out)")
+    ev.add_argument("--prompts", type=int, default=50)
+    ev.add_argument("--new-tokens", type=int, default=32)
+    ev.add_argument("--out", default="benchmarks/results/ffn_skip_quality")
+    ev.set_defaults(run=_cmd_eval_skip)
 
     demo = commands.add_parser("demo", help="fetch, prune 2:4, serve with vLLM, query, show the layer table")
     demo.add_argument("--workdir", default="models")
     demo.add_argument("--port", type=int, default=8011)
     demo.set_defaults(run=_cmd_demo)
+
+    bench = commands.add_parser(
+        "bench", help="load-test the gRPC or OpenAI endpoint: throughput, TTFT / ITL / E2E percentiles",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Load-test a serving endpoint and report request and token throughput and latency\n"
+        "percentiles (mean, p50, p90, p99) of completed requests; failed requests are counted by kind.\n\n"
+        "  TTFT  send -> first message carrying a token\n"
+        "  ITL   gap between successive token messages / tokens in the later message (one sample per token)\n"
+        "  E2E   send -> last message of the stream\n"
+        "Throughput = completed requests (or their tokens) / wall time from the first send until the\n"
+        "last request is done. Input/output tokens are the server's counts (gRPC prompt_tokens /\n"
+        "completion_tokens, OpenAI usage); without them, token-id prompts' length and token messages.",
+    )
+    bench.add_argument("--backend", choices=["grpc", "openai"], default="grpc")
+    bench.add_argument("--target", help="gRPC server HOST:PORT")
+    bench.add_argument("--base-url", help="OpenAI server, e.g. http://127.0.0.1:8000 (POST /v1/completions, streamed)")
+    bench.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                       help="run the same workload on A, then on B, and print B/A ratios; http(s)://... is an "
+                            "OpenAI server, grpc://HOST:PORT or HOST:PORT a gRPC server")
+    bench.add_argument("--model", help="OpenAI model name (default: the server's first model)")
+    bench.add_argument("--token", help="bearer token (metadata / header authorization: Bearer TOKEN)")
+    bench.add_argument("--tls-ca", type=Path, help="gRPC over TLS, trusting this root certificate (PEM)")
+    bench.add_argument("--tls-server-name", help="name to check the gRPC server's certificate against")
+    load = bench.add_argument_group("load")
+    load.add_argument("--concurrency", type=int, default=None,
+                      help="requests in flight (default 1); with --request-rate, a cap")
+    load.add_argument("--request-rate", type=float, default=None,
+                      help="Poisson arrivals (exponential gaps, seeded) at this many requests/s; inf: all at once")
+    load.add_argument("--num-requests", type=int, default=None, help="requests to send (default 100)")
+    load.add_argument("--duration", type=float, default=None, help="seconds to keep sending (then wait for those in flight)")
+    load.add_argument("--warmup-requests", type=int, default=0, help="requests sent first and not measured")
+    load.add_argument("--request-timeout", type=float, default=600.0, help="seconds; a request past it counts as an error")
+    load.add_argument("--seed", type=int, default=0, help="seeds random prompts and arrival times")
+    work = bench.add_argument_group("workload")
+    work.add_argument("--prompts", type=Path, help="text file: one prompt per line (or a corpus, with --prompt-words)")
+    work.add_argument("--prompt-words", type=int, default=None, help="cut --prompts into chunks of this many words")
+    work.add_argument("--random-input-len", type=int, default=None,
+                      help="random prompts of this many token ids (prompt_token_ids / a token-id list prompt)")
+    work.add_argument("--vocab-size", type=int, default=32000, help="random token ids are drawn from [100, this)")
+    work.add_argument("--max-tokens", type=int, default=128)
+    work.add_argument("--temperature", type=float, default=0.0)
+    work.add_argument("--ignore-eos", action="store_true", help="generate max-tokens tokens whatever comes")
+    bench.add_argument("--json-out", type=Path, help="write the summary (or the comparison) as JSON")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bench.set_defaults(run=_cmd_bench)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command != "serve":
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command == "serve":
+        args.vllm_args = unknown
     try:
         return args.run(args)
     except (ValueError, FileNotFoundError) as exc:
