@@ -141,6 +141,8 @@ def write_markdown(path: Path, results: dict, args) -> None:
         "SparseGPT: block 128, dampening 0.01.",
         "- Sparsity is over the decoder's linear layers (embeddings and lm_head stay dense). Magnitude, Wanda and "
         "SparseGPT drop the same number of weights in every output row.",
+        "- Prune times are wall seconds on a shared, busy machine (load average about 8 on 2 cores); "
+        "read them as rough.",
         "- Every pruned checkpoint was also served stored dense; the compressed and dense-stored twins gave "
         "identical greedy tokens (8 prompts x 32 tokens) unless marked `greedy k/8!`.",
         "",
@@ -180,8 +182,12 @@ def write_markdown(path: Path, results: dict, args) -> None:
                 lines.append(f"- {METHOD_TITLES[method]}, {setting.title}: `{entry['sample'].strip()[:90]!r}`")
     if dense:
         lines.append(f"- dense: `{dense['sample'].strip()[:90]!r}`")
-    if args.notes and Path(args.notes).exists():
-        lines += ["", Path(args.notes).read_text().strip()]
+    findings = Path(args.notes).read_text().strip() if args.notes else None
+    if findings is None and path.exists() and "\n## Findings" in path.read_text():
+        # keep the hand-written findings of an earlier run when regenerating
+        findings = "## Findings" + path.read_text().split("\n## Findings", 1)[1].rstrip()
+    if findings:
+        lines += ["", findings]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
 
@@ -198,7 +204,8 @@ def main() -> int:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--work", type=Path, default=REPO / "models" / "pruning-quality")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "pruning_quality.md")
-    parser.add_argument("--notes", default=None, help="markdown file appended to the results (findings)")
+    parser.add_argument("--notes", default=None,
+                        help="markdown file with the findings, appended to the results (default: keep those in --out)")
     parser.add_argument("--keep", action="store_true", help="keep the pruned checkpoints")
     args = parser.parse_args()
 
