@@ -24,21 +24,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from vllm_sparse.quality.prompts import GREEDY_PROMPTS
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # vllm_runner: vLLM engines in a child process
 
 DATA = REPO.parent / "shared" / "data"
-PROMPTS = [
-    "The capital of France is",
-    "Once upon a time, in a small village,",
-    "To make a cup of tea, first",
-    "The most important lesson I learned at school was",
-    "def fibonacci(n):",
-    "Photosynthesis is the process by which",
-    "My favourite season of the year is",
-    "The three primary colours are",
-]
+PROMPTS = list(GREEDY_PROMPTS)
 MAX_TOKENS = 32
 METHODS = ("magnitude", "wanda", "sparsegpt")
 METHOD_TITLES = {"magnitude": "magnitude", "wanda": "Wanda", "sparsegpt": "SparseGPT"}

@@ -14,21 +14,13 @@ from vllm_sparse.checkpoint.calibration import CalibrationConfig
 from vllm_sparse.checkpoint.pruning import PruningPlan, prune_model
 from vllm_sparse.checkpoint.writer import save_sparse_checkpoint
 from vllm_sparse.kernels import NMPattern, find_nm_violation
+from vllm_sparse.quality.prompts import GREEDY_PROMPTS
 
 pytestmark = pytest.mark.vllm
 
 REPO = Path(__file__).resolve().parents[2]
 CALIBRATION = REPO.parent / "shared" / "data" / "persuasion.txt"
-PROMPTS = [
-    "The capital of France is",
-    "Once upon a time, in a small village,",
-    "To make a cup of tea, first",
-    "The most important lesson I learned at school was",
-    "def fibonacci(n):",
-    "Photosynthesis is the process by which",
-    "My favourite season of the year is",
-    "The three primary colours are",
-]
+PROMPTS = list(GREEDY_PROMPTS)
 MAX_TOKENS = 32
 
 

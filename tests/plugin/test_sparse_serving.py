@@ -10,19 +10,11 @@ import pytest
 from checkpoints import CASES, MODELS, build_case
 from vllm_runner import run_engines
 from vllm_sparse.demo import extract_layer_table
+from vllm_sparse.quality.prompts import GREEDY_PROMPTS
 
 pytestmark = pytest.mark.vllm
 
-PROMPTS = [
-    "The capital of France is",
-    "Once upon a time, in a small village,",
-    "To make a cup of tea, first",
-    "The most important lesson I learned at school was",
-    "def fibonacci(n):",
-    "Photosynthesis is the process by which",
-    "My favourite season of the year is",
-    "The three primary colours are",
-]
+PROMPTS = list(GREEDY_PROMPTS)
 MAX_TOKENS = 32
 TABLE_MARKER = "vllm-sparse layer table:"
 # Dense layers run vLLM's own unquantized GEMM, so logprobs should agree to the bit;
