@@ -4,18 +4,13 @@ cancel, bearer token and TLS. (The real engine is exercised in test_grpc_serving
 from __future__ import annotations
 
 import asyncio
-import datetime
 from types import SimpleNamespace
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from grpc_helpers import free_port, generate_request, stub
+from grpc_helpers import free_port, generate_request, self_signed_certificate, stub
 from vllm_sparse.serving.grpc_server import GrpcFrontEnd
 from vllm_sparse.serving.grpc_settings import GrpcSettings
 from vllm_sparse.serving.proto import sparse_serving_pb2 as pb
@@ -149,21 +144,10 @@ def test_bearer_token_required_except_for_health():
 
 
 def _self_signed(directory):
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    certificate = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
+    key_pem, cert_pem = self_signed_certificate("localhost")
     cert_path, key_path = directory / "server.pem", directory / "server.key"
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ))
+    cert_path.write_bytes(cert_pem)
+    key_path.write_bytes(key_pem)
     return cert_path, key_path
 
 

@@ -5,7 +5,6 @@ small in-process fake servers (gRPC SparseServing, OpenAI SSE)."""
 from __future__ import annotations
 
 import asyncio
-import datetime
 import itertools
 import json
 import math
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 
+from grpc_helpers import self_signed_certificate
 from vllm_sparse.cli import main as cli_main
 from vllm_sparse.serving.loadgen import report
 from vllm_sparse.serving.loadgen.backends import GrpcBackend, Message, OpenAIBackend, RequestError, SSEParser, parse_completion_event
@@ -403,30 +403,8 @@ def test_grpc_backend_streams_and_times_tokens():
     assert report.summarize(bad)["requests"]["errors"] == {"grpc UNAUTHENTICATED": 6}
 
 
-def _self_signed_certificate():
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench-test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    certificate = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("bench-test")]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    return key_pem, certificate.public_bytes(serialization.Encoding.PEM)
-
-
 def test_cli_bench_grpc_with_tls_token_and_json(tmp_path, capsys):
-    key_pem, cert_pem = _self_signed_certificate()
+    key_pem, cert_pem = self_signed_certificate("bench-test")
     ca = tmp_path / "ca.pem"
     ca.write_bytes(cert_pem)
     credentials = grpc.ssl_server_credentials([(key_pem, cert_pem)])
