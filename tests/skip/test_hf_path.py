@@ -84,3 +84,12 @@ def test_calibration_rejects_an_unreachable_target(tiny_llama, token_ids):
 
     with pytest.raises(ValueError, match="above what this rule can skip"):
         calibrate(tiny_llama, token_ids.tolist(), 0.9, skip_layers=1, warmup_tokens=6, progress=False)
+
+
+def test_closed_loop_brackets_the_target_from_measured_ratios():
+    from vllm_sparse.skip.calibrate import _bracket
+
+    assert _bracket([(0.9, 0.30)], 0.25) is None  # only "skips too much" seen so far
+    history = [(0.90, 0.30), (0.95, 0.20), (0.92, 0.27), (0.97, 0.10)]
+    # closest threshold that skipped too much, closest that skipped too little
+    assert _bracket(history, 0.25) == (0.92, 0.95)

@@ -8,8 +8,9 @@
 3. Threshold, open loop: bisect the threshold so the greedy k-layer rule, replayed on
    the recorded similarities with warm-up, skips the target share of FFN blocks.
 4. Threshold, closed loop: skipping changes later similarities, so re-run the model
-   with skipping on, and move the open-loop target by the error seen (a few rounds)
-   until the realised ratio is within ``tolerance`` of the target.
+   with skipping on: first move the open-loop target by the error seen, then, once
+   two measured thresholds bracket the target, bisect between them, until the
+   realised ratio is within ``tolerance`` of the target.
 
 Passes run the decoder stack only (``model.model``): the LM head is not needed.
 
@@ -99,6 +100,16 @@ def _bisect(ratio_of, target: float, lo: float, hi: float, steps: int, tolerance
     return best
 
 
+def _bracket(history: list[tuple[float, float]], target: float) -> tuple[float, float] | None:
+    """(threshold that skipped too much, threshold that skipped too little), the
+    closest pair measured so far, or None while the target is not bracketed."""
+    too_low = [t for t, ratio in history if ratio > target]
+    too_high = [t for t, ratio in history if ratio < target]
+    if not too_low or not too_high:
+        return None
+    return max(too_low), min(too_high)
+
+
 @dataclass
 class Calibration:
     policy: SkipPolicy
@@ -108,7 +119,7 @@ class Calibration:
 
 
 def calibrate(model, windows: list[list[int]], target: float, *, skip_layers: int = 3, warmup_tokens: int = 28,
-              tolerance: float = 0.01, closed_loop_steps: int = 2,
+              tolerance: float = 0.01, closed_loop_steps: int = 8,
               similarities: torch.Tensor | None = None, progress: bool = True) -> Calibration:
     if not 0.0 <= target < 1.0:
         raise ValueError(f"--target-skip must be in [0, 1), got {target}")
@@ -133,15 +144,19 @@ def calibrate(model, windows: list[list[int]], target: float, *, skip_layers: in
         return _bisect(lambda t: simulate(replace(base, threshold=t), similarities, positions), goal, lo, 1.0, 40,
                        tolerance / 10)
 
-    # Closed loop: aim the open-loop replay at target + (error so far), re-measure.
-    goal, best = target, None
-    for _ in tqdm(range(closed_loop_steps), desc=f"closed loop (target {target:.2f})", disable=not progress):
-        threshold = round(open_loop(goal), 6)
+    # Closed loop. The first steps aim the open-loop replay at target + (error so
+    # far); once measured ratios bracket the target, bisect the threshold on the
+    # measured ratio itself (it falls as the threshold rises), which converges even
+    # where the replay is biased (pruned models).
+    goal, history = target, []
+    for step in tqdm(range(closed_loop_steps), desc=f"closed loop (target {target:.2f})", disable=not progress):
+        bracket = _bracket(history, target)
+        threshold = round((bracket[0] + bracket[1]) / 2 if bracket and step >= 2 else open_loop(goal), 6)
         ratio = realised_ratio(model, replace(base, threshold=threshold), windows)
-        if best is None or abs(ratio - target) < abs(best[1] - target):
-            best = (threshold, ratio)
+        history.append((threshold, ratio))
         if abs(ratio - target) <= tolerance:
             break
         goal = min(max(goal + target - ratio, 0.0), ceiling)
+    best = min(history, key=lambda entry: abs(entry[1] - target))
     policy = replace(base, threshold=best[0])
     return Calibration(policy, simulate(policy, similarities, positions), best[1], median)
