@@ -398,7 +398,9 @@ def test_grpc_backend_streams_and_times_tokens():
     assert sorted(r.input_tokens for r in good.records) == [3, 3, 3, 4, 4, 4]
     for record in good.records:
         assert record.ok and record.output_tokens == 6
-        assert record.ttft >= 0.01 and len(record.itls) == 4 and record.e2e >= record.ttft + 0.02
+        # The server needs 3 x 10 ms for 3 messages; delivery may bunch them, so only
+        # the totals are certain: first token after 10 ms, last after 30 ms.
+        assert record.ttft >= 0.01 and len(record.itls) == 4 and record.e2e >= max(record.ttft, 0.03)
     # A wrong token fails every request, by status code, and the run still ends normally.
     assert report.summarize(bad)["requests"]["errors"] == {"grpc UNAUTHENTICATED": 6}
 
