@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from ..kernels.patterns import NMPattern
@@ -49,13 +48,8 @@ class SparsitySpec:
 
     def applies_to(self, module_name: str) -> bool:
         """Whether a linear module (checkpoint name, e.g. ``model.layers.0.mlp.up_proj``)
-        is covered by the declaration."""
-        if any(_matches(module_name, rule) for rule in self.ignore):
-            return False
-        return any(rule == "Linear" or _matches(module_name, rule) for rule in self.targets)
+        is covered by the declaration, matched the way compressed-tensors matches
+        ``targets`` and ``ignore`` when it writes the checkpoint."""
+        from .compressed_tensors_format import target_matcher
 
-
-def _matches(module_name: str, rule: str) -> bool:
-    if rule.startswith("re:"):
-        return re.match(rule[3:], module_name) is not None
-    return module_name == rule or module_name.endswith("." + rule)
+        return target_matcher(self.targets, self.ignore, {module_name: ("Linear",)})(module_name)
