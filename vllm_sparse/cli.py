@@ -103,7 +103,7 @@ def _apply_ffn_skip(profile: str | None) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(Path(args.workdir), port=args.port)
+    return run_demo(Path(args.workdir), port=args.port, calibration=args.calibration)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -278,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="fetch, prune 2:4, serve with vLLM, query, show the layer table")
     demo.add_argument("--workdir", default="models")
     demo.add_argument("--port", type=int, default=8011)
+    demo.add_argument("--calibration", type=Path, default=Path("../shared/data/persuasion.txt"),
+                      help="text for SparseGPT calibration (magnitude pruning when absent)")
     demo.set_defaults(run=_cmd_demo)
 
     bench = commands.add_parser(

@@ -1,4 +1,5 @@
-"""The main job: fetch the default model, prune it 2:4, store it in the
+"""The main job: fetch the default model, prune it 2:4 (SparseGPT, calibrated on a
+text file when one is given; magnitude otherwise), store it in the
 compressed-tensors ``sparse-24-bitmask`` format, serve it with vLLM's OpenAI server
 (the plugin loads it with no flag), ask it something and show the layer table the
 server logged."""
@@ -30,10 +31,10 @@ def extract_layer_table(log_text: str) -> str:
     return "\n".join(table)
 
 
-def run_demo(workdir: Path, port: int = 8011) -> int:
+def run_demo(workdir: Path, port: int = 8011, calibration: Path | None = None) -> int:
     from .checkpoint.default_model import fetch_default_model
-    from .checkpoint.pruning import PruningPlan, prune_state_dict
-    from .checkpoint.writer import load_state_dict, save_sparse_checkpoint
+    from .checkpoint.pruning import PruningPlan, SparseGPTConfig, prune_model
+    from .checkpoint.writer import save_sparse_checkpoint
     from .kernels import NMPattern
     from .serving.server_process import OpenAIServer
 
@@ -41,12 +42,18 @@ def run_demo(workdir: Path, port: int = 8011) -> int:
     dense_dir = fetch_default_model(workdir / "smollm2-135m")
     sparse_dir = workdir / "smollm2-135m-2of4"
     plan = PruningPlan(sparsity=0.5, pattern=NMPattern(2, 4))
-    print(f"pruning {dense_dir} to 2:4 -> {sparse_dir}")
-    save_sparse_checkpoint(
-        dense_dir, prune_state_dict(load_state_dict(dense_dir), plan), sparse_dir,
-        storage="sparse-24-bitmask", structure=plan.structure,
-        recipe={"method": "magnitude", "pattern": "2:4", "sparsity": 0.5},
-    )
+    if calibration is not None and calibration.exists():
+        from .checkpoint.calibration import CalibrationConfig
+
+        # SparseGPT keeps a 2:4 SmolLM2 readable; magnitude 2:4 turns it into repetition.
+        method, config = "sparsegpt", CalibrationConfig(calibration, 8, 256)
+    else:
+        print(f"no calibration text at {calibration}: pruning by magnitude (expect poor text)")
+        method, config = "magnitude", None
+    print(f"pruning {dense_dir} to 2:4 with {method} -> {sparse_dir}")
+    pruned, recipe = prune_model(dense_dir, method, plan, calibration=config, sparsegpt=SparseGPTConfig())
+    save_sparse_checkpoint(dense_dir, pruned, sparse_dir, storage="sparse-24-bitmask", structure=plan.structure,
+                           recipe=recipe)
     print(f"serving {sparse_dir} with vLLM's OpenAI server on port {port} (log: {workdir / 'server.log'})")
     with OpenAIServer(sparse_dir, port, workdir / "server.log") as server:
         answer = server.complete(PROMPT, max_tokens=32)
