@@ -7,23 +7,16 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file, save_file
 
+from net import free_port
 from checkpoints import CASES, MODELS, build_case
 from vllm_sparse.serving.server_process import OpenAIServer, ServerFailed
 
 pytestmark = pytest.mark.vllm
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +45,7 @@ def _edit_config(checkpoint: Path, edit) -> None:
 
 
 def _expect_refused(checkpoint: Path, tmp_path: Path, *expected: str) -> str:
-    server = OpenAIServer(checkpoint, _free_port(), tmp_path / "server.log", startup_timeout=240)
+    server = OpenAIServer(checkpoint, free_port(), tmp_path / "server.log", startup_timeout=240)
     with pytest.raises(ServerFailed, match="exited with"):
         server.start()
     assert server.process.returncode != 0

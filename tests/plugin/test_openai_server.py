@@ -4,10 +4,10 @@ plugin with no extra flag."""
 
 from __future__ import annotations
 
-import socket
 
 import pytest
 
+from net import free_port
 from checkpoints import CASES, MODELS, build_case
 from vllm_sparse.demo import extract_layer_table
 from vllm_sparse.serving.server_process import OpenAIServer
@@ -15,16 +15,10 @@ from vllm_sparse.serving.server_process import OpenAIServer
 pytestmark = pytest.mark.vllm
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_completion_from_compressed_2of4_checkpoint(base_model, tmp_path):
     case = next(c for c in CASES if c.name == "2of4")
     checkpoint = build_case(base_model, MODELS / "test-checkpoints", case).compressed
-    with OpenAIServer(checkpoint, _free_port(), tmp_path / "server.log", env={"VLLM_PLUGINS": "vllm_sparse"}) as server:
+    with OpenAIServer(checkpoint, free_port(), tmp_path / "server.log", env={"VLLM_PLUGINS": "vllm_sparse"}) as server:
         response = server.post(
             "/v1/completions",
             {"model": str(checkpoint), "prompt": "The capital of France is", "max_tokens": 16,

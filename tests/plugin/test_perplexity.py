@@ -3,10 +3,10 @@ command) agrees with transformers on the same weights."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -31,7 +31,7 @@ def test_served_perplexity_matches_transformers(base_model, tmp_path):
         "--corpus", str(CORPUS), "--window", str(WINDOW), "--count", str(COUNT),
     ]
     env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CACHE_ROOT": str(tmp_path / "cache")}
-    completed = subprocess.run(command, capture_output=True, text=True, env={**__import__("os").environ, **env})
+    completed = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **env})
     assert completed.returncode == 0, completed.stderr[-3000:]
     served = float(re.search(r"perplexity ([0-9.]+)", completed.stdout).group(1))
 

@@ -3,7 +3,6 @@ token for token with stock vLLM serving the same weights stored dense."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 

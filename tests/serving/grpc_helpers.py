@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import datetime
 import re
-import socket
 
 import grpc
 
+from net import free_port  # noqa: F401  (re-exported for the gRPC tests)
+
 from vllm_sparse.serving.proto import sparse_serving_pb2 as pb
 from vllm_sparse.serving.proto import sparse_serving_pb2_grpc as pb_grpc
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def generate_request(prompt: str = "The capital of France is", max_tokens: int = 16, **sampling) -> pb.GenerateRequest:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from net import free_port
 from vllm_sparse.serving.server_process import OpenAIServer
 
 pytestmark = pytest.mark.vllm
@@ -77,12 +77,6 @@ if __name__ == "__main__":
         assert main(argv) == 0
         print("{DONE}", flush=True)
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _ours_argv(url: str, model, out: Path, seed: int) -> list[str]:
@@ -184,7 +178,7 @@ def _lines(title: str, pairs: list, keys: tuple, ratio) -> list[str]:
 def test_bench_agrees_with_vllm_bench_serve(base_model, tmp_path):
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "VLLM_CACHE_ROOT": str(tmp_path / "vllm-cache")}
     # No prefix caching: every round then costs the server the same.
-    server = OpenAIServer(base_model, _free_port(), tmp_path / "server.log", extra_args=["--no-enable-prefix-caching"],
+    server = OpenAIServer(base_model, free_port(), tmp_path / "server.log", extra_args=["--no-enable-prefix-caching"],
                           env=env)
     started = time.monotonic()
     with server:

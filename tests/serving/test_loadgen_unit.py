@@ -8,7 +8,6 @@ import asyncio
 import itertools
 import json
 import math
-import socket
 import threading
 import time
 
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 
+from net import free_port
 from grpc_helpers import self_signed_certificate
 from vllm_sparse.cli import main as cli_main
 from vllm_sparse.serving.loadgen import report
@@ -33,12 +33,6 @@ from vllm_sparse.serving.loadgen.workload import (
 )
 from vllm_sparse.serving.proto import sparse_serving_pb2 as pb
 from vllm_sparse.serving.proto import sparse_serving_pb2_grpc as pb_grpc
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # ------------------------------------------------------------------ workload
@@ -289,7 +283,7 @@ def test_openai_backend_against_fake_sse_server():
         app.router.add_get("/v1/models", models)
         runner = web.AppRunner(app)
         await runner.setup()
-        port = _free_port()
+        port = free_port()
         await web.TCPSite(runner, "127.0.0.1", port).start()
         backend = OpenAIBackend(f"http://127.0.0.1:{port}", token="s3cret")
         try:
@@ -348,7 +342,7 @@ class ServerThread:
 
     def __init__(self, servicer, credentials=None):
         self.servicer, self.credentials = servicer, credentials
-        self.port = _free_port()
+        self.port = free_port()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
@@ -461,7 +455,7 @@ def test_cli_rejects_incomplete_options(capsys):
 
 def test_unreachable_grpc_server_is_an_error_per_request():
     async def scenario():
-        backend = GrpcBackend(f"127.0.0.1:{_free_port()}")
+        backend = GrpcBackend(f"127.0.0.1:{free_port()}")
         await backend.start()
         try:
             return await run_load(backend, cycle_prompts(PROMPTS), PARAMS, LoadPlan(num_requests=3, concurrency=3))
