@@ -20,6 +20,7 @@ MIN_WATCH_INTERVAL, MAX_WATCH_INTERVAL = 0.1, 3600.0
 # How grpc.aio ends a streaming handler whose client went away (cancel, deadline,
 # dropped connection): the task is cancelled, or the response generator closed.
 _ENDED_BY_CLIENT = (asyncio.CancelledError, GeneratorExit)
+DEADLINE_SLACK_SECONDS = 0.1
 
 
 class BadRequest(ValueError):
@@ -145,6 +146,10 @@ class SparseServingService(pb_grpc.SparseServingServicer):
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"{self.inflight} streams in flight, the limit is {self.max_inflight}; retry later",
                 )
+            # A client whose deadline passes cancels its call at that moment, which can
+            # reach us a little before our copy of the deadline expires: allow for it.
+            remaining = context.time_remaining()
+            deadline = None if remaining is None else time.monotonic() + remaining - DEADLINE_SLACK_SECONDS
             request_id = request.request_id or f"grpc-{uuid.uuid4().hex}"
             prompt = {"prompt": request.prompt} if request.prompt else {"prompt_token_ids": list(request.prompt_token_ids)}
             self.inflight += 1
@@ -163,9 +168,8 @@ class SparseServingService(pb_grpc.SparseServingServicer):
                     )
             except _ENDED_BY_CLIENT:
                 # The client cancelled or its deadline passed: free the engine's slot.
-                remaining = context.time_remaining()
                 outcome["code"] = (
-                    grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0
+                    grpc.StatusCode.DEADLINE_EXCEEDED if deadline is not None and time.monotonic() >= deadline
                     else grpc.StatusCode.CANCELLED
                 )
                 raise

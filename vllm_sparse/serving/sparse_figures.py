@@ -57,8 +57,23 @@ def ffn_skip_counts() -> dict[int, tuple[int, int]]:
     return {layer: (skipped, computed) for layer, (skipped, computed) in sorted(counts.items())}
 
 
+_layer_table: tuple[str, list[LayerRow]] | None = None
+
+
+def _loaded_layer_table() -> tuple[str, list[LayerRow]]:
+    """The worker writes the table once, at load: read it once it is there, not on
+    every snapshot (WatchMetrics may ask ten times a second)."""
+    global _layer_table
+    if _layer_table is None:
+        table = read_layer_table()
+        if not table[1]:
+            return table
+        _layer_table = table
+    return _layer_table
+
+
 def current_figures() -> SparseFigures:
-    quantization, layers = read_layer_table()
+    quantization, layers = _loaded_layer_table()
     return SparseFigures(quantization, layers, ffn_skip_counts())
 
 
