@@ -3,9 +3,10 @@ warm-up, prompt rows, threshold 1.0, and that skipped rows do no FFN work."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from vllm_sparse.skip.decision import SkipRun, residual_cosine
+from vllm_sparse.skip.decision import HOST_COSINE_MAX_ROWS, SkipRun, dot_cosine, residual_cosine
 from vllm_sparse.skip.policy import SkipPolicy
 
 HIDDEN = 8
@@ -83,6 +84,28 @@ def test_cosine_is_clamped():
     h = torch.randn(4, HIDDEN)
     assert torch.all(residual_cosine(h, torch.zeros_like(h)) <= 1.0)
     assert torch.allclose(residual_cosine(h, -h / 2), torch.ones(4))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_host_cosine_matches_the_tensor_cosine(dtype):
+    """The few-row similarity (dot products finished on the host) is the same
+    quantity as residual_cosine, to fp32 rounding, and clamped alike."""
+    torch.manual_seed(1)
+    h = (torch.randn(7, 64) * 10).to(dtype)
+    u = torch.cat([torch.randn(4, 64), torch.zeros(1, 64), -h[5:6].float() / 2, -h[6:7].float()]).to(dtype)
+    want = residual_cosine(h, u).double()
+    got = torch.tensor(dot_cosine(h, u), dtype=torch.float64)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    assert got[4] == 1.0 and got[5] == 1.0 and got.max() <= 1.0  # u = 0 and u = -h/2: h + u is parallel to h
+
+
+def test_many_rows_take_the_tensor_cosine_with_the_same_decisions():
+    rows = HOST_COSINE_MAX_ROWS + 3
+    policy = SkipPolicy(enabled=True, threshold=0.9999, skip_layers=2, cold_start=1, cold_end=1, warmup_tokens=4)
+    residual = torch.randn(rows, HIDDEN)
+    residual[::2] *= 1000  # against these rows the update is tiny: they trigger
+    skipped, _ = run_layers(policy, [10] * rows, [False] * rows, residual=residual, mlp=torch.ones_like)
+    assert skipped[1] == [row % 2 == 0 for row in range(rows)]
 
 
 def test_fused_kernel_path_matches_the_gather_path():

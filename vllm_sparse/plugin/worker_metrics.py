@@ -42,16 +42,21 @@ def record_layer_sparsity(layer: str, pattern: str, kernel: str, sparsity: float
 
 # Process-local totals, for snapshots (gRPC GetMetrics, tests) without scraping.
 _ffn_totals: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+_ffn_counters: dict[int, tuple] = {}  # layer -> (skipped, computed) children of FFN_BLOCKS
 
 
 def record_ffn_blocks(layer_index: int, skipped: int, computed: int) -> None:
     """Count one forward pass of a decoder layer's FFN: how many token rows skipped
     it and how many computed it."""
-    label = str(layer_index)
+    counters = _ffn_counters.get(layer_index)
+    if counters is None:  # labels() takes a lock and builds a key: once per layer, not per step
+        label = str(layer_index)
+        counters = _ffn_counters[layer_index] = (FFN_BLOCKS.labels(label, "skipped"),
+                                                 FFN_BLOCKS.labels(label, "computed"))
     if skipped:
-        FFN_BLOCKS.labels(label, "skipped").inc(skipped)
+        counters[0].inc(skipped)
     if computed:
-        FFN_BLOCKS.labels(label, "computed").inc(computed)
+        counters[1].inc(computed)
     totals = _ffn_totals[layer_index]
     totals[0] += skipped
     totals[1] += computed

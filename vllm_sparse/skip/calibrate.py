@@ -65,15 +65,13 @@ def simulate(policy: SkipPolicy, similarities: torch.Tensor, positions: torch.Te
     similarity of a computed layer is the unskipped model's)."""
     tokens, layers = similarities.shape
     run = SkipRun.start(policy, layers, positions, torch.zeros_like(positions, dtype=torch.bool))
+    recorded = similarities.T.tolist()  # [layer][token]
     skipped = 0
     for layer in range(layers):
-        skip = run.skip_mask(layer)
-        skipped += int(skip.sum())
-        countdown = torch.where(skip, run.countdown - 1, torch.zeros_like(run.countdown))
-        trigger = ~skip & run.eligible & (similarities[:, layer] > policy.threshold)
-        if run.check_matters(layer):
-            countdown = torch.where(trigger, torch.full_like(countdown, policy.skip_layers), countdown)
-        run.countdown = countdown
+        skipping = run.plan(layer)
+        skipped += 0 if skipping is None else sum(skipping)
+        similarity = [recorded[layer][row] for row in run.checked(skipping)] if run.check_matters(layer) else None
+        run.observe(layer, skipping, similarity)
     return skipped / (tokens * layers)
 
 
