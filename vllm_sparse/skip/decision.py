@@ -1,5 +1,5 @@
-"""The skip decision, on tensors: the one implementation both paths run (vLLM's
-decoder layers in ``plugin/ffn_skip.py``, transformers' in ``skip/hf.py``).
+"""The skip decision: the one implementation both paths run (vLLM's decoder layers
+in ``plugin/ffn_skip.py``, transformers' in ``skip/hf.py``) and calibration replays.
 
 Per token (one row of the flattened batch) and per decoder layer ``l``:
 
