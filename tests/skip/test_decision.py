@@ -105,7 +105,9 @@ def test_many_rows_take_the_tensor_cosine_with_the_same_decisions():
     residual = torch.randn(rows, HIDDEN)
     residual[::2] *= 1000  # against these rows the update is tiny: they trigger
     skipped, _ = run_layers(policy, [10] * rows, [False] * rows, residual=residual, mlp=torch.ones_like)
-    assert skipped[1] == [row % 2 == 0 for row in range(rows)]
+    even = [row % 2 == 0 for row in range(rows)]
+    assert skipped[1] == skipped[2] == even
+    assert skipped[4] == skipped[5] == even  # layers 1-2 checked the odd rows only: a gather
 
 
 def test_fused_kernel_path_matches_the_gather_path():

@@ -185,8 +185,11 @@ class SkipRun:
         return out, n_skip, self.rows - n_skip
 
     def _similarity(self, rows: list[int], residual: torch.Tensor, out: torch.Tensor) -> list[float]:
+        if self.rows <= HOST_COSINE_MAX_ROWS:  # every row's dot products cost what a gather would
+            cosines = dot_cosine(residual, out)
+            return cosines if len(rows) == self.rows else [cosines[row] for row in rows]
         h, u = self._gather(rows, residual, out)
-        return dot_cosine(h, u) if len(rows) <= HOST_COSINE_MAX_ROWS else residual_cosine(h, u).tolist()
+        return residual_cosine(h, u).tolist()
 
     def _gather(self, rows: list[int], residual: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if len(rows) == self.rows:  # every row (rows are ascending and unique): no copy
