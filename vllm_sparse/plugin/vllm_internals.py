@@ -36,13 +36,14 @@ Internals:
   ``get_forward_context`` / ``is_forward_context_available`` (forward_context.py):
   ``attn_metadata`` is a dict layer name -> metadata whose ``query_start_loc``
   (every v1 backend has it) gives each request's rows; it is None in dummy runs.
-  ``CompilationMode`` (config/compilation.py): skipping needs ``NONE`` (eager).
+  ``CompilationMode`` / ``CUDAGraphMode`` (config/compilation.py): skipping runs
+  eager, or compiled (its step an opaque custom op) with CUDA graphs off.
 - the ``vllm`` logger namespace: our start-up table is logged under ``vllm.sparse``
   so it appears in vLLM's own log stream and format.
 """
 
 from vllm import ModelRegistry
-from vllm.config import CompilationMode
+from vllm.config import CompilationMode, CUDAGraphMode
 from vllm.forward_context import get_forward_context, is_forward_context_available
 from vllm.model_executor.layers.linear import (
     LinearBase,
@@ -74,6 +75,7 @@ def skip_capable_model_classes() -> dict[str, type]:
 
 __all__ = [
     "LOGGER_NAME",
+    "CUDAGraphMode",
     "CompilationMode",
     "ModelRegistry",
     "get_forward_context",
