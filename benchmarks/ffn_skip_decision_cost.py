@@ -27,7 +27,7 @@ PARTS = {  # (module, attribute) -> label
     ("vllm_sparse.skip.decision", "SkipRun._similarity"): "similarity (checked rows)",
     ("vllm_sparse.skip.decision", "SkipRun.observe"): "countdown update",
     ("vllm_sparse.plugin.ffn_skip", "record_ffn_blocks"): "Prometheus counters",
-    ("vllm_sparse.plugin.ffn_skip", "_ModelSkip.ffn"): "whole MLP call, decision included",
+    ("vllm_sparse.plugin.ffn_skip", "_ModelSkip.step"): "whole MLP call, decision included",
 }
 
 

@@ -99,10 +99,10 @@ class _ModelSkip:
         self.first_layer = first_layer
         self.run: SkipRun | None = None
         self.real_batch = False
-        self.positions: torch.Tensor | None = None
-        self.residual: torch.Tensor | None = None
-        self.layer_positions: torch.Tensor | None = None  # the positions the current layer was called with
-        self.mlps: dict[int, tuple] = {}  # layer -> (MLP forward, fused MLP or None), for the compiled op
+        self.positions: torch.Tensor | None = None  # of the current pass (flat), for the trace
+        self.layer_positions: torch.Tensor | None = None  # what the current layer was called with
+        self.residual: torch.Tensor | None = None  # the residual stream entering the current FFN
+        self.mlps: dict[int, tuple] = {}  # layer -> (MLP forward, fused MLP or None)
 
     def start(self, positions: torch.Tensor) -> None:
         positions = positions.reshape(-1)
@@ -113,12 +113,16 @@ class _ModelSkip:
         self.positions = positions
         self.run = SkipRun.start(self.policy, self.num_layers, positions, is_prompt)
 
-    def ffn(self, layer: int, x: torch.Tensor, mlp, fused) -> torch.Tensor:
-        out, skipped, computed = self.run.ffn(layer, x, self.residual, mlp, fused)
+    def step(self, layer: int, x: torch.Tensor, residual: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Layer ``layer``'s skip-aware FFN; the first layer's call starts the pass."""
+        if layer == self.first_layer:
+            self.start(positions)
+        mlp, fused = self.mlps[layer]
+        out, skipped, computed = self.run.ffn(layer, x, residual, mlp, fused)
         if self.real_batch:
             record_ffn_blocks(layer, skipped, computed)
             if _trace is not None:
-                _trace.append((layer, self.positions.clone().cpu(), self.run.last_skip.clone().cpu()))
+                _trace.append((layer, self.positions.clone().cpu(), self.run.last_skip))
         return out
 
 
@@ -130,15 +134,9 @@ _MODELS: dict[int, _ModelSkip] = {}
 @torch.library.custom_op("vllm_sparse::ffn_skip_step", mutates_args=())
 def ffn_skip_step(x: torch.Tensor, residual: torch.Tensor, positions: torch.Tensor, model: int,
                   layer: int) -> torch.Tensor:
-    """One decoder layer's skip-aware FFN, opaque to torch.compile: the per-row
-    decision reads similarities on the host, which no traced graph can hold. The
-    first layer's call starts the forward pass (reads the batch's prompt rows)."""
-    state = _MODELS[model]
-    if layer == state.first_layer:
-        state.start(positions)
-    state.residual = residual
-    mlp, fused = state.mlps[layer]
-    return state.ffn(layer, x, mlp, fused)
+    """``_ModelSkip.step``, opaque to torch.compile: the per-row decision reads
+    similarities on the host, which no traced graph can hold."""
+    return _MODELS[model].step(layer, x, residual, positions)
 
 
 @ffn_skip_step.register_fake
@@ -161,21 +159,16 @@ def _fused_mlp(mlp):
 
 
 def _patch_layer(state: _ModelSkip, index: int, layer, compiled: bool) -> None:
-    """Eager: the hooks below run the decision in Python directly. Compiled: they are
-    traced, so they only hand the positions and the residual stream to the opaque
-    ``vllm_sparse::ffn_skip_step`` op, which runs the same code at run time."""
+    """The hooks keep the layer's positions and the residual stream and hand them,
+    with the FFN input, to ``_ModelSkip.step``: directly when eager; compiled, they
+    are traced, so through the opaque ``vllm_sparse::ffn_skip_step`` op."""
     layer_forward = layer.forward
     norm_forward = layer.post_attention_layernorm.forward
-    mlp_forward = layer.mlp.forward
-    fused = _fused_mlp(layer.mlp)
-    state.mlps[index] = (mlp_forward, fused)
+    state.mlps[index] = (layer.mlp.forward, _fused_mlp(layer.mlp))
     model_key = id(state)
 
     def forward(positions, *args, **kwargs):
-        if compiled:
-            state.layer_positions = positions
-        elif index == state.first_layer:
-            state.start(positions)
+        state.layer_positions = positions
         return layer_forward(positions, *args, **kwargs)
 
     def norm(*args, **kwargs):
@@ -188,7 +181,7 @@ def _patch_layer(state: _ModelSkip, index: int, layer, compiled: bool) -> None:
     def mlp(x):
         if compiled:
             return torch.ops.vllm_sparse.ffn_skip_step(x, state.residual, state.layer_positions, model_key, index)
-        return state.ffn(index, x, mlp_forward, fused)
+        return state.step(index, x, state.residual, state.layer_positions)
 
     layer.forward = forward
     layer.post_attention_layernorm.forward = norm

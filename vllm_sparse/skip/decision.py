@@ -142,9 +142,14 @@ class SkipRun:
             else:
                 self.countdown = [k if value > threshold else 0 for value in similarity]
         else:
-            values = iter(similarity) if similarity is not None else None
-            self.countdown = [count - 1 if skipped else 0 if values is None else k if next(values) > threshold else 0
-                              for count, skipped in zip(self.countdown, skipping)]
+            values = None if similarity is None else iter(similarity)
+            countdown = []
+            for count, skipped in zip(self.countdown, skipping):
+                if skipped:
+                    countdown.append(count - 1)
+                else:  # computed: reset, or k where its similarity passes (no similarity: reset)
+                    countdown.append(k if values is not None and next(values) > threshold else 0)
+            self.countdown = countdown
         self._pending = any(self.countdown)
 
     def ffn(self, layer: int, x: torch.Tensor, residual: torch.Tensor, mlp: MLP,
