@@ -1,0 +1,37 @@
+"""C++ SIMD kernels for sparse weights on CPUs: sparse weight x dense activations.
+
+``CpuSparseLayout`` is the layout they read; ``linear`` runs one (the op
+``vllm_sparse::cpu_sparse_linear``); ``build.load()`` compiles and loads them on first
+use. Never imports vLLM.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import build, isa
+from .layout import CpuSparseLayout
+
+# Activation rows up to which the direct sparse kernel runs; above, cache-sized tiles
+# of the weight are decompressed into torch's dense GEMM (see csrc/ops.cpp). The
+# dispatcher sets it per layer from measurements.
+DEFAULT_MAX_DIRECT_M = 16
+
+
+def linear(x: torch.Tensor, layout: CpuSparseLayout, bias: torch.Tensor | None = None, isa_code: int | None = None,
+           max_direct_m: int = DEFAULT_MAX_DIRECT_M) -> torch.Tensor:
+    """x [M, in] @ W^T (+ bias) through the C++ kernels; x must have W's dtype."""
+    return torch.ops.vllm_sparse.cpu_sparse_linear(
+        x, layout.values, layout.bitmap, layout.row_offsets, layout.shape[1],
+        isa.default() if isa_code is None else isa_code, max_direct_m, bias,
+    )
+
+
+def unpack(layout: CpuSparseLayout, isa_code: int | None = None) -> torch.Tensor:
+    return torch.ops.vllm_sparse.cpu_sparse_unpack(
+        layout.values, layout.bitmap, layout.row_offsets, layout.shape[1],
+        isa.default() if isa_code is None else isa_code,
+    )
+
+
+__all__ = ["CpuSparseLayout", "DEFAULT_MAX_DIRECT_M", "build", "isa", "linear", "unpack"]

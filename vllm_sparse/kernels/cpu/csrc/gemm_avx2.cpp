@@ -1,0 +1,152 @@
+// AVX2 + FMA + F16C: no expand instruction, so each bitmap byte (8 columns) indexes
+// a table of byte shuffles (16-bit values) or lane permutations (fp32 values) that
+// moves its packed values to their columns and zeroes the rest; the 8 weights are
+// widened to fp32 and multiplied into every activation row of the block.
+#include <immintrin.h>
+#include "store.h"
+
+#pragma GCC target("avx2,fma,f16c,popcnt")
+
+namespace {
+
+#include "prefetch.h"
+
+struct Tables {
+    uint8_t shuffle16[256][16];  // pshufb control: lane j <- packed 16-bit value rank(j)
+    int32_t permute32[256][8];   // vpermps index: lane j <- packed fp32 value rank(j)
+    Tables() {
+        for (int b = 0; b < 256; b++) {
+            int rank = 0;
+            for (int j = 0; j < 8; j++) {
+                if (b & (1 << j)) {
+                    shuffle16[b][2 * j] = (uint8_t)(2 * rank);
+                    shuffle16[b][2 * j + 1] = (uint8_t)(2 * rank + 1);
+                    permute32[b][j] = rank;
+                    rank++;
+                } else {
+                    shuffle16[b][2 * j] = shuffle16[b][2 * j + 1] = 0x80;  // pshufb writes 0
+                    permute32[b][j] = 0;
+                }
+            }
+        }
+    }
+};
+
+const Tables& tables() {
+    static const Tables t;
+    return t;
+}
+
+// The 8 dense fp32 weights of the columns of bitmap byte b.
+template <int DT>
+inline __m256 expand_byte(const Tables& t, uint32_t b, const void* v) {
+    if (DT == VS_F32) {
+        __m256 raw = _mm256_loadu_ps((const float*)v);
+        __m256 moved = _mm256_permutevar8x32_ps(raw, _mm256_loadu_si256((const __m256i*)t.permute32[b]));
+        const __m256i lane_bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+        __m256i keep = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32((int)b), lane_bits), lane_bits);
+        return _mm256_and_ps(moved, _mm256_castsi256_ps(keep));
+    }
+    __m128i raw = _mm_loadu_si128((const __m128i*)v);
+    __m128i moved = _mm_shuffle_epi8(raw, _mm_loadu_si128((const __m128i*)t.shuffle16[b]));
+    if (DT == VS_BF16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(moved), 16));
+    return _mm256_cvtph_ps(moved);
+}
+
+inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+template <int DT, int MB, int R>
+void block(const Tables& t, const VsWeight* w, const VsGemm* g, int64_t r0, int64_t m0) {
+    const int size = DT == VS_F32 ? 4 : 2;
+    const int64_t ldx = w->words * 32;
+    const float* x = (const float*)g->x + m0 * ldx;
+    __m256 acc[R][MB];
+    const char* v[R];
+    const uint32_t* bits[R];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++) {
+        v[r] = (const char*)w->values + w->row_offsets[r0 + r] * size;
+        bits[r] = w->bitmap + (r0 + r) * w->words;
+#pragma GCC unroll 8
+        for (int i = 0; i < MB; i++) acc[r][i] = _mm256_setzero_ps();
+    }
+    for (int64_t word = 0; word < w->words; word++) {
+        const float* xw = x + word * 32;
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+            uint32_t mask = bits[r][word];
+            const char* p = v[r];
+            prefetch_ahead(p, bits[r], word);
+#pragma GCC unroll 4
+            for (int q = 0; q < 4; q++) {
+                uint32_t b = (mask >> (8 * q)) & 0xffu;
+                __m256 wq = expand_byte<DT>(t, b, p);
+                p += _mm_popcnt_u32(b) * size;
+#pragma GCC unroll 8
+                for (int i = 0; i < MB; i++)
+                    acc[r][i] = _mm256_fmadd_ps(wq, _mm256_loadu_ps(xw + i * ldx + 8 * q), acc[r][i]);
+            }
+            v[r] = p;
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 8
+        for (int i = 0; i < MB; i++) vs_store_out(g, m0 + i, r0 + r, hsum(acc[r][i]));
+}
+
+template <int DT, int MB, int R>
+void rows(const Tables& t, const VsWeight* w, const VsGemm* g, int64_t begin, int64_t end, int64_t m0) {
+    int64_t r = begin;
+    for (; r + R <= end; r += R) block<DT, MB, R>(t, w, g, r, m0);
+    for (; r < end; r++) block<DT, MB, 1>(t, w, g, r, m0);
+}
+
+template <int DT>
+void gemm(const VsWeight* w, const VsGemm* g, int64_t begin, int64_t end) {
+    const Tables& t = tables();
+    int64_t m0 = 0;
+    for (; m0 + 8 <= g->m; m0 += 8) rows<DT, 8, 1>(t, w, g, begin, end, m0);
+    if (m0 + 4 <= g->m) { rows<DT, 4, 2>(t, w, g, begin, end, m0); m0 += 4; }
+    if (m0 + 2 <= g->m) { rows<DT, 2, 4>(t, w, g, begin, end, m0); m0 += 2; }
+    if (m0 < g->m) rows<DT, 1, 8>(t, w, g, begin, end, m0);
+}
+
+}  // namespace
+
+extern "C" void vs_gemm_avx2(const VsWeight* w, const VsGemm* g, int64_t row_begin, int64_t row_end) {
+    if (w->dtype == VS_F32) {
+        gemm<VS_F32>(w, g, row_begin, row_end);
+    } else if (w->dtype == VS_BF16) {
+        gemm<VS_BF16>(w, g, row_begin, row_end);
+    } else {
+        gemm<VS_F16>(w, g, row_begin, row_end);
+    }
+}
+
+extern "C" void vs_unpack_avx2(const VsWeight* w, int64_t row_begin, int64_t row_end, void* dst) {
+    if (w->dtype == VS_F32) {  // rare (fp32 prefill): the portable loop is enough
+        vs_unpack_scalar(w, row_begin, row_end, dst);
+        return;
+    }
+    const Tables& t = tables();
+    const int64_t k = w->k;
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const uint8_t* bits = (const uint8_t*)(w->bitmap + r * w->words);
+        const uint16_t* v = (const uint16_t*)w->values + w->row_offsets[r];
+        uint16_t* out = (uint16_t*)dst + (r - row_begin) * k;
+        int64_t col = 0;
+        for (; col + 8 <= k; col += 8) {
+            uint32_t b = bits[col / 8];
+            __m128i raw = _mm_loadu_si128((const __m128i*)v);
+            _mm_storeu_si128((__m128i*)(out + col), _mm_shuffle_epi8(raw, _mm_loadu_si128((const __m128i*)t.shuffle16[b])));
+            v += _mm_popcnt_u32(b);
+        }
+        for (uint32_t b = col < k ? bits[col / 8] : 0; col < k; col++, b >>= 1) out[col] = (b & 1u) ? *v++ : 0;
+    }
+}

@@ -1,0 +1,66 @@
+// AVX-512 BF16: bf16 weights and bf16 activations meet in vdpbf16ps (pairs of
+// products summed into fp32), so a word costs one expand-load and one dot per
+// activation row, with no widening. Other dtypes take the plain AVX-512 kernel.
+#include <immintrin.h>
+#include "store.h"
+
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi2,avx512bf16,popcnt")
+
+namespace {
+
+#include "prefetch.h"
+
+template <int MB, int R>
+void block(const VsWeight* w, const VsGemm* g, int64_t r0, int64_t m0) {
+    const int64_t ldx = w->words * 32;
+    const uint16_t* x = (const uint16_t*)g->x + m0 * ldx;
+    __m512 acc[R][MB];
+    const uint16_t* v[R];
+    const uint32_t* bits[R];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++) {
+        v[r] = (const uint16_t*)w->values + w->row_offsets[r0 + r];
+        bits[r] = w->bitmap + (r0 + r) * w->words;
+#pragma GCC unroll 8
+        for (int i = 0; i < MB; i++) acc[r][i] = _mm512_setzero_ps();
+    }
+    for (int64_t word = 0; word < w->words; word++) {
+        __m512i xv[MB];
+#pragma GCC unroll 8
+        for (int i = 0; i < MB; i++) xv[i] = _mm512_loadu_si512(x + i * ldx + word * 32);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+            uint32_t mask = bits[r][word];
+            __m512i wv = _mm512_maskz_expandloadu_epi16((__mmask32)mask, v[r]);
+            prefetch_ahead(v[r], bits[r], word);
+            v[r] += _mm_popcnt_u32(mask);
+#pragma GCC unroll 8
+            for (int i = 0; i < MB; i++) acc[r][i] = _mm512_dpbf16_ps(acc[r][i], (__m512bh)wv, (__m512bh)xv[i]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 8
+        for (int i = 0; i < MB; i++) vs_store_out(g, m0 + i, r0 + r, _mm512_reduce_add_ps(acc[r][i]));
+}
+
+template <int MB, int R>
+void rows(const VsWeight* w, const VsGemm* g, int64_t begin, int64_t end, int64_t m0) {
+    int64_t r = begin;
+    for (; r + R <= end; r += R) block<MB, R>(w, g, r, m0);
+    for (; r < end; r++) block<MB, 1>(w, g, r, m0);
+}
+
+}  // namespace
+
+extern "C" void vs_gemm_avx512_bf16(const VsWeight* w, const VsGemm* g, int64_t row_begin, int64_t row_end) {
+    if (w->dtype != VS_BF16) {
+        vs_gemm_avx512(w, g, row_begin, row_end);
+        return;
+    }
+    int64_t m0 = 0;
+    for (; m0 + 8 <= g->m; m0 += 8) rows<8, 3>(w, g, row_begin, row_end, m0);
+    if (m0 + 4 <= g->m) { rows<4, 4>(w, g, row_begin, row_end, m0); m0 += 4; }
+    if (m0 + 2 <= g->m) { rows<2, 4>(w, g, row_begin, row_end, m0); m0 += 2; }
+    if (m0 < g->m) rows<1, 8>(w, g, row_begin, row_end, m0);
+}

@@ -1,0 +1,181 @@
+// Torch ops over the per-ISA kernels (namespace vllm_sparse, CPU backend):
+//   cpu_sparse_linear(x, values, bitmap, row_offsets, in_features, isa, max_direct_m, bias)
+//   cpu_sparse_unpack(values, bitmap, row_offsets, in_features, isa)
+//   cpu_best_isa() -> int
+// Threads: at::parallel_for over output rows, i.e. torch's own OpenMP pool (the
+// threads vLLM's CPU worker sizes and pins).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "spmm.h"
+
+namespace {
+
+typedef void (*GemmFn)(const VsWeight*, const VsGemm*, int64_t, int64_t);
+typedef void (*UnpackFn)(const VsWeight*, int64_t, int64_t, void*);
+
+const GemmFn kGemm[] = {vs_gemm_scalar, vs_gemm_avx2, vs_gemm_avx512, vs_gemm_avx512_bf16};
+const UnpackFn kUnpack[] = {vs_unpack_scalar, vs_unpack_avx2, vs_unpack_avx512, vs_unpack_avx512};
+const char* const kIsaName[] = {"scalar", "avx2", "avx512", "avx512_bf16"};
+
+// Weight bytes decompressed per tile on the large-M path: a tile stays in cache
+// between its decompression and the dense GEMM that reads it.
+const int64_t kTileBytes = 1 << 20;
+
+bool isa_supported(int64_t isa) {
+    __builtin_cpu_init();
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                        __builtin_cpu_supports("avx512vbmi2");
+    switch (isa) {
+        case VS_SCALAR: return true;
+        case VS_AVX2: return avx2;
+        case VS_AVX512: return avx512;
+        case VS_AVX512_BF16: return avx512 && __builtin_cpu_supports("avx512bf16");
+        default: return false;
+    }
+}
+
+int64_t best_isa() {
+    for (int64_t isa = VS_AVX512_BF16; isa > VS_SCALAR; isa--)
+        if (isa_supported(isa)) return isa;
+    return VS_SCALAR;
+}
+
+int dtype_code(at::ScalarType t) {
+    switch (t) {
+        case at::kFloat: return VS_F32;
+        case at::kBFloat16: return VS_BF16;
+        case at::kHalf: return VS_F16;
+        default: TORCH_CHECK(false, "vllm_sparse CPU kernels take float32, bfloat16 or float16, got ", t);
+    }
+}
+
+VsWeight check_weight(const at::Tensor& values, const at::Tensor& bitmap, const at::Tensor& row_offsets,
+                      int64_t in_features) {
+    TORCH_CHECK(values.device().is_cpu() && bitmap.device().is_cpu() && row_offsets.device().is_cpu(),
+                "vllm_sparse CPU kernels need CPU tensors");
+    TORCH_CHECK(values.dim() == 1 && values.is_contiguous(), "values must be a contiguous 1-D tensor");
+    TORCH_CHECK(bitmap.dim() == 2 && bitmap.scalar_type() == at::kInt && bitmap.is_contiguous(),
+                "bitmap must be a contiguous int32 [out_features, words] tensor");
+    const int64_t words = (in_features + 31) / 32;
+    TORCH_CHECK(in_features > 0 && bitmap.size(1) == words, "bitmap has ", bitmap.size(1), " words per row; ",
+                in_features, " input features need ", words);
+    const int64_t n = bitmap.size(0);
+    TORCH_CHECK(row_offsets.dim() == 1 && row_offsets.scalar_type() == at::kLong && row_offsets.is_contiguous() &&
+                    row_offsets.size(0) == n + 1,
+                "row_offsets must be a contiguous int64 tensor of out_features + 1 entries");
+    VsWeight w;
+    w.values = values.data_ptr();
+    w.bitmap = reinterpret_cast<const uint32_t*>(bitmap.data_ptr<int32_t>());
+    w.row_offsets = row_offsets.data_ptr<int64_t>();
+    w.n = n;
+    w.k = in_features;
+    w.words = words;
+    w.dtype = dtype_code(values.scalar_type());
+    return w;
+}
+
+void check_isa(int64_t isa) {
+    TORCH_CHECK(isa >= VS_SCALAR && isa <= VS_AVX512_BF16, "unknown ISA code ", isa);
+    TORCH_CHECK(isa_supported(isa), "this CPU cannot run the ", kIsaName[isa], " kernels");
+}
+
+int64_t row_grain(int64_t n) {
+    const int64_t threads = at::get_num_threads();
+    return std::max<int64_t>(8, (n + threads - 1) / threads);
+}
+
+at::Tensor unpack(const at::Tensor& values, const at::Tensor& bitmap, const at::Tensor& row_offsets,
+                  int64_t in_features, int64_t isa) {
+    check_isa(isa);
+    VsWeight w = check_weight(values, bitmap, row_offsets, in_features);
+    at::Tensor dense = at::empty({w.n, in_features}, values.options());
+    const int64_t row_bytes = in_features * values.element_size();
+    char* dst = static_cast<char*>(dense.data_ptr());
+    at::parallel_for(0, w.n, row_grain(w.n), [&](int64_t begin, int64_t end) {
+        kUnpack[isa](&w, begin, end, dst + begin * row_bytes);
+    });
+    return dense;
+}
+
+// Large M: decompress a cache-sized tile of rows, multiply it with torch's dense
+// GEMM (the same one dense layers use), move on; the dense weight never exists whole.
+at::Tensor tiled_linear(const at::Tensor& x, const VsWeight& w, const at::Tensor& values, int64_t isa,
+                        const c10::optional<at::Tensor>& bias) {
+    const int64_t es = values.element_size();
+    int64_t tile = std::max<int64_t>(16, kTileBytes / (w.k * es) / 16 * 16);
+    tile = std::min(tile, w.n);
+    at::Tensor y = at::empty({x.size(0), w.n}, x.options());
+    at::Tensor buffer = at::empty({tile, w.k}, values.options());
+    char* dst = static_cast<char*>(buffer.data_ptr());
+    for (int64_t r0 = 0; r0 < w.n; r0 += tile) {
+        const int64_t rows = std::min(tile, w.n - r0);
+        at::parallel_for(r0, r0 + rows, 8, [&](int64_t begin, int64_t end) {
+            kUnpack[isa](&w, begin, end, dst + (begin - r0) * w.k * es);
+        });
+        at::Tensor part = buffer.narrow(0, 0, rows);
+        y.narrow(1, r0, rows).copy_(at::mm(x, part.t()));
+    }
+    if (bias.has_value() && bias->defined()) y.add_(*bias);
+    return y;
+}
+
+at::Tensor sparse_linear(const at::Tensor& x_in, const at::Tensor& values, const at::Tensor& bitmap,
+                         const at::Tensor& row_offsets, int64_t in_features, int64_t isa, int64_t max_direct_m,
+                         const c10::optional<at::Tensor>& bias) {
+    check_isa(isa);
+    VsWeight w = check_weight(values, bitmap, row_offsets, in_features);
+    TORCH_CHECK(x_in.dim() == 2 && x_in.size(1) == in_features, "x must be [M, ", in_features, "], got ",
+                x_in.sizes());
+    TORCH_CHECK(x_in.scalar_type() == values.scalar_type(), "x is ", x_in.scalar_type(), " but the weight is ",
+                values.scalar_type());
+    if (bias.has_value() && bias->defined())
+        TORCH_CHECK(bias->dim() == 1 && bias->size(0) == w.n, "bias must have ", w.n, " entries");
+    const int64_t m = x_in.size(0);
+    at::Tensor x = x_in.contiguous();
+    if (m == 0) return at::empty({0, w.n}, x.options());
+    if (m > max_direct_m) return tiled_linear(x, w, values, isa, bias);
+
+    // The kernels read whole 32-column words: pad the activations with zeros, in
+    // the form the kernel multiplies (bf16 for the bf16-dot kernel, else fp32).
+    const bool bf16_dot = isa == VS_AVX512_BF16 && w.dtype == VS_BF16;
+    const at::ScalarType x_type = bf16_dot ? at::kBFloat16 : at::kFloat;
+    const int64_t padded = w.words * 32;
+    at::Tensor xp;
+    if (padded == in_features && x.scalar_type() == x_type) {
+        xp = x;
+    } else {
+        xp = at::zeros({m, padded}, x.options().dtype(x_type));
+        xp.narrow(1, 0, in_features).copy_(x);
+    }
+    at::Tensor bias_f;
+    if (bias.has_value() && bias->defined()) bias_f = bias->to(at::kFloat).contiguous();
+
+    at::Tensor y = at::empty({m, w.n}, x.options());
+    VsGemm g;
+    g.x = xp.data_ptr();
+    g.m = m;
+    g.bias = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
+    g.y = y.data_ptr();
+    g.ldy = w.n;
+    g.out_dtype = dtype_code(y.scalar_type());
+    at::parallel_for(0, w.n, row_grain(w.n), [&](int64_t begin, int64_t end) { kGemm[isa](&w, &g, begin, end); });
+    return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(vllm_sparse, m) {
+    m.def("cpu_sparse_linear(Tensor x, Tensor values, Tensor bitmap, Tensor row_offsets, int in_features, "
+          "int isa, int max_direct_m, Tensor? bias) -> Tensor");
+    m.def("cpu_sparse_unpack(Tensor values, Tensor bitmap, Tensor row_offsets, int in_features, int isa) -> Tensor");
+    m.def("cpu_best_isa() -> int", &best_isa);
+}
+
+TORCH_LIBRARY_IMPL(vllm_sparse, CPU, m) {
+    m.impl("cpu_sparse_linear", &sparse_linear);
+    m.impl("cpu_sparse_unpack", &unpack);
+}

@@ -1,0 +1,52 @@
+// Plain-C interface between the torch-facing op (ops.cpp) and the per-ISA kernels.
+//
+// The ISA files are compiled with `#pragma GCC target(...)` and include no torch or
+// standard-library templates, so no inline function compiled for AVX-512 can be
+// picked by the linker for code that runs on an AVX2-only CPU.
+#pragma once
+#include <stdint.h>
+
+enum VsDtype { VS_F32 = 0, VS_BF16 = 1, VS_F16 = 2 };
+enum VsIsa { VS_SCALAR = 0, VS_AVX2 = 1, VS_AVX512 = 2, VS_AVX512_BF16 = 3 };
+
+// A weight W [N, K] in the CPU bitmap layout: row r's non-zeros, in column order,
+// start at values[row_offsets[r]]; bit j of bitmap[r * words + w] says whether column
+// 32 w + j holds one. values is followed by at least 64 zero elements (vector loads
+// may read past the last value; the bits mask what they read).
+struct VsWeight {
+    const void* values;
+    const uint32_t* bitmap;
+    const int64_t* row_offsets;
+    int64_t n;       // out_features
+    int64_t k;       // in_features
+    int64_t words;   // ceil(k / 32)
+    int dtype;       // VsDtype of values
+};
+
+// y[m, r] = sum_k W[r, k] x[m, k] (+ bias[r]) for rows [row_begin, row_end).
+// x is [m, words * 32], zero past k, fp32 except for the bf16-dot kernel (bf16).
+// y is [m, ldy] of out_dtype; bias (fp32) may be null.
+struct VsGemm {
+    const void* x;
+    int64_t m;
+    const float* bias;
+    void* y;
+    int64_t ldy;
+    int out_dtype;
+};
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+void vs_gemm_scalar(const VsWeight* w, const VsGemm* g, int64_t row_begin, int64_t row_end);
+void vs_gemm_avx2(const VsWeight* w, const VsGemm* g, int64_t row_begin, int64_t row_end);
+void vs_gemm_avx512(const VsWeight* w, const VsGemm* g, int64_t row_begin, int64_t row_end);
+void vs_gemm_avx512_bf16(const VsWeight* w, const VsGemm* g, int64_t row_begin, int64_t row_end);
+
+// Dense rows [row_begin, row_end) of W, in W's dtype, into dst [row_end - row_begin, k].
+void vs_unpack_scalar(const VsWeight* w, int64_t row_begin, int64_t row_end, void* dst);
+void vs_unpack_avx2(const VsWeight* w, int64_t row_begin, int64_t row_end, void* dst);
+void vs_unpack_avx512(const VsWeight* w, int64_t row_begin, int64_t row_end, void* dst);
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,68 @@
+"""Which of the CPU kernels' instruction-set paths this host runs.
+
+The op itself checks the CPU (``__builtin_cpu_supports``) and refuses a path the
+host cannot run; this module names the paths, picks the default (the best the CPU
+has, or ``VLLM_SPARSE_CPU_ISA``) and reads ``/proc/cpuinfo`` for reports.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+
+import torch
+
+from . import build
+
+log = logging.getLogger(__name__)
+
+SCALAR, AVX2, AVX512, AVX512_BF16 = 0, 1, 2, 3
+NAMES = {SCALAR: "scalar", AVX2: "avx2", AVX512: "avx512", AVX512_BF16: "avx512_bf16"}
+CODES = {name: code for code, name in NAMES.items()}
+
+
+def best() -> int:
+    """The fastest path this CPU can run (the kernels must be loaded)."""
+    return int(torch.ops.vllm_sparse.cpu_best_isa())
+
+
+def supported() -> list[int]:
+    return list(range(SCALAR, best() + 1))
+
+
+def default() -> int:
+    """``VLLM_SPARSE_CPU_ISA`` if set and runnable here, else the best path."""
+    top = best()
+    forced = os.environ.get("VLLM_SPARSE_CPU_ISA")
+    if not forced:
+        return top
+    if forced not in CODES:
+        raise ValueError(f"VLLM_SPARSE_CPU_ISA={forced!r} is not one of {sorted(CODES)}")
+    if CODES[forced] > top:
+        log.warning("vllm-sparse: VLLM_SPARSE_CPU_ISA=%s but this CPU only runs up to %s; using %s",
+                    forced, NAMES[top], NAMES[top])
+        return top
+    return CODES[forced]
+
+
+def cpu_description() -> dict:
+    """CPU model and the SIMD flags that matter here, for benchmark records."""
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and model in ("unknown", "", platform.processor()):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    wanted = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vbmi2", "avx512_bf16",
+              "avx512_vpopcntdq", "amx_bf16")
+    return {"cpu": model, "cores": os.cpu_count(), "flags": [f for f in wanted if f in flags]}
+
+
+def available() -> bool:
+    return build.load()
