@@ -1,11 +1,13 @@
 """Pure torch + Triton sparse kernels, their layouts and the dispatcher.
 
 Never imports vLLM, so it runs (and is benchmarked) on machines without it. The
-Triton kernel modules (``triton_*``) are imported lazily, on the first kernel call.
+Triton kernel modules (``triton_*``) are imported lazily, on the first kernel call;
+the C++ CPU kernels (``cpu/``) are built and loaded on first use.
 """
 
 from .bitmap_layout import BitmapLayout, pack_bitmap, unpack_bitmap
 from .dispatcher import (
+    CPU_SPARSE,
     DENSE,
     PATHS,
     TORCH_SEMI_STRUCTURED,
@@ -17,6 +19,7 @@ from .dispatcher import (
     pack_for_path,
     select_path,
     skip_gated_mlp,
+    stored_bytes_for_path,
     sparse_linear,
 )
 from .nm_layout import NMLayout, pack_nm, unpack_nm
@@ -33,6 +36,7 @@ from .patterns import (
 )
 
 __all__ = [
+    "CPU_SPARSE",
     "DENSE",
     "PATHS",
     "SUPPORTED_NM_PATTERNS",
@@ -57,6 +61,7 @@ __all__ = [
     "satisfies_nm",
     "select_path",
     "skip_gated_mlp",
+    "stored_bytes_for_path",
     "sparse_linear",
     "unpack_bitmap",
     "unpack_nm",

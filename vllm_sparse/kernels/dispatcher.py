@@ -3,11 +3,15 @@
 The plugin asks ``select_path`` once per layer (at load time), keeps the weight in
 the layout that path reads (``pack_for_path``) and calls ``sparse_linear`` at run
 time. ``DENSE`` means: keep the ordinary dense weight and let the caller run its
-usual dense matmul (in vLLM, the unquantized linear method), which is what wins on
-CPU for bf16, where zeros alone buy nothing (benchmarks/results/cpu_linear.md: torch
-has no bf16 CSR matmul on CPU, and an fp32 CSR copy at best ties dense at 90% sparsity
-on SmolLM2 shapes. Only fp32 at M >= 8 and ~90% sparsity saw CSR win, 1.4x-3x; not
-taken: CPU always gets DENSE).
+usual dense matmul (in vLLM, the unquantized linear method).
+
+On CPU: ``cpu_sparse`` (our C++ kernels, ``kernels/cpu``) where the measured table
+``kernels/cpu/dispatch_table.json`` says the direct kernel beats torch's dense
+``F.linear`` at decode on this ISA path, dtype, shape and sparsity (see
+``kernels/cpu/dispatch.py``); the weight then lives only in the CPU layout. Torch's own
+sparse formats never win there (benchmarks/results/cpu_linear.md: no bf16 CSR matmul;
+an fp32 CSR copy at best ties dense at 90% sparsity). If the kernels cannot be built
+(no compiler, ...), one warning and every layer stays dense.
 
 Paths on CUDA, and why (a heuristic from roofline reasoning: **not yet measured on a
 GPU**; benchmarks/kernels.py produces the numbers to confirm or retune it):
@@ -36,7 +40,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from . import cpu as cpu_kernels
 from .bitmap_layout import DEFAULT_TILE_K, BitmapLayout
+from .cpu import dispatch as cpu_dispatch
+from .cpu.layout import CpuSparseLayout
+from .cpu.layout import stored_bytes_for as cpu_stored_bytes_for
 from .nm_layout import NMLayout
 from .patterns import NMPattern, SparseLayoutError, SparsePatternError, WeightAnalysis, find_nm_violation
 
@@ -44,7 +52,9 @@ DENSE = "dense"
 TRITON_NM = "triton_nm"
 TRITON_BITMAP = "triton_bitmap"
 TORCH_SEMI_STRUCTURED = "torch_semi_structured"
-PATHS = (DENSE, TRITON_NM, TRITON_BITMAP, TORCH_SEMI_STRUCTURED)
+CPU_SPARSE = "cpu_sparse"
+PATHS = (DENSE, TRITON_NM, TRITON_BITMAP, TORCH_SEMI_STRUCTURED, CPU_SPARSE)
+CUDA_PATHS = (DENSE, TRITON_NM, TRITON_BITMAP, TORCH_SEMI_STRUCTURED)
 
 # Below this share of zeros a compressed layout cannot read fewer bytes than dense
 # (the index metadata eats the saving), so such layers always stay dense.
@@ -86,16 +96,42 @@ def semi_structured_supported(shape, dtype: torch.dtype, device: torch.device | 
     return rows % 64 == 0 and cols % 128 == 0
 
 
+def cpu_plan(analysis: WeightAnalysis, dtype: torch.dtype) -> cpu_dispatch.CpuChoice | None:
+    """The measured CPU sparse plan for a weight, or None (stay dense).
+
+    ``VLLM_SPARSE_PATH=cpu_sparse`` takes the sparse path for every sparse-enough
+    layer whatever the table says (for benchmarking); ``=dense`` keeps all dense."""
+    if dtype not in _KERNEL_DTYPES or len(analysis.shape) != 2 or analysis.sparsity < MIN_SPARSITY_FOR_SPARSE_PATH:
+        return None
+    forced = _forced_path()
+    if forced not in (None, CPU_SPARSE):
+        return None
+    if not cpu_kernels.build.load():
+        return None
+    isa_name = cpu_kernels.isa.NAMES[cpu_kernels.isa.default()]
+    choice = cpu_dispatch.choose(_as_2d(analysis.shape), analysis.sparsity, dtype, isa_name)
+    if choice is None and forced == CPU_SPARSE:
+        choice = cpu_dispatch.CpuChoice(isa_name, cpu_kernels.DEFAULT_MAX_DIRECT_M, float("nan"), float("nan"), 0)
+    return choice
+
+
+def _forced_path() -> str | None:
+    forced = os.environ.get("VLLM_SPARSE_PATH") or None
+    if forced is not None and forced not in PATHS:
+        raise ValueError(f"VLLM_SPARSE_PATH={forced!r} is not one of {PATHS}")
+    return forced
+
+
 def select_path(analysis: WeightAnalysis, dtype: torch.dtype, device: torch.device | str) -> str:
     """Name of the fastest correct path for a weight on a device."""
     device = torch.device(device)
+    if device.type == "cpu":
+        return CPU_SPARSE if cpu_plan(analysis, dtype) is not None else DENSE
     if device.type != "cuda" or dtype not in _KERNEL_DTYPES or len(analysis.shape) != 2:
         return DENSE
-    forced = os.environ.get("VLLM_SPARSE_PATH")
+    forced = _forced_path()
     if forced:
-        if forced not in PATHS:
-            raise ValueError(f"VLLM_SPARSE_PATH={forced!r} is not one of {PATHS}")
-        if _path_allowed(forced, analysis, dtype, device):
+        if forced in CUDA_PATHS and _path_allowed(forced, analysis, dtype, device):
             return forced
     if analysis.sparsity < MIN_SPARSITY_FOR_SPARSE_PATH:
         return DENSE
@@ -121,6 +157,16 @@ def dense_bytes(analysis: WeightAnalysis, dtype: torch.dtype) -> int:
     return _numel(analysis.shape) * dtype.itemsize
 
 
+def stored_bytes_for_path(analysis: WeightAnalysis, dtype: torch.dtype, path: str) -> int:
+    """Bytes a weight keeps in memory on ``path`` (without packing it)."""
+    if path == DENSE:
+        return dense_bytes(analysis, dtype)
+    if path == CPU_SPARSE:
+        shape = _as_2d(analysis.shape)
+        return cpu_stored_bytes_for(shape, round((1.0 - analysis.sparsity) * _numel(shape)), dtype)
+    return compressed_bytes(analysis, dtype)
+
+
 def compressed_bytes(analysis: WeightAnalysis, dtype: torch.dtype) -> int:
     """Bytes of the smallest of our compressed layouts that fits this weight."""
     shape = _as_2d(analysis.shape)
@@ -139,7 +185,9 @@ class PackedWeight:
     shape: tuple[int, int]  # dense [out_features, in_features]
     dtype: torch.dtype
     dense: torch.Tensor | None = None  # DENSE: the weight; TORCH_SEMI_STRUCTURED: torch's sparse tensor
-    layout: NMLayout | BitmapLayout | None = None
+    layout: NMLayout | BitmapLayout | CpuSparseLayout | None = None
+    cpu_isa: int = 0  # CPU_SPARSE: the ISA path code and the largest M for the direct kernel
+    max_direct_m: int = 0
 
     @property
     def out_features(self) -> int:
@@ -187,6 +235,12 @@ def pack_for_path(weight: torch.Tensor, analysis: WeightAnalysis, path: str) -> 
         return PackedWeight(path, shape, weight.dtype, layout=NMLayout.pack(weight, analysis.nm))
     if path == TRITON_BITMAP:
         return PackedWeight(path, shape, weight.dtype, layout=BitmapLayout.pack(weight, DEFAULT_TILE_K))
+    if path == CPU_SPARSE:
+        plan = cpu_plan(analysis, weight.dtype)
+        if plan is None:
+            raise ValueError(f"path {CPU_SPARSE} is not available for this weight (see the log for why)")
+        return PackedWeight(path, shape, weight.dtype, layout=CpuSparseLayout.pack(weight),
+                            cpu_isa=cpu_kernels.isa.CODES[plan.isa], max_direct_m=plan.max_direct_m)
     # TORCH_SEMI_STRUCTURED
     if not semi_structured_supported(shape, weight.dtype, weight.device):
         raise ValueError(
@@ -218,6 +272,12 @@ def sparse_linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | No
         lay = packed.layout
         y = torch.ops.vllm_sparse.bitmap_linear(x2, lay.values, lay.bitmap, lay.tile_offsets, lay.tile_k,
                                                 packed.in_features, bias)
+    elif packed.path == CPU_SPARSE:
+        lay = packed.layout
+        xw = x2 if x2.dtype == packed.dtype else x2.to(packed.dtype)
+        y = torch.ops.vllm_sparse.cpu_sparse_linear(xw, lay.values, lay.bitmap, lay.row_offsets, packed.in_features,
+                                                    packed.cpu_isa, packed.max_direct_m, bias)
+        y = y if y.dtype == x2.dtype else y.to(x2.dtype)
     else:
         raise ValueError(f"unknown path {packed.path!r}")
     return y.reshape(*lead, packed.out_features)

@@ -11,6 +11,8 @@ namespace {
 
 #include "prefetch.h"
 
+const int64_t kRowChunk = 24;  // a multiple of every row block below
+
 struct Tables {
     uint8_t shuffle16[256][16];  // pshufb control: lane j <- packed 16-bit value rank(j)
     int32_t permute32[256][8];   // vpermps index: lane j <- packed fp32 value rank(j)
@@ -110,11 +112,16 @@ void rows(const Tables& t, const VsWeight* w, const VsGemm* g, int64_t begin, in
 template <int DT>
 void gemm(const VsWeight* w, const VsGemm* g, int64_t begin, int64_t end) {
     const Tables& t = tables();
-    int64_t m0 = 0;
-    for (; m0 + 8 <= g->m; m0 += 8) rows<DT, 8, 1>(t, w, g, begin, end, m0);
-    if (m0 + 4 <= g->m) { rows<DT, 4, 2>(t, w, g, begin, end, m0); m0 += 4; }
-    if (m0 + 2 <= g->m) { rows<DT, 2, 4>(t, w, g, begin, end, m0); m0 += 2; }
-    if (m0 < g->m) rows<DT, 1, 8>(t, w, g, begin, end, m0);
+    // Rows in chunks that stay in L2 while every activation block passes over them:
+    // the weight streams from memory once whatever M is.
+    for (int64_t c0 = begin; c0 < end; c0 += kRowChunk) {
+        const int64_t c1 = c0 + kRowChunk < end ? c0 + kRowChunk : end;
+        int64_t m0 = 0;
+        for (; m0 + 8 <= g->m; m0 += 8) rows<DT, 8, 1>(t, w, g, c0, c1, m0);
+        if (m0 + 4 <= g->m) { rows<DT, 4, 2>(t, w, g, c0, c1, m0); m0 += 4; }
+        if (m0 + 2 <= g->m) { rows<DT, 2, 4>(t, w, g, c0, c1, m0); m0 += 2; }
+        if (m0 < g->m) rows<DT, 1, 8>(t, w, g, c0, c1, m0);
+    }
 }
 
 }  // namespace

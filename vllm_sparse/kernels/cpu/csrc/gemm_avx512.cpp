@@ -12,6 +12,8 @@ namespace {
 
 #include "prefetch.h"
 
+const int64_t kRowChunk = 24;  // a multiple of every row block below
+
 template <int DT>
 struct Values {
     typedef uint16_t type;
@@ -90,11 +92,16 @@ void rows(const VsWeight* w, const VsGemm* g, int64_t begin, int64_t end, int64_
 
 template <int DT>
 void gemm(const VsWeight* w, const VsGemm* g, int64_t begin, int64_t end) {
-    int64_t m0 = 0;
-    for (; m0 + 8 <= g->m; m0 += 8) rows<DT, 8, 3>(w, g, begin, end, m0);
-    if (m0 + 4 <= g->m) { rows<DT, 4, 4>(w, g, begin, end, m0); m0 += 4; }
-    if (m0 + 2 <= g->m) { rows<DT, 2, 4>(w, g, begin, end, m0); m0 += 2; }
-    if (m0 < g->m) rows<DT, 1, 8>(w, g, begin, end, m0);
+    // Rows in chunks that stay in L2 while every activation block passes over them:
+    // the weight streams from memory once whatever M is.
+    for (int64_t c0 = begin; c0 < end; c0 += kRowChunk) {
+        const int64_t c1 = c0 + kRowChunk < end ? c0 + kRowChunk : end;
+        int64_t m0 = 0;
+        for (; m0 + 8 <= g->m; m0 += 8) rows<DT, 8, 3>(w, g, c0, c1, m0);
+        if (m0 + 4 <= g->m) { rows<DT, 4, 4>(w, g, c0, c1, m0); m0 += 4; }
+        if (m0 + 2 <= g->m) { rows<DT, 2, 4>(w, g, c0, c1, m0); m0 += 2; }
+        if (m0 < g->m) rows<DT, 1, 8>(w, g, c0, c1, m0);
+    }
 }
 
 }  // namespace

@@ -10,6 +10,8 @@ namespace {
 
 #include "prefetch.h"
 
+const int64_t kRowChunk = 24;  // a multiple of every row block below
+
 template <int MB, int R>
 void block(const VsWeight* w, const VsGemm* g, int64_t r0, int64_t m0) {
     const int64_t ldx = w->words * 32;
@@ -25,17 +27,18 @@ void block(const VsWeight* w, const VsGemm* g, int64_t r0, int64_t m0) {
         for (int i = 0; i < MB; i++) acc[r][i] = _mm512_setzero_ps();
     }
     for (int64_t word = 0; word < w->words; word++) {
-        __m512i xv[MB];
-#pragma GCC unroll 8
-        for (int i = 0; i < MB; i++) xv[i] = _mm512_loadu_si512(x + i * ldx + word * 32);
+        const uint16_t* xw = x + word * 32;
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
             uint32_t mask = bits[r][word];
             __m512i wv = _mm512_maskz_expandloadu_epi16((__mmask32)mask, v[r]);
             prefetch_ahead(v[r], bits[r], word);
             v[r] += _mm_popcnt_u32(mask);
+            // Activations come straight from L1 as memory operands: registers go to
+            // the R x MB accumulators.
 #pragma GCC unroll 8
-            for (int i = 0; i < MB; i++) acc[r][i] = _mm512_dpbf16_ps(acc[r][i], (__m512bh)wv, (__m512bh)xv[i]);
+            for (int i = 0; i < MB; i++)
+                acc[r][i] = _mm512_dpbf16_ps(acc[r][i], (__m512bh)wv, (__m512bh)_mm512_loadu_si512(xw + i * ldx));
         }
     }
 #pragma GCC unroll 8
@@ -58,9 +61,14 @@ extern "C" void vs_gemm_avx512_bf16(const VsWeight* w, const VsGemm* g, int64_t 
         vs_gemm_avx512(w, g, row_begin, row_end);
         return;
     }
-    int64_t m0 = 0;
-    for (; m0 + 8 <= g->m; m0 += 8) rows<8, 3>(w, g, row_begin, row_end, m0);
-    if (m0 + 4 <= g->m) { rows<4, 4>(w, g, row_begin, row_end, m0); m0 += 4; }
-    if (m0 + 2 <= g->m) { rows<2, 4>(w, g, row_begin, row_end, m0); m0 += 2; }
-    if (m0 < g->m) rows<1, 8>(w, g, row_begin, row_end, m0);
+    // Rows in chunks that stay in L2 while every activation block passes over them:
+    // the weight streams from memory once whatever M is.
+    for (int64_t c0 = row_begin; c0 < row_end; c0 += kRowChunk) {
+        const int64_t c1 = c0 + kRowChunk < row_end ? c0 + kRowChunk : row_end;
+        int64_t m0 = 0;
+        for (; m0 + 8 <= g->m; m0 += 8) rows<8, 3>(w, g, c0, c1, m0);
+        if (m0 + 4 <= g->m) { rows<4, 4>(w, g, c0, c1, m0); m0 += 4; }
+        if (m0 + 2 <= g->m) { rows<2, 4>(w, g, c0, c1, m0); m0 += 2; }
+        if (m0 < g->m) rows<1, 8>(w, g, c0, c1, m0);
+    }
 }

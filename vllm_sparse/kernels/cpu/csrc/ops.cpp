@@ -8,6 +8,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+
 #include "spmm.h"
 
 namespace {
@@ -19,9 +21,16 @@ const GemmFn kGemm[] = {vs_gemm_scalar, vs_gemm_avx2, vs_gemm_avx512, vs_gemm_av
 const UnpackFn kUnpack[] = {vs_unpack_scalar, vs_unpack_avx2, vs_unpack_avx512, vs_unpack_avx512};
 const char* const kIsaName[] = {"scalar", "avx2", "avx512", "avx512_bf16"};
 
-// Weight bytes decompressed per tile on the large-M path: a tile stays in cache
-// between its decompression and the dense GEMM that reads it.
-const int64_t kTileBytes = 1 << 20;
+// Weight bytes decompressed per tile on the large-M path: small enough to stay in
+// the last-level cache between its decompression and the GEMM that reads it, large
+// enough that torch's per-call GEMM overhead (~16 us) stays small.
+int64_t tile_bytes() {
+    static const int64_t bytes = [] {
+        const char* env = getenv("VLLM_SPARSE_CPU_TILE_BYTES");
+        return env ? std::max<int64_t>(4096, atoll(env)) : int64_t(2 << 20);
+    }();
+    return bytes;
+}
 
 bool isa_supported(int64_t isa) {
     __builtin_cpu_init();
@@ -101,24 +110,34 @@ at::Tensor unpack(const at::Tensor& values, const at::Tensor& bitmap, const at::
     return dense;
 }
 
-// Large M: decompress a cache-sized tile of rows, multiply it with torch's dense
-// GEMM (the same one dense layers use), move on; the dense weight never exists whole.
+// A per-thread scratch buffer kept across calls: a fresh multi-megabyte allocation
+// costs a page fault per 4 KiB on first touch, as much as the decompression itself.
+at::Tensor tile_buffer(int64_t numel, const at::TensorOptions& options) {
+    thread_local at::Tensor buffer;
+    if (!buffer.defined() || buffer.numel() < numel || buffer.scalar_type() != options.dtype().toScalarType())
+        buffer = at::empty({numel}, options);
+    return buffer.narrow(0, 0, numel);
+}
+
+// Large M: each thread decompresses a tile of rows into its own cache-resident
+// buffer and multiplies it with torch's dense GEMM (the one dense layers use; inside
+// the parallel region it runs on the calling thread); the dense weight never exists
+// whole and a tile goes from decompression to GEMM without leaving the core's cache.
 at::Tensor tiled_linear(const at::Tensor& x, const VsWeight& w, const at::Tensor& values, int64_t isa,
                         const c10::optional<at::Tensor>& bias) {
     const int64_t es = values.element_size();
-    int64_t tile = std::max<int64_t>(16, kTileBytes / (w.k * es) / 16 * 16);
-    tile = std::min(tile, w.n);
+    const int64_t tile = std::min(w.n, std::max<int64_t>(16, tile_bytes() / (w.k * es) / 16 * 16));
+    const int64_t tiles = (w.n + tile - 1) / tile;
     at::Tensor y = at::empty({x.size(0), w.n}, x.options());
-    at::Tensor buffer = at::empty({tile, w.k}, values.options());
-    char* dst = static_cast<char*>(buffer.data_ptr());
-    for (int64_t r0 = 0; r0 < w.n; r0 += tile) {
-        const int64_t rows = std::min(tile, w.n - r0);
-        at::parallel_for(r0, r0 + rows, 8, [&](int64_t begin, int64_t end) {
-            kUnpack[isa](&w, begin, end, dst + (begin - r0) * w.k * es);
-        });
-        at::Tensor part = buffer.narrow(0, 0, rows);
-        y.narrow(1, r0, rows).copy_(at::mm(x, part.t()));
-    }
+    at::parallel_for(0, tiles, 1, [&](int64_t first, int64_t last) {
+        at::Tensor buffer = tile_buffer(tile * w.k, values.options()).view({tile, w.k});
+        for (int64_t t = first; t < last; t++) {
+            const int64_t r0 = t * tile;
+            const int64_t rows = std::min(tile, w.n - r0);
+            kUnpack[isa](&w, r0, r0 + rows, buffer.data_ptr());
+            y.narrow(1, r0, rows).copy_(at::mm(x, buffer.narrow(0, 0, rows).t()));
+        }
+    });
     if (bias.has_value() && bias->defined()) y.add_(*bias);
     return y;
 }

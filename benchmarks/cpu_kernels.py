@@ -1,0 +1,227 @@
+"""CPU sparse kernels against torch's dense ``F.linear`` (what vLLM runs on CPU for
+unquantized layers), side by side in one process, plus a read-bandwidth test.
+
+    python benchmarks/cpu_kernels.py                       # full run (~20 min on 2 cores)
+    python benchmarks/cpu_kernels.py --quick               # a few shapes and M
+    python benchmarks/cpu_kernels.py --write-table         # also refresh the dispatcher's table
+    VLLM_SPARSE_CPU_ISA=avx2 python benchmarks/cpu_kernels.py ...   (or --isa avx2,avx512_bf16)
+
+Each case: a random weight [out, in] pruned to the pattern (2:4 and 4:8 by magnitude
+within groups, unstructured by random mask), stored bf16. Every kernel is checked
+against the fp32 torch reference first. Timing: calls of dense and sparse alternate
+(so a drift in machine speed weighs on both), each over enough copies of the weight
+that the set is larger than the last-level cache (every layer of a real model comes
+cold from memory, since the rest of the model streamed through since its last call);
+the median of each side is kept. ``speedup`` = dense time / sparse time.
+``gbps`` = bytes of the compressed weight / sparse time; ``read_gbps`` = a 512 MiB
+``sum`` in the same run. Results: Markdown + JSON ({"machine", "records"}).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from vllm_sparse.kernels import cpu as cpu_kernels  # noqa: E402
+from vllm_sparse.kernels.cpu import dispatch, isa  # noqa: E402
+
+LLAMA8B = [(4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336)]
+LLAMA1B = [(3072, 2048), (2048, 2048), (16384, 2048), (2048, 8192)]  # fused qkv, o, gate_up, down
+SMOLLM2 = [(960, 576), (576, 576), (3072, 576), (576, 1536)]  # as vLLM fuses them
+MS = [1, 2, 4, 8, 16, 64, 512]
+PATTERNS = ["2:4", "4:8", "50%", "70%", "90%"]
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+CACHE_SPAN_BYTES = 96 << 20  # > 2x a 32 MiB L3
+
+
+def prune(w: torch.Tensor, pattern: str, gen: torch.Generator) -> tuple[torch.Tensor, float]:
+    out, k = w.shape
+    if ":" in pattern:
+        n, m = (int(v) for v in pattern.split(":"))
+        groups = w.abs().view(out, k // m, m)
+        keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, groups.topk(n, -1).indices, True)
+        return w * keep.view(out, k), 1 - n / m
+    sparsity = float(pattern.rstrip("%")) / 100
+    return w * (torch.rand(w.shape, generator=gen) >= sparsity), sparsity
+
+
+def time_pair(dense_fns, sparse_fns, min_reps: int, budget_s: float) -> tuple[float, float]:
+    for f in dense_fns[:2] + sparse_fns[:2]:
+        f()
+    td, ts = [], []
+    start = time.perf_counter()
+    i = 0
+    while i < min_reps or (time.perf_counter() - start < budget_s and i < 200):
+        t = time.perf_counter()
+        dense_fns[i % len(dense_fns)]()
+        td.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        sparse_fns[i % len(sparse_fns)]()
+        ts.append(time.perf_counter() - t)
+        i += 1
+    return statistics.median(td), statistics.median(ts)
+
+
+def read_bandwidth() -> float:
+    big = torch.ones(512 << 20 >> 2)  # initialised: a fresh torch.empty reads the zero page
+    big.sum()
+    times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        big.sum()
+        times.append(time.perf_counter() - t)
+    return big.numel() * 4 / min(times) / 1e9
+
+
+def check(layout, dense_w, x, code, max_direct_m):
+    y = cpu_kernels.linear(x, layout, None, code, max_direct_m).float()
+    ref = x.float() @ dense_w.float().t()
+    tol = 2e-2 * ref.abs().max().item() + 1e-3
+    err = (y - ref).abs().max().item()
+    if not err <= tol:
+        raise AssertionError(f"kernel disagrees with the torch reference: max |err| {err:.3g} > {tol:.3g}")
+
+
+def run_case(shape, pattern, dtype, ms, codes, gen, budget_s, log):
+    out, k = shape
+    dense_w, sparsity = prune(torch.randn(out, k, generator=gen), pattern, gen)
+    dense_w = dense_w.to(dtype)
+    layout = cpu_kernels.CpuSparseLayout.pack(dense_w)
+    copies = max(2, -(-CACHE_SPAN_BYTES // (dense_w.numel() * dense_w.element_size())))
+    dense_copies = [dense_w.clone() for _ in range(copies)]
+    sparse_copies = [layout] + [cpu_kernels.CpuSparseLayout.pack(dense_w) for _ in range(copies - 1)]
+    records = []
+    for m in ms:
+        x = torch.randn(m, k, generator=gen).to(dtype)
+        dense_fns = [lambda w=w: F.linear(x, w) for w in dense_copies]
+        for code in codes:
+            row = {"shape": f"{out}x{k}", "m": m, "pattern": pattern, "sparsity": sparsity,
+                   "dtype": [n for n, d in DTYPES.items() if d == dtype][0], "isa": isa.NAMES[code]}
+            # Direct kernel (the tiled path is not the direct path's fallback below 16).
+            for name, max_direct in (("direct", 1 << 30), ("tiled", 0)):
+                if name == "direct" and m > 64:
+                    continue  # compute-bound there by construction; the tiled path serves it
+                if name == "tiled" and m < 8:
+                    continue
+                check(layout, dense_w, x, code, max_direct)
+                fns = [lambda lay=lay: cpu_kernels.linear(x, lay, None, code, max_direct) for lay in sparse_copies]
+                td, ts = time_pair(dense_fns, fns, 5, budget_s)
+                row[name] = round(td / ts, 3)
+                row[f"{name}_ms"] = round(ts * 1e3, 4)
+                row["dense_ms"] = round(td * 1e3, 4)
+                if name == "direct":
+                    row["gbps"] = round(layout.stored_bytes / ts / 1e9, 2)
+            row["dense_gbps"] = round(dense_w.numel() * dense_w.element_size() / (row["dense_ms"] / 1e3) / 1e9, 2)
+            row["stored_bytes"] = layout.stored_bytes
+            row["dense_bytes"] = dense_w.numel() * dense_w.element_size()
+            records.append(row)
+            log(row)
+    return records
+
+
+def annotate(records, read_gbps):
+    """Add what the dispatcher would do with each record's case (from this run)."""
+    for r in records:
+        r["read_gbps"] = round(read_gbps, 2)
+        n, k = (int(v) for v in r["shape"].split("x"))
+        choice = dispatch.choose((n, k), r["sparsity"], DTYPES[r["dtype"]], r["isa"], tuple(records))
+        if choice is None:
+            r["path"], r["chosen"] = "dense", False
+        else:
+            r["path"] = "direct" if r["m"] <= choice.max_direct_m else "tiled"
+            r["chosen"] = True
+        r["speedup"] = r.get(r["path"], 1.0) if r["path"] != "dense" else r.get("direct", r.get("tiled"))
+        r["speedup_of_path_run"] = 1.0 if r["path"] == "dense" else r[r["path"]]
+
+
+def markdown(machine, records) -> str:
+    lines = [
+        "# CPU sparse kernels vs torch dense F.linear",
+        "",
+        f"Machine: {machine['cpu']}, {machine['threads']} threads, flags {' '.join(machine['flags'])}; "
+        f"torch {machine['torch']}; {machine['date']}. Read bandwidth (512 MiB sum, same run): "
+        f"{machine['read_gbps']:.1f} GB/s. Command: `{machine['command']}`.",
+        "",
+        "speedup = dense time / sparse time, same run, calls alternating; direct = the sparse kernel, "
+        "tiled = decompress cache-sized tiles into torch's dense GEMM; GB/s = compressed bytes / direct time; "
+        "path = what the dispatcher runs for this layer and M (dense: the layer stays dense).",
+        "",
+        "| isa | dtype | shape | pattern | M | dense ms | direct | tiled | GB/s | % of read | path |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        gbps = r.get("gbps")
+        share = "" if gbps is None else f"{100 * gbps / r['read_gbps']:.0f}%"
+        lines.append(
+            f"| {r['isa']} | {r['dtype']} | {r['shape']} | {r['pattern']} | {r['m']} | {r['dense_ms']:.3f} | "
+            f"{r.get('direct', float('nan')):.2f}x | {r.get('tiled', float('nan')):.2f}x | "
+            f"{'' if gbps is None else f'{gbps:.1f}'} | "
+            f"{share} | {r['path']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="a few shapes, patterns and M")
+    ap.add_argument("--isa", default=None, help="comma-separated ISA paths (default: the best, and avx2 below it)")
+    ap.add_argument("--dtypes", default="bf16")
+    ap.add_argument("--budget", type=float, default=0.4, help="seconds of timing per case and side (min 5 calls)")
+    ap.add_argument("--out", default="benchmarks/results/cpu_kernels")
+    ap.add_argument("--write-table", action="store_true", help=f"write {dispatch.TABLE_PATH.name} for the dispatcher")
+    args = ap.parse_args()
+    if not cpu_kernels.build.load():
+        raise SystemExit(f"CPU kernels unavailable: {cpu_kernels.build.load_error()}")
+    best = isa.best()
+    if args.isa:
+        codes = [isa.CODES[name] for name in args.isa.split(",")]
+    else:
+        codes = [best] + ([isa.AVX2] if best > isa.AVX2 else [])
+    shapes = LLAMA8B + LLAMA1B + SMOLLM2
+    ms, patterns = MS, PATTERNS
+    if args.quick:
+        shapes, ms, patterns = [(14336, 4096), (3072, 576)], [1, 8, 64], ["2:4", "70%"]
+    gen = torch.Generator().manual_seed(0)
+    read_gbps = read_bandwidth()
+    records = []
+    t0 = time.time()
+
+    def log(row):
+        print(f"[{time.time() - t0:6.0f}s] {row['isa']:>11} {row['dtype']} {row['shape']:>10} {row['pattern']:>4} "
+              f"M={row['m']:<3} direct {row.get('direct', float('nan')):.2f}x tiled {row.get('tiled', float('nan')):.2f}x "
+              f"{row.get('gbps', float('nan')):.1f} GB/s", flush=True)
+
+    for dtype_name in args.dtypes.split(","):
+        for shape in shapes:
+            for pattern in patterns:
+                records += run_case(shape, pattern, DTYPES[dtype_name], ms, codes, gen, args.budget, log)
+    read_after = read_bandwidth()
+    machine = {**isa.cpu_description(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+               "date": datetime.date.today().isoformat(), "read_gbps": round((read_gbps + read_after) / 2, 2),
+               "best_isa": isa.NAMES[best], "command": "python " + " ".join(sys.argv)}
+    annotate(records, machine["read_gbps"])
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"machine": machine, "records": records}, indent=1) + "\n")
+    out.with_suffix(".md").write_text(markdown(machine, records))
+    print(f"wrote {out.with_suffix('.md')} and .json")
+    if args.write_table:
+        keep = ("isa", "dtype", "shape", "pattern", "sparsity", "m", "direct", "tiled")
+        table = {"machine": machine, "records": [{k: r[k] for k in keep if k in r} for r in records]}
+        dispatch.TABLE_PATH.write_text(json.dumps(table, indent=0) + "\n")
+        print(f"wrote {dispatch.TABLE_PATH}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count()))
+    main()

@@ -1,0 +1,79 @@
+"""Which layers take the CPU sparse kernels, and up to which M the direct kernel runs.
+
+Decided from measurements, not reasoning: ``dispatch_table.json`` (beside this file)
+holds same-run speed-ups over torch's dense ``F.linear`` for the direct kernel and the
+tiled large-M path, per ISA path, dtype, shape, sparsity and M, as written by
+``python benchmarks/cpu_kernels.py --write-table`` on a host of the class we serve on.
+
+For a layer, the records of its ISA path and dtype at the highest measured sparsity
+not above the layer's (conservative: more zeros only help) and the nearest measured
+shape (by weight size, then in_features) give its expected speed-up per M:
+
+* sparse only where the direct kernel beats dense at M = 1 by ``MIN_DECODE_GAIN``
+  (decode, what sparsity is for); otherwise the layer stays dense, as stock vLLM runs it;
+* ``max_direct_m``: the largest measured M at which the direct kernel is still at
+  least as fast as the tiled path; above it, the tiled path runs.
+
+With no record for the ISA path or dtype (a host class never measured), layers stay
+dense: a sparse path only where a measurement says it wins.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+TABLE_PATH = Path(__file__).parent / "dispatch_table.json"
+MIN_DECODE_GAIN = 1.05
+DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+
+
+@dataclass(frozen=True)
+class CpuChoice:
+    isa: str
+    max_direct_m: int
+    decode_speedup: float  # expected at M = 1, from the table
+    worst_speedup: float  # lowest over the measured M of the path the op will run
+    worst_m: int
+
+
+@lru_cache(maxsize=4)
+def load_table(path: Path = TABLE_PATH) -> tuple[dict, ...]:
+    if not path.exists():
+        return ()
+    return tuple(json.loads(path.read_text())["records"])
+
+
+def _shape_distance(record: dict, n: int, k: int) -> tuple[float, float]:
+    rn, rk = (int(v) for v in record["shape"].split("x"))
+    return abs(math.log(rn * rk) - math.log(n * k)), abs(math.log(rk) - math.log(k))
+
+
+def choose(shape: tuple[int, int], sparsity: float, dtype: torch.dtype, isa: str,
+           records: tuple[dict, ...] | None = None) -> CpuChoice | None:
+    """The CPU sparse plan for one weight, or None to keep it dense."""
+    records = load_table() if records is None else records
+    dtype_name = DTYPE_NAMES.get(dtype)
+    mine = [r for r in records if r["isa"] == isa and r["dtype"] == dtype_name]
+    measured = sorted({r["sparsity"] for r in mine if r["sparsity"] <= sparsity + 1e-6})
+    if not measured:
+        return None
+    at_sparsity = [r for r in mine if r["sparsity"] == measured[-1]]
+    n, k = shape
+    nearest = min(at_sparsity, key=lambda r: _shape_distance(r, n, k))["shape"]
+    by_m = {r["m"]: r for r in at_sparsity if r["shape"] == nearest}
+    if 1 not in by_m or by_m[1].get("direct", 0.0) < MIN_DECODE_GAIN:
+        return None
+    max_direct = 1
+    for m in sorted(by_m):
+        if by_m[m].get("direct", 0.0) < by_m[m].get("tiled", 0.0):
+            break
+        max_direct = m
+    run = {m: r.get("direct" if m <= max_direct else "tiled", 0.0) for m, r in by_m.items()}
+    worst_m = min(run, key=run.get)
+    return CpuChoice(isa, max_direct, by_m[1]["direct"], run[worst_m], worst_m)
