@@ -216,8 +216,12 @@ def main() -> None:
     out.with_suffix(".md").write_text(markdown(machine, records))
     print(f"wrote {out.with_suffix('.md')} and .json")
     if args.write_table:
+        # Records of ISA paths / dtypes this run did not measure are kept.
         keep = ("isa", "dtype", "shape", "pattern", "sparsity", "m", "direct", "tiled")
-        table = {"machine": machine, "records": [{k: r[k] for k in keep if k in r} for r in records]}
+        measured = {(r["isa"], r["dtype"]) for r in records}
+        old = json.loads(dispatch.TABLE_PATH.read_text())["records"] if dispatch.TABLE_PATH.exists() else []
+        kept = [r for r in old if (r["isa"], r["dtype"]) not in measured]
+        table = {"machine": machine, "records": kept + [{k: r[k] for k in keep if k in r} for r in records]}
         dispatch.TABLE_PATH.write_text(json.dumps(table, indent=0) + "\n")
         print(f"wrote {dispatch.TABLE_PATH}")
 

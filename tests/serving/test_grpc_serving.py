@@ -169,7 +169,12 @@ def test_32_concurrent_streams_and_counters_match(server, channel):
 
 def test_metrics_endpoint_carries_sparse_figures(server):
     text = server.get("/metrics")
-    assert prometheus_value(text, "vllm_sparse_kernel_layers", kernel="dense") == 120
+    assert prometheus_value(text, "vllm_sparse_kernel_layers") == 120  # summed over kernel paths
+    dense = prometheus_value(text, "vllm_sparse_linear_weight_bytes", form="dense")
+    stored = prometheus_value(text, "vllm_sparse_linear_weight_bytes", form="stored")
+    assert dense > 0 and 0 < stored <= dense
+    if prometheus_value(text, "vllm_sparse_kernel_layers", kernel="dense") < 120:  # some layers on cpu_sparse
+        assert stored < 0.8 * dense
     sparsity = prometheus_value(text, "vllm_sparse_layer_sparsity_ratio", layer="model.layers.0.mlp.down_proj")
     assert sparsity == pytest.approx(0.5, abs=0.001)
     assert "vllm_sparse_grpc_request_duration_seconds_bucket" in text

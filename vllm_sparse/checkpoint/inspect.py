@@ -33,7 +33,7 @@ def inspect_checkpoint(model_dir: str | Path, device: str = "cpu") -> list[Layer
         analysis = analyze_weight(weight)
         path = dispatcher.select_path(analysis, weight.dtype, torch.device(device))
         dense = dispatcher.dense_bytes(analysis, weight.dtype)
-        stored = dense if path == DENSE else dispatcher.compressed_bytes(analysis, weight.dtype)
+        stored = dispatcher.stored_bytes_for_path(analysis, weight.dtype, path)
         rows.append(
             LayerRow(
                 name=name.removesuffix(".weight"),

@@ -194,6 +194,13 @@ class PackedWeight:
         return self.shape[0]
 
     @property
+    def kernel_name(self) -> str:
+        """The path, with the instruction-set path for the CPU kernels (for tables and metrics)."""
+        if self.path == CPU_SPARSE:
+            return f"{CPU_SPARSE}/{cpu_kernels.isa.NAMES[self.cpu_isa]}"
+        return self.path
+
+    @property
     def in_features(self) -> int:
         return self.shape[1]
 

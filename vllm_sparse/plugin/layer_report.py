@@ -3,11 +3,21 @@ whole table once the last layer is done."""
 
 from __future__ import annotations
 
+import ctypes
 import logging
 
 from ..checkpoint.layer_table import LayerRow, format_layer_table
 from .run_files import write_layer_table
 from .worker_metrics import record_layer_sparsity
+
+
+def release_freed_memory() -> None:
+    """Hand the dense weights freed while packing back to the OS (glibc keeps freed
+    heap blocks otherwise, and the process RSS would not show the saving)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 class LayerReport:
@@ -23,7 +33,8 @@ class LayerReport:
     def add(self, row: LayerRow) -> None:
         self.rows.append(row)
         self._pending.discard(row.name)
-        record_layer_sparsity(row.name, row.pattern, row.kernel, row.sparsity)
+        record_layer_sparsity(row.name, row.pattern, row.kernel, row.sparsity, row.dense_bytes, row.stored_bytes)
         if not self._pending:
+            release_freed_memory()
             self._logger.info("vllm-sparse layer table:\n%s", format_layer_table(self.rows))
             write_layer_table(self.rows, quantization="vllm-sparse")

@@ -187,21 +187,26 @@ class SparseLinearMethod(LinearMethodBase):
         analysis = analyze_weight(weight)
         path = dispatcher.select_path(analysis, weight.dtype, weight.device)
         layer.sparse_path = path
+        dense_bytes = dispatcher.dense_bytes(analysis, weight.dtype)
+        kernel = path
         if path == DENSE:
-            stored = dispatcher.dense_bytes(analysis, weight.dtype)
+            stored = dense_bytes
             self.dense_method.process_weights_after_loading(layer)
         else:
+            # Only the compressed form stays: the dense tensor is freed here.
             layer.sparse_weight = dispatcher.pack_for_path(weight, analysis, path)
             stored = layer.sparse_weight.stored_bytes
+            kernel = layer.sparse_weight.kernel_name
             del layer.weight
+        del weight
         self.report.add(
             LayerRow(
                 name=self.prefix,
                 shape=analysis.shape,
                 pattern=analysis.pattern_name,
                 sparsity=analysis.sparsity,
-                kernel=path,
-                dense_bytes=dispatcher.dense_bytes(analysis, weight.dtype),
+                kernel=kernel,
+                dense_bytes=dense_bytes,
                 stored_bytes=stored,
             )
         )

@@ -34,10 +34,22 @@ LAYER_SPARSITY = Gauge(
     multiprocess_mode="max",
 )
 
-def record_layer_sparsity(layer: str, pattern: str, kernel: str, sparsity: float) -> None:
-    """One linear layer loaded: its sparsity, pattern and kernel path."""
+WEIGHT_BYTES = Gauge(
+    "vllm_sparse_linear_weight_bytes",
+    "Bytes of the linear layers' weights handled by vllm-sparse: as dense tensors (form=dense) and as this "
+    "server keeps them in memory (form=stored); summed over the live worker processes.",
+    ["form"],
+    multiprocess_mode="livesum",
+)
+
+
+def record_layer_sparsity(layer: str, pattern: str, kernel: str, sparsity: float, dense_bytes: int = 0,
+                          stored_bytes: int = 0) -> None:
+    """One linear layer loaded: its sparsity, pattern, kernel path and weight bytes."""
     LAYER_SPARSITY.labels(layer, pattern, kernel).set(sparsity)
     KERNEL_LAYERS.labels(kernel).inc()
+    WEIGHT_BYTES.labels("dense").inc(dense_bytes)
+    WEIGHT_BYTES.labels("stored").inc(stored_bytes)
 
 
 # Process-local totals, for snapshots (gRPC GetMetrics, tests) without scraping.

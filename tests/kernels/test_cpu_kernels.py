@@ -1,0 +1,282 @@
+"""The C++ CPU kernels against the torch reference, on every ISA path this host runs,
+plus their layout, build cache, fallback and dispatch rules."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vllm_sparse.kernels import CPU_SPARSE, DENSE, WeightAnalysis, analyze_weight, pack_for_path, select_path
+from vllm_sparse.kernels import SparseLayoutError, sparse_linear
+from vllm_sparse.kernels import cpu as cpu_kernels
+from vllm_sparse.kernels.cpu import dispatch, isa
+from vllm_sparse.kernels.cpu.layout import VALUE_PADDING, CpuSparseLayout
+
+REPO = Path(__file__).resolve().parents[2]
+DTYPES = [torch.bfloat16, torch.float16, torch.float32]
+# (out, in): odd rows, in_features not a multiple of the 32-column word, SmolLM2-like.
+SHAPES = [(1, 1), (7, 33), (37, 70), (64, 576), (13, 1000), (130, 96)]
+MS = [1, 2, 3, 5, 8, 9, 16, 17]
+TOLERANCE = {torch.bfloat16: 1.6e-2, torch.float16: 2e-3, torch.float32: 1e-5}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernels():
+    assert cpu_kernels.build.load(), cpu_kernels.build.load_error()
+
+
+def _isa_params():
+    cpu_kernels.build.load()
+    return [pytest.param(code, id=isa.NAMES[code]) for code in isa.supported()]
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _pruned(shape, sparsity, dtype, gen, pattern=None):
+    w = torch.randn(shape, generator=gen)
+    if pattern is not None:  # N:M along in_features (in_features a multiple of m)
+        n, m = pattern
+        groups = w.abs().view(shape[0], -1, m)
+        keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, groups.topk(n, -1).indices, True)
+        w = w * keep.view(shape)
+    else:
+        w = w * (torch.rand(shape, generator=gen) >= sparsity)
+    return w.to(dtype)
+
+
+def _poison_allocator(numel: int, dtype: torch.dtype) -> None:
+    """Leave a NaN-filled block of the output's size in the allocator's free lists, so
+    an output element the kernel forgets to write would come back as NaN."""
+    torch.full((numel,), float("nan"), dtype=dtype).add_(0)
+
+
+def _check(y, x, w, bias, dtype):
+    ref = F.linear(x.float(), w.float(), None if bias is None else bias.float())
+    assert y.dtype == dtype and y.shape == ref.shape
+    assert not torch.isnan(y).any(), "an output element was not written"
+    scale = x.float().abs() @ w.float().abs().t() + (0 if bias is None else bias.float().abs())
+    err = ((y.float() - ref).abs() / (scale + 1e-6)).max().item()
+    assert err <= TOLERANCE[dtype], f"relative error {err:.3g}"
+
+
+@pytest.mark.parametrize("code", _isa_params())
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+def test_direct_kernel_matches_reference(code, dtype):
+    gen = _gen(1000 + code * 10 + DTYPES.index(dtype))
+    for shape in SHAPES:
+        for sparsity in (0.0, 0.5, 0.9, 1.0):
+            w = _pruned(shape, sparsity, dtype, gen)
+            layout = CpuSparseLayout.pack(w).validate()
+            for m in MS:
+                x = torch.randn(m, shape[1], generator=gen).to(dtype)
+                bias = torch.randn(shape[0], generator=gen).to(dtype) if m % 2 else None
+                _poison_allocator(m * shape[0], dtype)
+                _check(cpu_kernels.linear(x, layout, bias, code, max_direct_m=1 << 20), x, w, bias, dtype)
+
+
+@pytest.mark.parametrize("code", _isa_params())
+@pytest.mark.parametrize("pattern", [(2, 4), (4, 8)], ids=["2:4", "4:8"])
+def test_nm_weights(code, pattern):
+    gen = _gen(7 + code)
+    for shape in [(37, 64), (5, 576), (96, 1536)]:
+        w = _pruned(shape, None, torch.bfloat16, gen, pattern)
+        layout = CpuSparseLayout.pack(w)
+        for m in (1, 4, 8, 13):
+            x = torch.randn(m, shape[1], generator=gen).bfloat16()
+            _check(cpu_kernels.linear(x, layout, None, code), x, w, None, torch.bfloat16)
+
+
+@pytest.mark.parametrize("code", _isa_params())
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+def test_tiled_large_m_path_and_unpack(code, dtype):
+    gen = _gen(50 + code)
+    for shape in [(37, 70), (300, 576)]:
+        w = _pruned(shape, 0.7, dtype, gen)
+        layout = CpuSparseLayout.pack(w)
+        assert torch.equal(cpu_kernels.unpack(layout, code), w)
+        x = torch.randn(70, shape[1], generator=gen).to(dtype)
+        bias = torch.randn(shape[0], generator=gen).to(dtype)
+        y = cpu_kernels.linear(x, layout, bias, code, max_direct_m=16)  # 70 rows: tiled
+        assert torch.allclose(y.float(), F.linear(x, w, bias).float(), rtol=1e-2, atol=1e-2 * x.shape[1] ** 0.5)
+
+
+def test_layout_round_trip_and_bytes():
+    gen = _gen(3)
+    w = _pruned((33, 100), 0.6, torch.bfloat16, gen)
+    w[0, 5] = float("nan")
+    layout = CpuSparseLayout.pack(w).validate()
+    assert torch.equal(layout.to_dense().view(torch.int16), w.view(torch.int16))
+    nnz = int((w != 0).sum())
+    assert layout.nnz == nnz
+    assert layout.stored_bytes == (nnz + VALUE_PADDING) * 2 + 33 * 4 * 4 + 34 * 8
+    # -0.0 is a zero: not stored, comes back as +0.0
+    z = torch.tensor([[-0.0, 1.0]])
+    assert torch.equal(CpuSparseLayout.pack(z).to_dense(), torch.tensor([[0.0, 1.0]]))
+
+
+def test_layout_validation_names_the_problem():
+    w = _pruned((8, 64), 0.5, torch.float32, _gen(4))
+    good = CpuSparseLayout.pack(w)
+    bad_offsets = good.row_offsets.clone()
+    bad_offsets[3] += 1
+    with pytest.raises(SparseLayoutError, match="row_offsets"):
+        CpuSparseLayout(good.values, good.bitmap, bad_offsets, good.shape).validate()
+    with pytest.raises(SparseLayoutError, match="values holds"):
+        CpuSparseLayout(good.values[:10], good.bitmap, good.row_offsets, good.shape).validate()
+    past_k = good.bitmap.clone()
+    layout = CpuSparseLayout(good.values, past_k, good.row_offsets, (8, 60))
+    with pytest.raises(SparseLayoutError, match="past in_features"):
+        layout.validate()
+
+
+def test_op_rejects_bad_arguments():
+    w = _pruned((8, 64), 0.5, torch.bfloat16, _gen(5))
+    layout = CpuSparseLayout.pack(w)
+    x = torch.randn(2, 64).bfloat16()
+    with pytest.raises(RuntimeError, match="x must be"):
+        cpu_kernels.linear(torch.randn(2, 63).bfloat16(), layout)
+    with pytest.raises(RuntimeError, match="x is Float but the weight is BFloat16"):
+        cpu_kernels.linear(x.float(), layout)
+    with pytest.raises(RuntimeError, match="unknown ISA"):
+        cpu_kernels.linear(x, layout, None, 9)
+    with pytest.raises(RuntimeError, match="row_offsets"):
+        torch.ops.vllm_sparse.cpu_sparse_linear(x, layout.values, layout.bitmap, layout.row_offsets[:-1], 64, 0, 16,
+                                                None)
+
+
+def test_opcheck_and_compiled_graph():
+    w = _pruned((48, 96), 0.5, torch.bfloat16, _gen(6))
+    layout = CpuSparseLayout.pack(w)
+    x = torch.randn(3, 96).bfloat16()
+    args = (x, layout.values, layout.bitmap, layout.row_offsets, 96, isa.best(), 16, None)
+    torch.library.opcheck(torch.ops.vllm_sparse.cpu_sparse_linear.default, args)
+
+    def f(inp):
+        return torch.relu(torch.ops.vllm_sparse.cpu_sparse_linear(inp, *args[1:])) * 2
+
+    compiled = torch.compile(f, fullgraph=True, dynamic=True)
+    assert torch.equal(compiled(x), f(x))
+    x5 = torch.randn(5, 96).bfloat16()
+    assert torch.equal(compiled(x5), f(x5))
+
+
+def test_dispatcher_runs_the_cpu_path_through_sparse_linear(monkeypatch):
+    monkeypatch.setenv("VLLM_SPARSE_PATH", CPU_SPARSE)  # whatever the committed table says
+    w = _pruned((40, 128), 0.7, torch.bfloat16, _gen(8))
+    analysis = analyze_weight(w)
+    assert select_path(analysis, w.dtype, "cpu") == CPU_SPARSE
+    packed = pack_for_path(w, analysis, CPU_SPARSE)
+    assert packed.dense is None and packed.kernel_name.startswith("cpu_sparse/")
+    assert packed.stored_bytes < w.numel() * 2 * 0.5
+    x = torch.randn(2, 3, 128).bfloat16()
+    y = sparse_linear(x, packed)
+    assert y.shape == (2, 3, 40)
+    _check(y.view(6, 40), x.view(6, 128), w, None, torch.bfloat16)
+
+
+RECORDS = tuple(
+    {"isa": "avx2", "dtype": "bf16", "shape": shape, "sparsity": s, "pattern": "x", "m": m, "direct": d, "tiled": t}
+    for shape, s, table in [
+        ("4096x4096", 0.5, {1: 1.6, 8: 1.1, 16: 0.9, 64: 0.5, 512: 0.0}),
+        ("4096x4096", 0.7, {1: 2.0, 8: 1.2, 16: 1.0, 64: 0.6, 512: 0.0}),
+        ("576x576", 0.5, {1: 1.02, 8: 0.9, 16: 0.8, 64: 0.5, 512: 0.0}),
+    ]
+    for m, d in table.items()
+    for t in [{1: 0.0, 8: 0.6, 16: 0.95, 64: 0.9, 512: 0.97}[m]]
+)
+
+
+def test_dispatch_rule_from_a_table():
+    choose = dispatch.choose
+    plan = choose((4096, 4096), 0.55, torch.bfloat16, "avx2", RECORDS)
+    assert plan.max_direct_m == 8 and plan.decode_speedup == 1.6  # 16: tiled (0.95) beats direct (0.9)
+    assert (plan.worst_m, plan.worst_speedup) == (64, 0.9)
+    assert choose((4096, 4096), 0.75, torch.bfloat16, "avx2", RECORDS).decode_speedup == 2.0
+    assert choose((4096, 4096), 0.45, torch.bfloat16, "avx2", RECORDS) is None  # below every measured sparsity
+    assert choose((600, 600), 0.5, torch.bfloat16, "avx2", RECORDS) is None  # nearest shape gains < 5%
+    assert choose((4096, 4096), 0.5, torch.float16, "avx2", RECORDS) is None  # dtype never measured
+    assert choose((4096, 4096), 0.5, torch.bfloat16, "avx512_bf16", RECORDS) is None  # ISA never measured
+
+
+def test_committed_table_covers_this_host_class():
+    """The dispatcher's table has records for every ISA path benchmarked, and for each
+    M = 1 record a same-run speed-up."""
+    table = json.loads(dispatch.TABLE_PATH.read_text())
+    isas = {r["isa"] for r in table["records"]}
+    assert {"avx2"} <= isas, isas
+    assert all("direct" in r for r in table["records"] if r["m"] == 1)
+    assert table["machine"]["cpu"] and table["machine"]["date"]
+
+
+def _run_python(code: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **env}, cwd=REPO)
+
+
+LOAD_AND_CHOOSE = """
+import logging, torch
+logging.basicConfig(level=logging.INFO)
+from vllm_sparse.kernels import WeightAnalysis, select_path
+from vllm_sparse.kernels.cpu import build
+a = WeightAnalysis((4096, 4096), 0.9, None)
+print("path", select_path(a, torch.bfloat16, "cpu"), select_path(a, torch.bfloat16, "cpu"))
+print("error", build.load_error())
+"""
+
+
+def test_no_compiler_means_one_warning_and_dense(tmp_path):
+    done = _run_python(LOAD_AND_CHOOSE, {"CXX": str(tmp_path / "no-such-compiler"),
+                                         "VLLM_SPARSE_CACHE": str(tmp_path / "cache")})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "path dense dense" in done.stdout
+    assert "no C++ compiler" in done.stdout
+    assert done.stderr.count("CPU sparse kernels unavailable") == 1, done.stderr[-3000:]
+    assert not list((tmp_path / "cache").rglob("*.so"))
+
+
+def test_failed_build_leaves_no_cache_and_turning_off_works(tmp_path):
+    cache = tmp_path / "cache"
+    # A compiler that always fails: the build must fail cleanly and leave nothing behind.
+    failing = tmp_path / "cxx"
+    failing.write_text("#!/bin/sh\nif [ \"$1\" = --version ]; then echo fake 1.0; exit 0; fi\nexit 1\n")
+    failing.chmod(0o755)
+    done = _run_python(LOAD_AND_CHOOSE, {"CXX": str(failing), "VLLM_SPARSE_CACHE": str(cache)})
+    assert done.returncode == 0 and "path dense dense" in done.stdout, done.stderr[-3000:]
+    assert not list(cache.rglob("*.so")) and not [p for p in (cache / "cpu_kernels").iterdir() if p.is_dir()]
+    off = _run_python(LOAD_AND_CHOOSE, {"VLLM_SPARSE_CPU_KERNELS": "0"})
+    assert "path dense dense" in off.stdout and "VLLM_SPARSE_CPU_KERNELS=0" in off.stdout
+
+
+def test_build_is_cached_and_a_half_built_folder_is_not_trusted(tmp_path):
+    cache = tmp_path / "cache"
+    code = "from vllm_sparse.kernels.cpu import build; import sys; sys.exit(0 if build.load() else 1)"
+    env = {"VLLM_SPARSE_CACHE": str(cache)}
+    key = _run_python("from vllm_sparse.kernels.cpu import build; print(build.build_key())", env).stdout.strip()
+    final = cache / "cpu_kernels" / key
+    final.mkdir(parents=True)
+    (final / "leftover.o").write_text("half a build")  # a folder without the library
+    first = _run_python("import logging; logging.basicConfig(level=logging.INFO)\n" + code, env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "building the CPU kernels" in first.stderr
+    assert not (final / "leftover.o").exists() and list(final.glob("*.so"))
+    second = _run_python("import logging; logging.basicConfig(level=logging.INFO)\n" + code, env)
+    assert second.returncode == 0 and "building the CPU kernels" not in second.stderr
+
+
+def test_forced_isa_and_cpu_description(monkeypatch):
+    monkeypatch.setenv("VLLM_SPARSE_CPU_ISA", "avx2" if isa.best() >= isa.AVX2 else "scalar")
+    assert isa.default() == min(isa.best(), isa.AVX2) or isa.best() < isa.AVX2
+    monkeypatch.setenv("VLLM_SPARSE_CPU_ISA", "sse9")
+    with pytest.raises(ValueError, match="sse9"):
+        isa.default()
+    described = isa.cpu_description()
+    assert described["cpu"] and isinstance(described["flags"], list)
