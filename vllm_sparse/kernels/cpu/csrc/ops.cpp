@@ -6,6 +6,7 @@
 // threads vLLM's CPU worker sizes and pins).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <torch/library.h>
 
 #include <cstdlib>
@@ -129,7 +130,11 @@ at::Tensor tiled_linear(const at::Tensor& x, const VsWeight& w, const at::Tensor
     const int64_t tile = std::min(w.n, std::max<int64_t>(16, tile_bytes() / (w.k * es) / 16 * 16));
     const int64_t tiles = (w.n + tile - 1) / tile;
     at::Tensor y = at::empty({x.size(0), w.n}, x.options());
+    // Torch ops run on the worker threads here: give them the caller's thread-local
+    // state (inference mode, grad mode), or vLLM's inference tensors refuse the copy.
+    const at::ThreadLocalState caller_state;
     at::parallel_for(0, tiles, 1, [&](int64_t first, int64_t last) {
+        at::ThreadLocalStateGuard state_guard(caller_state);
         at::Tensor buffer = tile_buffer(tile * w.k, values.options()).view({tile, w.k});
         for (int64_t t = first; t < last; t++) {
             const int64_t r0 = t * tile;
