@@ -68,7 +68,8 @@ def _check(y, x, w, bias, dtype):
     assert y.dtype == dtype and y.shape == exact.shape
     assert not torch.isnan(y).any(), "an output element was not written"
     scale = x.double().abs() @ w.double().abs().t() + (0 if bias is None else bias.double().abs())
-    allowed = exact.abs() * OUTPUT_ULP[dtype] + scale * ACCUMULATION_ROUNDINGS * 2.0**-24 + 1e-30
+    subnormal_spacing = torch.finfo(dtype).smallest_normal * OUTPUT_ULP[dtype] * 2
+    allowed = (exact.abs() * OUTPUT_ULP[dtype] + scale * ACCUMULATION_ROUNDINGS * 2.0**-24 + subnormal_spacing)
     excess = ((y.double() - exact).abs() / allowed).max().item()
     assert excess <= 1.0, f"error {excess:.3g} x the allowed one ulp + fp32 accumulation error"
 
