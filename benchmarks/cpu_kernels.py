@@ -1,5 +1,7 @@
-"""CPU sparse kernels against torch's dense ``F.linear`` (what vLLM runs on CPU for
-unquantized layers), side by side in one process, plus a read-bandwidth test.
+"""CPU sparse kernels against the dense GEMM vLLM's CPU worker runs for unquantized
+layers (oneDNN on a prepacked weight, ``vllm._custom_ops.onednn_mm``; torch's
+``F.linear`` where vLLM is absent), side by side in one process, plus a
+read-bandwidth test.
 
     python benchmarks/cpu_kernels.py                       # full run (~20 min on 2 cores)
     python benchmarks/cpu_kernels.py --quick               # a few shapes and M
@@ -33,13 +35,15 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vllm_sparse.kernels import cpu as cpu_kernels  # noqa: E402
-from vllm_sparse.kernels.cpu import dispatch, isa  # noqa: E402
+from vllm_sparse.kernels.cpu import dispatch, isa, layout24  # noqa: E402
+
+NM24_CODE = -1  # the 2:4 gather kernel, beside the ISA paths of the bitmap kernel
 
 LLAMA8B = [(4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336)]
 LLAMA1B = [(3072, 2048), (2048, 2048), (16384, 2048), (2048, 8192)]  # fused qkv, o, gate_up, down
 SMOLLM2 = [(960, 576), (576, 576), (3072, 576), (576, 1536)]  # as vLLM fuses them
 MS = [1, 2, 4, 8, 16, 64, 512]
-PATTERNS = ["2:4", "4:8", "50%", "70%", "90%"]
+PATTERNS = ["2:4", "4:8", "40%", "50%", "70%", "90%"]
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 CACHE_SPAN_BYTES = 96 << 20  # > 2x a 32 MiB L3
 
@@ -53,6 +57,30 @@ def prune(w: torch.Tensor, pattern: str, gen: torch.Generator) -> tuple[torch.Te
         return w * keep.view(out, k), 1 - n / m
     sparsity = float(pattern.rstrip("%")) / 100
     return w * (torch.rand(w.shape, generator=gen) >= sparsity), sparsity
+
+
+def dense_linear(weight: torch.Tensor, x: torch.Tensor):
+    """The dense baseline: what vLLM's CPU worker runs for an unquantized layer (oneDNN
+    with the weight prepacked, ``vllm._custom_ops.onednn_mm``) when vLLM is installed,
+    else torch's ``F.linear``."""
+    if BASELINE == "onednn_mm":
+        from vllm import _custom_ops as ops
+
+        handler = ops.create_onednn_mm(weight.t(), 32)
+        return lambda: ops.onednn_mm(handler, x, None)
+    return lambda: F.linear(x, weight)
+
+
+def _baseline() -> str:
+    try:
+        from vllm import _custom_ops as ops
+
+        return "onednn_mm" if getattr(ops, "_supports_onednn", False) else "F.linear"
+    except ImportError:
+        return "F.linear"
+
+
+BASELINE = _baseline()
 
 
 def time_pair(dense_fns, sparse_fns, min_reps: int, budget_s: float) -> tuple[float, float]:
@@ -83,8 +111,14 @@ def read_bandwidth() -> float:
     return big.numel() * 4 / min(times) / 1e9
 
 
+def run_kernel(layout, x, code, max_direct_m):
+    if code == NM24_CODE:
+        return layout24.linear(x, layout, None, max_direct_m)
+    return cpu_kernels.linear(x, layout, None, code, max_direct_m)
+
+
 def check(layout, dense_w, x, code, max_direct_m):
-    y = cpu_kernels.linear(x, layout, None, code, max_direct_m).float()
+    y = run_kernel(layout, x, code, max_direct_m).float()
     ref = x.float() @ dense_w.float().t()
     tol = 2e-2 * ref.abs().max().item() + 1e-3
     err = (y - ref).abs().max().item()
@@ -96,17 +130,26 @@ def run_case(shape, pattern, dtype, ms, codes, gen, budget_s, log):
     out, k = shape
     dense_w, sparsity = prune(torch.randn(out, k, generator=gen), pattern, gen)
     dense_w = dense_w.to(dtype)
-    layout = cpu_kernels.CpuSparseLayout.pack(dense_w)
     copies = max(2, -(-CACHE_SPAN_BYTES // (dense_w.numel() * dense_w.element_size())))
     dense_copies = [dense_w.clone() for _ in range(copies)]
-    sparse_copies = [layout] + [cpu_kernels.CpuSparseLayout.pack(dense_w) for _ in range(copies - 1)]
+    codes = list(codes)
+    if pattern == "2:4" and layout24.eligible(shape, dtype) and layout24.supported() and isa.AVX512_BF16 in codes:
+        codes.append(NM24_CODE)
+    layouts = {}
+    for code in codes:
+        pack = layout24.Cpu24Layout.pack if code == NM24_CODE else cpu_kernels.CpuSparseLayout.pack
+        if pack not in layouts:
+            layouts[pack] = [pack(dense_w) for _ in range(copies)]
     records = []
     for m in ms:
         x = torch.randn(m, k, generator=gen).to(dtype)
-        dense_fns = [lambda w=w: F.linear(x, w) for w in dense_copies]
+        dense_fns = [dense_linear(w, x) for w in dense_copies]
         for code in codes:
+            sparse_copies = layouts[layout24.Cpu24Layout.pack if code == NM24_CODE else cpu_kernels.CpuSparseLayout.pack]
+            layout = sparse_copies[0]
             row = {"shape": f"{out}x{k}", "m": m, "pattern": pattern, "sparsity": sparsity,
-                   "dtype": [n for n, d in DTYPES.items() if d == dtype][0], "isa": isa.NAMES[code]}
+                   "dtype": [n for n, d in DTYPES.items() if d == dtype][0],
+                   "isa": dispatch.NM24 if code == NM24_CODE else isa.NAMES[code]}
             # Direct kernel (the tiled path is not the direct path's fallback below 16).
             for name, max_direct in (("direct", 1 << 30), ("tiled", 0)):
                 if name == "direct" and m > 64:
@@ -114,7 +157,7 @@ def run_case(shape, pattern, dtype, ms, codes, gen, budget_s, log):
                 if name == "tiled" and m < 8:
                     continue
                 check(layout, dense_w, x, code, max_direct)
-                fns = [lambda lay=lay: cpu_kernels.linear(x, lay, None, code, max_direct) for lay in sparse_copies]
+                fns = [lambda lay=lay: run_kernel(lay, x, code, max_direct) for lay in sparse_copies]
                 td, ts = time_pair(dense_fns, fns, 5, budget_s)
                 row[name] = round(td / ts, 3)
                 row[f"{name}_ms"] = round(ts * 1e3, 4)
@@ -146,7 +189,7 @@ def annotate(records, read_gbps):
 
 def markdown(machine, records) -> str:
     lines = [
-        "# CPU sparse kernels vs torch dense F.linear",
+        f"# CPU sparse kernels vs dense ({machine['baseline']})",
         "",
         f"Machine: {machine['cpu']}, {machine['threads']} threads, flags {' '.join(machine['flags'])}; "
         f"torch {machine['torch']}; {machine['date']}. Read bandwidth (512 MiB sum, same run): "
@@ -176,6 +219,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a few shapes, patterns and M")
     ap.add_argument("--isa", default=None, help="comma-separated ISA paths (default: the best, and avx2 below it)")
     ap.add_argument("--dtypes", default="bf16")
+    ap.add_argument("--patterns", default=",".join(PATTERNS))
+    ap.add_argument("--shapes", default="llama8b,llama1b,smollm2")
     ap.add_argument("--budget", type=float, default=0.4, help="seconds of timing per case and side (min 5 calls)")
     ap.add_argument("--out", default="benchmarks/results/cpu_kernels")
     ap.add_argument("--write-table", action="store_true", help=f"write {dispatch.TABLE_PATH.name} for the dispatcher")
@@ -187,8 +232,9 @@ def main() -> None:
         codes = [isa.CODES[name] for name in args.isa.split(",")]
     else:
         codes = [best] + ([isa.AVX2] if best > isa.AVX2 else [])
-    shapes = LLAMA8B + LLAMA1B + SMOLLM2
-    ms, patterns = MS, PATTERNS
+    families = {"llama8b": LLAMA8B, "llama1b": LLAMA1B, "smollm2": SMOLLM2}
+    shapes = [shape for name in args.shapes.split(",") for shape in families[name]]
+    ms, patterns = MS, args.patterns.split(",")
     if args.quick:
         shapes, ms, patterns = [(14336, 4096), (3072, 576)], [1, 8, 64], ["2:4", "70%"]
     gen = torch.Generator().manual_seed(0)
@@ -208,7 +254,7 @@ def main() -> None:
     read_after = read_bandwidth()
     machine = {**isa.cpu_description(), "threads": torch.get_num_threads(), "torch": torch.__version__,
                "date": datetime.date.today().isoformat(), "read_gbps": round((read_gbps + read_after) / 2, 2),
-               "best_isa": isa.NAMES[best], "command": "python " + " ".join(sys.argv)}
+               "best_isa": isa.NAMES[best], "baseline": BASELINE, "command": "python " + " ".join(sys.argv)}
     annotate(records, machine["read_gbps"])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -216,11 +262,15 @@ def main() -> None:
     out.with_suffix(".md").write_text(markdown(machine, records))
     print(f"wrote {out.with_suffix('.md')} and .json")
     if args.write_table:
-        # Records of ISA paths / dtypes this run did not measure are kept.
+        # Records of cases this run did not measure (ISA path, dtype, shape, pattern) are kept.
         keep = ("isa", "dtype", "shape", "pattern", "sparsity", "m", "direct", "tiled")
-        measured = {(r["isa"], r["dtype"]) for r in records}
+
+        def case(r):
+            return r["isa"], r["dtype"], r["shape"], r["pattern"]
+
+        measured = {case(r) for r in records}
         old = json.loads(dispatch.TABLE_PATH.read_text())["records"] if dispatch.TABLE_PATH.exists() else []
-        kept = [r for r in old if (r["isa"], r["dtype"]) not in measured]
+        kept = [r for r in old if case(r) not in measured]
         table = {"machine": machine, "records": kept + [{k: r[k] for k in keep if k in r} for r in records]}
         dispatch.TABLE_PATH.write_text(json.dumps(table, indent=0) + "\n")
         print(f"wrote {dispatch.TABLE_PATH}")

@@ -103,7 +103,10 @@ def _apply_ffn_skip(profile: str | None) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(Path(args.workdir), port=args.port, calibration=args.calibration)
+    from .demo import DEMO_SPARSITY
+
+    sparsity = DEMO_SPARSITY if args.sparsity is None else args.sparsity
+    return run_demo(Path(args.workdir), port=args.port, calibration=args.calibration, sparsity=sparsity)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -275,11 +278,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", default="benchmarks/results/ffn_skip_quality")
     ev.set_defaults(run=_cmd_eval_skip)
 
-    demo = commands.add_parser("demo", help="fetch, prune 2:4, serve with vLLM, query, show the layer table")
+    demo = commands.add_parser("demo", help="fetch, prune, serve sparse with vLLM, chat, compare speed and memory "
+                                            "with the dense twin")
     demo.add_argument("--workdir", default="models")
     demo.add_argument("--port", type=int, default=8011)
     demo.add_argument("--calibration", type=Path, default=Path("../shared/data/persuasion.txt"),
                       help="text for SparseGPT calibration (magnitude pruning when absent)")
+    demo.add_argument("--sparsity", type=float, default=None, help="unstructured sparsity (default: the demo's 0.4)")
     demo.set_defaults(run=_cmd_demo)
 
     bench = commands.add_parser(

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from . import cpu as cpu_kernels
 from .bitmap_layout import DEFAULT_TILE_K, BitmapLayout
 from .cpu import dispatch as cpu_dispatch
+from .cpu import layout24 as cpu_layout24
 from .cpu.layout import CpuSparseLayout
 from .cpu.layout import stored_bytes_for as cpu_stored_bytes_for
 from .nm_layout import NMLayout
@@ -109,10 +110,18 @@ def cpu_plan(analysis: WeightAnalysis, dtype: torch.dtype) -> cpu_dispatch.CpuCh
     if not cpu_kernels.build.load():
         return None
     isa_name = cpu_kernels.isa.NAMES[cpu_kernels.isa.default()]
+    if _nm24_eligible(analysis, dtype, isa_name):
+        isa_name = cpu_dispatch.NM24
     choice = cpu_dispatch.choose(_as_2d(analysis.shape), analysis.sparsity, dtype, isa_name)
     if choice is None and forced == CPU_SPARSE:
         choice = cpu_dispatch.CpuChoice(isa_name, cpu_kernels.DEFAULT_MAX_DIRECT_M, float("nan"), float("nan"), 0)
     return choice
+
+
+def _nm24_eligible(analysis: WeightAnalysis, dtype: torch.dtype, isa_name: str) -> bool:
+    """2:4 bf16 weights go to the gather kernel where the CPU has it (AVX-512 VBMI+BF16)."""
+    return (analysis.nm == NMPattern(2, 4) and isa_name == "avx512_bf16"
+            and cpu_layout24.eligible(_as_2d(analysis.shape), dtype) and cpu_layout24.supported())
 
 
 def _forced_path() -> str | None:
@@ -163,6 +172,8 @@ def stored_bytes_for_path(analysis: WeightAnalysis, dtype: torch.dtype, path: st
         return dense_bytes(analysis, dtype)
     if path == CPU_SPARSE:
         shape = _as_2d(analysis.shape)
+        if cpu_kernels.build.load() and _nm24_eligible(analysis, dtype, cpu_kernels.isa.NAMES[cpu_kernels.isa.default()]):
+            return cpu_layout24.Cpu24Layout.stored_bytes_for(shape)
         return cpu_stored_bytes_for(shape, round((1.0 - analysis.sparsity) * _numel(shape)), dtype)
     return compressed_bytes(analysis, dtype)
 
@@ -185,7 +196,7 @@ class PackedWeight:
     shape: tuple[int, int]  # dense [out_features, in_features]
     dtype: torch.dtype
     dense: torch.Tensor | None = None  # DENSE: the weight; TORCH_SEMI_STRUCTURED: torch's sparse tensor
-    layout: NMLayout | BitmapLayout | CpuSparseLayout | None = None
+    layout: NMLayout | BitmapLayout | CpuSparseLayout | cpu_layout24.Cpu24Layout | None = None
     cpu_isa: int = 0  # CPU_SPARSE: the ISA path code and the largest M for the direct kernel
     max_direct_m: int = 0
 
@@ -197,6 +208,8 @@ class PackedWeight:
     def kernel_name(self) -> str:
         """The path, with the instruction-set path for the CPU kernels (for tables and metrics)."""
         if self.path == CPU_SPARSE:
+            if isinstance(self.layout, cpu_layout24.Cpu24Layout):
+                return f"{CPU_SPARSE}/{cpu_dispatch.NM24}"
             return f"{CPU_SPARSE}/{cpu_kernels.isa.NAMES[self.cpu_isa]}"
         return self.path
 
@@ -246,6 +259,9 @@ def pack_for_path(weight: torch.Tensor, analysis: WeightAnalysis, path: str) -> 
         plan = cpu_plan(analysis, weight.dtype)
         if plan is None:
             raise ValueError(f"path {CPU_SPARSE} is not available for this weight (see the log for why)")
+        if plan.isa == cpu_dispatch.NM24:
+            return PackedWeight(path, shape, weight.dtype, layout=cpu_layout24.Cpu24Layout.pack(weight),
+                                cpu_isa=cpu_kernels.isa.AVX512_BF16, max_direct_m=plan.max_direct_m)
         return PackedWeight(path, shape, weight.dtype, layout=CpuSparseLayout.pack(weight),
                             cpu_isa=cpu_kernels.isa.CODES[plan.isa], max_direct_m=plan.max_direct_m)
     # TORCH_SEMI_STRUCTURED
@@ -282,8 +298,12 @@ def sparse_linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | No
     elif packed.path == CPU_SPARSE:
         lay = packed.layout
         xw = x2 if x2.dtype == packed.dtype else x2.to(packed.dtype)
-        y = torch.ops.vllm_sparse.cpu_sparse_linear(xw, lay.values, lay.bitmap, lay.row_offsets, packed.in_features,
-                                                    packed.cpu_isa, packed.max_direct_m, bias)
+        if isinstance(lay, cpu_layout24.Cpu24Layout):
+            y = torch.ops.vllm_sparse.cpu_nm24_linear(xw, lay.values, lay.selectors, packed.in_features,
+                                                      packed.max_direct_m, bias)
+        else:
+            y = torch.ops.vllm_sparse.cpu_sparse_linear(xw, lay.values, lay.bitmap, lay.row_offsets,
+                                                        packed.in_features, packed.cpu_isa, packed.max_direct_m, bias)
         y = y if y.dtype == x2.dtype else y.to(x2.dtype)
     else:
         raise ValueError(f"unknown path {packed.path!r}")

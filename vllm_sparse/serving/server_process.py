@@ -92,6 +92,12 @@ class OpenAIServer:
         body = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0}
         return self.post("/v1/completions", body)["choices"][0]["text"]
 
+    def chat(self, question: str, max_tokens: int = 60) -> str:
+        """One greedy answer through the model's chat template (/v1/chat/completions)."""
+        body = {"model": self.model, "messages": [{"role": "user", "content": question}],
+                "max_tokens": max_tokens, "temperature": 0.0}
+        return self.post("/v1/chat/completions", body)["choices"][0]["message"]["content"]
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 

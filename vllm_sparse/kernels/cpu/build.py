@@ -31,7 +31,7 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE_DIR = Path(__file__).parent / "csrc"
-SOURCES = ("ops.cpp", "gemm_scalar.cpp", "gemm_avx2.cpp", "gemm_avx512.cpp", "gemm_avx512_bf16.cpp")
+SOURCES = ("ops.cpp", "gemm_scalar.cpp", "gemm_avx2.cpp", "gemm_avx512.cpp", "gemm_avx512_bf16.cpp", "gemm_nm24.cpp")
 HEADERS = ("spmm.h", "store.h", "prefetch.h")
 CFLAGS = ("-O3", "-std=c++17", "-fopenmp", "-fno-math-errno")
 LDFLAGS = ("-fopenmp",)
@@ -134,6 +134,14 @@ def _register_fakes() -> None:
     @torch.library.register_fake("vllm_sparse::cpu_sparse_linear")
     def _(x, values, bitmap, row_offsets, in_features, isa, max_direct_m, bias):
         return x.new_empty(x.shape[0], bitmap.shape[0])
+
+    @torch.library.register_fake("vllm_sparse::cpu_nm24_linear")
+    def _(x, values, selectors, in_features, max_direct_m, bias):
+        return x.new_empty(x.shape[0], selectors.shape[0])
+
+    @torch.library.register_fake("vllm_sparse::cpu_nm24_unpack")
+    def _(values, selectors, in_features):
+        return values.new_empty(selectors.shape[0], in_features)
 
     @torch.library.register_fake("vllm_sparse::cpu_sparse_unpack")
     def _(values, bitmap, row_offsets, in_features, isa):

@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 
 TABLE_PATH = Path(__file__).parent / "dispatch_table.json"
+# The 2:4 gather kernel (csrc/gemm_nm24.cpp), recorded in the table as its own path.
+NM24 = "avx512_nm24"
 MIN_DECODE_GAIN = 1.05
 DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 

@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include <cstdlib>
+#include <cstring>
 
 #include "spmm.h"
 
@@ -190,6 +191,96 @@ at::Tensor sparse_linear(const at::Tensor& x_in, const at::Tensor& values, const
     return y;
 }
 
+// ---- 2:4 with selectors (gemm_nm24.cpp) -------------------------------------------
+
+bool nm24_supported() {
+    return isa_supported(VS_AVX512_BF16) && __builtin_cpu_supports("avx512vbmi");
+}
+
+VsNM24Weight check_nm24(const at::Tensor& values, const at::Tensor& selectors, int64_t in_features) {
+    TORCH_CHECK(nm24_supported(), "this CPU cannot run the 2:4 kernel (needs AVX-512 BW, VBMI and BF16)");
+    TORCH_CHECK(in_features > 0 && in_features % 64 == 0, "the 2:4 kernel needs in_features % 64 == 0, got ",
+                in_features);
+    TORCH_CHECK(selectors.dim() == 2 && selectors.scalar_type() == at::kLong && selectors.is_contiguous() &&
+                    selectors.size(1) == in_features / 64,
+                "selectors must be a contiguous int64 [out_features, in_features / 64] tensor");
+    const int64_t n = selectors.size(0);
+    TORCH_CHECK(values.scalar_type() == at::kBFloat16 && values.is_contiguous() && values.dim() == 1 &&
+                    values.numel() >= n * in_features / 2,
+                "values must be a contiguous bf16 tensor of out_features * in_features / 2 entries");
+    VsNM24Weight w;
+    w.values = values.data_ptr();
+    w.selectors = reinterpret_cast<const uint64_t*>(selectors.data_ptr<int64_t>());
+    w.n = n;
+    w.k = in_features;
+    return w;
+}
+
+void unpack_nm24_rows(const VsNM24Weight& w, int64_t begin, int64_t end, uint16_t* dst) {
+    const uint16_t* values = static_cast<const uint16_t*>(w.values);
+    const int64_t chunks = w.k / 64;
+    for (int64_t r = begin; r < end; r++) {
+        uint16_t* row = dst + (r - begin) * w.k;
+        memset(row, 0, w.k * sizeof(uint16_t));
+        const uint16_t* v = values + r * (w.k / 2);
+        for (int64_t c = 0; c < chunks; c++) {
+            const uint64_t sel = w.selectors[r * chunks + c];
+            for (int l = 0; l < 32; l++) {
+                const uint16_t value = v[c * 32 + l];
+                if (value) row[c * 64 + 4 * (l / 2) + ((sel >> (2 * l)) & 3)] = value;
+            }
+        }
+    }
+}
+
+at::Tensor nm24_unpack(const at::Tensor& values, const at::Tensor& selectors, int64_t in_features) {
+    VsNM24Weight w = check_nm24(values, selectors, in_features);
+    at::Tensor dense = at::empty({w.n, in_features}, values.options());
+    uint16_t* dst = reinterpret_cast<uint16_t*>(dense.data_ptr());
+    at::parallel_for(0, w.n, row_grain(w.n), [&](int64_t b, int64_t e) { unpack_nm24_rows(w, b, e, dst + b * w.k); });
+    return dense;
+}
+
+at::Tensor nm24_linear(const at::Tensor& x_in, const at::Tensor& values, const at::Tensor& selectors,
+                       int64_t in_features, int64_t max_direct_m, const c10::optional<at::Tensor>& bias) {
+    VsNM24Weight w = check_nm24(values, selectors, in_features);
+    TORCH_CHECK(x_in.dim() == 2 && x_in.size(1) == in_features && x_in.scalar_type() == at::kBFloat16,
+                "x must be bf16 [M, ", in_features, "], got ", x_in.scalar_type(), " ", x_in.sizes());
+    if (bias.has_value() && bias->defined())
+        TORCH_CHECK(bias->dim() == 1 && bias->size(0) == w.n, "bias must have ", w.n, " entries");
+    const int64_t m = x_in.size(0);
+    at::Tensor x = x_in.contiguous();
+    if (m == 0) return at::empty({0, w.n}, x.options());
+    at::Tensor y = at::empty({m, w.n}, x.options());
+    if (m > max_direct_m) {
+        const int64_t tile = std::min(w.n, std::max<int64_t>(16, tile_bytes() / (w.k * 2) / 16 * 16));
+        const int64_t tiles = (w.n + tile - 1) / tile;
+        const at::ThreadLocalState caller_state;
+        at::parallel_for(0, tiles, 1, [&](int64_t first, int64_t last) {
+            at::ThreadLocalStateGuard state_guard(caller_state);
+            at::Tensor buffer = tile_buffer(tile * w.k, values.options()).view({tile, w.k});
+            for (int64_t t = first; t < last; t++) {
+                const int64_t r0 = t * tile, rows = std::min(tile, w.n - r0);
+                unpack_nm24_rows(w, r0, r0 + rows, reinterpret_cast<uint16_t*>(buffer.data_ptr()));
+                y.narrow(1, r0, rows).copy_(at::mm(x, buffer.narrow(0, 0, rows).t()));
+            }
+        });
+        if (bias.has_value() && bias->defined()) y.add_(*bias);
+        return y;
+    }
+    at::Tensor bias_f;
+    if (bias.has_value() && bias->defined()) bias_f = bias->to(at::kFloat).contiguous();
+    VsGemm g;
+    g.x = x.data_ptr();
+    g.m = m;
+    g.bias = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
+    g.y = y.data_ptr();
+    g.ldy = w.n;
+    g.out_dtype = VS_BF16;
+    at::parallel_for(0, w.n, row_grain(w.n), [&](int64_t b, int64_t e) { vs_gemm_nm24_avx512(&w, &g, b, e); });
+    return y;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(vllm_sparse, m) {
@@ -197,9 +288,15 @@ TORCH_LIBRARY_FRAGMENT(vllm_sparse, m) {
           "int isa, int max_direct_m, Tensor? bias) -> Tensor");
     m.def("cpu_sparse_unpack(Tensor values, Tensor bitmap, Tensor row_offsets, int in_features, int isa) -> Tensor");
     m.def("cpu_best_isa() -> int", &best_isa);
+    m.def("cpu_nm24_linear(Tensor x, Tensor values, Tensor selectors, int in_features, int max_direct_m, "
+          "Tensor? bias) -> Tensor");
+    m.def("cpu_nm24_unpack(Tensor values, Tensor selectors, int in_features) -> Tensor");
+    m.def("cpu_nm24_supported() -> bool", &nm24_supported);
 }
 
 TORCH_LIBRARY_IMPL(vllm_sparse, CPU, m) {
     m.impl("cpu_sparse_linear", &sparse_linear);
     m.impl("cpu_sparse_unpack", &unpack);
+    m.impl("cpu_nm24_linear", &nm24_linear);
+    m.impl("cpu_nm24_unpack", &nm24_unpack);
 }

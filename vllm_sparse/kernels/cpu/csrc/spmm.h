@@ -35,9 +35,23 @@ struct VsGemm {
     int out_dtype;
 };
 
+// A 2:4 weight [N, K], K a multiple of 64: row r's values are values[r * K/2 ...],
+// two per group of four columns (zero-padded where a group holds fewer); bits 2l, 2l+1
+// of selectors[r * K/64 + c] give the column (0..3) within its group of value l
+// (0..31) of 64-column chunk c.
+struct VsNM24Weight {
+    const void* values;  // bf16
+    const uint64_t* selectors;
+    int64_t n;
+    int64_t k;
+};
+
 #ifdef __cplusplus
 extern "C" {
 #endif
+// x is bf16 [m, k] (no padding needed); rows [row_begin, row_end).
+void vs_gemm_nm24_avx512(const VsNM24Weight* w, const VsGemm* g, int64_t row_begin, int64_t row_end);
+
 void vs_gemm_scalar(const VsWeight* w, const VsGemm* g, int64_t row_begin, int64_t row_end);
 void vs_gemm_avx2(const VsWeight* w, const VsGemm* g, int64_t row_begin, int64_t row_end);
 void vs_gemm_avx512(const VsWeight* w, const VsGemm* g, int64_t row_begin, int64_t row_end);
