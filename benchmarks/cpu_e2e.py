@@ -75,20 +75,6 @@ def build_pruned(base: Path, root: Path, pattern: str) -> tuple[Path, Path]:
     return sparse_dir, dense_dir
 
 
-def linear_bytes(model_dir: Path) -> tuple[int, int]:
-    """(dense bytes, CPU-layout bytes) of the prunable linear weights."""
-    from vllm_sparse.checkpoint.pruning import prunable_layer_index
-    from vllm_sparse.checkpoint.writer import load_state_dict
-    from vllm_sparse.kernels.cpu.layout import stored_bytes_for
-
-    dense = stored = 0
-    for name, t in load_state_dict(model_dir).items():
-        if prunable_layer_index(name) is not None:
-            dense += t.numel() * t.element_size()
-            stored += stored_bytes_for(tuple(t.shape), int((t != 0).sum()), t.dtype)
-    return dense, stored
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="llama1b,smollm2")
@@ -120,11 +106,11 @@ def main() -> None:
     for name in args.models.split(","):
         for pattern in args.patterns.split(","):
             sparse_dir, dense_dir = build_pruned(bases[name], root, pattern)
-            dense_bytes, stored_bytes = linear_bytes(sparse_dir)
             for mode in args.modes.split(","):
                 dense = measure_engine(spec(dense_dir, mode), plugins=False, log_path=root / "engine-dense.log")
                 sparse = measure_engine(spec(sparse_dir, mode), plugins=True, log_path=root / "engine-sparse.log")
                 tables[f"{name} {pattern}"] = sparse.get("layer_table", "")
+                dense_bytes, stored_bytes = sparse["linear_dense_bytes"], sparse["linear_stored_bytes"]
                 for batch in args.batches:
                     d, s = dense["tokens_per_s"][str(batch)], sparse["tokens_per_s"][str(batch)]
                     saved_mib = (dense_bytes - stored_bytes) / 2**20

@@ -103,10 +103,7 @@ def _apply_ffn_skip(profile: str | None) -> None:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    from .demo import DEMO_SPARSITY
-
-    sparsity = DEMO_SPARSITY if args.sparsity is None else args.sparsity
-    return run_demo(Path(args.workdir), port=args.port, calibration=args.calibration, sparsity=sparsity)
+    return run_demo(Path(args.workdir), port=args.port, calibration=args.calibration)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -284,7 +281,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=8011)
     demo.add_argument("--calibration", type=Path, default=Path("../shared/data/persuasion.txt"),
                       help="text for SparseGPT calibration (magnitude pruning when absent)")
-    demo.add_argument("--sparsity", type=float, default=None, help="unstructured sparsity (default: the demo's 0.4)")
     demo.set_defaults(run=_cmd_demo)
 
     bench = commands.add_parser(

@@ -1,8 +1,8 @@
 """The main job: what sparsity buys, on the default model.
 
-Fetch SmolLM2-135M-Instruct, prune it with SparseGPT (calibrated on a text file when
-one is given; magnitude otherwise), store it compressed (compressed-tensors
-``sparse-bitmask``) and, beside it, the same pruned weights as an ordinary dense
+Fetch SmolLM2-135M-Instruct, prune it 2:4 with SparseGPT (calibrated on a text file
+when one is given; magnitude otherwise), store it compressed (compressed-tensors
+``sparse-24-bitmask``) and, beside it, the same pruned weights as an ordinary dense
 checkpoint. Serve the sparse one with vLLM's OpenAI server (the plugin loads it with
 no flag, on the CPU sparse kernels where they win), ask it a question through its chat
 template, show the layer table it logged; then measure decode tokens/s and memory of
@@ -15,9 +15,6 @@ import re
 from pathlib import Path
 
 QUESTION = "What are three important things to know about the ocean?"
-# Unstructured SparseGPT at this sparsity keeps SmolLM2's chat answers readable
-# (README, "The demo"); 2:4 and 50% do not at 135M parameters.
-DEMO_SPARSITY = 0.4
 _TABLE_START = "vllm-sparse layer table:"
 # vLLM prefixes every logged line, e.g. "(EngineCore pid=7) INFO 11-23 10:00:00 [layer_report.py:25] ".
 _LOG_PREFIX = re.compile(r"^.*?\[layer_report\.py:\d+\] ?")
@@ -39,18 +36,22 @@ def extract_layer_table(log_text: str) -> str:
     return "\n".join(table)
 
 
-def make_checkpoints(workdir: Path, calibration: Path | None, sparsity: float) -> tuple[Path, Path]:
-    """(sparse checkpoint, dense twin): the same pruned weights, compressed and plain."""
+def make_checkpoints(workdir: Path, calibration: Path | None) -> tuple[Path, Path]:
+    """(sparse checkpoint, dense twin): the same 2:4-pruned weights, compressed and plain.
+
+    2:4 because it is the pattern the CPU kernels turn into speed on SmolLM2's small
+    layers (benchmarks/results/cpu_kernels.md); its text quality at 135M parameters is
+    weak (README, "The demo")."""
     from .checkpoint.default_model import fetch_default_model
     from .checkpoint.pruning import PruningPlan, SparseGPTConfig, prune_model
     from .checkpoint.writer import save_sparse_checkpoint, strip_sparsity_declaration
+    from .kernels import NMPattern
 
     dense_dir = fetch_default_model(workdir / "smollm2-135m")
-    tag = f"{round(sparsity * 100)}pct"
-    sparse_dir, twin_dir = workdir / f"smollm2-135m-sparsegpt{tag}", workdir / f"smollm2-135m-sparsegpt{tag}-dense"
+    sparse_dir, twin_dir = workdir / "smollm2-135m-2of4", workdir / "smollm2-135m-2of4-dense"
     if (sparse_dir / "config.json").exists() and (twin_dir / "config.json").exists():
         return sparse_dir, twin_dir
-    plan = PruningPlan(sparsity=sparsity)
+    plan = PruningPlan(sparsity=0.5, pattern=NMPattern(2, 4))
     if calibration is not None and calibration.exists():
         from .checkpoint.calibration import CalibrationConfig
 
@@ -58,9 +59,9 @@ def make_checkpoints(workdir: Path, calibration: Path | None, sparsity: float) -
     else:
         print(f"no calibration text at {calibration}: pruning by magnitude (expect poor text)")
         method, config = "magnitude", None
-    print(f"pruning {dense_dir} to {sparsity:.0%} unstructured with {method} -> {sparse_dir}")
+    print(f"pruning {dense_dir} to 2:4 with {method} -> {sparse_dir}")
     pruned, recipe = prune_model(dense_dir, method, plan, calibration=config, sparsegpt=SparseGPTConfig())
-    for out, storage in ((sparse_dir, "sparse-bitmask"), (twin_dir, "dense")):
+    for out, storage in ((sparse_dir, "sparse-24-bitmask"), (twin_dir, "dense")):
         save_sparse_checkpoint(dense_dir, pruned, out, storage=storage, structure=plan.structure, recipe=recipe)
     strip_sparsity_declaration(twin_dir)
     return sparse_dir, twin_dir
@@ -87,11 +88,11 @@ def compare_speed(sparse_dir: Path, twin_dir: Path, workdir: Path) -> str:
     return "\n".join(lines)
 
 
-def run_demo(workdir: Path, port: int = 8011, calibration: Path | None = None, sparsity: float = DEMO_SPARSITY) -> int:
+def run_demo(workdir: Path, port: int = 8011, calibration: Path | None = None) -> int:
     from .serving.server_process import OpenAIServer
 
     workdir.mkdir(parents=True, exist_ok=True)
-    sparse_dir, twin_dir = make_checkpoints(workdir, calibration, sparsity)
+    sparse_dir, twin_dir = make_checkpoints(workdir, calibration)
     print(f"serving {sparse_dir} with vLLM's OpenAI server on port {port} (log: {workdir / 'server.log'})")
     with OpenAIServer(sparse_dir, port, workdir / "server.log") as server:
         answer = server.chat(QUESTION)

@@ -127,6 +127,56 @@ def test_tiled_path_inside_and_outside_inference_mode():
     assert torch.equal(inside, outside)
 
 
+def _nm24_or_skip():
+    from vllm_sparse.kernels.cpu import layout24
+
+    if not layout24.supported():
+        pytest.skip("this CPU has no AVX-512 VBMI + BF16: the 2:4 gather kernel cannot run here")
+    return layout24
+
+
+def test_nm24_kernel_matches_reference():
+    layout24 = _nm24_or_skip()
+    gen = _gen(21)
+    for shape in [(5, 64), (37, 576), (130, 1536)]:
+        w = _pruned(shape, None, torch.bfloat16, gen, (2, 4))
+        w[0, :8] = 0  # groups with fewer than two values are padded
+        w[1, 1] = 0
+        layout = layout24.Cpu24Layout.pack(w)
+        positive_zeros = torch.where(w == 0, torch.zeros_like(w), w)
+        assert torch.equal(layout.to_dense().view(torch.int16), positive_zeros.view(torch.int16))
+        unpacked = torch.ops.vllm_sparse.cpu_nm24_unpack(layout.values, layout.selectors, shape[1])
+        assert torch.equal(unpacked.view(torch.int16), positive_zeros.view(torch.int16))
+        assert layout.stored_bytes == layout24.Cpu24Layout.stored_bytes_for(shape)
+        for m in MS + [40]:
+            x = torch.randn(m, shape[1], generator=gen).bfloat16()
+            bias = torch.randn(shape[0], generator=gen).bfloat16() if m % 2 else None
+            _poison_allocator(m * shape[0], torch.bfloat16)
+            y = layout24.linear(x, layout, bias, max_direct_m=16)  # M = 40: the tiled path
+            _check(y, x, w, bias, torch.bfloat16) if m <= 16 else _check_loose(y, x, w, bias)
+
+
+def _check_loose(y, x, w, bias):
+    """The tiled path rounds through torch's bf16 GEMM: compare as torch does."""
+    ref = F.linear(x, w, bias)
+    assert torch.allclose(y.float(), ref.float(), rtol=2e-2, atol=2e-2 * x.shape[1] ** 0.5)
+
+
+def test_nm24_rejects_what_it_cannot_take():
+    layout24 = _nm24_or_skip()
+    w = _pruned((8, 96), None, torch.bfloat16, _gen(22), (2, 4))
+    with pytest.raises(SparseLayoutError, match="K % 64"):
+        layout24.Cpu24Layout.pack(w)  # 96 columns: not whole 64-column chunks
+    w = _pruned((8, 64), 0.2, torch.bfloat16, _gen(23))
+    with pytest.raises(SparseLayoutError, match="breaks 2:4"):
+        layout24.Cpu24Layout.pack(w)
+    good = layout24.Cpu24Layout.pack(_pruned((8, 64), None, torch.bfloat16, _gen(24), (2, 4)))
+    with pytest.raises(RuntimeError, match="x must be bf16"):
+        layout24.linear(torch.randn(2, 64), good)
+    torch.library.opcheck(torch.ops.vllm_sparse.cpu_nm24_linear.default,
+                          (torch.randn(3, 64).bfloat16(), good.values, good.selectors, 64, 16, None))
+
+
 def test_layout_round_trip_and_bytes():
     gen = _gen(3)
     w = _pruned((33, 100), 0.6, torch.bfloat16, gen)
@@ -212,6 +262,19 @@ RECORDS = tuple(
     for m, d in table.items()
     for t in [{1: 0.0, 8: 0.6, 16: 0.95, 64: 0.9, 512: 0.97}[m]]
 )
+
+
+def test_dispatcher_sends_2of4_bf16_to_the_gather_kernel(monkeypatch):
+    _nm24_or_skip()
+    monkeypatch.setenv("VLLM_SPARSE_PATH", CPU_SPARSE)
+    monkeypatch.delenv("VLLM_SPARSE_CPU_ISA", raising=False)
+    w = _pruned((40, 128), None, torch.bfloat16, _gen(25), (2, 4))
+    packed = pack_for_path(w, analyze_weight(w), CPU_SPARSE)
+    assert packed.kernel_name == f"cpu_sparse/{dispatch.NM24}"
+    x = torch.randn(3, 128).bfloat16()
+    _check(sparse_linear(x, packed), x, w, None, torch.bfloat16)
+    monkeypatch.setenv("VLLM_SPARSE_CPU_ISA", "avx2")  # a forced lower path takes the bitmap kernel
+    assert pack_for_path(w, analyze_weight(w), CPU_SPARSE).kernel_name == "cpu_sparse/avx2"
 
 
 def test_dispatch_rule_from_a_table():

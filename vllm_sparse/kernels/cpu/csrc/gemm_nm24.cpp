@@ -11,7 +11,7 @@
 #include <immintrin.h>
 #include "store.h"
 
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx512bf16,popcnt")
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx512vbmi2,avx512bf16,popcnt")
 
 namespace {
 
@@ -90,5 +90,32 @@ extern "C" void vs_gemm_nm24_avx512(const VsNM24Weight* w, const VsGemm* g, int6
 
         if (m0 + 2 <= g->m) { rows<2, 4>(w, g, c0, c1, m0, control, base); m0 += 2; }
         if (m0 < g->m) rows<1, 8>(w, g, c0, c1, m0, control, base);
+    }
+}
+
+// Dense rows of a 2:4 weight (the large-M path): each byte of a selector word holds
+// the four selectors of two groups, so a 256-entry table turns it into the 8-column
+// mask of those groups, and two masked expand-loads place a chunk's 32 values.
+extern "C" void vs_unpack_nm24_avx512(const VsNM24Weight* w, int64_t row_begin, int64_t row_end, uint16_t* dst) {
+    static const struct Table {
+        uint8_t mask[256];
+        Table() {
+            for (int b = 0; b < 256; b++)
+                mask[b] = (uint8_t)((1 << (b & 3)) | (1 << ((b >> 2) & 3)) | (16 << ((b >> 4) & 3)) | (16 << (b >> 6)));
+        }
+    } table;
+    const int64_t chunks = w->k / 64;
+    const uint16_t* values = (const uint16_t*)w->values;
+    for (int64_t r = row_begin; r < row_end; r++) {
+        uint16_t* out = dst + (r - row_begin) * w->k;
+        const uint16_t* v = values + r * (w->k / 2);
+        const uint64_t* sel = w->selectors + r * chunks;
+        for (int64_t c = 0; c < chunks; c++) {
+            uint64_t mask = 0;
+            for (int j = 0; j < 8; j++) mask |= (uint64_t)table.mask[(sel[c] >> (8 * j)) & 0xff] << (8 * j);
+            _mm512_storeu_si512(out + c * 64, _mm512_maskz_expandloadu_epi16((__mmask32)(uint32_t)mask, v + c * 32));
+            _mm512_storeu_si512(out + c * 64 + 32,
+                                _mm512_maskz_expandloadu_epi16((__mmask32)(uint32_t)(mask >> 32), v + c * 32 + 16));
+        }
     }
 }

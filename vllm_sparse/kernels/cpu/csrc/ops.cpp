@@ -193,7 +193,7 @@ at::Tensor sparse_linear(const at::Tensor& x_in, const at::Tensor& values, const
 
 // ---- 2:4 with selectors (gemm_nm24.cpp) -------------------------------------------
 
-bool nm24_supported() {
+bool nm24_supported() {  // VBMI for the kernel's gather, VBMI2 (in AVX512_BF16 here) for unpacking
     return isa_supported(VS_AVX512_BF16) && __builtin_cpu_supports("avx512vbmi");
 }
 
@@ -217,20 +217,7 @@ VsNM24Weight check_nm24(const at::Tensor& values, const at::Tensor& selectors, i
 }
 
 void unpack_nm24_rows(const VsNM24Weight& w, int64_t begin, int64_t end, uint16_t* dst) {
-    const uint16_t* values = static_cast<const uint16_t*>(w.values);
-    const int64_t chunks = w.k / 64;
-    for (int64_t r = begin; r < end; r++) {
-        uint16_t* row = dst + (r - begin) * w.k;
-        memset(row, 0, w.k * sizeof(uint16_t));
-        const uint16_t* v = values + r * (w.k / 2);
-        for (int64_t c = 0; c < chunks; c++) {
-            const uint64_t sel = w.selectors[r * chunks + c];
-            for (int l = 0; l < 32; l++) {
-                const uint16_t value = v[c * 32 + l];
-                if (value) row[c * 64 + 4 * (l / 2) + ((sel >> (2 * l)) & 3)] = value;
-            }
-        }
-    }
+    vs_unpack_nm24_avx512(&w, begin, end, dst);
 }
 
 at::Tensor nm24_unpack(const at::Tensor& values, const at::Tensor& selectors, int64_t in_features) {

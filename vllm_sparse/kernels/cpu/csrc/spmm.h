@@ -51,6 +51,7 @@ extern "C" {
 #endif
 // x is bf16 [m, k] (no padding needed); rows [row_begin, row_end).
 void vs_gemm_nm24_avx512(const VsNM24Weight* w, const VsGemm* g, int64_t row_begin, int64_t row_end);
+void vs_unpack_nm24_avx512(const VsNM24Weight* w, int64_t row_begin, int64_t row_end, uint16_t* dst);
 
 void vs_gemm_scalar(const VsWeight* w, const VsGemm* g, int64_t row_begin, int64_t row_end);
 void vs_gemm_avx2(const VsWeight* w, const VsGemm* g, int64_t row_begin, int64_t row_end);
