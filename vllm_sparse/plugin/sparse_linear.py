@@ -94,6 +94,10 @@ class ShardAssembler:
             raise CheckpointError(f"{self.shard_names[index]}: weight stored twice in the checkpoint")
         self._done.add(index)
 
+    def release(self) -> None:
+        """Loading is over: drop the reference to the layer's dense weight."""
+        self._load_dense = None
+
     def missing(self) -> list[str]:
         """Descriptions of every shard not (completely) loaded."""
         problems = []
@@ -181,6 +185,10 @@ class SparseLinearMethod(LinearMethodBase):
         for part in assembler.part_names:
             delattr(layer, part)
         del layer.sparse_assembler
+        # The assembler's loader closure holds the dense weight, and vLLM may keep the
+        # placeholder parameters (whose loaders hold the assembler) alive: cut the
+        # chain, or a packed layer's dense weight would never be freed.
+        assembler.release()
 
         weight = layer.weight.data
         self._check_declared_pattern(weight, assembler)
