@@ -132,6 +132,10 @@ def main() -> None:
     except ImportError:
         pass
     out = Path(args.out)
+    if out.with_suffix(".json").exists():  # keep the cases this run did not measure
+        ran = {(r["model"], r["pattern"], r["mode"]) for r in records}
+        old = json.loads(out.with_suffix(".json").read_text())["records"]
+        records = [r for r in old if (r["model"], r["pattern"], r["mode"]) not in ran] + records
     out.with_suffix(".json").write_text(json.dumps({"machine": machine, "records": records}, indent=1) + "\n")
     lines = ["# End to end in vLLM on CPU: sparse kernels vs the same weights served dense", "",
              f"Machine: {machine['cpu']}, {machine.get('threads')} threads, ISA path {machine['isa_path']}, "

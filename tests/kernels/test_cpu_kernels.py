@@ -256,6 +256,7 @@ RECORDS = tuple(
     {"isa": "avx2", "dtype": "bf16", "shape": shape, "sparsity": s, "pattern": "x", "m": m, "direct": d, "tiled": t}
     for shape, s, table in [
         ("4096x4096", 0.5, {1: 1.6, 8: 1.1, 16: 0.9, 64: 0.5, 512: 0.0}),
+        ("2048x2048", 0.5, {1: 1.3, 8: 0.9, 16: 0.8, 64: 0.5, 512: 0.0}),  # batched decode loses
         ("4096x4096", 0.7, {1: 2.0, 8: 1.2, 16: 1.0, 64: 0.6, 512: 0.0}),
         ("576x576", 0.5, {1: 1.02, 8: 0.9, 16: 0.8, 64: 0.5, 512: 0.0}),
     ]
@@ -286,6 +287,7 @@ def test_dispatch_rule_from_a_table():
     assert choose((4096, 4096), 0.45, torch.bfloat16, "avx2", RECORDS) is None  # below every measured sparsity
     assert choose((600, 600), 0.5, torch.bfloat16, "avx2", RECORDS) is None  # nearest shape gains < 5%
     assert choose((4096, 4096), 0.5, torch.float16, "avx2", RECORDS) is None  # dtype never measured
+    assert choose((2048, 2048), 0.5, torch.bfloat16, "avx2", RECORDS) is None  # M = 8 loses 10%
     assert choose((4096, 4096), 0.5, torch.bfloat16, "avx512_bf16", RECORDS) is None  # ISA never measured
 
 

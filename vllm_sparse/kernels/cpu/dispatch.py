@@ -10,7 +10,9 @@ not above the layer's (conservative: more zeros only help) and the nearest measu
 shape (by weight size, then in_features) give its expected speed-up per M:
 
 * sparse only where the direct kernel beats dense at M = 1 by ``MIN_DECODE_GAIN``
-  (decode, what sparsity is for); otherwise the layer stays dense, as stock vLLM runs it;
+  (decode, what sparsity is for) and loses no more than ``MAX_DECODE_LOSS`` at any
+  measured M up to ``DECODE_MAX_M`` (batched decode); otherwise the layer stays dense,
+  as stock vLLM runs it;
 * ``max_direct_m``: the largest measured M at which the direct kernel is still at
   least as fast as the tiled path; above it, the tiled path runs.
 
@@ -32,6 +34,8 @@ TABLE_PATH = Path(__file__).parent / "dispatch_table.json"
 # The 2:4 gather kernel (csrc/gemm_nm24.cpp), recorded in the table as its own path.
 NM24 = "avx512_nm24"
 MIN_DECODE_GAIN = 1.05
+DECODE_MAX_M = 8
+MAX_DECODE_LOSS = 0.05
 DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 
 
@@ -77,5 +81,7 @@ def choose(shape: tuple[int, int], sparsity: float, dtype: torch.dtype, isa: str
             break
         max_direct = m
     run = {m: r.get("direct" if m <= max_direct else "tiled", 0.0) for m, r in by_m.items()}
+    if any(speedup < 1.0 - MAX_DECODE_LOSS for m, speedup in run.items() if m <= DECODE_MAX_M):
+        return None
     worst_m = min(run, key=run.get)
     return CpuChoice(isa, max_direct, by_m[1]["direct"], run[worst_m], worst_m)
