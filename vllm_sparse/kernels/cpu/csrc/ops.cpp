@@ -125,22 +125,24 @@ at::Tensor tile_buffer(int64_t numel, const at::TensorOptions& options) {
 // buffer and multiplies it with torch's dense GEMM (the one dense layers use; inside
 // the parallel region it runs on the calling thread); the dense weight never exists
 // whole and a tile goes from decompression to GEMM without leaving the core's cache.
-at::Tensor tiled_linear(const at::Tensor& x, const VsWeight& w, const at::Tensor& values, int64_t isa,
-                        const c10::optional<at::Tensor>& bias) {
-    const int64_t es = values.element_size();
-    const int64_t tile = std::min(w.n, std::max<int64_t>(16, tile_bytes() / (w.k * es) / 16 * 16));
-    const int64_t tiles = (w.n + tile - 1) / tile;
-    at::Tensor y = at::empty({x.size(0), w.n}, x.options());
+// ``unpack_rows(r0, r1, dst)`` writes dense rows [r0, r1) of the weight into dst.
+template <class UnpackRows>
+at::Tensor tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const at::TensorOptions& weight_options,
+                        const UnpackRows& unpack_rows, const c10::optional<at::Tensor>& bias) {
+    const int64_t es = c10::elementSize(weight_options.dtype().toScalarType());
+    const int64_t tile = std::min(n, std::max<int64_t>(16, tile_bytes() / (k * es) / 16 * 16));
+    const int64_t tiles = (n + tile - 1) / tile;
+    at::Tensor y = at::empty({x.size(0), n}, x.options());
     // Torch ops run on the worker threads here: give them the caller's thread-local
     // state (inference mode, grad mode), or vLLM's inference tensors refuse the copy.
     const at::ThreadLocalState caller_state;
     at::parallel_for(0, tiles, 1, [&](int64_t first, int64_t last) {
         at::ThreadLocalStateGuard state_guard(caller_state);
-        at::Tensor buffer = tile_buffer(tile * w.k, values.options()).view({tile, w.k});
+        at::Tensor buffer = tile_buffer(tile * k, weight_options).view({tile, k});
         for (int64_t t = first; t < last; t++) {
             const int64_t r0 = t * tile;
-            const int64_t rows = std::min(tile, w.n - r0);
-            kUnpack[isa](&w, r0, r0 + rows, buffer.data_ptr());
+            const int64_t rows = std::min(tile, n - r0);
+            unpack_rows(r0, r0 + rows, buffer.data_ptr());
             y.narrow(1, r0, rows).copy_(at::mm(x, buffer.narrow(0, 0, rows).t()));
         }
     });
@@ -162,7 +164,10 @@ at::Tensor sparse_linear(const at::Tensor& x_in, const at::Tensor& values, const
     const int64_t m = x_in.size(0);
     at::Tensor x = x_in.contiguous();
     if (m == 0) return at::empty({0, w.n}, x.options());
-    if (m > max_direct_m) return tiled_linear(x, w, values, isa, bias);
+    if (m > max_direct_m) {
+        auto unpack_rows = [&](int64_t r0, int64_t r1, void* dst) { kUnpack[isa](&w, r0, r1, dst); };
+        return tiled_linear(x, w.n, w.k, values.options(), unpack_rows, bias);
+    }
 
     // The kernels read whole 32-column words: pad the activations with zeros, in
     // the form the kernel multiplies (bf16 for the bf16-dot kernel, else fp32).
@@ -238,23 +243,13 @@ at::Tensor nm24_linear(const at::Tensor& x_in, const at::Tensor& values, const a
     const int64_t m = x_in.size(0);
     at::Tensor x = x_in.contiguous();
     if (m == 0) return at::empty({0, w.n}, x.options());
-    at::Tensor y = at::empty({m, w.n}, x.options());
     if (m > max_direct_m) {
-        const int64_t tile = std::min(w.n, std::max<int64_t>(16, tile_bytes() / (w.k * 2) / 16 * 16));
-        const int64_t tiles = (w.n + tile - 1) / tile;
-        const at::ThreadLocalState caller_state;
-        at::parallel_for(0, tiles, 1, [&](int64_t first, int64_t last) {
-            at::ThreadLocalStateGuard state_guard(caller_state);
-            at::Tensor buffer = tile_buffer(tile * w.k, values.options()).view({tile, w.k});
-            for (int64_t t = first; t < last; t++) {
-                const int64_t r0 = t * tile, rows = std::min(tile, w.n - r0);
-                unpack_nm24_rows(w, r0, r0 + rows, reinterpret_cast<uint16_t*>(buffer.data_ptr()));
-                y.narrow(1, r0, rows).copy_(at::mm(x, buffer.narrow(0, 0, rows).t()));
-            }
-        });
-        if (bias.has_value() && bias->defined()) y.add_(*bias);
-        return y;
+        auto unpack_rows = [&](int64_t r0, int64_t r1, void* dst) {
+            unpack_nm24_rows(w, r0, r1, static_cast<uint16_t*>(dst));
+        };
+        return tiled_linear(x, w.n, w.k, values.options(), unpack_rows, bias);
     }
+    at::Tensor y = at::empty({m, w.n}, x.options());
     at::Tensor bias_f;
     if (bias.has_value() && bias->defined()) bias_f = bias->to(at::kFloat).contiguous();
     VsGemm g;
