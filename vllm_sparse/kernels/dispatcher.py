@@ -6,8 +6,8 @@ time. ``DENSE`` means: keep the ordinary dense weight and let the caller run its
 usual dense matmul (in vLLM, the unquantized linear method).
 
 On CPU: ``cpu_sparse`` (our C++ kernels, ``kernels/cpu``) where the measured table
-``kernels/cpu/dispatch_table.json`` says the direct kernel beats torch's dense
-``F.linear`` at decode on this ISA path, dtype, shape and sparsity (see
+``kernels/cpu/dispatch_table.json`` says the direct kernel beats vLLM's own CPU GEMM
+(oneDNN on a prepacked weight) at decode on this ISA path, dtype, shape and sparsity (see
 ``kernels/cpu/dispatch.py``); the weight then lives only in the CPU layout. Torch's own
 sparse formats never win there (benchmarks/results/cpu_linear.md: no bf16 CSR matmul;
 an fp32 CSR copy at best ties dense at 90% sparsity). If the kernels cannot be built
@@ -109,19 +109,22 @@ def cpu_plan(analysis: WeightAnalysis, dtype: torch.dtype) -> cpu_dispatch.CpuCh
         return None
     if not cpu_kernels.build.load():
         return None
-    isa_name = cpu_kernels.isa.NAMES[cpu_kernels.isa.default()]
-    if _nm24_eligible(analysis, dtype, isa_name):
-        isa_name = cpu_dispatch.NM24
+    isa_name = _cpu_path_name(analysis, dtype)
     choice = cpu_dispatch.choose(_as_2d(analysis.shape), analysis.sparsity, dtype, isa_name)
     if choice is None and forced == CPU_SPARSE:
         choice = cpu_dispatch.CpuChoice(isa_name, cpu_kernels.DEFAULT_MAX_DIRECT_M, float("nan"), float("nan"), 0)
     return choice
 
 
-def _nm24_eligible(analysis: WeightAnalysis, dtype: torch.dtype, isa_name: str) -> bool:
-    """2:4 bf16 weights go to the gather kernel where the CPU has it (AVX-512 VBMI+BF16)."""
-    return (analysis.nm == NMPattern(2, 4) and isa_name == "avx512_bf16"
-            and cpu_layout24.eligible(_as_2d(analysis.shape), dtype) and cpu_layout24.supported())
+def _cpu_path_name(analysis: WeightAnalysis, dtype: torch.dtype) -> str:
+    """The CPU kernel path a weight would take (the kernels must be loaded): the 2:4
+    gather kernel for 2:4 bf16 weights where the CPU has it (AVX-512 VBMI+BF16), else
+    the bitmap kernel on the default ISA path."""
+    isa_name = cpu_kernels.isa.NAMES[cpu_kernels.isa.default()]
+    if (analysis.nm == NMPattern(2, 4) and isa_name == "avx512_bf16"
+            and cpu_layout24.eligible(_as_2d(analysis.shape), dtype) and cpu_layout24.supported()):
+        return cpu_dispatch.NM24
+    return isa_name
 
 
 def _forced_path() -> str | None:
@@ -172,7 +175,7 @@ def stored_bytes_for_path(analysis: WeightAnalysis, dtype: torch.dtype, path: st
         return dense_bytes(analysis, dtype)
     if path == CPU_SPARSE:
         shape = _as_2d(analysis.shape)
-        if cpu_kernels.build.load() and _nm24_eligible(analysis, dtype, cpu_kernels.isa.NAMES[cpu_kernels.isa.default()]):
+        if cpu_kernels.build.load() and _cpu_path_name(analysis, dtype) == cpu_dispatch.NM24:
             return cpu_layout24.Cpu24Layout.stored_bytes_for(shape)
         return cpu_stored_bytes_for(shape, round((1.0 - analysis.sparsity) * _numel(shape)), dtype)
     return compressed_bytes(analysis, dtype)
