@@ -100,6 +100,21 @@ def _apply_ffn_skip(profile: str | None) -> None:
     os.environ[ENV_VAR] = str(Path(profile).resolve())
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .quality.report import EvalSettings, parse_model_specs, run_eval
+    from .runtime import apply_offline_defaults
+
+    apply_offline_defaults()
+    settings = EvalSettings(window=args.window, count=args.count, topk=args.topk, greedy_prompts=args.greedy_prompts,
+                            greedy_tokens=args.new_tokens, cloze_items=args.cloze_items, chat_tokens=args.chat_tokens)
+    # Bad input raises EvalInputError (a ValueError) before any engine starts: exit 2.
+    reports = run_eval(parse_model_specs(args.model), args.reference, args.corpus, args.out, settings,
+                       ffn_skip=args.ffn_skip, quantization=args.quantization)
+    print((args.out / "report.md").read_text())
+    print(f"report: {args.out / 'report.md'}, {args.out / 'report.json'}, {args.out / 'kl.png'}")
+    return 0 if reports else 1
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -274,6 +289,25 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--new-tokens", type=int, default=32)
     ev.add_argument("--out", default="benchmarks/results/ffn_skip_quality")
     ev.set_defaults(run=_cmd_eval_skip)
+
+    ev2 = commands.add_parser(
+        "eval", help="quality of checkpoints against their dense reference through vLLM: perplexity, KL, top-1, "
+                     "greedy, cloze and chat agreement")
+    ev2.add_argument("model", nargs="+", help="checkpoint folder, or NAME=DIR; several share one reference pass")
+    ev2.add_argument("--reference", type=Path, required=True, help="the dense model the checkpoints come from")
+    ev2.add_argument("--corpus", type=Path, required=True, help="held-out text (not the calibration text)")
+    ev2.add_argument("--ffn-skip", default=None, metavar="PROFILE", help="evaluate the models with this FFN-skip "
+                     "profile on (the reference never skips)")
+    ev2.add_argument("--out", type=Path, default=Path("eval-report"), help="folder for report.md, report.json, kl.png")
+    ev2.add_argument("--window", type=int, default=512)
+    ev2.add_argument("--count", type=int, default=8, help="scoring windows")
+    ev2.add_argument("--topk", type=int, default=50, help="logprobs per position for the KL (vLLM's top-K)")
+    ev2.add_argument("--greedy-prompts", type=int, default=16)
+    ev2.add_argument("--new-tokens", type=int, default=32, help="greedy tokens per corpus prompt")
+    ev2.add_argument("--cloze-items", type=int, default=64)
+    ev2.add_argument("--chat-tokens", type=int, default=64)
+    ev2.add_argument("--quantization", default=None, help="e.g. vllm-sparse for undeclared pruned checkpoints")
+    ev2.set_defaults(run=_cmd_eval)
 
     demo = commands.add_parser("demo", help="fetch, prune, serve sparse with vLLM, chat, compare speed and memory "
                                             "with the dense twin")
