@@ -105,11 +105,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .runtime import apply_offline_defaults
 
     apply_offline_defaults()
+    if args.ffn_skip is not None:
+        from .skip.policy import load_policy
+
+        load_policy(args.ffn_skip)  # a bad profile: a clear error before any engine starts
     settings = EvalSettings(window=args.window, count=args.count, topk=args.topk, greedy_prompts=args.greedy_prompts,
                             greedy_tokens=args.new_tokens, cloze_items=args.cloze_items, chat_tokens=args.chat_tokens)
     # Bad input raises EvalInputError (a ValueError) before any engine starts: exit 2.
-    reports = run_eval(parse_model_specs(args.model), args.reference, args.corpus, args.out, settings,
-                       ffn_skip=args.ffn_skip, quantization=args.quantization)
+    reports = run_eval(parse_model_specs(args.model, args.ffn_skip), args.reference, args.corpus, args.out, settings,
+                       quantization=args.quantization)
     print((args.out / "report.md").read_text())
     print(f"report: {args.out / 'report.md'}, {args.out / 'report.json'}, {args.out / 'kl.png'}")
     return 0 if reports else 1
@@ -221,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--owl-lambda", type=float, default=0.08, help="layer sparsities within sparsity +- lambda")
     prune.add_argument("--layer-sparsity", default=None, help="comma-separated sparsity per decoder layer")
     prune.add_argument("--calibration", type=Path, default=None,
-                       help="text file of calibration data (needed by wanda, sparsegpt and owl)")
+                       help="text file of calibration data (needed by wanda, sparsegpt and owl), or self-chat: "
+                            "the dense model's own answers to seed prompts through its chat template")
     prune.add_argument("--calibration-samples", type=int, default=32, help="random windows of the text")
     prune.add_argument("--calibration-seqlen", type=int, default=256, help="tokens per window")
     prune.add_argument("--sparsegpt-blocksize", type=int, default=128)

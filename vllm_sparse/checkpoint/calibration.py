@@ -29,9 +29,13 @@ LINEAR_NAMES = (
 )
 
 
+# ``--calibration self-chat``: text the dense model writes itself (self_chat.py).
+SELF_CHAT = "self-chat"
+
+
 @dataclass(frozen=True)
 class CalibrationConfig:
-    path: Path
+    path: Path | str  # a text file, or SELF_CHAT
     samples: int = 32
     seqlen: int = 256
     seed: int = 0
@@ -41,8 +45,18 @@ class CalibrationConfig:
         if self.samples < 1 or self.seqlen < 2:
             raise ValueError(f"calibration needs at least 1 sample of 2 tokens, got {self.samples} x {self.seqlen}")
 
+    @property
+    def self_chat(self) -> bool:
+        return str(self.path) == SELF_CHAT
+
+    def check(self) -> None:
+        """Fail early (before loading a model) on a missing or empty text file."""
+        if not self.self_chat:
+            read_calibration_text(self.path)
+
     def recipe(self) -> dict:
-        return {"file": Path(self.path).name, "samples": self.samples, "seqlen": self.seqlen, "seed": self.seed}
+        source = {"source": SELF_CHAT} if self.self_chat else {"file": Path(self.path).name}
+        return {**source, "samples": self.samples, "seqlen": self.seqlen, "seed": self.seed}
 
 
 def check_architecture(model_dir: str | Path) -> None:
@@ -80,15 +94,24 @@ def read_calibration_text(path: str | Path) -> str:
     return text
 
 
-def calibration_tokens(tokenizer, config: CalibrationConfig) -> torch.Tensor:
+def calibration_tokens(tokenizer, config: CalibrationConfig, model=None) -> torch.Tensor:
     """``samples`` windows of ``seqlen`` tokens at seeded random offsets of the text
-    (random windows, as the papers draw from C4, rather than the first pages only)."""
-    path = Path(config.path)
-    text = read_calibration_text(path)
-    ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+    (random windows, as the papers draw from C4, rather than the first pages only).
+    For ``self-chat`` the text is the dense ``model``'s own chat answers."""
+    if config.self_chat:
+        from .self_chat import self_chat_ids
+
+        if model is None:
+            raise ValueError("self-chat calibration needs the dense model to write its text")
+        ids = torch.tensor(self_chat_ids(model, tokenizer, config.seqlen, config.seed), dtype=torch.long)
+        source = "self-chat text"
+    else:
+        source = str(config.path)
+        ids = torch.tensor(tokenizer(read_calibration_text(config.path), add_special_tokens=False)["input_ids"],
+                           dtype=torch.long)
     if len(ids) < config.seqlen:
         raise ValueError(
-            f"{path}: {len(ids)} tokens, fewer than one calibration sample of {config.seqlen}; "
+            f"{source}: {len(ids)} tokens, fewer than one calibration sample of {config.seqlen}; "
             "use a longer file or a smaller --calibration-seqlen"
         )
     generator = torch.Generator().manual_seed(config.seed)

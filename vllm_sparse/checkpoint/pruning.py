@@ -154,7 +154,7 @@ def check_request(method: str, plan: PruningPlan, allocation: str = "uniform", c
             raise ValueError("OWL allocation computes the per-layer sparsity itself; drop --layer-sparsity")
     if calibration is None and (method != "magnitude" or allocation == "owl"):
         what = f"--method {method}" if method != "magnitude" else "--allocation owl"
-        raise ValueError(f"{what} needs calibration text: pass --calibration FILE")
+        raise ValueError(f"{what} needs calibration text: pass --calibration FILE (or --calibration self-chat)")
 
 
 def prune_model(
@@ -180,10 +180,10 @@ def prune_model(
     check_request(method, plan, allocation, calibration)
     needs_model = method != "magnitude" or allocation == "owl"
     if needs_model:  # fail before the slow part
-        from .calibration import check_architecture, read_calibration_text
+        from .calibration import check_architecture
 
         check_architecture(model_dir)
-        read_calibration_text(calibration.path)
+        calibration.check()
     recipe: dict = {"method": method, "pattern": plan.structure, "sparsity": plan.sparsity, "allocation": allocation}
     if needs_model:
         recipe["calibration"] = calibration.recipe()
@@ -196,7 +196,7 @@ def prune_model(
     from . import calibration as calib
 
     model, tokenizer = calib.load_llama(model_dir)
-    tokens = calib.calibration_tokens(tokenizer, calibration)
+    tokens = calib.calibration_tokens(tokenizer, calibration, model)
     if allocation == "owl":
         from .owl import owl_layer_sparsity
 

@@ -85,5 +85,21 @@ def sequence_agreement(reference: list[list[int]], model: list[list[int]]) -> tu
     return same / max(total, 1), float(np.mean(prefixes)) if prefixes else 0.0, identical / n
 
 
+def token_overlap(reference: list[list[int]], model: list[list[int]]) -> float:
+    """Mean F1 of the token multisets of each pair: agreement that survives a shifted
+    word or a reworded start, where position-by-position agreement drops to zero.
+    Two empty sequences agree fully."""
+    from collections import Counter
+
+    scores = []
+    for ref, out in zip(reference, model):
+        if not ref and not out:
+            scores.append(1.0)
+            continue
+        common = sum((Counter(ref) & Counter(out)).values())
+        scores.append(2 * common / (len(ref) + len(out)))
+    return float(np.mean(scores)) if scores else 0.0
+
+
 def summarise_kl(kl: np.ndarray) -> dict[str, float]:
     return {"mean": float(kl.mean()), "median": float(np.median(kl)), "p99": float(np.percentile(kl, 99))}

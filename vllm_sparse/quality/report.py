@@ -76,19 +76,27 @@ class ModelReport:
     chat_agreement: float
     chat_common_prefix: float
     chat_identical: float
+    chat_overlap: float
     seconds: float
     chat_answers: list[str] = field(default_factory=list)
 
 
-def parse_model_specs(specs: list[str]) -> list[tuple[str, Path]]:
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    path: Path
+    ffn_skip: str | None = None  # an FFN-skip profile to serve this model with
+
+
+def parse_model_specs(specs: list[str], ffn_skip: str | None = None) -> list[ModelSpec]:
     """``NAME=DIR`` or ``DIR`` (named after its folder)."""
     parsed = []
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep:
             name, path = Path(spec).name, spec
-        parsed.append((name, Path(path)))
-    names = [n for n, _ in parsed]
+        parsed.append(ModelSpec(name, Path(path), ffn_skip))
+    names = [m.name for m in parsed]
     if len(set(names)) != len(names):
         raise EvalInputError(f"model names must differ, got {names}")
     return parsed
@@ -99,18 +107,23 @@ def _check_model_dir(path: Path, role: str) -> None:
         raise EvalInputError(f"{role} {path}: not a model folder (no config.json)")
 
 
-def load_checked_tokenizer(reference: Path, models: list[tuple[str, Path]]):
+def load_checked_tokenizer(reference: Path, models: list[ModelSpec]):
     """The reference's tokenizer, once every model is shown to share its vocabulary
     (ids must mean the same tokens on both sides of every comparison)."""
     from transformers import AutoConfig, AutoTokenizer
 
-    _check_model_dir(reference, "reference")
-    tokenizer = AutoTokenizer.from_pretrained(reference)
+    def tokenizer_of(path: Path, role: str):
+        _check_model_dir(path, role)
+        try:
+            return AutoTokenizer.from_pretrained(path)
+        except Exception as exc:  # noqa: BLE001 - any failure: the folder's tokenizer is unusable
+            raise EvalInputError(f"{role} {path}: cannot load its tokenizer ({type(exc).__name__}: {exc})") from exc
+
+    tokenizer = tokenizer_of(reference, "reference")
     vocab = tokenizer.get_vocab()
     vocab_size = AutoConfig.from_pretrained(reference).vocab_size
-    for name, path in models:
-        _check_model_dir(path, f"model {name}")
-        other = AutoTokenizer.from_pretrained(path)
+    for name, path in ((m.name, m.path) for m in models):
+        other = tokenizer_of(path, f"model {name}")
         if other.get_vocab() != vocab:
             raise EvalInputError(f"model {name} ({path}) has a different tokenizer vocabulary from the reference "
                                  f"{reference}: token ids would not mean the same tokens")
@@ -162,7 +175,7 @@ def topk_of(result: dict) -> measures.TopK:
                          result["target"].double().numpy())
 
 
-def compare(name: str, path: Path, ffn_skip: str | None, reference: dict, model: dict, items: list[ClozeItem],
+def compare(spec: ModelSpec, reference: dict, model: dict, items: list[ClozeItem],
             tokenizer) -> tuple[ModelReport, np.ndarray]:
     ref_top, top = topk_of(reference), topk_of(model)
     kl, coverage = measures.next_token_kl(ref_top, top)
@@ -172,29 +185,30 @@ def compare(name: str, path: Path, ffn_skip: str | None, reference: dict, model:
     my_cloze = [cloze_correct(i, tokenizer.decode(t)) for i, t in zip(items, model["cloze"])]
     kept = sum(a and b for a, b in zip(ref_cloze, my_cloze)) / max(sum(ref_cloze), 1)
     report = ModelReport(
-        name=name, path=str(path), ffn_skip=ffn_skip,
+        name=spec.name, path=str(spec.path), ffn_skip=spec.ffn_skip,
         perplexity=measures.perplexity(top), reference_perplexity=measures.perplexity(ref_top),
         kl=measures.summarise_kl(kl), topk_coverage=float(coverage.mean()),
         top1_agreement=measures.top1_agreement(ref_top, top),
         greedy_agreement=greedy[0], greedy_common_prefix=greedy[1],
         cloze_recall=float(np.mean(my_cloze)), reference_cloze_recall=float(np.mean(ref_cloze)), cloze_kept=kept,
-        chat_agreement=chat[0], chat_common_prefix=chat[1], chat_identical=chat[2], seconds=float(model["seconds"]),
+        chat_agreement=chat[0], chat_common_prefix=chat[1], chat_identical=chat[2],
+        chat_overlap=measures.token_overlap(reference["chat"], model["chat"]), seconds=float(model["seconds"]),
         chat_answers=[tokenizer.decode(t, skip_special_tokens=True) for t in model["chat"]],
     )
     return report, kl
 
 
-def run_eval(models: list[tuple[str, Path]], reference: Path, corpus: Path, out: Path,
-             settings: EvalSettings = EvalSettings(), ffn_skip: str | None = None,
-             quantization: str | None = None) -> list[ModelReport]:
+def run_eval(models: list[ModelSpec], reference: Path, corpus: Path, out: Path,
+             settings: EvalSettings = EvalSettings(), quantization: str | None = None) -> list[ModelReport]:
     from tqdm.auto import tqdm
 
     from .engine_pass import run_pass
 
     if not models:
         raise EvalInputError("give at least one model to compare with the reference")
-    if ffn_skip is not None and not Path(ffn_skip).is_file():
-        raise EvalInputError(f"{ffn_skip}: FFN-skip profile not found")
+    for spec in models:  # (the CLI also checks the profile's content)
+        if spec.ffn_skip is not None and not Path(spec.ffn_skip).is_file():
+            raise EvalInputError(f"{spec.ffn_skip}: FFN-skip profile not found")
     tokenizer = load_checked_tokenizer(reference, models)
     job, items = build_inputs(tokenizer, corpus, settings)
     out.mkdir(parents=True, exist_ok=True)
@@ -204,13 +218,13 @@ def run_eval(models: list[tuple[str, Path]], reference: Path, corpus: Path, out:
         bar.set_postfix_str("reference")
         ref = run_pass({**job, "model": str(reference)}, Path(scratch), "reference")
         bar.update()
-        for index, (name, path) in enumerate(models):
-            bar.set_postfix_str(name)
-            result = run_pass({**job, "model": str(path), "quantization": quantization}, Path(scratch),
-                              f"model{index}", ffn_skip=ffn_skip)
-            report, kl = compare(name, path, ffn_skip, ref, result, items, tokenizer)
+        for index, spec in enumerate(models):
+            bar.set_postfix_str(spec.name)
+            result = run_pass({**job, "model": str(spec.path), "quantization": quantization}, Path(scratch),
+                              f"model{index}", ffn_skip=spec.ffn_skip)
+            report, kl = compare(spec, ref, result, items, tokenizer)
             reports.append(report)
-            kls[name] = kl
+            kls[spec.name] = kl
             bar.update()
     reference_answers = [tokenizer.decode(t, skip_special_tokens=True) for t in ref["chat"]]
     write_report(out, reports, kls, reference, corpus, settings, reference_answers)
@@ -227,15 +241,21 @@ def markdown(reports: list[ModelReport], reference: Path, corpus: Path, settings
         f"per token over the reference's top-{settings.topk} plus a tail bucket (see `vllm_sparse/quality/measures.py`).",
         "",
         "| model | perplexity (ref) | KL mean | KL median | KL p99 | top-1 agree | greedy agree | greedy prefix "
-        "| cloze recall (ref) | cloze kept | chat agree | chat prefix |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| cloze recall (ref) | cloze kept | chat agree | chat prefix | chat overlap |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in reports:
         lines.append(
             f"| {r.name} | {r.perplexity:.2f} ({r.reference_perplexity:.2f}) | {r.kl['mean']:.4f} | "
             f"{r.kl['median']:.4f} | {r.kl['p99']:.3f} | {r.top1_agreement:.1%} | {r.greedy_agreement:.1%} | "
             f"{r.greedy_common_prefix:.1f} | {r.cloze_recall:.1%} ({r.reference_cloze_recall:.1%}) | "
-            f"{r.cloze_kept:.1%} | {r.chat_agreement:.1%} | {r.chat_common_prefix:.1f} |")
+            f"{r.cloze_kept:.1%} | {r.chat_agreement:.1%} | {r.chat_common_prefix:.1f} | {r.chat_overlap:.1%} |")
+    lines += ["", "Columns: KL in nats per token; top-1 agree: same most likely next token; greedy agree / chat "
+              "agree: share of positions with the same greedy token (corpus prompts / chat answers), prefix: mean "
+              "tokens before the first difference; cloze recall: last words recalled from context (kept: share "
+              "of the reference's correct ones the model also gets); chat overlap: token-multiset F1 of each "
+              "answer against the reference's. FFN-skip rows: "
+              + (", ".join(f"{r.name} ({r.ffn_skip})" for r in reports if r.ffn_skip) or "none") + "."]
     lines += ["", f"Top-{settings.topk} mass of the reference (mean): "
               + ", ".join(f"{r.name} {r.topk_coverage:.3f}" for r in reports), ""]
     lines += ["## First chat prompt", "", f"**user:** {settings.chat_prompts[0]}", "",
