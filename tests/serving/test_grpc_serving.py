@@ -107,6 +107,23 @@ def test_bad_parameters_are_invalid_argument(channel):
     assert "max_tokens" in error.value.details()
 
 
+def test_requests_vllm_refuses_are_invalid_argument(channel):
+    client = stub(channel)
+    past_vocabulary = pb.GenerateRequest(prompt_token_ids=[1, 2, 10_000_000],
+                                         sampling=pb.SamplingParameters(max_tokens=4))
+    with pytest.raises(grpc.RpcError) as error:
+        list(client.Generate(past_vocabulary))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "10000000" in error.value.details() or "vocab" in error.value.details().lower()
+
+    too_long = pb.GenerateRequest(prompt_token_ids=[100] * 2000, sampling=pb.SamplingParameters(max_tokens=4))
+    with pytest.raises(grpc.RpcError) as error:
+        list(client.Generate(too_long))  # the server runs --max-model-len 1024
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "1024" in error.value.details()
+    _wait_for_idle(client, timeout=10)
+
+
 def test_cancel_mid_stream_frees_the_engine(channel):
     client = stub(channel)
     call = client.Generate(generate_request(max_tokens=400))
@@ -233,11 +250,13 @@ def test_watch_metrics_streams_snapshots(channel):
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_sigterm_reports_not_serving_finishes_streams_and_leaves_no_processes(server, channel):
+def test_sigterm_reports_not_serving_ends_streams_unavailable_and_leaves_no_processes(server, channel):
     health = health_pb2_grpc.HealthStub(channel)
     family = [server.process.pid] + [child.pid for child in psutil.Process(server.process.pid).children(recursive=True)]
-    call = stub(channel).Generate(generate_request(max_tokens=60))
-    next(call)
+    # Eight streams far longer than the drain (1 s) + grace (5 s) periods.
+    calls = [stub(channel).Generate(generate_request(max_tokens=900)) for _ in range(8)]
+    for call in calls:
+        next(call)
     os.kill(server.process.pid, signal.SIGTERM)  # `vllm-sparse serve` forwards it
     statuses = set()
     for _ in range(100):
@@ -247,12 +266,13 @@ def test_sigterm_reports_not_serving_finishes_streams_and_leaves_no_processes(se
             break  # the server is gone
         time.sleep(0.05)
     assert health_pb2.HealthCheckResponse.NOT_SERVING in statuses
-    # The in-flight stream either finished within the grace period or was cancelled.
-    try:
-        rest = list(call)
-        assert rest[-1].finished
-    except grpc.RpcError as error:
-        assert error.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
+    # Still generating when the grace period ends: each ends UNAVAILABLE (retry
+    # elsewhere), saying why, never UNKNOWN or CANCELLED.
+    for call in calls:
+        with pytest.raises(grpc.RpcError) as error:
+            list(call)
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE, error.value
+        assert "shutting down" in error.value.details()
     assert server.process.wait(timeout=60) == 0
     time.sleep(1)
     alive = [pid for pid in family if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]

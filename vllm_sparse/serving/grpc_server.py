@@ -21,6 +21,8 @@ logger = logging.getLogger("vllm.sparse.grpc")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SparseServing"].full_name
 # Probes (kubelet, grpc_health_probe) cannot send a token: health stays open.
 _UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.Health/",)
+# Time the handlers get to end their streams with UNAVAILABLE before grpc cancels them.
+CLOSE_MARGIN_SECONDS = 2.0
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
@@ -88,7 +90,16 @@ class GrpcFrontEnd:
             self.settings.shutdown_drain_seconds, self.settings.shutdown_grace_seconds,
         )
         await asyncio.sleep(self.settings.shutdown_drain_seconds)
-        await self.server.stop(self.settings.shutdown_grace_seconds)
+        # grpc cancels what is left at the end of its grace, which clients see as
+        # CANCELLED or UNKNOWN; we end those streams ourselves just before, with
+        # UNAVAILABLE (retry elsewhere) and a message saying why.
+        grace = self.settings.shutdown_grace_seconds
+        stopping = asyncio.ensure_future(self.server.stop(grace + CLOSE_MARGIN_SECONDS))
+        try:
+            await asyncio.wait_for(asyncio.shield(stopping), grace)
+        except asyncio.TimeoutError:
+            self.service.close_streams()
+            await stopping
 
     async def _set_status(self, status) -> None:
         for service in ("", SERVICE_NAME):

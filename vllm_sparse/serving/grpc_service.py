@@ -4,6 +4,7 @@ OpenAI HTTP server uses)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from contextlib import contextmanager
@@ -23,8 +24,25 @@ _ENDED_BY_CLIENT = (asyncio.CancelledError, GeneratorExit)
 DEADLINE_SLACK_SECONDS = 0.1
 
 
+logger = logging.getLogger("vllm.sparse.grpc")
+SHUTDOWN_MESSAGE = "the server is shutting down; retry on another replica"
+
+
 class BadRequest(ValueError):
     """Client input that cannot be served: answered with INVALID_ARGUMENT."""
+
+
+class _ShuttingDown(Exception):
+    """The server's grace period for in-flight streams is over: UNAVAILABLE."""
+
+
+def _request_errors() -> tuple[type[BaseException], ...]:
+    """What vLLM raises for a request it will not take (a token id past the
+    vocabulary, a prompt longer than the model): its validation error is not a
+    ValueError, and older paths still raise ValueError."""
+    from vllm.exceptions import VLLMClientError
+
+    return ValueError, VLLMClientError
 
 
 def sampling_params_from(request: pb.GenerateRequest, max_model_len: int | None):
@@ -132,6 +150,30 @@ class SparseServingService(pb_grpc.SparseServingServicer):
         self.max_model_len = max_model_len
         self.max_inflight = max_inflight
         self.inflight = 0
+        self.closing = asyncio.Event()
+
+    def close_streams(self) -> None:
+        """End every stream still generating with UNAVAILABLE (called once the
+        shutdown grace period is over)."""
+        self.closing.set()
+
+    async def _until_closing(self, stream):
+        """The engine's outputs, until ``close_streams``: then _ShuttingDown."""
+        outputs = stream.__aiter__()
+        closing = asyncio.ensure_future(self.closing.wait())
+        try:
+            while True:
+                step = asyncio.ensure_future(outputs.__anext__())
+                done, _ = await asyncio.wait({step, closing}, return_when=asyncio.FIRST_COMPLETED)
+                if step not in done:
+                    step.cancel()
+                    raise _ShuttingDown
+                try:
+                    yield step.result()
+                except StopAsyncIteration:
+                    return
+        finally:
+            closing.cancel()
 
     async def Generate(self, request, context):
         with _observed("Generate") as outcome:
@@ -156,7 +198,7 @@ class SparseServingService(pb_grpc.SparseServingServicer):
             finished = False
             try:
                 completion_tokens = 0
-                async for output in self.engine.generate(prompt, params, request_id):
+                async for output in self._until_closing(self.engine.generate(prompt, params, request_id)):
                     step = output.outputs[0]
                     completion_tokens += len(step.token_ids)
                     GRPC_GENERATED_TOKENS.inc(len(step.token_ids))
@@ -173,9 +215,18 @@ class SparseServingService(pb_grpc.SparseServingServicer):
                     else grpc.StatusCode.CANCELLED
                 )
                 raise
-            except ValueError as exc:  # vLLM rejected the request (e.g. prompt too long)
+            except _request_errors() as exc:  # vLLM rejected the request (e.g. prompt too long)
                 outcome["code"] = grpc.StatusCode.INVALID_ARGUMENT
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            except _ShuttingDown:
+                outcome["code"] = grpc.StatusCode.UNAVAILABLE
+                await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTDOWN_MESSAGE)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:  # the engine failed (e.g. its process died): never UNKNOWN
+                logger.exception("Generate %s failed in the engine", request_id)
+                outcome["code"] = grpc.StatusCode.INTERNAL
+                await context.abort(grpc.StatusCode.INTERNAL, f"engine error: {type(exc).__name__}: {exc}")
             finally:
                 self.inflight -= 1
                 if not finished:
