@@ -10,6 +10,8 @@ JOB OUT``; the child loads the model once (eager mode, in-process engine), runs
   ``greedy_tokens`` (EOS ignored), ``cloze_tokens`` and ``chat_tokens`` (stopping at
   EOS) tokens;
 
+(``score: false`` or ``generate: false`` leave out the first or the second part)
+
 and saves a dict of tensors and id lists with ``torch.save``. A fresh process per
 model keeps engines apart (an FFN-skip profile, set through the environment before
 the engine starts, applies to that model only) and a crash away from the caller.
@@ -85,10 +87,11 @@ def main(job_path: str, out_path: str) -> None:
     start = time.perf_counter()
     llm = LLM(model=job["model"], dtype=job.get("dtype", "bfloat16"), enforce_eager=True, seed=0,
               max_model_len=job["max_model_len"], max_logprobs=job["topk"], quantization=job.get("quantization"))
-    result = _prompt_logprobs(llm, job["windows"], job["topk"])
-    result["greedy"] = _greedy(llm, job["greedy_prompts"], job["greedy_tokens"], ignore_eos=True)
-    result["cloze"] = _greedy(llm, job["cloze_prompts"], job["cloze_tokens"], ignore_eos=False)
-    result["chat"] = _greedy(llm, job["chat_prompts"], job["chat_tokens"], ignore_eos=False)
+    result = _prompt_logprobs(llm, job["windows"], job["topk"]) if job.get("score", True) else {}
+    if job.get("generate", True):
+        result["greedy"] = _greedy(llm, job["greedy_prompts"], job["greedy_tokens"], ignore_eos=True)
+        result["cloze"] = _greedy(llm, job["cloze_prompts"], job["cloze_tokens"], ignore_eos=False)
+        result["chat"] = _greedy(llm, job["chat_prompts"], job["chat_tokens"], ignore_eos=False)
     result["seconds"] = time.perf_counter() - start
     torch.save(result, out_path)
 

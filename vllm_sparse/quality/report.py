@@ -170,6 +170,21 @@ def build_inputs(tokenizer, corpus: Path, settings: EvalSettings) -> tuple[dict,
     return job, items
 
 
+def skip_every_token(profile: str | Path, out: Path) -> Path:
+    """A copy of an FFN-skip profile with ``skip_prompt: true``. A profile skips only
+    generated tokens, while the scoring windows reach vLLM as prompts: scored with the
+    profile as it is, perplexity, KL and top-1 would be the dense model's. With this
+    copy every scored token is decided as a generated one would be (warm-up and cold
+    layers as in the profile), as ``eval-skip`` scores them on the transformers path."""
+    import yaml
+
+    data = yaml.safe_load(Path(profile).read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise EvalInputError(f"{profile}: an FFN-skip profile is a YAML mapping")
+    out.write_text(yaml.safe_dump({**data, "skip_prompt": True}))
+    return out
+
+
 def topk_of(result: dict) -> measures.TopK:
     return measures.TopK(result["topk_ids"].numpy(), result["topk_logprobs"].double().numpy(),
                          result["target"].double().numpy())
@@ -220,8 +235,16 @@ def run_eval(models: list[ModelSpec], reference: Path, corpus: Path, out: Path,
         bar.update()
         for index, spec in enumerate(models):
             bar.set_postfix_str(spec.name)
-            result = run_pass({**job, "model": str(spec.path), "quantization": quantization}, Path(scratch),
-                              f"model{index}", ffn_skip=spec.ffn_skip)
+            model_job = {**job, "model": str(spec.path), "quantization": quantization}
+            if spec.ffn_skip is None:
+                result = run_pass(model_job, Path(scratch), f"model{index}")
+            else:  # scored as generated tokens, generated as served: two passes
+                scoring_profile = skip_every_token(spec.ffn_skip, Path(scratch) / f"model{index}-score.yaml")
+                result = run_pass({**model_job, "generate": False}, Path(scratch), f"model{index}-score",
+                                  ffn_skip=str(scoring_profile))
+                generated = run_pass({**model_job, "score": False}, Path(scratch), f"model{index}",
+                                     ffn_skip=spec.ffn_skip)
+                result = {**result, **generated, "seconds": result["seconds"] + generated["seconds"]}
             report, kl = compare(spec, ref, result, items, tokenizer)
             reports.append(report)
             kls[spec.name] = kl
@@ -270,14 +293,16 @@ def plot_kl(kls: dict[str, np.ndarray], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, kl in kls.items():
-        values = np.sort(np.maximum(kl, 1e-6))
-        ax.plot(values, np.arange(1, len(values) + 1) / len(values), label=f"{name} (mean {kl.mean():.3f})")
-    ax.set(xscale="log", xlabel="per-token KL(reference || model), nats (values below 1e-6 drawn at 1e-6)",
+    fig, ax = plt.subplots(figsize=(10, 5))
+    colours = plt.cm.tab20(np.linspace(0, 1, 20))
+    for index, (name, kl) in enumerate(kls.items()):
+        values = np.sort(np.maximum(kl, 1e-4))
+        ax.plot(values, np.arange(1, len(values) + 1) / len(values), color=colours[(2 * index) % 20 + index // 10],
+                linestyle=("-", "--", ":")[index // 7 % 3], label=f"{name} (mean {kl.mean():.3f})")
+    ax.set(xscale="log", xlabel="per-token KL(reference || model), nats (values below 1e-4 drawn at 1e-4)",
            ylabel="share of tokens at or below", title="Next-token KL divergence against the reference")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
