@@ -318,8 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
                                             "with the dense twin")
     demo.add_argument("--workdir", default="models")
     demo.add_argument("--port", type=int, default=8011)
-    demo.add_argument("--calibration", type=Path, default=Path("../shared/data/persuasion.txt"),
-                      help="text for SparseGPT calibration (magnitude pruning when absent)")
+    demo.add_argument("--calibration", default="self-chat",
+                      help="SparseGPT calibration: self-chat (the model's own chat answers, the default) or a text "
+                           "file (magnitude pruning when the file is absent)")
     demo.set_defaults(run=_cmd_demo)
 
     bench = commands.add_parser(

@@ -1,7 +1,7 @@
 """The main job: what sparsity buys, on the default model.
 
-Fetch SmolLM2-135M-Instruct, prune it 2:4 with SparseGPT (calibrated on a text file
-when one is given; magnitude otherwise), store it compressed (compressed-tensors
+Fetch SmolLM2-135M-Instruct, prune it 2:4 with SparseGPT (calibrated on the model's
+own chat answers, ``self-chat``, by default, or on a text file), store it compressed (compressed-tensors
 ``sparse-24-bitmask``) and, beside it, the same pruned weights as an ordinary dense
 checkpoint. Serve the sparse one with vLLM's OpenAI server (the plugin loads it with
 no flag, on the CPU sparse kernels where they win), ask it a question through its chat
@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 QUESTION = "What are three important things to know about the ocean?"
+SELF_CHAT = "self-chat"  # checkpoint.calibration.SELF_CHAT, named here without importing torch
 _TABLE_START = "vllm-sparse layer table:"
 # vLLM prefixes every logged line, e.g. "(EngineCore pid=7) INFO 11-23 10:00:00 [layer_report.py:25] ".
 _LOG_PREFIX = re.compile(r"^.*?\[layer_report\.py:\d+\] ?")
@@ -36,30 +37,33 @@ def extract_layer_table(log_text: str) -> str:
     return "\n".join(table)
 
 
-def make_checkpoints(workdir: Path, calibration: Path | None) -> tuple[Path, Path]:
+def make_checkpoints(workdir: Path, calibration: Path | str | None = SELF_CHAT) -> tuple[Path, Path]:
     """(sparse checkpoint, dense twin): the same 2:4-pruned weights, compressed and plain.
 
     2:4 because it is the pattern the CPU kernels turn into speed on SmolLM2's small
-    layers (benchmarks/results/cpu_kernels.md); its text quality at 135M parameters is
-    weak (README, "The demo")."""
+    layers (benchmarks/results/cpu_kernels.md). Self-chat calibration because the demo
+    talks to the model through its chat template: calibrated on novels, SparseGPT 2:4
+    answers chat prompts with nothing or with its system prompt; calibrated on its own
+    answers it stays on topic (README, "Quality report")."""
     from .checkpoint.default_model import fetch_default_model
     from .checkpoint.pruning import PruningPlan, SparseGPTConfig, prune_model
     from .checkpoint.writer import save_sparse_checkpoint, strip_sparsity_declaration
     from .kernels import NMPattern
 
     dense_dir = fetch_default_model(workdir / "smollm2-135m")
-    sparse_dir, twin_dir = workdir / "smollm2-135m-2of4", workdir / "smollm2-135m-2of4-dense"
+    if calibration is not None and (str(calibration) == SELF_CHAT or Path(calibration).exists()):
+        from .checkpoint.calibration import CalibrationConfig
+
+        method, config = "sparsegpt", CalibrationConfig(calibration)
+        tag = "selfchat" if str(calibration) == SELF_CHAT else Path(calibration).stem
+    else:
+        print(f"no calibration text at {calibration}: pruning by magnitude (expect poor text)")
+        method, config, tag = "magnitude", None, "magnitude"
+    sparse_dir, twin_dir = workdir / f"smollm2-135m-2of4-{tag}", workdir / f"smollm2-135m-2of4-{tag}-dense"
     if (sparse_dir / "config.json").exists() and (twin_dir / "config.json").exists():
         return sparse_dir, twin_dir
     plan = PruningPlan(sparsity=0.5, pattern=NMPattern(2, 4))
-    if calibration is not None and calibration.exists():
-        from .checkpoint.calibration import CalibrationConfig
-
-        method, config = "sparsegpt", CalibrationConfig(calibration, 8, 256)
-    else:
-        print(f"no calibration text at {calibration}: pruning by magnitude (expect poor text)")
-        method, config = "magnitude", None
-    print(f"pruning {dense_dir} to 2:4 with {method} -> {sparse_dir}")
+    print(f"pruning {dense_dir} to 2:4 with {method} (calibration: {calibration}) -> {sparse_dir}")
     pruned, recipe = prune_model(dense_dir, method, plan, calibration=config, sparsegpt=SparseGPTConfig())
     for out, storage in ((sparse_dir, "sparse-24-bitmask"), (twin_dir, "dense")):
         save_sparse_checkpoint(dense_dir, pruned, out, storage=storage, structure=plan.structure, recipe=recipe)
@@ -71,16 +75,27 @@ def compare_speed(sparse_dir: Path, twin_dir: Path, workdir: Path) -> str:
     from .kernels.cpu import build, isa
     from .serving.decode_speed import EngineSpec, measure_engine
 
-    print("measuring decode speed: the dense twin on stock vLLM, then the sparse checkpoint on vllm-sparse ...")
-    dense = measure_engine(EngineSpec(str(twin_dir), batches=[1, 8]), plugins=False, log_path=workdir / "dense.log")
-    sparse = measure_engine(EngineSpec(str(sparse_dir), batches=[1, 8]), plugins=True, log_path=workdir / "sparse.log")
+    # Engines in the order dense, sparse, sparse, dense (each in a fresh process): two
+    # engines of the same weights differ by up to ~15% on this shared 2-core machine,
+    # and a drift in its speed then weighs on both sides alike; each side is the mean
+    # of its two engines.
+    print("measuring decode speed: the dense twin on stock vLLM and the sparse checkpoint on vllm-sparse, "
+          "dense-sparse-sparse-dense ...")
+    runs: dict[str, list[dict]] = {"dense": [], "sparse": []}
+    for index, side in enumerate(("dense", "sparse", "sparse", "dense")):
+        directory = twin_dir if side == "dense" else sparse_dir
+        runs[side].append(measure_engine(EngineSpec(str(directory), batches=[1, 8]), plugins=side == "sparse",
+                                         log_path=workdir / f"{side}{index}.log"))
+    dense, sparse = ({**r[0], "tokens_per_s": {b: (r[0]["tokens_per_s"][b] + r[1]["tokens_per_s"][b]) / 2
+                                               for b in r[0]["tokens_per_s"]}} for r in (runs["dense"], runs["sparse"]))
     path = isa.NAMES[isa.default()] if build.load() else f"none ({build.load_error()})"
     mib = 2**20
     lines = [f"decode, vLLM compiled mode, CPU ISA path {path}:",
              f"{'':28}{'dense twin (stock vLLM)':>26}{'sparse (vllm-sparse)':>24}{'ratio':>8}"]
     for batch in ("1", "8"):
         d, s = dense["tokens_per_s"][batch], sparse["tokens_per_s"][batch]
-        lines.append(f"{'tokens/s, batch ' + batch:28}{d:>26.1f}{s:>24.1f}{s / d:>7.2f}x")
+        each = " / ".join(f"{r['tokens_per_s'][batch]:.0f}" for r in runs["dense"] + runs["sparse"])
+        lines.append(f"{'tokens/s, batch ' + batch:28}{d:>26.1f}{s:>24.1f}{s / d:>7.2f}x   (engines: {each})")
     d_lin, s_lin = sparse.get("linear_dense_bytes", 0) / mib, sparse.get("linear_stored_bytes", 0) / mib
     lines.append(f"{'linear weights, MiB':28}{d_lin:>26.1f}{s_lin:>24.1f}{s_lin / max(d_lin, 1e-9):>7.2f}x")
     lines.append(f"{'process RSS after load, MiB':28}{dense['rss_mib']:>26.0f}{sparse['rss_mib']:>24.0f}"
@@ -88,7 +103,7 @@ def compare_speed(sparse_dir: Path, twin_dir: Path, workdir: Path) -> str:
     return "\n".join(lines)
 
 
-def run_demo(workdir: Path, port: int = 8011, calibration: Path | None = None) -> int:
+def run_demo(workdir: Path, port: int = 8011, calibration: Path | str | None = SELF_CHAT) -> int:
     from .serving.server_process import OpenAIServer
 
     workdir.mkdir(parents=True, exist_ok=True)
