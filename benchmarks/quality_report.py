@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import sys
 from pathlib import Path
@@ -70,11 +71,12 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, help="a subset of the settings")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    dense = fetch_default_model(REPO / "models" / "smollm2-135m")
+    os.chdir(REPO)  # the report names paths relative to the repository
+    dense = fetch_default_model(Path("models") / "smollm2-135m")
     names = args.only or list(SETTINGS)
     specs = [ModelSpec(name, make_checkpoint(dense, args.work, name)) for name in names]
-    specs.append(ModelSpec("ffn-skip-25", dense, str(REPO / "configs" / "ffn_skip_25.yaml")))
-    run_eval(specs, dense, DATA / "sensesensibility.txt", args.out, EvalSettings())
+    specs.append(ModelSpec("ffn-skip-25", dense, "configs/ffn_skip_25.yaml"))
+    run_eval(specs, dense, Path(os.path.relpath(DATA / "sensesensibility.txt")), args.out, EvalSettings())
     note = (f"\nMachine: {platform.processor() or platform.machine()}, 2 cores; "
             f"{datetime.date.today().isoformat()}; command: `python benchmarks/quality_report.py`.\n")
     with open(args.out / "report.md", "a") as md:
