@@ -100,6 +100,48 @@ def test_generate_streams_tokens_and_matches_http(server, channel):
     assert "".join(reply.text for reply in replies) == http["choices"][0]["text"]
 
 
+def test_vllm_engine_protocol_with_smgs_own_client(server, channel):
+    """vLLM's gRPC protocol on the same port, driven by smg's generated client."""
+    from smg_grpc_proto import vllm_engine_pb2 as ve
+    from smg_grpc_proto import vllm_engine_pb2_grpc as ve_grpc
+
+    client = ve_grpc.VllmEngineStub(channel)
+    health = client.HealthCheck(ve.HealthCheckRequest(), timeout=30)
+    assert health.healthy, health.message
+    info = client.GetModelInfo(ve.GetModelInfoRequest(), timeout=30)
+    assert info.is_generation and info.max_context_length == 1024 and info.vocab_size == 49152
+    assert "LlamaForCausalLM" in info.architectures
+    server_info = client.GetServerInfo(ve.GetServerInfoRequest(), timeout=30)
+    assert server_info.data_parallel_size == 1 and server_info.max_num_seqs > 0
+    assert "bfloat16" in server_info.model_dtype
+
+    prompt = "The capital of France is"
+    ids = [int(t) for t in server.post("/tokenize", {"model": server.model, "prompt": prompt})["tokens"]]
+    request = ve.GenerateRequest(
+        request_id="smg-greedy", tokenized=ve.TokenizedInput(original_text=prompt, input_ids=ids), stream=True,
+        sampling_params=ve.SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True))
+    streamed, complete = [], None
+    for response in client.Generate(request, timeout=120):
+        if response.HasField("chunk"):
+            streamed.extend(response.chunk.token_ids)
+        else:
+            complete = response.complete
+    http = server.post("/v1/completions", {"model": server.model, "prompt": ids, "max_tokens": 12,
+                                           "temperature": 0.0, "ignore_eos": True, "return_token_ids": True})
+    assert streamed == list(http["choices"][0]["token_ids"])
+    assert len(streamed) == 12 and complete is not None and complete.finish_reason == "length"
+
+    long = ve.GenerateRequest(
+        request_id="smg-abort", tokenized=ve.TokenizedInput(input_ids=ids), stream=True,
+        sampling_params=ve.SamplingParams(temperature=0.0, max_tokens=500, ignore_eos=True))
+    call = client.Generate(long, timeout=120)
+    next(call)
+    client.Abort(ve.AbortRequest(request_ids=["smg-abort"]), timeout=30)
+    ends = [r.complete.finish_reason for r in call if r.HasField("complete")]
+    assert ends in ([], ["abort"])  # the stream ends early either way
+    _wait_for_idle(stub(channel), timeout=10)
+
+
 def test_bad_parameters_are_invalid_argument(channel):
     with pytest.raises(grpc.RpcError) as error:
         list(stub(channel).Generate(generate_request(max_tokens=0)))

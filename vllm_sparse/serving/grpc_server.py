@@ -1,15 +1,21 @@
-"""The gRPC server: SparseServing, the standard health service and server
-reflection, with optional TLS and bearer-token authentication."""
+"""The gRPC server on one port: vLLM's own ``VllmEngine`` protocol (the servicer of
+the ``smg-grpc-servicer`` package, the one vLLM's gRPC launcher runs), our
+``SparseServing`` metrics and model-info extension beside it, the standard health
+service and server reflection, with optional TLS and bearer-token authentication
+for all of them."""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
 import logging
+import time
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from smg_grpc_proto import vllm_engine_pb2, vllm_engine_pb2_grpc
+from smg_grpc_servicer.vllm.servicer import VllmEngineServicer
 
 from .grpc_service import SparseServingService
 from .grpc_settings import GrpcSettings
@@ -19,6 +25,16 @@ from .proto import sparse_serving_pb2_grpc as pb_grpc
 logger = logging.getLogger("vllm.sparse.grpc")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SparseServing"].full_name
+VLLM_ENGINE_SERVICE = vllm_engine_pb2.DESCRIPTOR.services_by_name["VllmEngine"].full_name
+# As vLLM's gRPC launcher sets them: a non-streaming Generate is silent while the
+# engine decodes, and client keepalive pings in that window must not count as abuse.
+SERVER_OPTIONS = (
+    ("grpc.max_send_message_length", -1),
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.http2.max_ping_strikes", 0),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10000),
+    ("grpc.keepalive_permit_without_calls", True),
+)
 # Probes (kubelet, grpc_health_probe) cannot send a token: health stays open.
 _UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.Health/",)
 # Time the handlers get to end their streams with UNAVAILABLE before grpc cancels them.
@@ -51,13 +67,16 @@ class GrpcFrontEnd:
     def __init__(self, settings: GrpcSettings, engine_client, model_name: str, max_model_len: int | None) -> None:
         self.settings = settings
         interceptors = [BearerTokenInterceptor(settings.token)] if settings.token else []
-        self.server = grpc.aio.server(interceptors=interceptors)
+        self.server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
         self.service = SparseServingService(engine_client, model_name, max_model_len, settings.max_inflight)
         pb_grpc.add_SparseServingServicer_to_server(self.service, self.server)
+        self.vllm_engine = VllmEngineServicer(engine_client, time.time())
+        vllm_engine_pb2_grpc.add_VllmEngineServicer_to_server(self.vllm_engine, self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            (SERVICE_NAME, VLLM_ENGINE_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME),
             self.server,
         )
         address = f"{settings.host}:{settings.port}"
@@ -102,5 +121,5 @@ class GrpcFrontEnd:
             await stopping
 
     async def _set_status(self, status) -> None:
-        for service in ("", SERVICE_NAME):
+        for service in ("", SERVICE_NAME, VLLM_ENGINE_SERVICE):
             await self.health.set(service, status)
