@@ -51,11 +51,12 @@ def make_checkpoints(workdir: Path, calibration: Path | str | None = SELF_CHAT) 
     from .kernels import NMPattern
 
     dense_dir = fetch_default_model(workdir / "smollm2-135m")
-    if calibration is not None and (str(calibration) == SELF_CHAT or Path(calibration).exists()):
+    self_chat = str(calibration) == SELF_CHAT
+    if calibration is not None and (self_chat or Path(calibration).exists()):
         from .checkpoint.calibration import CalibrationConfig
 
         method, config = "sparsegpt", CalibrationConfig(calibration)
-        tag = "selfchat" if str(calibration) == SELF_CHAT else Path(calibration).stem
+        tag = "selfchat" if self_chat else Path(calibration).stem
     else:
         print(f"no calibration text at {calibration}: pruning by magnitude (expect poor text)")
         method, config, tag = "magnitude", None, "magnitude"
@@ -69,6 +70,13 @@ def make_checkpoints(workdir: Path, calibration: Path | str | None = SELF_CHAT) 
         save_sparse_checkpoint(dense_dir, pruned, out, storage=storage, structure=plan.structure, recipe=recipe)
     strip_sparsity_declaration(twin_dir)
     return sparse_dir, twin_dir
+
+
+def _mean_rates(engines: list[dict]) -> dict:
+    """The first engine's figures (memory, weight bytes) with tokens/s averaged over all."""
+    rates = {batch: sum(e["tokens_per_s"][batch] for e in engines) / len(engines)
+             for batch in engines[0]["tokens_per_s"]}
+    return {**engines[0], "tokens_per_s": rates}
 
 
 def compare_speed(sparse_dir: Path, twin_dir: Path, workdir: Path) -> str:
@@ -86,8 +94,7 @@ def compare_speed(sparse_dir: Path, twin_dir: Path, workdir: Path) -> str:
         directory = twin_dir if side == "dense" else sparse_dir
         runs[side].append(measure_engine(EngineSpec(str(directory), batches=[1, 8]), plugins=side == "sparse",
                                          log_path=workdir / f"{side}{index}.log"))
-    dense, sparse = ({**r[0], "tokens_per_s": {b: (r[0]["tokens_per_s"][b] + r[1]["tokens_per_s"][b]) / 2
-                                               for b in r[0]["tokens_per_s"]}} for r in (runs["dense"], runs["sparse"]))
+    dense, sparse = _mean_rates(runs["dense"]), _mean_rates(runs["sparse"])
     path = isa.NAMES[isa.default()] if build.load() else f"none ({build.load_error()})"
     mib = 2**20
     lines = [f"decode, vLLM compiled mode, CPU ISA path {path}:",

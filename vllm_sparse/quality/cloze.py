@@ -12,6 +12,7 @@ evenly spaced over all the candidates.
 
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ def build_cloze_items(text: str, count: int = 64, context_words: int = 120, min_
     words_before: list[str] = []
     candidates: list[ClozeItem] = []
     flat = " ".join(text.split())
+    passage = _Words(flat)
     for match in _SENTENCE.finditer(flat):
         sentence = match.group(0).strip()
         words = _WORD.findall(sentence)
@@ -49,7 +51,7 @@ def build_cloze_items(text: str, count: int = 64, context_words: int = 120, min_
             same_sentence = {w.lower() for w in words[:-1]}
             if (len(target) >= min_letters and target.lower() not in _COMMON and target.lower() in earlier
                     and target.lower() not in same_sentence and head.strip()):
-                context = " ".join(words_before_text(flat, match.start(), context_words)) + " " + head.rstrip()
+                context = " ".join(passage.before(match.start(), context_words)) + " " + head.rstrip()
                 candidates.append(ClozeItem(context.strip(), target))
         words_before.extend(words)
     if not candidates:
@@ -60,9 +62,20 @@ def build_cloze_items(text: str, count: int = 64, context_words: int = 120, min_
     return [candidates[int(i * step)] for i in range(count)]
 
 
-def words_before_text(flat: str, end: int, count: int) -> list[str]:
-    """The last ``count`` whitespace-separated words of ``flat[:end]`` (punctuation kept)."""
-    return flat[:end].split()[-count:]
+class _Words:
+    """The whitespace-separated words of a text with their offsets, found once, so the
+    words before each candidate sentence are cut without splitting the text anew."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.spans = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+        self.starts = [start for start, _ in self.spans]
+
+    def before(self, end: int, count: int) -> list[str]:
+        """The last ``count`` words of ``text[:end]`` (punctuation kept; a word cut by
+        ``end`` is cut there too), as ``text[:end].split()[-count:]``."""
+        words = bisect.bisect_left(self.starts, end)
+        return [self.text[start:min(stop, end)] for start, stop in self.spans[max(0, words - count):words]]
 
 
 def first_word(text: str) -> str:

@@ -20,6 +20,7 @@ against itself.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,8 +90,6 @@ def token_overlap(reference: list[list[int]], model: list[list[int]]) -> float:
     """Mean F1 of the token multisets of each pair: agreement that survives a shifted
     word or a reworded start, where position-by-position agreement drops to zero.
     Two empty sequences agree fully."""
-    from collections import Counter
-
     scores = []
     for ref, out in zip(reference, model):
         if not ref and not out:

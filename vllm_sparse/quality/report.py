@@ -190,14 +190,18 @@ def topk_of(result: dict) -> measures.TopK:
                          result["target"].double().numpy())
 
 
+def cloze_answers(items: list[ClozeItem], continuations: list[list[int]], tokenizer) -> list[bool]:
+    return [cloze_correct(item, tokenizer.decode(ids)) for item, ids in zip(items, continuations)]
+
+
 def compare(spec: ModelSpec, reference: dict, model: dict, items: list[ClozeItem],
             tokenizer) -> tuple[ModelReport, np.ndarray]:
     ref_top, top = topk_of(reference), topk_of(model)
     kl, coverage = measures.next_token_kl(ref_top, top)
     greedy = measures.sequence_agreement(reference["greedy"], model["greedy"])
     chat = measures.sequence_agreement(reference["chat"], model["chat"])
-    ref_cloze = [cloze_correct(i, tokenizer.decode(t)) for i, t in zip(items, reference["cloze"])]
-    my_cloze = [cloze_correct(i, tokenizer.decode(t)) for i, t in zip(items, model["cloze"])]
+    ref_cloze = reference["cloze_correct"]
+    my_cloze = cloze_answers(items, model["cloze"], tokenizer)
     kept = sum(a and b for a, b in zip(ref_cloze, my_cloze)) / max(sum(ref_cloze), 1)
     report = ModelReport(
         name=spec.name, path=str(spec.path), ffn_skip=spec.ffn_skip,
@@ -232,6 +236,7 @@ def run_eval(models: list[ModelSpec], reference: Path, corpus: Path, out: Path,
             tqdm(total=len(models) + 1, desc="vLLM passes", unit="model") as bar:
         bar.set_postfix_str("reference")
         ref = run_pass({**job, "model": str(reference)}, Path(scratch), "reference")
+        ref["cloze_correct"] = cloze_answers(items, ref["cloze"], tokenizer)  # scored once for every model
         bar.update()
         for index, spec in enumerate(models):
             bar.set_postfix_str(spec.name)
