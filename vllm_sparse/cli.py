@@ -131,11 +131,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .serving.loadgen.workload import GenerationParams
 
     if args.compare:
-        endpoints = [Endpoint.parse(text) for text in args.compare]
-    elif args.backend == "grpc":
+        endpoints = [Endpoint.parse(text, args.backend) for text in args.compare]
+    elif args.backend in ("grpc", "vllm-grpc"):
         if not args.target:
-            raise ValueError("--backend grpc needs --target HOST:PORT")
-        endpoints = [Endpoint.parse(args.target, "grpc")]
+            raise ValueError(f"--backend {args.backend} needs --target HOST:PORT")
+        endpoints = [Endpoint.parse(args.target, args.backend)]
     else:
         if not args.base_url:
             raise ValueError("--backend openai needs --base-url http://HOST:PORT")
@@ -335,12 +335,15 @@ def build_parser() -> argparse.ArgumentParser:
         "last request is done. Input/output tokens are the server's counts (gRPC prompt_tokens /\n"
         "completion_tokens, OpenAI usage); without them, token-id prompts' length and token messages.",
     )
-    bench.add_argument("--backend", choices=["grpc", "openai"], default="grpc")
+    bench.add_argument("--backend", choices=["grpc", "vllm-grpc", "openai"], default="grpc",
+                       help="grpc: our SparseServing protocol; vllm-grpc: vLLM's own VllmEngine protocol (ours or "
+                            "stock vLLM's gRPC launcher); openai: /v1/completions over HTTP")
     bench.add_argument("--target", help="gRPC server HOST:PORT")
     bench.add_argument("--base-url", help="OpenAI server, e.g. http://127.0.0.1:8000 (POST /v1/completions, streamed)")
     bench.add_argument("--compare", nargs=2, metavar=("A", "B"),
                        help="run the same workload on A, then on B, and print B/A ratios; http(s)://... is an "
-                            "OpenAI server, grpc://HOST:PORT or HOST:PORT a gRPC server")
+                            "OpenAI server, grpc://HOST:PORT SparseServing, vllm-grpc://HOST:PORT vLLM's protocol, "
+                            "a bare HOST:PORT the --backend")
     bench.add_argument("--model", help="OpenAI model name (default: the server's first model)")
     bench.add_argument("--token", help="bearer token (metadata / header authorization: Bearer TOKEN)")
     bench.add_argument("--tls-ca", type=Path, help="gRPC over TLS, trusting this root certificate (PEM)")

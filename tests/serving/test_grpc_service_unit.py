@@ -120,7 +120,7 @@ def test_cancel_mid_stream_aborts_the_engine_request():
                     break
                 await asyncio.sleep(0.02)
         assert len(engine.aborted) == 1 and engine.aborted[0].startswith("grpc-")
-        assert front.service.inflight == 0
+        assert front.gate.inflight == 0
 
     run(_with_server(_plain(), engine, body))
 

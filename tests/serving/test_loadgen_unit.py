@@ -20,7 +20,16 @@ from net import free_port
 from grpc_helpers import self_signed_certificate
 from vllm_sparse.cli import main as cli_main
 from vllm_sparse.serving.loadgen import report
-from vllm_sparse.serving.loadgen.backends import GrpcBackend, Message, OpenAIBackend, RequestError, SSEParser, parse_completion_event
+from vllm_sparse.serving.loadgen.backends import (
+    GrpcBackend,
+    Message,
+    OpenAIBackend,
+    RequestError,
+    SSEParser,
+    VllmGrpcBackend,
+    parse_completion_event,
+)
+from vllm_sparse.serving.loadgen.bench import Endpoint
 from vllm_sparse.serving.loadgen.runner import LoadPlan, measure, run_load
 from vllm_sparse.serving.loadgen.workload import (
     GenerationParams,
@@ -33,6 +42,8 @@ from vllm_sparse.serving.loadgen.workload import (
 )
 from vllm_sparse.serving.proto import sparse_serving_pb2 as pb
 from vllm_sparse.serving.proto import sparse_serving_pb2_grpc as pb_grpc
+from smg_grpc_proto import vllm_engine_pb2 as ve
+from smg_grpc_proto import vllm_engine_pb2_grpc as ve_grpc
 
 
 # ------------------------------------------------------------------ workload
@@ -336,6 +347,38 @@ class FakeSparseServing(pb_grpc.SparseServingServicer):
                                       prompt_tokens=prompt_tokens, completion_tokens=start + len(ids))
 
 
+class FakeVllmEngine(ve_grpc.VllmEngineServicer):
+    """vLLM's protocol as its servicer streams it: a chunk of new token ids per
+    step, ``per_message`` at a time, ``delay`` apart, then ``complete`` holding
+    them all with the final counts."""
+
+    def __init__(self, token=None, delay=0.005, per_message=1):
+        self.token, self.delay, self.per_message = token, delay, per_message
+        self.requests = []
+
+    async def Generate(self, request, context):
+        if self.token is not None:
+            if dict(context.invocation_metadata()).get("authorization") != f"Bearer {self.token}":
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "bad token")
+        self.requests.append(request)
+        prompt_tokens = len(request.tokenized.input_ids) or len(request.text.split())
+        n = request.sampling_params.max_tokens
+        for start in range(0, n, self.per_message):
+            await asyncio.sleep(self.delay)
+            ids = list(range(start, min(start + self.per_message, n)))
+            yield ve.GenerateResponse(chunk=ve.GenerateStreamChunk(
+                token_ids=ids, prompt_tokens=prompt_tokens, completion_tokens=start + len(ids)))
+        yield ve.GenerateResponse(complete=ve.GenerateComplete(
+            output_ids=list(range(n)), finish_reason="length", prompt_tokens=prompt_tokens, completion_tokens=n))
+
+
+def _add_servicer(servicer, server) -> None:
+    if isinstance(servicer, ve_grpc.VllmEngineServicer):
+        ve_grpc.add_VllmEngineServicer_to_server(servicer, server)
+    else:
+        pb_grpc.add_SparseServingServicer_to_server(servicer, server)
+
+
 class ServerThread:
     """A grpc.aio server on its own event loop in a thread, so clients (the CLI's
     asyncio.run included) can run in the test's thread."""
@@ -353,7 +396,7 @@ class ServerThread:
 
     async def _start(self):
         self.server = grpc.aio.server()
-        pb_grpc.add_SparseServingServicer_to_server(self.servicer, self.server)
+        _add_servicer(self.servicer, self.server)
         address = f"127.0.0.1:{self.port}"
         if self.credentials is None:
             self.server.add_insecure_port(address)
@@ -444,6 +487,58 @@ def test_cli_compare_two_endpoints(tmp_path, capsys):
     assert ratios["request_throughput"] < 0.7
     printed = capsys.readouterr().out
     assert "B/A" in printed and f"B = {b.target}" in printed
+
+
+def test_vllm_grpc_backend_counts_chunks_not_the_closing_complete():
+    servicer = FakeVllmEngine(token="t0k", delay=0.01, per_message=2)
+    prompts = [Prompt(token_ids=(11, 12, 13)), Prompt(text="four words of text")]
+    with ServerThread(servicer) as server:
+        async def scenario():
+            backend = VllmGrpcBackend(server.target, token="t0k")
+            await backend.start()
+            try:
+                return await run_load(backend, cycle_prompts(prompts), GenerationParams(max_tokens=6, ignore_eos=True),
+                                      LoadPlan(num_requests=4, concurrency=2))
+            finally:
+                await backend.close()
+
+        result = asyncio.run(scenario())
+    assert sorted(str(list(r.tokenized.input_ids) or r.text) for r in servicer.requests) == (
+        ["[11, 12, 13]"] * 2 + ["four words of text"] * 2)
+    assert all(r.stream and r.sampling_params.max_tokens == 6 and r.sampling_params.ignore_eos
+               for r in servicer.requests)
+    assert len({r.request_id for r in servicer.requests}) == 4  # the protocol needs unique ids
+    for record in result.records:
+        assert record.ok and record.output_tokens == 6, record.error_detail
+        # 3 chunks of 2 tokens: 4 gaps after the first; the complete adds none.
+        assert record.ttft >= 0.01 and len(record.itls) == 4 and record.e2e >= 0.03
+    assert sorted(r.input_tokens for r in result.records) == [3, 3, 4, 4]
+
+
+def test_endpoint_schemes_name_the_protocol():
+    assert Endpoint.parse("vllm-grpc://h:1") == Endpoint("vllm-grpc", "h:1")
+    assert Endpoint.parse("grpc://h:1", "vllm-grpc") == Endpoint("grpc", "h:1")
+    assert Endpoint.parse("h:1", "vllm-grpc") == Endpoint("vllm-grpc", "h:1")
+    assert Endpoint.parse("h:1") == Endpoint("grpc", "h:1")
+    assert Endpoint.parse("http://h:1/") == Endpoint("openai", "http://h:1")
+    assert Endpoint.parse("h:1", "openai") == Endpoint("openai", "http://h:1")
+    with pytest.raises(ValueError, match="unknown backend"):
+        Endpoint.parse("h:1", "smoke-signals")
+
+
+def test_cli_compare_over_vllms_protocol(tmp_path):
+    out = tmp_path / "compare.json"
+    fast, slow = FakeVllmEngine(delay=0.002), FakeVllmEngine(delay=0.02)
+    with ServerThread(fast) as a, ServerThread(slow) as b:
+        code = cli_main(["bench", "--backend", "vllm-grpc", "--compare", a.target, f"vllm-grpc://{b.target}",
+                         "--random-input-len", "8", "--num-requests", "6", "--concurrency", "2", "--max-tokens", "4",
+                         "--ignore-eos", "--no-progress", "--json-out", str(out)])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["a"]["backend"] == result["b"]["backend"] == "vllm-grpc"
+    assert result["a"]["output_tokens"] == result["b"]["output_tokens"] == 24
+    assert sorted(list(r.tokenized.input_ids) for r in fast.requests) == sorted(list(r.tokenized.input_ids) for r in slow.requests)
+    assert result["ratios"]["itl_ms"]["p50"] > 2
 
 
 def test_cli_rejects_incomplete_options(capsys):

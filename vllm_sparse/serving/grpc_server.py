@@ -15,10 +15,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from smg_grpc_proto import vllm_engine_pb2, vllm_engine_pb2_grpc
-from smg_grpc_servicer.vllm.servicer import VllmEngineServicer
 
 from .grpc_service import SparseServingService
 from .grpc_settings import GrpcSettings
+from .grpc_streams import StreamGate
+from .grpc_vllm_engine import GatedVllmEngineServicer
 from .proto import sparse_serving_pb2 as pb
 from .proto import sparse_serving_pb2_grpc as pb_grpc
 
@@ -68,9 +69,11 @@ class GrpcFrontEnd:
         self.settings = settings
         interceptors = [BearerTokenInterceptor(settings.token)] if settings.token else []
         self.server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
-        self.service = SparseServingService(engine_client, model_name, max_model_len, settings.max_inflight)
+        # One in-flight limit and one shutdown signal for the streams of both protocols.
+        self.gate = StreamGate(settings.max_inflight)
+        self.service = SparseServingService(engine_client, model_name, max_model_len, self.gate)
         pb_grpc.add_SparseServingServicer_to_server(self.service, self.server)
-        self.vllm_engine = VllmEngineServicer(engine_client, time.time())
+        self.vllm_engine = GatedVllmEngineServicer(engine_client, time.time(), self.gate)
         vllm_engine_pb2_grpc.add_VllmEngineServicer_to_server(self.vllm_engine, self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -117,7 +120,7 @@ class GrpcFrontEnd:
         try:
             await asyncio.wait_for(asyncio.shield(stopping), grace)
         except asyncio.TimeoutError:
-            self.service.close_streams()
+            self.gate.close_streams()
             await stopping
 
     async def _set_status(self, status) -> None:

@@ -5,35 +5,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
-from contextlib import contextmanager
 
 import grpc
 
-from .prometheus_metrics import GRPC_GENERATED_TOKENS, GRPC_REQUEST_DURATION, GRPC_REQUESTS
+from .grpc_streams import (
+    ENDED_BY_CLIENT,
+    SHUTDOWN_MESSAGE,
+    ShuttingDown,
+    StreamGate,
+    client_deadline,
+    ended_by_client_code,
+    observed,
+)
+from .prometheus_metrics import GRPC_GENERATED_TOKENS
 from .proto import sparse_serving_pb2 as pb
 from .proto import sparse_serving_pb2_grpc as pb_grpc
 from .sparse_figures import SparseFigures, current_figures
 from .stats import SERVING_STATS, Percentiles, ServingStats
 
 MIN_WATCH_INTERVAL, MAX_WATCH_INTERVAL = 0.1, 3600.0
-# How grpc.aio ends a streaming handler whose client went away (cancel, deadline,
-# dropped connection): the task is cancelled, or the response generator closed.
-_ENDED_BY_CLIENT = (asyncio.CancelledError, GeneratorExit)
-DEADLINE_SLACK_SECONDS = 0.1
-
 
 logger = logging.getLogger("vllm.sparse.grpc")
-SHUTDOWN_MESSAGE = "the server is shutting down; retry on another replica"
 
 
 class BadRequest(ValueError):
     """Client input that cannot be served: answered with INVALID_ARGUMENT."""
-
-
-class _ShuttingDown(Exception):
-    """The server's grace period for in-flight streams is over: UNAVAILABLE."""
 
 
 def _request_errors() -> tuple[type[BaseException], ...]:
@@ -76,26 +73,6 @@ def sampling_params_from(request: pb.GenerateRequest, max_model_len: int | None)
         )
     except ValueError as exc:  # vLLM's own checks
         raise BadRequest(str(exc)) from None
-
-
-@contextmanager
-def _observed(method: str):
-    """Counts a request by its final status code and times it."""
-    started = time.perf_counter()
-    outcome = {"code": grpc.StatusCode.OK}
-    try:
-        yield outcome
-    except _ENDED_BY_CLIENT:
-        if outcome["code"] == grpc.StatusCode.OK:
-            outcome["code"] = grpc.StatusCode.CANCELLED
-        raise
-    except Exception:
-        if outcome["code"] == grpc.StatusCode.OK:
-            outcome["code"] = grpc.StatusCode.INTERNAL
-        raise
-    finally:
-        GRPC_REQUESTS.labels(method, outcome["code"].name).inc()
-        GRPC_REQUEST_DURATION.labels(method).observe(time.perf_counter() - started)
 
 
 def _percentiles(values: Percentiles) -> pb.LatencyPercentiles:
@@ -144,81 +121,47 @@ def metrics_snapshot(stats: ServingStats = SERVING_STATS) -> pb.MetricsSnapshot:
 
 
 class SparseServingService(pb_grpc.SparseServingServicer):
-    def __init__(self, engine_client, model_name: str, max_model_len: int | None, max_inflight: int) -> None:
+    def __init__(self, engine_client, model_name: str, max_model_len: int | None, gate: StreamGate) -> None:
         self.engine = engine_client
         self.model_name = model_name
         self.max_model_len = max_model_len
-        self.max_inflight = max_inflight
-        self.inflight = 0
-        self.closing = asyncio.Event()
-
-    def close_streams(self) -> None:
-        """End every stream still generating with UNAVAILABLE (called once the
-        shutdown grace period is over)."""
-        self.closing.set()
-
-    async def _until_closing(self, stream):
-        """The engine's outputs, until ``close_streams``: then _ShuttingDown."""
-        outputs = stream.__aiter__()
-        closing = asyncio.ensure_future(self.closing.wait())
-        try:
-            while True:
-                step = asyncio.ensure_future(outputs.__anext__())
-                done, _ = await asyncio.wait({step, closing}, return_when=asyncio.FIRST_COMPLETED)
-                if step not in done:
-                    step.cancel()
-                    raise _ShuttingDown
-                try:
-                    yield step.result()
-                except StopAsyncIteration:
-                    return
-        finally:
-            closing.cancel()
+        self.gate = gate
 
     async def Generate(self, request, context):
-        with _observed("Generate") as outcome:
+        with observed("Generate") as outcome:
             try:
                 params = sampling_params_from(request, self.max_model_len)
             except BadRequest as exc:
                 outcome["code"] = grpc.StatusCode.INVALID_ARGUMENT
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            if self.inflight >= self.max_inflight:
+            if refusal := self.gate.refusal():
                 outcome["code"] = grpc.StatusCode.RESOURCE_EXHAUSTED
-                await context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"{self.inflight} streams in flight, the limit is {self.max_inflight}; retry later",
-                )
-            # A client whose deadline passes cancels its call at that moment, which can
-            # reach us a little before our copy of the deadline expires: allow for it.
-            remaining = context.time_remaining()
-            deadline = None if remaining is None else time.monotonic() + remaining - DEADLINE_SLACK_SECONDS
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
+            deadline = client_deadline(context)
             request_id = request.request_id or f"grpc-{uuid.uuid4().hex}"
             prompt = {"prompt": request.prompt} if request.prompt else {"prompt_token_ids": list(request.prompt_token_ids)}
-            self.inflight += 1
             finished = False
             try:
-                completion_tokens = 0
-                async for output in self._until_closing(self.engine.generate(prompt, params, request_id)):
-                    step = output.outputs[0]
-                    completion_tokens += len(step.token_ids)
-                    GRPC_GENERATED_TOKENS.inc(len(step.token_ids))
-                    finished = output.finished
-                    yield pb.GenerateResponse(
-                        request_id=request_id, text=step.text, token_ids=list(step.token_ids),
-                        finished=finished, finish_reason=step.finish_reason or "",
-                        prompt_tokens=len(output.prompt_token_ids or ()), completion_tokens=completion_tokens,
-                    )
-            except _ENDED_BY_CLIENT:
+                with self.gate.admitted():
+                    completion_tokens = 0
+                    async for output in self.gate.until_closing(self.engine.generate(prompt, params, request_id)):
+                        step = output.outputs[0]
+                        completion_tokens += len(step.token_ids)
+                        GRPC_GENERATED_TOKENS.inc(len(step.token_ids))
+                        finished = output.finished
+                        yield pb.GenerateResponse(
+                            request_id=request_id, text=step.text, token_ids=list(step.token_ids),
+                            finished=finished, finish_reason=step.finish_reason or "",
+                            prompt_tokens=len(output.prompt_token_ids or ()), completion_tokens=completion_tokens,
+                        )
+            except ENDED_BY_CLIENT:
                 # The client cancelled or its deadline passed: free the engine's slot.
-                outcome["code"] = (
-                    grpc.StatusCode.DEADLINE_EXCEEDED if deadline is not None and time.monotonic() >= deadline
-                    else grpc.StatusCode.CANCELLED
-                )
+                outcome["code"] = ended_by_client_code(deadline)
                 raise
             except _request_errors() as exc:  # vLLM rejected the request (e.g. prompt too long)
                 outcome["code"] = grpc.StatusCode.INVALID_ARGUMENT
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            except _ShuttingDown:
+            except ShuttingDown:
                 outcome["code"] = grpc.StatusCode.UNAVAILABLE
                 await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTDOWN_MESSAGE)
             except grpc.aio.AbortError:
@@ -228,16 +171,15 @@ class SparseServingService(pb_grpc.SparseServingServicer):
                 outcome["code"] = grpc.StatusCode.INTERNAL
                 await context.abort(grpc.StatusCode.INTERNAL, f"engine error: {type(exc).__name__}: {exc}")
             finally:
-                self.inflight -= 1
                 if not finished:
                     await self.engine.abort(request_id)
 
     async def GetMetrics(self, request, context):
-        with _observed("GetMetrics"):
+        with observed("GetMetrics"):
             return metrics_snapshot()
 
     async def WatchMetrics(self, request, context):
-        with _observed("WatchMetrics") as outcome:
+        with observed("WatchMetrics") as outcome:
             interval = request.interval_seconds
             if not MIN_WATCH_INTERVAL <= interval <= MAX_WATCH_INTERVAL:
                 outcome["code"] = grpc.StatusCode.INVALID_ARGUMENT
@@ -249,12 +191,12 @@ class SparseServingService(pb_grpc.SparseServingServicer):
                 while True:
                     yield metrics_snapshot()
                     await asyncio.sleep(interval)
-            except _ENDED_BY_CLIENT:
+            except ENDED_BY_CLIENT:
                 outcome["code"] = grpc.StatusCode.CANCELLED  # the usual way a watch ends
                 raise
 
     async def GetModelInfo(self, request, context):
-        with _observed("GetModelInfo"):
+        with observed("GetModelInfo"):
             figures = current_figures()
             return pb.ModelInfo(
                 model=self.model_name,

@@ -33,11 +33,9 @@ class Message:
 # ---------------------------------------------------------------- gRPC
 
 
-class GrpcBackend:
-    """``vllm_sparse.v1.SparseServing/Generate`` over one HTTP/2 channel (requests
-    are multiplexed on it, as a real client would do)."""
-
-    name = "grpc"
+class _GrpcClient:
+    """One HTTP/2 channel (requests are multiplexed on it, as a real client would
+    do), plaintext or TLS, with the bearer token sent as metadata on every call."""
 
     def __init__(self, target: str, token: str | None = None, tls_ca: str | Path | None = None,
                  tls_server_name: str | None = None) -> None:
@@ -48,10 +46,11 @@ class GrpcBackend:
         self._channel = None
         self._stub = None
 
+    def _make_stub(self, channel):
+        raise NotImplementedError
+
     async def start(self) -> None:
         import grpc
-
-        from ..proto import sparse_serving_pb2_grpc
 
         options = [("grpc.ssl_target_name_override", self._tls_server_name)] if self._tls_server_name else []
         if self._tls_ca is not None:
@@ -59,15 +58,37 @@ class GrpcBackend:
             self._channel = grpc.aio.secure_channel(self.target, credentials, options=options)
         else:
             self._channel = grpc.aio.insecure_channel(self.target, options=options)
-        self._stub = sparse_serving_pb2_grpc.SparseServingStub(self._channel)
+        self._stub = self._make_stub(self._channel)
 
     async def close(self) -> None:
         if self._channel is not None:
             await self._channel.close()
 
-    async def generate(self, prompt: Prompt, params: GenerationParams) -> AsyncIterator[Message]:
+    async def _stream(self, call, to_messages) -> AsyncIterator[Message]:
+        """The call's responses as Messages; a gRPC error as RequestError."""
         import grpc
 
+        try:
+            async for response in call:
+                for message in to_messages(response):
+                    yield message
+        except grpc.aio.AioRpcError as exc:
+            raise RequestError(f"grpc {exc.code().name}", exc.details() or "") from None
+        finally:
+            call.cancel()  # no-op when the stream ended; frees the stream on timeout
+
+
+class GrpcBackend(_GrpcClient):
+    """``vllm_sparse.v1.SparseServing/Generate``."""
+
+    name = "grpc"
+
+    def _make_stub(self, channel):
+        from ..proto import sparse_serving_pb2_grpc
+
+        return sparse_serving_pb2_grpc.SparseServingStub(channel)
+
+    def generate(self, prompt: Prompt, params: GenerationParams) -> AsyncIterator[Message]:
         from ..proto import sparse_serving_pb2 as pb
 
         request = pb.GenerateRequest(sampling=pb.SamplingParameters(
@@ -76,20 +97,55 @@ class GrpcBackend:
             request.prompt_token_ids.extend(prompt.token_ids)
         else:
             request.prompt = prompt.text
-        call = self._stub.Generate(request, metadata=self._metadata)
-        try:
-            async for response in call:
-                # proto3 has no "unset" for scalars: 0 means the server did not say.
-                yield Message(
-                    tokens=len(response.token_ids),
-                    text=response.text,
-                    prompt_tokens=response.prompt_tokens or None,
-                    completion_tokens=response.completion_tokens or None,
-                )
-        except grpc.aio.AioRpcError as exc:
-            raise RequestError(f"grpc {exc.code().name}", exc.details() or "") from None
-        finally:
-            call.cancel()  # no-op when the stream ended; frees the stream on timeout
+
+        def to_messages(response):
+            # proto3 has no "unset" for scalars: 0 means the server did not say.
+            yield Message(tokens=len(response.token_ids), text=response.text,
+                          prompt_tokens=response.prompt_tokens or None,
+                          completion_tokens=response.completion_tokens or None)
+
+        return self._stream(self._stub.Generate(request, metadata=self._metadata), to_messages)
+
+
+class VllmGrpcBackend(_GrpcClient):
+    """vLLM's own gRPC protocol, ``vllm.grpc.engine.VllmEngine/Generate`` (streamed),
+    through the generated client of ``smg-grpc-proto``: any server that speaks it
+    (``vllm-sparse serve``, ``python -m vllm.entrypoints.launchers.grpc_server``).
+    The protocol carries token ids only; text is for the router to detokenise."""
+
+    name = "vllm-grpc"
+
+    def _make_stub(self, channel):
+        from smg_grpc_proto import vllm_engine_pb2_grpc
+
+        return vllm_engine_pb2_grpc.VllmEngineStub(channel)
+
+    def generate(self, prompt: Prompt, params: GenerationParams) -> AsyncIterator[Message]:
+        import uuid
+
+        from smg_grpc_proto import vllm_engine_pb2 as ve
+
+        sampling = ve.SamplingParams(temperature=params.temperature, max_tokens=params.max_tokens,
+                                     ignore_eos=params.ignore_eos)
+        request = ve.GenerateRequest(request_id=f"bench-{uuid.uuid4().hex}", stream=True, sampling_params=sampling)
+        if prompt.token_ids is not None:
+            request.tokenized.input_ids.extend(prompt.token_ids)
+        else:
+            request.text = prompt.text
+
+        def to_messages(response):
+            # A chunk per engine step with its new tokens; the closing ``complete``
+            # repeats them all, so it adds no tokens, only the final counts.
+            if response.HasField("chunk"):
+                chunk = response.chunk
+                yield Message(tokens=len(chunk.token_ids), prompt_tokens=chunk.prompt_tokens or None,
+                              completion_tokens=chunk.completion_tokens or None)
+            else:
+                complete = response.complete
+                yield Message(tokens=0, prompt_tokens=complete.prompt_tokens or None,
+                              completion_tokens=complete.completion_tokens or None)
+
+        return self._stream(self._stub.Generate(request, metadata=self._metadata), to_messages)
 
 
 # ---------------------------------------------------------------- OpenAI HTTP

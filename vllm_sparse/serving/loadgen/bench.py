@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import report
-from .backends import GrpcBackend, OpenAIBackend
+from .backends import GrpcBackend, OpenAIBackend, VllmGrpcBackend
 from .runner import LoadPlan, run_load
 from .workload import (
     DEFAULT_VOCAB_SIZE,
@@ -29,19 +29,30 @@ class EndpointUnavailable(ValueError):
     """The endpoint could not be set up at all (as opposed to failing requests)."""
 
 
+BACKENDS = {"grpc": GrpcBackend, "vllm-grpc": VllmGrpcBackend, "openai": OpenAIBackend}
+# Address schemes that name the protocol; a bare host:port takes the --backend given.
+GRPC_SCHEMES = {"grpc://": "grpc", "vllm-grpc://": "vllm-grpc"}
+
+
 @dataclass(frozen=True)
 class Endpoint:
-    backend: str  # "grpc" or "openai"
+    backend: str  # a key of BACKENDS
     address: str  # host:port, or the base URL
 
     @classmethod
-    def parse(cls, text: str, backend: str | None = None) -> "Endpoint":
-        """``http(s)://...`` is the OpenAI server; ``grpc://host:port`` or a bare
-        ``host:port`` is the gRPC server."""
-        if backend is None:
-            backend = "openai" if text.startswith(("http://", "https://")) else "grpc"
-        if backend == "grpc":
-            text = text.removeprefix("grpc://")
+    def parse(cls, text: str, backend: str = "grpc") -> "Endpoint":
+        """``http(s)://...`` is an OpenAI server, ``grpc://host:port`` our
+        SparseServing, ``vllm-grpc://host:port`` vLLM's VllmEngine protocol; a bare
+        ``host:port`` speaks ``backend``."""
+        if text.startswith(("http://", "https://")):
+            return cls("openai", text.rstrip("/"))
+        for scheme, named in GRPC_SCHEMES.items():
+            if text.startswith(scheme):
+                return cls(named, text.removeprefix(scheme).rstrip("/"))
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; one of {', '.join(BACKENDS)}")
+        if backend == "openai":
+            return cls(backend, "http://" + text.rstrip("/"))
         return cls(backend, text.rstrip("/"))
 
 
@@ -84,12 +95,10 @@ def warmup_prompts(options: BenchOptions, prompts: list[Prompt]) -> list[Prompt]
 
 
 def make_backend(endpoint: Endpoint, options: BenchOptions):
-    if endpoint.backend == "grpc":
-        return GrpcBackend(endpoint.address, token=options.token, tls_ca=options.tls_ca,
-                           tls_server_name=options.tls_server_name)
     if endpoint.backend == "openai":
         return OpenAIBackend(endpoint.address, model=options.model, token=options.token)
-    raise ValueError(f"unknown backend {endpoint.backend!r}")
+    return BACKENDS[endpoint.backend](endpoint.address, token=options.token, tls_ca=options.tls_ca,
+                                      tls_server_name=options.tls_server_name)
 
 
 def describe_workload(options: BenchOptions) -> dict:
