@@ -295,8 +295,15 @@ def test_watch_metrics_streams_snapshots(channel):
 def test_sigterm_reports_not_serving_ends_streams_unavailable_and_leaves_no_processes(server, channel):
     health = health_pb2_grpc.HealthStub(channel)
     family = [server.process.pid] + [child.pid for child in psutil.Process(server.process.pid).children(recursive=True)]
-    # Eight streams far longer than the drain (1 s) + grace (5 s) periods.
-    calls = [stub(channel).Generate(generate_request(max_tokens=900)) for _ in range(8)]
+    # Eight streams far longer than the drain (1 s) + grace (5 s) periods, four on
+    # each protocol.
+    from smg_grpc_proto import vllm_engine_pb2 as ve
+    from smg_grpc_proto import vllm_engine_pb2_grpc as ve_grpc
+
+    calls = [stub(channel).Generate(generate_request(max_tokens=900)) for _ in range(4)]
+    calls += [ve_grpc.VllmEngineStub(channel).Generate(ve.GenerateRequest(
+        request_id=f"sigterm-{i}", text="Once upon a time", stream=True,
+        sampling_params=ve.SamplingParams(temperature=0.0, max_tokens=900, ignore_eos=True))) for i in range(4)]
     for call in calls:
         next(call)
     os.kill(server.process.pid, signal.SIGTERM)  # `vllm-sparse serve` forwards it

@@ -348,9 +348,10 @@ class FakeSparseServing(pb_grpc.SparseServingServicer):
 
 
 class FakeVllmEngine(ve_grpc.VllmEngineServicer):
-    """vLLM's protocol as its servicer streams it: a chunk of new token ids per
-    step, ``per_message`` at a time, ``delay`` apart, then ``complete`` holding
-    them all with the final counts."""
+    """vLLM's protocol as its servicer streams it (smg-grpc-servicer 0.14.1): a
+    chunk of new token ids per step, ``per_message`` at a time, ``delay`` apart,
+    then ``complete`` repeating the last chunk's ids; completion counts are per
+    message, not running totals."""
 
     def __init__(self, token=None, delay=0.005, per_message=1):
         self.token, self.delay, self.per_message = token, delay, per_message
@@ -367,9 +368,9 @@ class FakeVllmEngine(ve_grpc.VllmEngineServicer):
             await asyncio.sleep(self.delay)
             ids = list(range(start, min(start + self.per_message, n)))
             yield ve.GenerateResponse(chunk=ve.GenerateStreamChunk(
-                token_ids=ids, prompt_tokens=prompt_tokens, completion_tokens=start + len(ids)))
+                token_ids=ids, prompt_tokens=prompt_tokens, completion_tokens=len(ids)))
         yield ve.GenerateResponse(complete=ve.GenerateComplete(
-            output_ids=list(range(n)), finish_reason="length", prompt_tokens=prompt_tokens, completion_tokens=n))
+            output_ids=ids, finish_reason="length", prompt_tokens=prompt_tokens, completion_tokens=len(ids)))
 
 
 def _add_servicer(servicer, server) -> None:

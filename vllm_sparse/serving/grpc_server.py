@@ -82,6 +82,7 @@ class GrpcFrontEnd:
              reflection.SERVICE_NAME),
             self.server,
         )
+        self._stopping: asyncio.Future | None = None
         address = f"{settings.host}:{settings.port}"
         if settings.tls_cert:
             credentials = grpc.ssl_server_credentials(
@@ -102,6 +103,13 @@ class GrpcFrontEnd:
         )
 
     async def stop(self) -> None:
+        """Stops once, however often it is called (vLLM's shutdown path can call it
+        twice, e.g. after the engine died): later calls wait for the first."""
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._drain_and_stop())
+        await asyncio.shield(self._stopping)
+
+    async def _drain_and_stop(self) -> None:
         """NOT_SERVING first, kept up for the drain period so health probes and
         balancers see it while the server still answers; then new calls are
         refused and in-flight streams get the grace period to finish before they

@@ -54,15 +54,18 @@ class OpenAIServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise ServerFailed(f"server exited with {self.process.returncode}; log: {self.log_path}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return self
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
+            if self.ready():
+                return self
             time.sleep(1.0)
         self.stop()
         raise ServerFailed(f"server not ready after {self.startup_timeout:.0f} s; log: {self.log_path}")
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -120,3 +123,33 @@ class SparseServer(OpenAIServer):
     def get(self, path: str, timeout: float = 30.0) -> str:
         with urllib.request.urlopen(f"{self.url}{path}", timeout=timeout) as response:
             return response.read().decode()
+
+
+class VllmGrpcLauncher(OpenAIServer):
+    """Stock vLLM's gRPC server, ``python -m vllm.entrypoints.launchers.grpc_server``
+    (smg-grpc-servicer's VllmEngine servicer over AsyncLLM; vllm 0.32), with
+    whatever vLLM plugins are installed (ours among them). No HTTP: ready when the
+    standard gRPC health service answers SERVING, which it does once the
+    servicer's planned warm-up (``SMG_VLLM_SERVICER_WARMUP``) is over."""
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "vllm.entrypoints.launchers.grpc_server",
+            "--model", self.model, "--host", "127.0.0.1", "--port", str(self.port),
+            "--max-model-len", "1024", "--enforce-eager", *self.extra_args,
+        ]
+
+    def ready(self) -> bool:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        with grpc.insecure_channel(self.target) as channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+            except grpc.RpcError:
+                return False
+        return reply.status == health_pb2.HealthCheckResponse.SERVING

@@ -134,16 +134,13 @@ class VllmGrpcBackend(_GrpcClient):
             request.text = prompt.text
 
         def to_messages(response):
-            # A chunk per engine step with its new tokens; the closing ``complete``
-            # repeats them all, so it adds no tokens, only the final counts.
-            if response.HasField("chunk"):
-                chunk = response.chunk
-                yield Message(tokens=len(chunk.token_ids), prompt_tokens=chunk.prompt_tokens or None,
-                              completion_tokens=chunk.completion_tokens or None)
-            else:
-                complete = response.complete
-                yield Message(tokens=0, prompt_tokens=complete.prompt_tokens or None,
-                              completion_tokens=complete.completion_tokens or None)
+            # A chunk per engine step with its new tokens, then ``complete``, which
+            # repeats the last step's. When streaming, the servicer's counts are
+            # per message too (the router adds them up), so the tokens are
+            # counted here and only the prompt length is taken from the server.
+            message = response.chunk if response.HasField("chunk") else response.complete
+            yield Message(tokens=len(response.chunk.token_ids) if response.HasField("chunk") else 0,
+                          prompt_tokens=message.prompt_tokens or None)
 
         return self._stream(self._stub.Generate(request, metadata=self._metadata), to_messages)
 

@@ -1,0 +1,255 @@
+"""vLLM's own gRPC protocol (``VllmEngine``, smg's generated client) against two
+real servers on the same compressed-tensors 2:4 checkpoint: stock vLLM's gRPC
+launcher (``python -m vllm.entrypoints.launchers.grpc_server``), which loads it
+only because our plugin is installed, and ``vllm-sparse serve``.
+
+Both servers load the checkpoint through the plugin, so what differs between them
+is the front end alone: the load test compares them with one client
+(``vllm-sparse bench --backend vllm-grpc``). Then every status of the failure
+mapping is produced on purpose on ours; the last test kills ours's engine process.
+Tests run in file order."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import signal
+import statistics
+import time
+
+import grpc
+import psutil
+import pytest
+from smg_grpc_proto import vllm_engine_pb2 as ve
+from smg_grpc_proto import vllm_engine_pb2_grpc as ve_grpc
+
+from checkpoints import CASES, MODELS, build_case
+from grpc_helpers import free_port, generate_request, prometheus_value, stub
+from vllm_sparse.cli import main as cli_main
+from vllm_sparse.serving.server_process import SparseServer, VllmGrpcLauncher
+
+pytestmark = pytest.mark.vllm
+
+PROMPT_IDS = [504, 3575, 282, 4649, 314]  # "The capital of France is" in SmolLM2's vocabulary
+MAX_INFLIGHT = 6  # ours: the 7th concurrent stream is refused
+# The stock launcher's servicer adds two things ours does not run: a planned
+# warm-up (35 steps, 27 s here; the load test warms both servers alike) and vLLM's
+# ZMQ KV-event publisher for cache-aware routers, which made every engine step
+# slower (ours 1.07-1.11x its request throughput with it on). Both off: the two
+# servers then run the same engine and differ in the front end alone.
+STOCK_ENV = {"SMG_VLLM_SERVICER_WARMUP": "off", "SMG_VLLM_SERVICER_KV_EVENTS": "off"}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(base_model):
+    return build_case(base_model, MODELS / "test-checkpoints", next(c for c in CASES if c.name == "2of4")).compressed
+
+
+@pytest.fixture(scope="module")
+def stock(checkpoint, tmp_path_factory):
+    server = VllmGrpcLauncher(checkpoint, free_port(), tmp_path_factory.mktemp("stock") / "server.log",
+                              env=STOCK_ENV)
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def ours(checkpoint, tmp_path_factory):
+    server = SparseServer(checkpoint, free_port(), free_port(), tmp_path_factory.mktemp("ours") / "server.log",
+                          grpc_args=["--grpc-max-inflight", str(MAX_INFLIGHT), "--grpc-shutdown-grace", "1"])
+    with server:
+        yield server
+
+
+def _client(port: int):
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    grpc.channel_ready_future(channel).result(timeout=30)
+    return channel, ve_grpc.VllmEngineStub(channel)
+
+
+def _greedy_request(request_id: str, max_tokens: int, ids=PROMPT_IDS) -> ve.GenerateRequest:
+    return ve.GenerateRequest(request_id=request_id, tokenized=ve.TokenizedInput(input_ids=ids), stream=True,
+                              sampling_params=ve.SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True))
+
+
+def _streamed_tokens(client, request) -> tuple[list[int], ve.GenerateComplete]:
+    tokens, complete = [], None
+    for response in client.Generate(request, timeout=120):
+        if response.HasField("chunk"):
+            tokens.extend(response.chunk.token_ids)
+        else:
+            complete = response.complete
+    return tokens, complete
+
+
+def _error_of(call) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as error:
+        list(call)
+    return error.value
+
+
+def test_stock_launcher_serves_the_compressed_checkpoint_through_the_plugin(stock, ours):
+    log = stock.log_text()
+    assert "vllm-sparse layer table" in log and "2:4" in log  # our loader ran inside stock vLLM
+    channel, client = _client(stock.port)
+    with channel:
+        health = client.HealthCheck(ve.HealthCheckRequest(), timeout=30)
+        assert health.healthy, health.message
+        info = client.GetModelInfo(ve.GetModelInfoRequest(), timeout=30)
+        assert info.max_context_length == 1024 and info.vocab_size == 49152
+        assert "LlamaForCausalLM" in info.architectures
+        server_info = client.GetServerInfo(ve.GetServerInfoRequest(), timeout=30)
+        assert server_info.data_parallel_size == 1 and "bfloat16" in server_info.model_dtype
+        tokens, complete = _streamed_tokens(client, _greedy_request("stock-greedy", 12))
+        assert len(tokens) == 12 and complete.finish_reason == "length"
+        # Abort mid-stream: the stream ends early, the engine lets the request go.
+        call = client.Generate(_greedy_request("stock-abort", 500), timeout=120)
+        next(call)
+        client.Abort(ve.AbortRequest(request_ids=["stock-abort"]), timeout=30)
+        assert sum(len(r.chunk.token_ids) for r in call if r.HasField("chunk")) < 499
+    # The same greedy tokens as our server on the same checkpoint, through both of its protocols.
+    channel, ours_client = _client(ours.grpc_port)
+    with channel:
+        assert _streamed_tokens(ours_client, _greedy_request("ours-greedy", 12))[0] == tokens
+    http = ours.post("/v1/completions", {"model": ours.model, "prompt": PROMPT_IDS, "max_tokens": 12,
+                                         "temperature": 0.0, "ignore_eos": True, "return_token_ids": True})
+    assert list(http["choices"][0]["token_ids"]) == tokens
+
+
+# ---------------------------------------------------------------- load test, same client, both servers
+
+ROUNDS = 3
+TURNS = ("stock", "ours", "ours", "stock", "stock", "ours")  # ABBA: a linear drift falls on both alike
+# (number of requests, concurrency) and the figures compared. TTFT is compared at
+# concurrency 1: with fixed lengths at concurrency 4 it depends on whether a group
+# of requests lands in one engine step or two (see test_bench_vs_vllm.py).
+WORKLOADS = {"c4": (24, 4), "c1": (6, 1)}
+COMPARED = {"c4": ("request_throughput",), "c1": ("request_throughput", "ttft_p50_ms")}
+TOLERANCE = 0.10
+
+
+def _bench(target: str, workload: str, seed: int, out) -> dict:
+    num_requests, concurrency = WORKLOADS[workload]
+    assert cli_main(["bench", "--backend", "vllm-grpc", "--target", target, "--random-input-len", "64",
+                     "--vocab-size", "49152", "--num-requests", str(num_requests), "--concurrency", str(concurrency),
+                     "--max-tokens", "32", "--ignore-eos", "--warmup-requests", str(concurrency), "--seed", str(seed),
+                     "--no-progress", "--json-out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["requests"] == {"sent": num_requests, "completed": num_requests, "failed": 0, "errors": {}}
+    assert data["input_tokens"] == num_requests * 64 and data["output_tokens"] == num_requests * 32
+    return {"request_throughput": data["request_throughput"], "ttft_p50_ms": data["ttft_ms"]["p50"],
+            "itl_p50_ms": data["itl_ms"]["p50"]}
+
+
+def test_bench_vllm_grpc_agrees_between_stock_launcher_and_ours(stock, ours, tmp_path):
+    targets = {"stock": stock.target, "ours": f"127.0.0.1:{ours.grpc_port}"}
+    results = {(server, workload): [] for server in targets for workload in WORKLOADS}
+    rounds_done = {server: 0 for server in targets}
+    for server in TURNS:
+        for workload in WORKLOADS:
+            out = tmp_path / f"{server}-{workload}-{rounds_done[server]}.json"
+            results[server, workload].append(_bench(targets[server], workload, rounds_done[server], out))
+        rounds_done[server] += 1
+    lines = ["median over 3 rounds each, in turns; ratio = ours / stock vLLM gRPC launcher"]
+    failures = []
+    for workload, compared in COMPARED.items():
+        for key in ("request_throughput", "ttft_p50_ms", "itl_p50_ms"):
+            ours_runs, stock_runs = results["ours", workload], results["stock", workload]
+            ratio = statistics.median(r[key] for r in ours_runs) / statistics.median(r[key] for r in stock_runs)
+            lines.append(f"  {workload} {key:<19} ours {' '.join(f'{r[key]:7.2f}' for r in ours_runs)}   "
+                         f"stock {' '.join(f'{r[key]:7.2f}' for r in stock_runs)}   ratio {ratio:.3f}")
+            # One-sided: ours may not be slower (throughput) or later (TTFT) by more
+            # than the tolerance. Ours came out 1.05-1.09x faster in throughput
+            # (README, "Serving"), near a two-sided edge, which is no defect.
+            worse = 1 / ratio if key == "request_throughput" else ratio
+            if key in compared and worse > 1 + TOLERANCE:
+                failures.append(f"{workload} {key}: {ratio:.3f}")
+    table = "\n".join(lines)
+    print("\n" + table)
+    assert not failures, f"{failures}\n{table}"
+
+
+# ---------------------------------------------------------------- every status, on purpose, on ours
+
+
+def test_requests_vllm_refuses_are_invalid_argument(ours):
+    channel, client = _client(ours.grpc_port)
+    with channel:
+        past_vocabulary = _error_of(client.Generate(_greedy_request("vocab", 4, ids=[1, 2, 10_000_000]), timeout=30))
+        too_long = _error_of(client.Generate(_greedy_request("long", 4, ids=[100] * 2000), timeout=30))
+        bad_sampling = ve.GenerateRequest(request_id="temp", tokenized=ve.TokenizedInput(input_ids=PROMPT_IDS),
+                                          stream=True, sampling_params=ve.SamplingParams(temperature=-1, max_tokens=4))
+        negative_temperature = _error_of(client.Generate(bad_sampling, timeout=30))
+    assert past_vocabulary.code() == grpc.StatusCode.INVALID_ARGUMENT and "10000000" in past_vocabulary.details()
+    assert too_long.code() == grpc.StatusCode.INVALID_ARGUMENT and "1024" in too_long.details()
+    assert negative_temperature.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert prometheus_value(ours.get("/metrics"), "vllm_sparse_grpc_requests_total",
+                            method="VllmEngine.Generate", code="INVALID_ARGUMENT") == 3
+
+
+def test_streams_past_the_limit_are_resource_exhausted_on_both_protocols(ours):
+    channel, client = _client(ours.grpc_port)
+    with channel:
+        # The limit is shared: half the streams on each protocol.
+        calls = [client.Generate(_greedy_request(f"hold-{i}", 900), timeout=120) for i in range(MAX_INFLIGHT // 2)]
+        calls += [stub(channel).Generate(generate_request(max_tokens=900)) for _ in range(MAX_INFLIGHT // 2)]
+        for call in calls:
+            next(call)
+        refused = [_error_of(client.Generate(_greedy_request("one-too-many", 4), timeout=30)),
+                   _error_of(stub(channel).Generate(generate_request(max_tokens=4)))]
+        for call in calls:
+            call.cancel()
+    for error in refused:
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "limit is 6" in error.details()
+    _wait_until_counted(ours, "VllmEngine.Generate", "CANCELLED", MAX_INFLIGHT // 2)
+    _wait_until_counted(ours, "Generate", "CANCELLED", MAX_INFLIGHT // 2)
+
+
+def test_deadline_and_cancel_are_counted_by_cause(ours):
+    channel, client = _client(ours.grpc_port)
+    with channel:
+        before = prometheus_value(ours.get("/metrics"), "vllm_sparse_grpc_requests_total",
+                                  method="VllmEngine.Generate", code="DEADLINE_EXCEEDED")
+        error = _error_of(client.Generate(_greedy_request("short-deadline", 900), timeout=1.0))
+    assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    _wait_until_counted(ours, "VllmEngine.Generate", "DEADLINE_EXCEEDED", before + 1, absolute=True)
+
+
+def _wait_until_counted(server, method: str, code: str, expected: float, absolute: bool = False) -> None:
+    """The handler counts a request once the engine has let it go, a moment after
+    the client saw its end."""
+    deadline = time.monotonic() + 15
+    while True:
+        value = prometheus_value(server.get("/metrics"), "vllm_sparse_grpc_requests_total", method=method, code=code)
+        if (value == expected if absolute else value >= expected) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert value == expected if absolute else value >= expected, f"{method} {code}: {value}"
+
+
+def test_engine_death_ends_streams_internal_with_the_cause_logged(ours):
+    engine_cores = [p for p in psutil.Process(ours.process.pid).children(recursive=True)
+                    if "EngineCore" in p.name() or "EngineCore" in " ".join(p.cmdline())]
+    assert len(engine_cores) == 1, [p.name() for p in psutil.Process(ours.process.pid).children(recursive=True)]
+    channel, client = _client(ours.grpc_port)
+    with channel:
+        calls = [client.Generate(_greedy_request("doomed-vllm", 900), timeout=120),
+                 stub(channel).Generate(generate_request(max_tokens=900), timeout=120)]
+        for call in calls:
+            next(call)
+        os.kill(engine_cores[0].pid, signal.SIGKILL)
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            errors = list(pool.map(_error_of, calls))
+    for error in errors:
+        assert error.code() == grpc.StatusCode.INTERNAL, error
+    # The server goes down with its engine (so an orchestrator restarts it),
+    # leaving nothing running, and the log says why the streams failed.
+    family = [p.pid for p in psutil.Process(ours.process.pid).children(recursive=True)]
+    ours.process.wait(timeout=60)
+    time.sleep(1)
+    assert [pid for pid in family if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE] == []
+    log = ours.log_text()
+    assert "EngineDeadError" in log
+    assert "Error in Generate for request doomed-vllm" in log and "failed in the engine" in log
+    assert log.count("gRPC server draining") == 1  # stopped once
