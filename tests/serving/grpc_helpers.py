@@ -22,6 +22,17 @@ def stub(channel: grpc.Channel) -> pb_grpc.SparseServingStub:
     return pb_grpc.SparseServingStub(channel)
 
 
+def vllm_engine_stream(client, request, timeout: float = 120) -> tuple[list[int], object]:
+    """A streamed VllmEngine Generate: (all chunk token ids, the closing ``complete``)."""
+    tokens, complete = [], None
+    for response in client.Generate(request, timeout=timeout):
+        if response.HasField("chunk"):
+            tokens.extend(response.chunk.token_ids)
+        else:
+            complete = response.complete
+    return tokens, complete
+
+
 def prometheus_value(text: str, name: str, **labels: str) -> float:
     """Sum of the samples of ``name`` in Prometheus text format whose labels include
     ``labels`` (0 when none)."""

@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from checkpoints import CASES, MODELS, build_case
-from grpc_helpers import free_port, generate_request, prometheus_value, stub
+from grpc_helpers import free_port, generate_request, prometheus_value, stub, vllm_engine_stream
 from deploy_metrics import metric_names
 from prometheus_server import PrometheusServer
 from vllm_sparse.serving.proto import sparse_serving_pb2 as pb
@@ -120,12 +120,7 @@ def test_vllm_engine_protocol_with_smgs_own_client(server, channel):
     request = ve.GenerateRequest(
         request_id="smg-greedy", tokenized=ve.TokenizedInput(original_text=prompt, input_ids=ids), stream=True,
         sampling_params=ve.SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True))
-    streamed, complete = [], None
-    for response in client.Generate(request, timeout=120):
-        if response.HasField("chunk"):
-            streamed.extend(response.chunk.token_ids)
-        else:
-            complete = response.complete
+    streamed, complete = vllm_engine_stream(client, request)
     http = server.post("/v1/completions", {"model": server.model, "prompt": ids, "max_tokens": 12,
                                            "temperature": 0.0, "ignore_eos": True, "return_token_ids": True})
     assert streamed == list(http["choices"][0]["token_ids"])

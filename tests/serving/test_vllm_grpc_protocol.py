@@ -25,7 +25,7 @@ from smg_grpc_proto import vllm_engine_pb2 as ve
 from smg_grpc_proto import vllm_engine_pb2_grpc as ve_grpc
 
 from checkpoints import CASES, MODELS, build_case
-from grpc_helpers import free_port, generate_request, prometheus_value, stub
+from grpc_helpers import free_port, generate_request, prometheus_value, stub, vllm_engine_stream
 from vllm_sparse.cli import main as cli_main
 from vllm_sparse.serving.server_process import SparseServer, VllmGrpcLauncher
 
@@ -73,16 +73,6 @@ def _greedy_request(request_id: str, max_tokens: int, ids=PROMPT_IDS) -> ve.Gene
                               sampling_params=ve.SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True))
 
 
-def _streamed_tokens(client, request) -> tuple[list[int], ve.GenerateComplete]:
-    tokens, complete = [], None
-    for response in client.Generate(request, timeout=120):
-        if response.HasField("chunk"):
-            tokens.extend(response.chunk.token_ids)
-        else:
-            complete = response.complete
-    return tokens, complete
-
-
 def _error_of(call) -> grpc.StatusCode:
     with pytest.raises(grpc.RpcError) as error:
         list(call)
@@ -101,7 +91,7 @@ def test_stock_launcher_serves_the_compressed_checkpoint_through_the_plugin(stoc
         assert "LlamaForCausalLM" in info.architectures
         server_info = client.GetServerInfo(ve.GetServerInfoRequest(), timeout=30)
         assert server_info.data_parallel_size == 1 and "bfloat16" in server_info.model_dtype
-        tokens, complete = _streamed_tokens(client, _greedy_request("stock-greedy", 12))
+        tokens, complete = vllm_engine_stream(client, _greedy_request("stock-greedy", 12))
         assert len(tokens) == 12 and complete.finish_reason == "length"
         # Abort mid-stream: the stream ends early, the engine lets the request go.
         call = client.Generate(_greedy_request("stock-abort", 500), timeout=120)
@@ -111,7 +101,7 @@ def test_stock_launcher_serves_the_compressed_checkpoint_through_the_plugin(stoc
     # The same greedy tokens as our server on the same checkpoint, through both of its protocols.
     channel, ours_client = _client(ours.grpc_port)
     with channel:
-        assert _streamed_tokens(ours_client, _greedy_request("ours-greedy", 12))[0] == tokens
+        assert vllm_engine_stream(ours_client, _greedy_request("ours-greedy", 12))[0] == tokens
     http = ours.post("/v1/completions", {"model": ours.model, "prompt": PROMPT_IDS, "max_tokens": 12,
                                          "temperature": 0.0, "ignore_eos": True, "return_token_ids": True})
     assert list(http["choices"][0]["token_ids"]) == tokens
