@@ -9,6 +9,8 @@ from types import SimpleNamespace
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from smg_grpc_proto import vllm_engine_pb2 as ve
+from smg_grpc_proto import vllm_engine_pb2_grpc as ve_grpc
 
 from grpc_helpers import free_port, generate_request, self_signed_certificate, stub
 from vllm_sparse.serving.grpc_server import GrpcFrontEnd
@@ -18,6 +20,8 @@ from vllm_sparse.serving.proto import sparse_serving_pb2 as pb
 
 class FakeEngine:
     """Streams ``max_tokens`` one-token outputs, ``delay`` seconds apart."""
+
+    errored = False  # read by vLLM's VllmEngine HealthCheck
 
     def __init__(self, delay: float = 0.01) -> None:
         self.delay = delay
@@ -138,6 +142,16 @@ def test_bearer_token_required_except_for_health():
             info = await stub(channel).GetModelInfo(pb.GetModelInfoRequest(), metadata=(("authorization", "Bearer s3cret"),))
             assert info.model == "fake-model"
             health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            # vLLM's protocol on the same port follows the same rule.
+            vllm_engine = ve_grpc.VllmEngineStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await vllm_engine.HealthCheck(ve.HealthCheckRequest())
+            assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            reply = await vllm_engine.HealthCheck(ve.HealthCheckRequest(), metadata=(("authorization", "Bearer s3cret"),))
+            assert reply.healthy
+            health = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="vllm.grpc.engine.VllmEngine"))
             assert health.status == health_pb2.HealthCheckResponse.SERVING
 
     run(_with_server(_plain(token="s3cret"), FakeEngine(), body))
