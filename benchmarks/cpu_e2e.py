@@ -58,7 +58,7 @@ def build_random_llama(out: Path, tokenizer_dir: Path) -> Path:
 
 def build_pruned(base: Path, root: Path, pattern: str) -> tuple[Path, Path]:
     """(compressed checkpoint, its dense twin without declaration) for ``pattern``."""
-    from vllm_sparse.checkpoint.pruning import PruningPlan, prune_state_dict
+    from vllm_sparse.pruning.plan import PruningPlan, prune_state_dict
     from vllm_sparse.checkpoint.writer import load_state_dict, save_sparse_checkpoint, strip_sparsity_declaration
     from vllm_sparse.kernels import NMPattern
 

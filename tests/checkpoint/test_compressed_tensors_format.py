@@ -32,9 +32,9 @@ from vllm_sparse.checkpoint.compressed_tensors_format import (
     parse_sparsity_config,
     quantization_config_dict,
     sparsity_config_dict,
-    target_matcher,
     weight_part_names,
 )
+from vllm_sparse.checkpoint.targets import target_matcher
 from vllm_sparse.checkpoint.errors import CheckpointError
 from vllm_sparse.checkpoint.sparsity_spec import SparsitySpec
 

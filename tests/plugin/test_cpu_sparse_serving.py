@@ -34,8 +34,9 @@ CALIBRATION = REPO.parent / "shared" / "data" / "persuasion.txt"
 
 def wanda_checkpoint(base_model, name: str):
     """(compressed checkpoint, stock dense twin), made once under MODELS."""
-    from vllm_sparse.checkpoint.calibration import CalibrationConfig
-    from vllm_sparse.checkpoint.pruning import PruningPlan, prune_model
+    from vllm_sparse.pruning.calibration import CalibrationConfig
+    from vllm_sparse.pruning.plan import PruningPlan
+    from vllm_sparse.pruning.run import prune_model
     from vllm_sparse.checkpoint.writer import save_sparse_checkpoint, strip_sparsity_declaration
     from vllm_sparse.kernels import NMPattern
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from vllm_runner import run_engines
-from vllm_sparse.checkpoint.calibration import CalibrationConfig
-from vllm_sparse.checkpoint.pruning import PruningPlan, prune_model
+from vllm_sparse.pruning.calibration import CalibrationConfig
+from vllm_sparse.pruning.plan import PruningPlan
+from vllm_sparse.pruning.run import prune_model
 from vllm_sparse.checkpoint.writer import save_sparse_checkpoint
 from vllm_sparse.kernels import NMPattern, find_nm_violation
 from vllm_sparse.quality.prompts import GREEDY_PROMPTS

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from vllm_sparse.checkpoint.calibration import SELF_CHAT, CalibrationConfig, calibration_tokens
-from vllm_sparse.checkpoint.self_chat import self_chat_ids
+from vllm_sparse.pruning.calibration import SELF_CHAT, CalibrationConfig, calibration_tokens
+from vllm_sparse.pruning.self_chat import self_chat_ids
 from vllm_sparse.quality.chat_prompts import EVAL_CHAT_PROMPTS, SELF_CHAT_SEEDS
 
 

@@ -79,7 +79,7 @@ the name of a class in the module's MRO (``Linear`` also matches vLLM's
 ``.weight`` and the name without ``.weight`` is one of those modules. No
 dimensionality filter: with the usual ``targets=["Linear"]`` only 2-D weights
 qualify, but a targeted 1-D weight would be bitmask-compressed. Biases and
-everything else are written unchanged. See :func:`target_matcher`.
+everything else are written unchanged. See ``checkpoint.targets.target_matcher``.
 
 config.json block
 -----------------
@@ -122,7 +122,6 @@ returns the project's :class:`~vllm_sparse.checkpoint.sparsity_spec.SparsitySpec
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
@@ -144,10 +143,10 @@ __all__ = [
     "compress_weight",
     "decompress_state_dict",
     "decompress_weight",
+    "declared_sparsity",
     "parse_sparsity_config",
     "quantization_config_dict",
     "sparsity_config_dict",
-    "target_matcher",
     "weight_part_names",
 ]
 
@@ -291,7 +290,7 @@ def compress_state_dict(
 ) -> dict[str, Tensor]:
     """Whole-checkpoint compression with 0.14.0.1's rule: an entry is compressed iff
     its name ends with ``.weight`` and ``targets(module_name)`` is true for the name
-    without ``.weight`` (build ``targets`` with :func:`target_matcher` to get
+    without ``.weight`` (build ``targets`` with ``targets.target_matcher`` to get
     0.14.0.1's targets/ignore matching). Other entries are kept as they are.
     ``fmt="dense"`` returns a shallow copy."""
     _check_format(fmt, KNOWN_FORMATS)
@@ -473,44 +472,6 @@ def decompress_state_dict(tensors: Mapping[str, Tensor], fmt: str) -> dict[str, 
     return out
 
 
-# ------------------------------------------------------------------------ targets
-
-
-def _name_matches(name: str, target: str) -> bool:
-    if target.startswith("re:"):
-        return re.match(target[3:], name) is not None
-    return target == name
-
-
-def target_matcher(
-    targets: Iterable[str] | None,
-    ignore: Iterable[str] | None = None,
-    module_classes: Mapping[str, Iterable[str]] | None = None,
-) -> Callable[[str], bool]:
-    """A ``targets`` predicate for :func:`compress_state_dict` that matches module
-    names the way 0.14.0.1's ``match_named_modules`` does: an entry matches a module
-    if it equals its name, if it is ``re:<regex>`` and ``re.match`` succeeds, or if
-    it is one of the module's class names (``module_classes[name]``, e.g.
-    ``("Linear", "Module")``; ``"Linear"`` also matches ``"LinearBase"``). Without
-    ``module_classes`` only name targets can match."""
-    targets = list(targets or ())
-    ignore = list(ignore or ())
-    classes = {k: frozenset(v) for k, v in (module_classes or {}).items()}
-
-    def matches(name: str, target: str) -> bool:
-        cls = classes.get(name, frozenset())
-        return (
-            _name_matches(name, target)
-            or target in cls
-            or (target == "Linear" and "LinearBase" in cls)
-        )
-
-    def predicate(module: str) -> bool:
-        return any(matches(module, t) for t in targets) and not any(matches(module, i) for i in ignore)
-
-    return predicate
-
-
 # ------------------------------------------------------------------------- config
 
 
@@ -648,3 +609,12 @@ def parse_sparsity_config(quantization_config: Mapping) -> SparsitySpec:
         global_sparsity=float(gs),
         extra={k: v for k, v in sc.items() if k not in _SPARSITY_KEYS},
     )
+
+
+def declared_sparsity(quantization_config: Mapping | None) -> SparsitySpec:
+    """What config.json's ``quantization_config`` declares about sparsity: with no
+    such block, or one without a ``sparsity_config``, nothing (dense storage, every
+    linear layer scanned at load)."""
+    if not quantization_config or not quantization_config.get("sparsity_config"):
+        return SparsitySpec.detect_all()
+    return parse_sparsity_config(quantization_config)

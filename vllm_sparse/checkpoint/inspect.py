@@ -8,16 +8,16 @@ from pathlib import Path
 import torch
 
 from ..kernels import DENSE, analyze_weight, dispatcher
-from .compressed_tensors_format import SPARSE_FORMATS, decompress_state_dict
+from .compressed_tensors_format import SPARSE_FORMATS, declared_sparsity, decompress_state_dict
 from .layer_table import LayerRow
-from .pruning import prunable_layer_index
+from .layer_names import prunable_layer_index
 from .sparsity_spec import SparsitySpec
 from .writer import load_state_dict
 
 
 def read_sparsity_spec(model_dir: str | Path) -> SparsitySpec:
     config = json.loads((Path(model_dir) / "config.json").read_text())
-    return SparsitySpec.from_quantization_config(config.get("quantization_config"))
+    return declared_sparsity(config.get("quantization_config"))
 
 
 def inspect_checkpoint(model_dir: str | Path, device: str = "cpu") -> list[LayerRow]:

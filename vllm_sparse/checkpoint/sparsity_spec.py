@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..kernels.patterns import NMPattern
+from .targets import target_matcher
 
 DENSE_FORMAT = "dense"
 UNSTRUCTURED = "unstructured"
@@ -30,16 +31,6 @@ class SparsitySpec:
         """Nothing declared: dense storage, every linear layer scanned at load."""
         return cls()
 
-    @classmethod
-    def from_quantization_config(cls, quantization_config: dict | None) -> "SparsitySpec":
-        """From config.json's ``quantization_config`` (None or no sparsity_config:
-        nothing declared)."""
-        if not quantization_config or not quantization_config.get("sparsity_config"):
-            return cls.detect_all()
-        from .compressed_tensors_format import parse_sparsity_config
-
-        return parse_sparsity_config(quantization_config)
-
     @property
     def nm_pattern(self) -> NMPattern | None:
         if self.structure in (None, "", UNSTRUCTURED, "0:0"):
@@ -50,6 +41,4 @@ class SparsitySpec:
         """Whether a linear module (checkpoint name, e.g. ``model.layers.0.mlp.up_proj``)
         is covered by the declaration, matched the way compressed-tensors matches
         ``targets`` and ``ignore`` when it writes the checkpoint."""
-        from .compressed_tensors_format import target_matcher
-
         return target_matcher(self.targets, self.ignore, {module_name: ("Linear",)})(module_name)

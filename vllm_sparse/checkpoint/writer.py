@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .compressed_tensors_format import SPARSE_FORMATS, compress_state_dict, quantization_config_dict
-from .pruning import prunable_layer_index
+from .layer_names import prunable_layer_index
 from .sparsity_spec import DENSE_FORMAT
 
 STORAGE_FORMATS = (DENSE_FORMAT, *SPARSE_FORMATS)

@@ -21,6 +21,7 @@ import torch
 from ..checkpoint.compressed_tensors_format import (
     PART_NAMES,
     SPARSE_FORMATS,
+    declared_sparsity,
     weight_part_names,
 )
 from ..checkpoint.sparsity_spec import SparsitySpec
@@ -89,7 +90,7 @@ class SparseConfig(QuantizationConfig):
                 "config.json quantization_config.config_groups: this checkpoint is quantized "
                 "as well as sparse; vllm-sparse serves sparse bf16/fp16/fp32 weights only"
             )
-        return cls(SparsitySpec.from_quantization_config(config))
+        return cls(declared_sparsity(config))
 
     @classmethod
     def override_quantization_method(cls, hf_quant_cfg, user_quant, hf_config=None):

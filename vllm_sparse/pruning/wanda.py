@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..kernels.patterns import NMPattern
-from .pruning import prune_by_score, prune_by_score_nm
+from .masks import prune_by_score, prune_by_score_nm
 
 
 def wanda_scores(weight: torch.Tensor, column_norms: torch.Tensor) -> torch.Tensor:

@@ -3,13 +3,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vllm_sparse.checkpoint.pruning import (
-    PruningPlan,
-    magnitude_prune,
-    parse_layer_sparsity,
-    prunable_layer_index,
-    prune_state_dict,
-)
+from vllm_sparse.checkpoint.layer_names import prunable_layer_index
+from vllm_sparse.pruning.masks import magnitude_prune
+from vllm_sparse.pruning.plan import PruningPlan, parse_layer_sparsity, prune_state_dict
 from vllm_sparse.kernels import NMPattern, analyze_weight, find_nm_violation
 
 

@@ -13,24 +13,20 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vllm_sparse.checkpoint.calibration import (
+from vllm_sparse.pruning.calibration import (
     LINEAR_NAMES,
     CalibrationConfig,
     calibration_tokens,
     load_llama,
 )
 from vllm_sparse.checkpoint.compressed_tensors_format import decompress_state_dict
-from vllm_sparse.checkpoint.owl import outlier_ratio, owl_layer_sparsity
-from vllm_sparse.checkpoint.pruning import (
-    OWLConfig,
-    PruningPlan,
-    magnitude_prune,
-    measure_outlier_ratios,
-    prunable_layer_index,
-    prune_model,
-)
-from vllm_sparse.checkpoint.sparsegpt import sparsegpt_prune
-from vllm_sparse.checkpoint.wanda import wanda_prune
+from vllm_sparse.pruning.owl import outlier_ratio, owl_layer_sparsity
+from vllm_sparse.checkpoint.layer_names import prunable_layer_index
+from vllm_sparse.pruning.masks import magnitude_prune
+from vllm_sparse.pruning.plan import OWLConfig, PruningPlan
+from vllm_sparse.pruning.run import measure_outlier_ratios, prune_model
+from vllm_sparse.pruning.sparsegpt import sparsegpt_prune
+from vllm_sparse.pruning.wanda import wanda_prune
 from vllm_sparse.checkpoint.writer import load_state_dict
 from vllm_sparse.cli import main
 from vllm_sparse.kernels import NMPattern, find_nm_violation
