@@ -24,7 +24,8 @@ def run_engines(jobs: list[dict], workdir: Path, *, plugins: bool = True, timeou
                 env: dict | None = None) -> list[dict]:
     """``jobs``: dicts with ``model``, optional ``quantization``, ``prompts``,
     ``max_tokens``, ``logprobs``, ``perplexity_windows``, ``enforce_eager`` (default
-    True), ``max_num_batched_tokens``; FFN-skip keys: ``ffn_skip`` (a profile path,
+    True), ``max_num_batched_tokens``, ``max_model_len``, ``skip_tokenizer_init``
+    (then prompts are lists of token ids); FFN-skip keys: ``ffn_skip`` (a profile path,
     put in ``VLLM_SPARSE_FFN_SKIP`` before the engine starts; it must be set in the
     first job of a call for any job of that call to skip, since plugins register
     once per process) and ``ffn_trace`` (return the per-layer decisions). Returns one result per job:
@@ -66,7 +67,8 @@ def _run_job(job: dict) -> dict:
     try:
         llm = LLM(
             model=job["model"], quantization=job.get("quantization"), dtype=job.get("dtype", "bfloat16"),
-            enforce_eager=job.get("enforce_eager", True), max_model_len=1024, seed=0,
+            enforce_eager=job.get("enforce_eager", True), max_model_len=job.get("max_model_len", 1024), seed=0,
+            skip_tokenizer_init=job.get("skip_tokenizer_init", False),
             **({"max_num_batched_tokens": job["max_num_batched_tokens"]} if "max_num_batched_tokens" in job else {}),
         )
     except Exception as exc:  # report start-up failures to the test, which checks them
@@ -79,8 +81,12 @@ def _run_job(job: dict) -> dict:
             ffn_skip.enable_trace()
         before = worker_metrics.ffn_block_totals()
     if job.get("prompts"):
-        params = SamplingParams(max_tokens=job.get("max_tokens", 32), temperature=0.0, logprobs=0, ignore_eos=True)
-        outputs = llm.generate(job["prompts"], params, use_tqdm=False)
+        text = not job.get("skip_tokenizer_init", False)
+        params = SamplingParams(max_tokens=job.get("max_tokens", 32), temperature=0.0, logprobs=0, ignore_eos=True,
+                                detokenize=text)
+        # A prompt given as a list of ints is token ids (models without a tokenizer).
+        prompts = [{"prompt_token_ids": p} if isinstance(p, list) else p for p in job["prompts"]]
+        outputs = llm.generate(prompts, params, use_tqdm=False)
         result["tokens"] = [list(o.outputs[0].token_ids) for o in outputs]
         result["logprobs"] = [
             [step[token].logprob for step, token in zip(o.outputs[0].logprobs, o.outputs[0].token_ids)]

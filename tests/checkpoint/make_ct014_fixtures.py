@@ -21,6 +21,22 @@ with 0.14.0.1. Runs ONLY inside .venv-ct014 (see scripts/ct014_venv.sh):
   ``*.weight`` in input) and ``<format>.decompressed.safetensors`` (0.14.0.1's
   decompress of that).
 
+``write-quantized`` (default OUT_DIR: tests/checkpoint/fixtures/ct014/quantized)
+produces the layouts published sparse + quantized checkpoints use, from one tiny
+seeded Llama (head size 64 so that vLLM's CPU attention takes it; vocabulary 128,
+no tokenizer: prompts are token ids), 2:4-pruned, with per-channel symmetric
+round-to-nearest weight scales (absmax / 127 or / 448) and dynamic per-token
+activations, compressed by 0.14.0.1's ``ModelCompressor.compress_model``:
+
+* ``int8_2of4`` / ``fp8_2of4``: ``format: int-quantized`` / ``float-quantized``
+  config groups plus ``sparsity_config {format: sparse-24-bitmask}``;
+* ``int8_plain`` / ``fp8_plain``: the same quantized values, no sparsity (what
+  stock vLLM serves: the twins);
+* ``int8_sparsity_dense``: ``int8_plain`` with a ``sparsity_config`` of format
+  ``dense`` left in its config (stock vLLM refuses it);
+* ``int8_2of4_minus128`` / ``int8_plain_minus128``: scales without headroom, so
+  some values quantize to -128, which 0.14.0.1's sparse-24 compressor drops.
+
 ``verify`` loads each MODEL_DIR (config.json with a quantization_config block +
 model.safetensors, written by OUR code) with 0.14.0.1's ``ModelCompressor`` into a
 fresh model, and compares every tensor bit for bit with MODEL_DIR/dense.safetensors.
@@ -247,6 +263,89 @@ def verify(model_dir: Path) -> int:
     return 1 if problems else 0
 
 
+QUANTIZED_LLAMA = dict(
+    vocab_size=128,
+    hidden_size=128,
+    intermediate_size=256,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    max_position_embeddings=256,
+    tie_word_embeddings=False,
+)
+# (config-group format, value type, largest representable magnitude)
+QUANT_KINDS = {"int8": ("int-quantized", "int", 127.0), "fp8": ("float-quantized", "float", 448.0)}
+
+
+def _quantized_tiny_llama(kind: str, headroom: float):
+    """The pruned tiny Llama with its quantization scheme attached and its weight
+    scales set (what a calibration pass would leave behind): absmax / largest x
+    ``headroom``. With headroom 1 the bf16 scale can round down, so a row's largest
+    negative weight quantizes to int8 -128, which 0.14.0.1's sparse-24 compressor
+    then drops (it ranks by ``abs()``, which wraps at -128)."""
+    from compressed_tensors.quantization import (
+        QuantizationArgs,
+        QuantizationConfig,
+        QuantizationScheme,
+        apply_quantization_config,
+    )
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    fmt, value_type, largest = QUANT_KINDS[kind]
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**QUANTIZED_LLAMA)).to(torch.bfloat16).eval()
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and name != "lm_head":
+                module.weight.copy_(_prune(module.weight, "2of4"))
+    scheme = QuantizationScheme(
+        targets=["Linear"],
+        weights=QuantizationArgs(num_bits=8, type=value_type, symmetric=True, strategy="channel"),
+        input_activations=QuantizationArgs(num_bits=8, type=value_type, symmetric=True, strategy="token",
+                                           dynamic=True),
+    )
+    config = QuantizationConfig(config_groups={"group_0": scheme}, ignore=["lm_head"], format=fmt)
+    apply_quantization_config(model, config)
+    with torch.no_grad():
+        for module in model.modules():
+            if hasattr(module, "weight_scale"):
+                absmax = module.weight.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-8)
+                module.weight_scale.copy_((absmax / largest * headroom).to(module.weight_scale.dtype))
+    return model, config
+
+
+def write_quantized(out: Path) -> None:
+    from compressed_tensors.compressors import ModelCompressor
+    from compressed_tensors.config import SparsityCompressionConfig
+
+    # 2% headroom keeps every value within +-127 (clean twins); the "_minus128"
+    # pair keeps the exact absmax scales of a naive calibration and so shows the loss.
+    plans = [(kind, variant, 1.02, "") for kind in QUANT_KINDS for variant in ("2of4", "plain")]
+    plans += [("int8", variant, 1.0, "_minus128") for variant in ("2of4", "plain")]
+    for kind, variant, headroom, suffix in plans:
+        model, config = _quantized_tiny_llama(kind, headroom)
+        sparsity = None
+        if variant == "2of4":
+            sparsity = SparsityCompressionConfig.load_from_registry(
+                "sparse-24-bitmask", targets=["Linear"], ignore=["lm_head"], sparsity_structure="2:4",
+                global_sparsity=0.5)
+        compressor = ModelCompressor(quantization_config=config, sparsity_config=sparsity)
+        compressor.compress_model(model)
+        target = out / f"{kind}_{variant}{suffix}"
+        shutil.rmtree(target, ignore_errors=True)
+        model.save_pretrained(target, safe_serialization=True)
+        compressor.update_config(target)
+    # A plain quantized checkpoint that carries leftover sparsity metadata.
+    source, target = out / "int8_plain", out / "int8_sparsity_dense"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(source, target)
+    config = json.loads((target / "config.json").read_text())
+    config["quantization_config"]["sparsity_config"] = {
+        "format": "dense", "global_sparsity": 0.5, "sparsity_structure": "2:4", "targets": ["Linear"],
+        "ignore": ["lm_head"], "registry_requires_subclass": False}
+    (target / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def main(argv: list[str]) -> int:
     _require_ct014()
     cmd = argv[0] if argv else "write"
@@ -254,6 +353,9 @@ def main(argv: list[str]) -> int:
         out = Path(argv[1]) if len(argv) > 1 else DEFAULT_OUT
         write_models(out)
         write_edge(out)
+        return 0
+    if cmd == "write-quantized":
+        write_quantized(Path(argv[1]) if len(argv) > 1 else DEFAULT_OUT / "quantized")
         return 0
     if cmd == "verify" and len(argv) > 1:
         return max(verify(Path(d)) for d in argv[1:])

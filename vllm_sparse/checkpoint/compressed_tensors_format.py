@@ -167,9 +167,12 @@ FORMAT_VERSION = "0.14.0.1"
 QUANT_METHOD = "compressed-tensors"
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# Values a quantization scheme stored (W8A8 INT8, FP8): read, never written here.
+QUANTIZED_VALUE_DTYPES = (torch.int8, torch.float8_e4m3fn)
 # Values are moved through same-width integer views, so every bit (NaN payloads,
 # -0.0 kept by 2:4) survives selection and scatter unchanged.
-_BITS_VIEW = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
+_BITS_VIEW = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16,
+              torch.int8: torch.int8, torch.float8_e4m3fn: torch.int8}
 # 0.14.0.1 writes int64; an int32 shape/row_offsets is harmless, so we read it too.
 _INDEX_DTYPES = (torch.int64, torch.int32)
 
@@ -354,10 +357,10 @@ def decompress_weight(parts: Mapping[str, Tensor], fmt: str, name: str) -> Tenso
     values = parts["compressed"].detach().cpu()
     bitmask = parts["bitmask"].detach().cpu()
 
-    if values.dtype not in SUPPORTED_DTYPES:
+    if values.dtype not in SUPPORTED_DTYPES + QUANTIZED_VALUE_DTYPES:
         raise CheckpointError(
             f"{name}.compressed: dtype {values.dtype} is not supported "
-            f"(supported: {', '.join(str(d) for d in SUPPORTED_DTYPES)})"
+            f"(supported: {', '.join(str(d) for d in SUPPORTED_DTYPES + QUANTIZED_VALUE_DTYPES)})"
         )
     if bitmask.dtype != torch.uint8:
         raise CheckpointError(f"{name}.bitmask: dtype {bitmask.dtype}, expected torch.uint8")

@@ -1,10 +1,12 @@
 """vLLM quantization config ``vllm-sparse``: how vLLM finds our sparse linear method.
 
 A checkpoint is served through it when
-- its config.json has a compressed-tensors ``quantization_config`` carrying only a
+- its config.json has a compressed-tensors ``quantization_config`` carrying a
   ``sparsity_config`` (formats ``dense``, ``sparse-bitmask``, ``sparse-24-bitmask``),
   which is what llm-compressor, compressed-tensors and ``vllm-sparse prune`` write:
-  no flag needed; or
+  no flag needed. With ``config_groups`` beside it (quantized as well), vLLM's own
+  compressed-tensors config serves it, with our sparse storage under it
+  (``sparse_quantized``); or
 - the user passes ``--quantization vllm-sparse`` for a plain dense-stored pruned
   checkpoint (e.g. straight out of a Wanda or SparseGPT script): every linear layer
   is then scanned at load time and its pattern detected.
@@ -44,17 +46,13 @@ logger = logging.getLogger(LOGGER_NAME)
 
 def claims_checkpoint(hf_quant_cfg: dict[str, Any] | None) -> bool:
     """True for configs we serve without a flag: our own name, or compressed-tensors
-    with a sparsity config and no quantization scheme."""
+    with a sparsity config (quantized or not; stock vLLM refuses any)."""
     if not hf_quant_cfg:
         return False
     method = hf_quant_cfg.get("quant_method")
     if method == QUANTIZATION_NAME:
         return True
-    return (
-        method == COMPRESSED_TENSORS
-        and bool(hf_quant_cfg.get("sparsity_config"))
-        and not hf_quant_cfg.get("config_groups")
-    )
+    return method == COMPRESSED_TENSORS and bool(hf_quant_cfg.get("sparsity_config"))
 
 
 @register_quantization_config(QUANTIZATION_NAME)
@@ -85,12 +83,12 @@ class SparseConfig(QuantizationConfig):
     def from_config(cls, config: dict[str, Any]) -> "SparseConfig":
         if not config:
             return cls()
-        if config.get("config_groups"):
-            raise CheckpointError(
-                "config.json quantization_config.config_groups: this checkpoint is quantized "
-                "as well as sparse; vllm-sparse serves sparse bf16/fp16/fp32 weights only"
-            )
-        return cls(declared_sparsity(config))
+        spec = declared_sparsity(config)
+        if config.get("config_groups"):  # quantized as well: vLLM's schemes, our storage
+            from .sparse_quantized import quantized_config
+
+            return quantized_config(config, spec, shard_names_of=_shard_names)
+        return cls(spec)
 
     @classmethod
     def override_quantization_method(cls, hf_quant_cfg, user_quant, hf_config=None):

@@ -53,6 +53,7 @@ class ShardAssembler:
         self._load_dense = load_dense
         self._parts: dict[int, dict[str, torch.Tensor]] = {}
         self._done: set[int] = set()
+        self.kept_zeros = 0  # stored values that are 0 (a 2:4 group kept fewer than 2 non-zeros)
 
     def shard_index(self, shard_id) -> int:
         if shard_id is None:
@@ -77,6 +78,7 @@ class ShardAssembler:
             return
         del self._parts[index]
         dense = decompress_weight(parts, self.storage_format, name=self.shard_names[index])
+        self.kept_zeros += int((parts["compressed"] == 0).sum())
         self._check_shape(index, tuple(dense.shape), f"{self.shard_names[index]} (decompressed from {sorted(parts)})")
         self._mark_done(index)
         self._load_dense(dense, shard_id)
@@ -94,8 +96,30 @@ class ShardAssembler:
             raise CheckpointError(f"{self.shard_names[index]}: weight stored twice in the checkpoint")
         self._done.add(index)
 
-    def release(self) -> None:
-        """Loading is over: drop the reference to the layer's dense weight."""
+    def register_parts(self, layer: torch.nn.Module, weight: torch.nn.Parameter) -> None:
+        """Route the layer's checkpoint tensors through this assembler: the dense
+        ``weight`` as it is, and one placeholder parameter per stored part."""
+        layer.sparse_assembler = self
+        weight.weight_loader = lambda param, loaded, shard_id=None: self.load_dense(loaded, shard_id)
+        for part in self.part_names:
+            placeholder = torch.nn.Parameter(torch.empty(0, dtype=torch.uint8), requires_grad=False)
+            placeholder.weight_loader = (
+                lambda param, loaded, shard_id=None, part=part: self.load_part(part, loaded, shard_id)
+            )
+            layer.register_parameter(part, placeholder)
+
+    def finish(self, layer: torch.nn.Module, prefix: str) -> None:
+        """Loading is over: refuse a layer with a shard missing (nothing half-loaded
+        is served), then take the placeholders and this assembler off the layer."""
+        missing = self.missing()
+        if missing:
+            raise CheckpointError(f"{prefix}: incomplete weights: " + "; ".join(missing))
+        for part in self.part_names:
+            delattr(layer, part)
+        del layer.sparse_assembler
+        # The loader closure holds the dense weight, and vLLM may keep the
+        # placeholder parameters (whose loaders hold the assembler) alive: cut the
+        # chain, or a packed layer's dense weight would never be freed.
         self._load_dense = None
 
     def missing(self) -> list[str]:
@@ -113,7 +137,14 @@ class ShardAssembler:
         return problems
 
 
-def _shard_shapes(layer: torch.nn.Module, output_size: int, input_size: int, count: int) -> list[tuple[int, int]]:
+def shard_count(layer: torch.nn.Module, output_partition_sizes: list[int]) -> int:
+    """How many checkpoint weights a layer is made of (q/k/v, gate/up: fused)."""
+    if isinstance(layer, QKVParallelLinear) or len(output_partition_sizes) > 1:
+        return len(output_partition_sizes)
+    return 1
+
+
+def shard_shapes(layer: torch.nn.Module, output_size: int, input_size: int, count: int) -> list[tuple[int, int]]:
     sizes = getattr(layer, "output_sizes", None)
     if count > 1 and sizes is not None and len(sizes) == count:
         return [(int(size), input_size) for size in sizes]
@@ -145,12 +176,9 @@ class SparseLinearMethod(LinearMethodBase):
             params_dtype, **extra_weight_attrs,
         )
         weight = layer.weight
-        if isinstance(layer, QKVParallelLinear) or len(output_partition_sizes) > 1:
-            shard_count = len(output_partition_sizes)
-        else:
-            shard_count = 1
-        if len(self.shard_names) != shard_count:
-            self.shard_names = [f"{self.prefix}[{i}]" for i in range(shard_count)] if shard_count > 1 else [self.prefix]
+        count = shard_count(layer, output_partition_sizes)
+        if len(self.shard_names) != count:
+            self.shard_names = [f"{self.prefix}[{i}]" for i in range(count)] if count > 1 else [self.prefix]
 
         def load_into_weight(loaded: torch.Tensor, shard_id) -> None:
             if shard_id is None:
@@ -162,33 +190,17 @@ class SparseLinearMethod(LinearMethodBase):
         assembler = ShardAssembler(
             self.prefix,
             self.shard_names,
-            _shard_shapes(layer, output_size, input_size, shard_count),
+            shard_shapes(layer, output_size, input_size, count),
             part_names,
             self.spec.format,
             load_into_weight,
         )
         assembler.partition_rows = list(output_partition_sizes)
-        layer.sparse_assembler = assembler
-        weight.weight_loader = lambda param, loaded, shard_id=None: assembler.load_dense(loaded, shard_id)
-        for part in part_names:
-            placeholder = torch.nn.Parameter(torch.empty(0, dtype=torch.uint8), requires_grad=False)
-            placeholder.weight_loader = (
-                lambda param, loaded, shard_id=None, part=part: assembler.load_part(part, loaded, shard_id)
-            )
-            layer.register_parameter(part, placeholder)
+        assembler.register_parts(layer, weight)
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         assembler: ShardAssembler = layer.sparse_assembler
-        missing = assembler.missing()
-        if missing:
-            raise CheckpointError(f"{self.prefix}: incomplete weights: " + "; ".join(missing))
-        for part in assembler.part_names:
-            delattr(layer, part)
-        del layer.sparse_assembler
-        # The assembler's loader closure holds the dense weight, and vLLM may keep the
-        # placeholder parameters (whose loaders hold the assembler) alive: cut the
-        # chain, or a packed layer's dense weight would never be freed.
-        assembler.release()
+        assembler.finish(layer, self.prefix)
 
         weight = layer.weight.data
         self._check_declared_pattern(weight, assembler)

@@ -22,6 +22,13 @@ Internals:
   (on CPU: oneDNN-prepacked GEMM).
 - ``register_weight_loader_v2_supported_method``: lets our method receive the
   layer's ``weight_loader_v2`` (the loader for ``ModelWeightParameter``).
+- ``CompressedTensorsConfig`` (``from_config`` building ``cls(...)``,
+  ``get_quant_method``, ``packed_modules_mapping``) and
+  ``CompressedTensorsLinearMethod`` (quantization/compressed_tensors/
+  compressed_tensors.py): quantized sparse checkpoints run vLLM's own schemes
+  (plugin/sparse_quantized.py); we subclass the config to wrap the linear method of
+  sparse-stored layers, and rely on each scheme's ``weight`` parameter having a
+  ``weight_loader(param, loaded[, shard_id])`` that takes the quantized values.
 - FFN skipping (plugin/ffn_skip.py, ffn_skip_models.py):
   ``ModelRegistry.register_model`` re-points the architectures ``LlamaForCausalLM``,
   ``Qwen2ForCausalLM``, ``MistralForCausalLM`` at subclasses of vLLM's own classes
@@ -58,6 +65,10 @@ from vllm.model_executor.layers.quantization.base_config import (
     QuantizationConfig,
     QuantizeMethodBase,
 )
+from vllm.model_executor.layers.quantization.compressed_tensors.compressed_tensors import (
+    CompressedTensorsConfig,
+    CompressedTensorsLinearMethod,
+)
 from vllm.platforms import current_platform
 
 LOGGER_NAME = "vllm.sparse"
@@ -75,6 +86,8 @@ def skip_capable_model_classes() -> dict[str, type]:
 
 __all__ = [
     "LOGGER_NAME",
+    "CompressedTensorsConfig",
+    "CompressedTensorsLinearMethod",
     "CUDAGraphMode",
     "CompilationMode",
     "ModelRegistry",

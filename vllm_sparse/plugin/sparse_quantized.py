@@ -1,0 +1,148 @@
+"""Sparse checkpoints that are quantized as well (the published 2:4 families:
+FP8 or INT8 W8A8 values stored ``sparse-24-bitmask``, a ``sparsity_config`` beside
+compressed-tensors ``config_groups``), and quantized checkpoints that merely carry
+a ``sparsity_config`` of format ``dense``. Stock vLLM refuses both since 2026.
+
+Each layer goes to **vLLM's own** compressed-tensors scheme for its quantization
+(W8A8 FP8, W8A8 INT8, ...), so vLLM's quantized kernels run it exactly as they run
+the non-sparse twin. Only the storage is ours: a layer whose values come stored
+sparse gets its parts gathered per shard and decompressed into the quantized values
+the scheme's own weight loader expects; its scales pass through untouched. A layer
+that is sparse but not quantized takes the sparse bf16/fp16/fp32 path of
+``sparse_linear``; one that is neither, or quantized but not sparse, is left to
+vLLM as is.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ..checkpoint.compressed_tensors_format import PART_NAMES, SPARSE_24_BITMASK
+from ..checkpoint.errors import CheckpointError
+from ..checkpoint.layer_table import LayerRow
+from ..checkpoint.sparsity_spec import DENSE_FORMAT, SparsitySpec
+from ..kernels import analyze_weight, find_nm_violation
+from .layer_report import LayerReport
+from .sparse_linear import ShardAssembler, SparseLinearMethod, shard_count, shard_shapes
+from .vllm_internals import (
+    LOGGER_NAME,
+    CompressedTensorsConfig,
+    CompressedTensorsLinearMethod,
+    LinearBase,
+    LinearMethodBase,
+    UnquantizedLinearMethod,
+    register_weight_loader_v2_supported_method,
+)
+
+logger = logging.getLogger(LOGGER_NAME)
+
+
+def quantized_config(config: dict, spec: SparsitySpec, shard_names_of) -> CompressedTensorsConfig:
+    """vLLM's compressed-tensors config for the quantization, with our sparse storage
+    under it (none needed when the declared format is ``dense``)."""
+    quantization_only = {key: value for key, value in config.items() if key != "sparsity_config"}
+    if spec.format == DENSE_FORMAT:
+        logger.info("vllm-sparse: sparsity_config format 'dense' (nothing stored sparse): "
+                    "serving with vLLM's compressed-tensors quantization schemes")
+        return CompressedTensorsConfig.from_config(quantization_only)
+    sparse = SparseCompressedTensorsConfig.from_config(quantization_only)
+    sparse.sparsity = spec
+    sparse.report = LayerReport(logger)
+    sparse.shard_names_of = shard_names_of
+    return sparse
+
+
+class SparseCompressedTensorsConfig(CompressedTensorsConfig):
+    sparsity: SparsitySpec
+    report: LayerReport
+
+    def get_quant_method(self, layer: torch.nn.Module, prefix: str):
+        method = super().get_quant_method(layer, prefix)
+        if not isinstance(layer, LinearBase):
+            return method
+        shard_names = self.shard_names_of(prefix, self.packed_modules_mapping or {})
+        if not any(self.sparsity.applies_to(name) for name in shard_names):
+            return method  # quantized only, or neither: vLLM's own path
+        self.report.expect(prefix)
+        if isinstance(method, UnquantizedLinearMethod):  # sparse, not quantized
+            return SparseLinearMethod(self.sparsity, self.report, prefix, shard_names)
+        if isinstance(method, CompressedTensorsLinearMethod):
+            return SparseQuantizedLinearMethod(method, self.sparsity, self.report, prefix, shard_names)
+        raise CheckpointError(
+            f"{prefix}: stored {self.sparsity.format} but its quantization method "
+            f"{type(method).__name__} is not one whose values vllm-sparse can decompress")
+
+
+@register_weight_loader_v2_supported_method
+class SparseQuantizedLinearMethod(LinearMethodBase):
+    """vLLM's compressed-tensors linear method, fed from sparse-stored parts."""
+
+    def __init__(self, inner: CompressedTensorsLinearMethod, spec: SparsitySpec, report: LayerReport, prefix: str,
+                 shard_names: list[str]) -> None:
+        self.inner = inner
+        self.spec = spec
+        self.report = report
+        self.prefix = prefix
+        self.shard_names = shard_names
+
+    def create_weights(self, layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
+                       params_dtype, **extra_weight_attrs) -> None:
+        self.inner.create_weights(layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
+                                  params_dtype, **extra_weight_attrs)
+        weight = layer.weight
+        scheme_loader = weight.weight_loader
+        count = shard_count(layer, output_partition_sizes)
+        if len(self.shard_names) != count:
+            self.shard_names = [f"{self.prefix}[{i}]" for i in range(count)] if count > 1 else [self.prefix]
+
+        def load_into_weight(loaded: torch.Tensor, shard_id) -> None:
+            if shard_id is None:
+                scheme_loader(weight, loaded)
+            else:
+                scheme_loader(weight, loaded, shard_id)
+
+        part_names = PART_NAMES[self.spec.format]
+        assembler = ShardAssembler(self.prefix, self.shard_names, shard_shapes(layer, output_size, input_size, count),
+                                   part_names, self.spec.format, load_into_weight)
+        assembler.partition_rows = list(output_partition_sizes)
+        assembler.register_parts(layer, weight)
+
+    def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
+        assembler: ShardAssembler = layer.sparse_assembler
+        assembler.finish(layer, self.prefix)
+        values = layer.weight.data
+        self._check_declared_pattern(values, assembler)
+        if values.dtype == torch.int8 and self.spec.format == SPARSE_24_BITMASK and assembler.kept_zeros:
+            logger.warning(
+                "%s: %d of the int8 values kept in 2:4 groups are 0. compressed-tensors up to 0.14.0.1 ranks a "
+                "group by abs(), which wraps at -128, so it drops an int8 -128 and keeps a 0 in its place: "
+                "wherever the unsparsified model had -128 there, this checkpoint serves 0 (quantizing with "
+                "scales that keep values within +-127 avoids it)", self.prefix, assembler.kept_zeros)
+        # Counted on the values as stored (int8, float8): a value quantized to zero
+        # counts as zero.
+        analysis = analyze_weight(values.to(torch.float32))
+        scheme = type(layer.scheme).__name__.removeprefix("CompressedTensors")
+        stored = values.numel() * values.element_size()
+        self.inner.process_weights_after_loading(layer)
+        self.report.add(LayerRow(
+            name=self.prefix, shape=analysis.shape, pattern=analysis.pattern_name, sparsity=analysis.sparsity,
+            kernel=f"vllm {scheme}", dense_bytes=stored, stored_bytes=stored))
+
+    def _check_declared_pattern(self, values: torch.Tensor, assembler: ShardAssembler) -> None:
+        pattern = self.spec.nm_pattern
+        if pattern is None:
+            return
+        start = 0
+        for name, rows in zip(assembler.shard_names, assembler.partition_rows):
+            if self.spec.applies_to(name):
+                violation = find_nm_violation(values[start:start + rows].to(torch.float32), pattern)
+                if violation is not None:
+                    raise CheckpointError(
+                        f"{name}: declared {pattern} sparse in config.json (quantization_config.sparsity_config) "
+                        f"but its quantized values have {violation.describe()}")
+            start += rows
+
+    def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return self.inner.apply(layer, x, bias)
