@@ -9,13 +9,16 @@ vLLM serves), and the plain INT8 one with a leftover ``sparsity_config`` of form
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
+from net import free_port
 from vllm_runner import run_engines
+from vllm_sparse.serving.server_process import OpenAIServer, ServerFailed
 from vllm_sparse.checkpoint.compressed_tensors_format import decompress_weight, weight_part_names
 
 QUANTIZED = Path(__file__).resolve().parents[1] / "checkpoint" / "fixtures" / "ct014" / "quantized"
@@ -115,3 +118,66 @@ def test_fp8_served_as_stock_serves_the_plain_twin(served):
         return
     assert ours["fp8_2of4"]["tokens"] == reference["tokens"]
     assert _max_dlogprob(ours["fp8_2of4"], reference) < 1e-3
+
+
+# ---------------------------------------------------------------- through vLLM's OpenAI server
+
+SERVER_ARGS = ["--skip-tokenizer-init", "--max-model-len", "256"]  # no tokenizer; a 256-position model
+
+
+def _completion_ids(server: OpenAIServer, prompt: list[int]) -> list[int]:
+    body = {"model": server.model, "prompt": prompt, "max_tokens": 16, "temperature": 0.0, "ignore_eos": True,
+            "return_token_ids": True}
+    return list(server.post("/v1/completions", body)["choices"][0]["token_ids"])
+
+
+@pytest.mark.vllm
+def test_openai_server_serves_int8_2of4_like_stock_serves_the_twin(tmp_path):
+    ours = OpenAIServer(QUANTIZED / "int8_2of4", free_port(), tmp_path / "ours.log", extra_args=SERVER_ARGS)
+    with ours:
+        served = [_completion_ids(ours, prompt) for prompt in PROMPTS[:4]]
+    stock = OpenAIServer(QUANTIZED / "int8_plain", free_port(), tmp_path / "stock.log", extra_args=SERVER_ARGS,
+                         env={"VLLM_PLUGINS": ""})
+    with stock:
+        assert served == [_completion_ids(stock, prompt) for prompt in PROMPTS[:4]]
+
+
+def _broken_copy(tmp_path: Path, edit) -> Path:
+    target = tmp_path / "ckpt"
+    shutil.copytree(QUANTIZED / "int8_2of4", target)
+    tensors = load_file(target / "model.safetensors")
+    edit(tensors)
+    save_file(tensors, target / "model.safetensors", metadata={"format": "pt"})
+    return target
+
+
+def _expect_refused(checkpoint: Path, tmp_path: Path, *expected: str) -> None:
+    server = OpenAIServer(checkpoint, free_port(), tmp_path / "server.log", extra_args=SERVER_ARGS,
+                          startup_timeout=240)
+    with pytest.raises(ServerFailed, match="exited with"):
+        server.start()
+    assert server.process.returncode != 0
+    log = server.log_text()
+    for text in expected:
+        assert text in log, f"{text!r} not in the server log {tmp_path / 'server.log'}"
+
+
+def _three_of_four(tensors) -> None:
+    bitmask = tensors["model.layers.1.mlp.up_proj.bitmask"]
+    bitmask[5, 0] |= 0x0F  # columns 0..3 of row 5: all four flagged
+
+
+@pytest.mark.vllm
+@pytest.mark.parametrize("edit, expected", [
+    (_three_of_four, ("model.layers.1.mlp.up_proj.bitmask", "flags exactly 2 of every 4")),
+    (lambda t: t.pop("model.layers.1.mlp.down_proj.weight_scale"),
+     ("lacks model.layers.1.mlp.down_proj.weight_scale",)),
+    (lambda t: t.update({"model.layers.0.mlp.up_proj.compressed":
+                         t["model.layers.0.mlp.up_proj.compressed"].to(torch.bfloat16)}),
+     ("model.layers.0.mlp.up_proj: stored values are torch.bfloat16", "stores torch.int8")),
+    (lambda t: t.update({"model.layers.1.mlp.down_proj.weight_scale":
+                         t["model.layers.1.mlp.down_proj.weight_scale"][:127]}),
+     ("model.layers.1.mlp.down_proj.weight_scale: shape [127, 1] does not fit", "[128, 1]")),
+], ids=["values-break-2of4", "missing-scale", "values-of-another-dtype", "mis-shaped-scale"])
+def test_broken_quantized_checkpoint_is_refused_before_serving(tmp_path, edit, expected):
+    _expect_refused(_broken_copy(tmp_path, edit), tmp_path, *expected)

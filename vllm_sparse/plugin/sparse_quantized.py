@@ -97,7 +97,16 @@ class SparseQuantizedLinearMethod(LinearMethodBase):
         if len(self.shard_names) != count:
             self.shard_names = [f"{self.prefix}[{i}]" for i in range(count)] if count > 1 else [self.prefix]
 
+        scheme = type(layer.scheme).__name__
+
         def load_into_weight(loaded: torch.Tensor, shard_id) -> None:
+            # The scheme's loader would cast silently: values of another dtype are
+            # not this scheme's quantized values.
+            if loaded.dtype != weight.dtype:
+                name = self.shard_names[assembler.shard_index(shard_id)]
+                raise CheckpointError(
+                    f"{name}: stored values are {loaded.dtype}, but its quantization scheme ({scheme}, "
+                    f"config.json quantization_config.config_groups) stores {weight.dtype}")
             if shard_id is None:
                 scheme_loader(weight, loaded)
             else:
@@ -107,11 +116,38 @@ class SparseQuantizedLinearMethod(LinearMethodBase):
         assembler = ShardAssembler(self.prefix, self.shard_names, shard_shapes(layer, output_size, input_size, count),
                                    part_names, self.spec.format, load_into_weight)
         assembler.partition_rows = list(output_partition_sizes)
+        # The scheme's other tensors (scales, zero points) load through vLLM as they
+        # are; each is counted per shard, so a missing one stops the load.
+        self._loads: dict[str, set[int]] = {}
+        for name, param in list(layer.named_parameters(recurse=False)):
+            if name != "weight" and hasattr(param, "weight_loader"):
+                param.weight_loader = self._counting(name, param.weight_loader, assembler)
+                self._loads[name] = set()
         assembler.register_parts(layer, weight)
+
+    def _counting(self, name: str, loader, assembler: ShardAssembler):
+        def load(param, loaded, shard_id=None):
+            index = assembler.shard_index(shard_id)
+            self._loads[name].add(index)
+            try:
+                return loader(param, loaded) if shard_id is None else loader(param, loaded, shard_id)
+            except (AssertionError, RuntimeError) as exc:  # vLLM's loaders assert shapes without a message
+                fused = f" (fused from {len(assembler.shard_names)} checkpoint weights)" if len(assembler.shard_names) > 1 else ""
+                raise CheckpointError(
+                    f"{assembler.shard_names[index]}.{name}: shape {list(loaded.shape)} does not fit the layer's "
+                    f"{name} of shape {list(param.shape)}{fused}" + (f": {exc}" if str(exc) else "")
+                ) from None
+
+        return load
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         assembler: ShardAssembler = layer.sparse_assembler
         assembler.finish(layer, self.prefix)
+        missing = [f"{shard}.{name}" for name, shards in self._loads.items()
+                   for index, shard in enumerate(assembler.shard_names) if index not in shards]
+        if missing:
+            raise CheckpointError(f"{self.prefix}: the checkpoint lacks {', '.join(missing)}, which its quantization "
+                                  f"scheme ({type(layer.scheme).__name__}) needs")
         values = layer.weight.data
         self._check_declared_pattern(values, assembler)
         if values.dtype == torch.int8 and self.spec.format == SPARSE_24_BITMASK and assembler.kept_zeros:
