@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -30,3 +32,13 @@ def test_table_lists_rows_and_weighted_totals():
     assert table[0].split()[:5] == ["layer", "shape", "pattern", "sparsity", "kernel"]
     assert table[2].split() == ["model.layers.0.mlp.down_proj", "4x8", "2:4", "50.0%", "dense", "0.00", "0.00"]
     assert table[-1].split()[:4] == ["total", "(2", "layers)", "37.5%"]
+
+
+def test_inspect_shows_each_layers_quantization_scheme(capsys):
+    from vllm_sparse.cli import main
+
+    fixtures = Path(__file__).resolve().parent / "fixtures" / "ct014" / "quantized"
+    for name, label in (("int8_2of4", "W8A8 int8"), ("fp8_2of4", "W8A8 fp8")):
+        assert main(["inspect", str(fixtures / name)]) == 0
+        rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("model.layers.")]
+        assert len(rows) == 14 and all(" 2:4 " in row and label in row and "50.0%" in row for row in rows), rows

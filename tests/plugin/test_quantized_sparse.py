@@ -86,7 +86,7 @@ def test_layer_table_names_vllms_scheme_for_each_sparse_layer(served):
     _, _, log = served
     table = log[log.index("vllm-sparse layer table"):]
     rows = [line for line in table.splitlines() if "model.layers." in line]
-    assert len(rows) >= 8 and all("2:4" in row and "vllm W8A8Int8" in row for row in rows[:8]), rows[:8]
+    assert len(rows) >= 8 and all("2:4" in row and "W8A8 int8" in row and "vllm W8A8Int8" in row for row in rows[:8]), rows[:8]
 
 
 @pytest.mark.vllm

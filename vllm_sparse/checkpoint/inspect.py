@@ -11,17 +11,25 @@ from ..kernels import DENSE, analyze_weight, dispatcher
 from .compressed_tensors_format import SPARSE_FORMATS, declared_sparsity, decompress_state_dict
 from .layer_table import LayerRow
 from .layer_names import prunable_layer_index
+from .quantization_scheme import quantization_labels
 from .sparsity_spec import SparsitySpec
 from .writer import load_state_dict
 
 
+def _quantization_config(model_dir: str | Path) -> dict | None:
+    return json.loads((Path(model_dir) / "config.json").read_text()).get("quantization_config")
+
+
 def read_sparsity_spec(model_dir: str | Path) -> SparsitySpec:
-    config = json.loads((Path(model_dir) / "config.json").read_text())
-    return declared_sparsity(config.get("quantization_config"))
+    return declared_sparsity(_quantization_config(model_dir))
 
 
 def inspect_checkpoint(model_dir: str | Path, device: str = "cpu") -> list[LayerRow]:
+    """One row per decoder linear layer. Quantized layers are analysed on their
+    stored values (a value quantized to 0 counts as a zero) and stay with vLLM's
+    quantized GEMM when served."""
     spec = read_sparsity_spec(model_dir)
+    quantization = quantization_labels(_quantization_config(model_dir))
     tensors = load_state_dict(model_dir)
     if spec.format in SPARSE_FORMATS:
         tensors = decompress_state_dict(tensors, spec.format)
@@ -30,19 +38,18 @@ def inspect_checkpoint(model_dir: str | Path, device: str = "cpu") -> list[Layer
     rows = []
     for name in linear:
         weight = tensors[name]
-        analysis = analyze_weight(weight)
-        path = dispatcher.select_path(analysis, weight.dtype, torch.device(device))
-        dense = dispatcher.dense_bytes(analysis, weight.dtype)
-        stored = dispatcher.stored_bytes_for_path(analysis, weight.dtype, path)
-        rows.append(
-            LayerRow(
-                name=name.removesuffix(".weight"),
-                shape=analysis.shape,
-                pattern=analysis.pattern_name,
-                sparsity=analysis.sparsity,
-                kernel=path,
-                dense_bytes=dense,
-                stored_bytes=stored,
-            )
-        )
+        module = name.removesuffix(".weight")
+        scheme = quantization(module)
+        if scheme:
+            analysis = analyze_weight(weight.to(torch.float32))
+            path, dense = "vllm quantized", weight.numel() * weight.element_size()
+            stored = dense
+        else:
+            analysis = analyze_weight(weight)
+            path = dispatcher.select_path(analysis, weight.dtype, torch.device(device))
+            dense = dispatcher.dense_bytes(analysis, weight.dtype)
+            stored = dispatcher.stored_bytes_for_path(analysis, weight.dtype, path)
+        rows.append(LayerRow(name=module, shape=analysis.shape, pattern=analysis.pattern_name,
+                             sparsity=analysis.sparsity, kernel=path, dense_bytes=dense, stored_bytes=stored,
+                             quantization=scheme))
     return rows

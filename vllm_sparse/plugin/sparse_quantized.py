@@ -16,12 +16,14 @@ vLLM as is.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 
 from ..checkpoint.compressed_tensors_format import PART_NAMES, SPARSE_24_BITMASK
 from ..checkpoint.errors import CheckpointError
 from ..checkpoint.layer_table import LayerRow
+from ..checkpoint.quantization_scheme import quantization_labels
 from ..checkpoint.sparsity_spec import DENSE_FORMAT, SparsitySpec
 from ..kernels import analyze_weight, find_nm_violation
 from .layer_report import LayerReport
@@ -51,12 +53,15 @@ def quantized_config(config: dict, spec: SparsitySpec, shard_names_of) -> Compre
     sparse.sparsity = spec
     sparse.report = LayerReport(logger)
     sparse.shard_names_of = shard_names_of
+    sparse.quantization_label = quantization_labels(config)
     return sparse
 
 
 class SparseCompressedTensorsConfig(CompressedTensorsConfig):
     sparsity: SparsitySpec
     report: LayerReport
+    shard_names_of: Callable[[str, dict], list[str]]
+    quantization_label: Callable[[str], str]
 
     def get_quant_method(self, layer: torch.nn.Module, prefix: str):
         method = super().get_quant_method(layer, prefix)
@@ -69,7 +74,8 @@ class SparseCompressedTensorsConfig(CompressedTensorsConfig):
         if isinstance(method, UnquantizedLinearMethod):  # sparse, not quantized
             return SparseLinearMethod(self.sparsity, self.report, prefix, shard_names)
         if isinstance(method, CompressedTensorsLinearMethod):
-            return SparseQuantizedLinearMethod(method, self.sparsity, self.report, prefix, shard_names)
+            return SparseQuantizedLinearMethod(method, self.sparsity, self.report, prefix, shard_names,
+                                               self.quantization_label(shard_names[0]))
         raise CheckpointError(
             f"{prefix}: stored {self.sparsity.format} but its quantization method "
             f"{type(method).__name__} is not one whose values vllm-sparse can decompress")
@@ -80,8 +86,9 @@ class SparseQuantizedLinearMethod(LinearMethodBase):
     """vLLM's compressed-tensors linear method, fed from sparse-stored parts."""
 
     def __init__(self, inner: CompressedTensorsLinearMethod, spec: SparsitySpec, report: LayerReport, prefix: str,
-                 shard_names: list[str]) -> None:
+                 shard_names: list[str], quantization: str) -> None:
         self.inner = inner
+        self.quantization = quantization
         self.spec = spec
         self.report = report
         self.prefix = prefix
@@ -164,7 +171,7 @@ class SparseQuantizedLinearMethod(LinearMethodBase):
         self.inner.process_weights_after_loading(layer)
         self.report.add(LayerRow(
             name=self.prefix, shape=analysis.shape, pattern=analysis.pattern_name, sparsity=analysis.sparsity,
-            kernel=f"vllm {scheme}", dense_bytes=stored, stored_bytes=stored))
+            kernel=f"vllm {scheme}", dense_bytes=stored, stored_bytes=stored, quantization=self.quantization))
 
     def _check_declared_pattern(self, values: torch.Tensor, assembler: ShardAssembler) -> None:
         pattern = self.spec.nm_pattern
