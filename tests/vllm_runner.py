@@ -25,7 +25,8 @@ def run_engines(jobs: list[dict], workdir: Path, *, plugins: bool = True, timeou
     """``jobs``: dicts with ``model``, optional ``quantization``, ``prompts``,
     ``max_tokens``, ``logprobs``, ``perplexity_windows``, ``enforce_eager`` (default
     True), ``max_num_batched_tokens``, ``max_model_len``, ``skip_tokenizer_init``
-    (then prompts are lists of token ids); FFN-skip keys: ``ffn_skip`` (a profile path,
+    (then prompts are lists of token ids), ``tensor_parallel_size``,
+    ``pipeline_parallel_size``; FFN-skip keys: ``ffn_skip`` (a profile path,
     put in ``VLLM_SPARSE_FFN_SKIP`` before the engine starts; it must be set in the
     first job of a call for any job of that call to skip, since plugins register
     once per process) and ``ffn_trace`` (return the per-layer decisions). Returns one result per job:
@@ -69,6 +70,8 @@ def _run_job(job: dict) -> dict:
             model=job["model"], quantization=job.get("quantization"), dtype=job.get("dtype", "bfloat16"),
             enforce_eager=job.get("enforce_eager", True), max_model_len=job.get("max_model_len", 1024), seed=0,
             skip_tokenizer_init=job.get("skip_tokenizer_init", False),
+            tensor_parallel_size=job.get("tensor_parallel_size", 1),
+            pipeline_parallel_size=job.get("pipeline_parallel_size", 1),
             **({"max_num_batched_tokens": job["max_num_batched_tokens"]} if "max_num_batched_tokens" in job else {}),
         )
     except Exception as exc:  # report start-up failures to the test, which checks them

@@ -11,7 +11,7 @@ from ..kernels import DENSE, analyze_weight, dispatcher
 from .compressed_tensors_format import SPARSE_FORMATS, declared_sparsity, decompress_state_dict
 from .layer_table import LayerRow
 from .layer_names import prunable_layer_index
-from .quantization_scheme import quantization_labels
+from .quantization_scheme import QuantizationLabels
 from .sparsity_spec import SparsitySpec
 from .writer import load_state_dict
 
@@ -29,7 +29,7 @@ def inspect_checkpoint(model_dir: str | Path, device: str = "cpu") -> list[Layer
     stored values (a value quantized to 0 counts as a zero) and stay with vLLM's
     quantized GEMM when served."""
     spec = read_sparsity_spec(model_dir)
-    quantization = quantization_labels(_quantization_config(model_dir))
+    quantization = QuantizationLabels(_quantization_config(model_dir))
     tensors = load_state_dict(model_dir)
     if spec.format in SPARSE_FORMATS:
         tensors = decompress_state_dict(tensors, spec.format)

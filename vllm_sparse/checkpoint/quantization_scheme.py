@@ -4,7 +4,7 @@ table: ``W8A8 int8``, ``W8A8 fp8``, ``W4A16 int4``; "" when not quantized."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from .targets import target_matcher
 
@@ -19,18 +19,20 @@ def _label(group: Mapping) -> str:
     return f"W{bits}A{activations.get('num_bits') or 16} {kind}{bits}"
 
 
-def quantization_labels(quantization_config: Mapping | None) -> Callable[[str], str]:
+class QuantizationLabels:
     """module name (``model.layers.0.mlp.up_proj``) -> its scheme's label, matched
-    as compressed-tensors matches ``targets`` (a linear layer is a ``Linear``)."""
-    groups = (quantization_config or {}).get("config_groups") or {}
-    ignore = (quantization_config or {}).get("ignore")
-    rules = [(group.get("targets"), _label(group)) for group in groups.values() if isinstance(group, Mapping)]
+    as compressed-tensors matches ``targets`` (a linear layer is a ``Linear``).
+    A plain object, so that it pickles with the config vLLM sends to its workers."""
 
-    def label(module: str) -> str:
+    def __init__(self, quantization_config: Mapping | None) -> None:
+        groups = (quantization_config or {}).get("config_groups") or {}
+        self.ignore = list((quantization_config or {}).get("ignore") or ())
+        self.rules = [(list(group.get("targets") or ()), _label(group))
+                      for group in groups.values() if isinstance(group, Mapping)]
+
+    def __call__(self, module: str) -> str:
         classes = {module: ("Linear",)}
-        for targets, text in rules:
-            if target_matcher(targets, ignore, classes)(module):
+        for targets, text in self.rules:
+            if target_matcher(targets, self.ignore, classes)(module):
                 return text
         return ""
-
-    return label

@@ -145,6 +145,13 @@ def shard_count(layer: torch.nn.Module, output_partition_sizes: list[int]) -> in
 
 
 def shard_shapes(layer: torch.nn.Module, output_size: int, input_size: int, count: int) -> list[tuple[int, int]]:
+    """The checkpoint shape of each shard (before tensor-parallel slicing)."""
+    if isinstance(layer, QKVParallelLinear):
+        # Not output_sizes: with more ranks than KV heads, vLLM replicates the KV
+        # heads and counts every replica there.
+        q = layer.total_num_heads * layer.head_size
+        k = layer.total_num_kv_heads * layer.head_size
+        return [(q, input_size), (k, input_size), (layer.total_num_kv_heads * layer.v_head_size, input_size)]
     sizes = getattr(layer, "output_sizes", None)
     if count > 1 and sizes is not None and len(sizes) == count:
         return [(int(size), input_size) for size in sizes]

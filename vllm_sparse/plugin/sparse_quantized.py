@@ -23,7 +23,7 @@ import torch
 from ..checkpoint.compressed_tensors_format import PART_NAMES, SPARSE_24_BITMASK
 from ..checkpoint.errors import CheckpointError
 from ..checkpoint.layer_table import LayerRow
-from ..checkpoint.quantization_scheme import quantization_labels
+from ..checkpoint.quantization_scheme import QuantizationLabels
 from ..checkpoint.sparsity_spec import DENSE_FORMAT, SparsitySpec
 from ..kernels import analyze_weight, find_nm_violation
 from .layer_report import LayerReport
@@ -53,7 +53,7 @@ def quantized_config(config: dict, spec: SparsitySpec, shard_names_of) -> Compre
     sparse.sparsity = spec
     sparse.report = LayerReport(logger)
     sparse.shard_names_of = shard_names_of
-    sparse.quantization_label = quantization_labels(config)
+    sparse.quantization_label = QuantizationLabels(config)
     return sparse
 
 
