@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-from net import free_port
 from checkpoints import CASES, MODELS, build_case
-from vllm_sparse.serving.server_process import OpenAIServer, ServerFailed
+from server_refusal import expect_refused
 
 pytestmark = pytest.mark.vllm
 
@@ -44,17 +43,6 @@ def _edit_config(checkpoint: Path, edit) -> None:
     path.write_text(json.dumps(config))
 
 
-def _expect_refused(checkpoint: Path, tmp_path: Path, *expected: str) -> str:
-    server = OpenAIServer(checkpoint, free_port(), tmp_path / "server.log", startup_timeout=240)
-    with pytest.raises(ServerFailed, match="exited with"):
-        server.start()
-    assert server.process.returncode != 0
-    log = server.log_text()
-    for text in expected:
-        assert text in log, f"{text!r} not in the server log {tmp_path / 'server.log'}"
-    return log
-
-
 def test_declared_2of4_with_three_nonzeros_in_a_group(cases, tmp_path):
     broken = _copy(cases["2of4"].dense, tmp_path / "ckpt")
     name = "model.layers.3.mlp.up_proj.weight"
@@ -65,7 +53,7 @@ def test_declared_2of4_with_three_nonzeros_in_a_group(cases, tmp_path):
         row[8 + int(zero_columns[0])] = 0.125
 
     _edit_tensors(broken, add_third_nonzero)
-    _expect_refused(broken, tmp_path, f"{name}: declared 2:4", "row 7, columns 8..11 hold 3 non-zeros")
+    expect_refused(broken, tmp_path, f"{name}: declared 2:4", "row 7, columns 8..11 hold 3 non-zeros")
 
 
 def test_bitmask_popcount_differs_from_stored_values(cases, tmp_path):
@@ -80,7 +68,7 @@ def test_bitmask_popcount_differs_from_stored_values(cases, tmp_path):
         row0[byte] = int(row0[byte]) | (1 << free_bit)
 
     _edit_tensors(broken, set_one_more_bit)
-    _expect_refused(broken, tmp_path, f"{prefix}.bitmask:", "bits set but", f"{prefix}.compressed holds")
+    expect_refused(broken, tmp_path, f"{prefix}.bitmask:", "bits set but", f"{prefix}.compressed holds")
 
 
 def test_truncated_safetensors_file(cases, tmp_path):
@@ -88,19 +76,19 @@ def test_truncated_safetensors_file(cases, tmp_path):
     weights = broken / "model.safetensors"
     with weights.open("r+b") as handle:
         handle.truncate(weights.stat().st_size // 2)
-    _expect_refused(broken, tmp_path, f"{weights}: truncated safetensors file")
+    expect_refused(broken, tmp_path, f"{weights}: truncated safetensors file")
 
 
 def test_unknown_sparsity_format(cases, tmp_path):
     broken = _copy(cases["2of4"].compressed, tmp_path / "ckpt")
     _edit_config(broken, lambda config: config["quantization_config"]["sparsity_config"].update(format="sparse-32-bitmask"))
-    _expect_refused(broken, tmp_path, "quantization_config.sparsity_config.format", "'sparse-32-bitmask'")
+    expect_refused(broken, tmp_path, "quantization_config.sparsity_config.format", "'sparse-32-bitmask'")
 
 
 def test_config_shape_disagrees_with_weights(cases, tmp_path):
     broken = _copy(cases["4of8"].compressed, tmp_path / "ckpt")
     _edit_config(broken, lambda config: config.update(intermediate_size=1280))
-    log = _expect_refused(broken, tmp_path, "does not match the model config (config.json)")
+    log = expect_refused(broken, tmp_path, "does not match the model config (config.json)")
     # whichever MLP weight is read first is named, with both shapes
     assert re.search(r"model\.layers\.0\.mlp\.(gate|up|down)_proj \(decompressed from .*\): shape \[", log)
     assert "[576, 1280]" in log or "[1280, 576]" in log
@@ -109,4 +97,4 @@ def test_config_shape_disagrees_with_weights(cases, tmp_path):
 def test_compressed_weight_missing_a_part(cases, tmp_path):
     broken = _copy(cases["2of4"].compressed, tmp_path / "ckpt")
     _edit_tensors(broken, lambda tensors: tensors.pop("model.layers.5.mlp.down_proj.bitmask"))
-    _expect_refused(broken, tmp_path, "model.layers.5.mlp.down_proj", "bitmask")
+    expect_refused(broken, tmp_path, "model.layers.5.mlp.down_proj", "bitmask")

@@ -18,7 +18,8 @@ from safetensors.torch import load_file, save_file
 
 from net import free_port
 from vllm_runner import run_engines
-from vllm_sparse.serving.server_process import OpenAIServer, ServerFailed
+from server_refusal import expect_refused
+from vllm_sparse.serving.server_process import OpenAIServer
 from vllm_sparse.checkpoint.compressed_tensors_format import decompress_weight, weight_part_names
 
 QUANTIZED = Path(__file__).resolve().parents[1] / "checkpoint" / "fixtures" / "ct014" / "quantized"
@@ -151,17 +152,6 @@ def _broken_copy(tmp_path: Path, edit) -> Path:
     return target
 
 
-def _expect_refused(checkpoint: Path, tmp_path: Path, *expected: str) -> None:
-    server = OpenAIServer(checkpoint, free_port(), tmp_path / "server.log", extra_args=SERVER_ARGS,
-                          startup_timeout=240)
-    with pytest.raises(ServerFailed, match="exited with"):
-        server.start()
-    assert server.process.returncode != 0
-    log = server.log_text()
-    for text in expected:
-        assert text in log, f"{text!r} not in the server log {tmp_path / 'server.log'}"
-
-
 def _three_of_four(tensors) -> None:
     bitmask = tensors["model.layers.1.mlp.up_proj.bitmask"]
     bitmask[5, 0] |= 0x0F  # columns 0..3 of row 5: all four flagged
@@ -180,4 +170,4 @@ def _three_of_four(tensors) -> None:
      ("model.layers.1.mlp.down_proj.weight_scale: shape [127, 1] does not fit", "[128, 1]")),
 ], ids=["values-break-2of4", "missing-scale", "values-of-another-dtype", "mis-shaped-scale"])
 def test_broken_quantized_checkpoint_is_refused_before_serving(tmp_path, edit, expected):
-    _expect_refused(_broken_copy(tmp_path, edit), tmp_path, *expected)
+    expect_refused(_broken_copy(tmp_path, edit), tmp_path, *expected, extra_args=SERVER_ARGS)

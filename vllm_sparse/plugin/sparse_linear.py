@@ -158,6 +158,28 @@ def shard_shapes(layer: torch.nn.Module, output_size: int, input_size: int, coun
     return [(output_size, input_size)]
 
 
+def check_declared_pattern(spec: SparsitySpec, weight: torch.Tensor, assembler: ShardAssembler,
+                           what: str = ".weight") -> None:
+    """Refuse a layer whose targeted shards break the N:M pattern config.json
+    declares. With tensor parallelism each shard holds only its slice of rows."""
+    pattern = spec.nm_pattern
+    if pattern is None:
+        return
+    start = 0
+    for name, rows in zip(assembler.shard_names, assembler.partition_rows):
+        if spec.applies_to(name):
+            values = weight[start : start + rows]
+            if values.element_size() == 1:  # int8 / float8 values: counted through fp32
+                values = values.to(torch.float32)
+            violation = find_nm_violation(values, pattern)
+            if violation is not None:
+                raise CheckpointError(
+                    f"{name}{what}: declared {pattern} sparse in config.json "
+                    f"(quantization_config.sparsity_config.sparsity_structure) but {violation.describe()}"
+                )
+        start += rows
+
+
 @register_weight_loader_v2_supported_method
 class SparseLinearMethod(LinearMethodBase):
     def __init__(self, spec: SparsitySpec, report: LayerReport, prefix: str, shard_names: list[str]) -> None:
@@ -210,7 +232,7 @@ class SparseLinearMethod(LinearMethodBase):
         assembler.finish(layer, self.prefix)
 
         weight = layer.weight.data
-        self._check_declared_pattern(weight, assembler)
+        check_declared_pattern(self.spec, weight, assembler)
         analysis = analyze_weight(weight)
         path = dispatcher.select_path(analysis, weight.dtype, weight.device)
         layer.sparse_path = path
@@ -237,22 +259,6 @@ class SparseLinearMethod(LinearMethodBase):
                 stored_bytes=stored,
             )
         )
-
-    def _check_declared_pattern(self, weight: torch.Tensor, assembler: ShardAssembler) -> None:
-        pattern = self.spec.nm_pattern
-        if pattern is None:
-            return
-        start = 0
-        # With tensor parallelism each shard holds only its slice of rows.
-        for name, rows in zip(assembler.shard_names, assembler.partition_rows):
-            if self.spec.applies_to(name):
-                violation = find_nm_violation(weight[start : start + rows], pattern)
-                if violation is not None:
-                    raise CheckpointError(
-                        f"{name}.weight: declared {pattern} sparse in config.json "
-                        f"(quantization_config.sparsity_config.sparsity_structure) but {violation.describe()}"
-                    )
-            start += rows
 
     def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         if layer.sparse_path == DENSE:

@@ -25,9 +25,9 @@ from ..checkpoint.errors import CheckpointError
 from ..checkpoint.layer_table import LayerRow
 from ..checkpoint.quantization_scheme import QuantizationLabels
 from ..checkpoint.sparsity_spec import DENSE_FORMAT, SparsitySpec
-from ..kernels import analyze_weight, find_nm_violation
+from ..kernels import analyze_weight
 from .layer_report import LayerReport
-from .sparse_linear import ShardAssembler, SparseLinearMethod, shard_count, shard_shapes
+from .sparse_linear import ShardAssembler, SparseLinearMethod, check_declared_pattern, shard_count, shard_shapes
 from .vllm_internals import (
     LOGGER_NAME,
     CompressedTensorsConfig,
@@ -156,7 +156,7 @@ class SparseQuantizedLinearMethod(LinearMethodBase):
             raise CheckpointError(f"{self.prefix}: the checkpoint lacks {', '.join(missing)}, which its quantization "
                                   f"scheme ({type(layer.scheme).__name__}) needs")
         values = layer.weight.data
-        self._check_declared_pattern(values, assembler)
+        check_declared_pattern(self.spec, values, assembler, what=" (its quantized values)")
         if values.dtype == torch.int8 and self.spec.format == SPARSE_24_BITMASK and assembler.kept_zeros:
             logger.warning(
                 "%s: %d of the int8 values kept in 2:4 groups are 0. compressed-tensors up to 0.14.0.1 ranks a "
@@ -172,20 +172,6 @@ class SparseQuantizedLinearMethod(LinearMethodBase):
         self.report.add(LayerRow(
             name=self.prefix, shape=analysis.shape, pattern=analysis.pattern_name, sparsity=analysis.sparsity,
             kernel=f"vllm {scheme}", dense_bytes=stored, stored_bytes=stored, quantization=self.quantization))
-
-    def _check_declared_pattern(self, values: torch.Tensor, assembler: ShardAssembler) -> None:
-        pattern = self.spec.nm_pattern
-        if pattern is None:
-            return
-        start = 0
-        for name, rows in zip(assembler.shard_names, assembler.partition_rows):
-            if self.spec.applies_to(name):
-                violation = find_nm_violation(values[start:start + rows].to(torch.float32), pattern)
-                if violation is not None:
-                    raise CheckpointError(
-                        f"{name}: declared {pattern} sparse in config.json (quantization_config.sparsity_config) "
-                        f"but its quantized values have {violation.describe()}")
-            start += rows
 
     def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         return self.inner.apply(layer, x, bias)
