@@ -41,7 +41,15 @@ def _cmd_prune(args: argparse.Namespace) -> int:
         owl=OWLConfig(m=args.owl_m, lam=args.owl_lambda),
         sparsegpt=SparseGPTConfig(blocksize=args.sparsegpt_blocksize, damp=args.sparsegpt_damp),
     )
-    out = save_sparse_checkpoint(args.model, pruned, args.out, storage=args.storage, structure=plan.structure, recipe=recipe)
+    quantization = None
+    if args.quantize:
+        from .pruning.quantize import SCHEMES, quantize_state_dict
+
+        scheme = SCHEMES[args.quantize]
+        pruned, quantization = quantize_state_dict(pruned, scheme), scheme.config_group()
+        recipe["quantization"] = scheme.name
+    out = save_sparse_checkpoint(args.model, pruned, args.out, storage=args.storage, structure=plan.structure,
+                                 recipe=recipe, quantization=quantization)
     print(out)
     return 0
 
@@ -230,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "the dense model's own answers to seed prompts through its chat template")
     prune.add_argument("--calibration-samples", type=int, default=32, help="random windows of the text")
     prune.add_argument("--calibration-seqlen", type=int, default=256, help="tokens per window")
+    prune.add_argument("--quantize", choices=["int8-dynamic", "fp8-dynamic"], default=None,
+                       help="also quantize the pruned linear weights: round-to-nearest per-channel scales, W8A8 with "
+                            "activations quantized per token at run time (compressed-tensors config_groups)")
     prune.add_argument("--sparsegpt-blocksize", type=int, default=128)
     prune.add_argument("--sparsegpt-damp", type=float, default=0.01, help="Hessian dampening, relative to its mean diagonal")
     prune.add_argument(

@@ -37,6 +37,10 @@ activations, compressed by 0.14.0.1's ``ModelCompressor.compress_model``:
 * ``int8_2of4_minus128`` / ``int8_plain_minus128``: scales without headroom, so
   some values quantize to -128, which 0.14.0.1's sparse-24 compressor drops.
 
+``verify-quantized MODEL_DIR PRUNED.safetensors`` compresses the pruned bf16
+weights with 0.14.0.1, using MODEL_DIR's quantization config and weight scales
+(written by OUR writer), and compares tensors and config block with MODEL_DIR's.
+
 ``verify`` loads each MODEL_DIR (config.json with a quantization_config block +
 model.safetensors, written by OUR code) with 0.14.0.1's ``ModelCompressor`` into a
 fresh model, and compares every tensor bit for bit with MODEL_DIR/dense.safetensors.
@@ -346,6 +350,51 @@ def write_quantized(out: Path) -> None:
     (target / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
+def verify_quantized(model_dir: Path, pruned_file: Path) -> int:
+    """Compress ``pruned_file`` (the pruned bf16 weights) with 0.14.0.1, using the
+    quantization config and the weight scales of ``model_dir`` (written by OUR
+    writer), and compare every tensor bit for bit and the config block with ours."""
+    from compressed_tensors.compressors import ModelCompressor
+    from compressed_tensors.config import SparsityCompressionConfig
+    from compressed_tensors.quantization import QuantizationConfig, apply_quantization_config
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = json.loads((model_dir / "config.json").read_text())
+    ours_block = config.pop("quantization_config")
+    config.pop("vllm_sparse", None)
+    model = LlamaForCausalLM(LlamaConfig(**config)).to(torch.bfloat16).eval()
+    model.load_state_dict(load_file(pruned_file), strict=False)
+    ours = load_file(model_dir / "model.safetensors")
+    quantization = QuantizationConfig.model_validate(
+        {key: ours_block[key] for key in ("config_groups", "format", "ignore", "kv_cache_scheme")})
+    apply_quantization_config(model, quantization)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if hasattr(module, "weight_scale"):
+                module.weight_scale.copy_(ours[f"{name}.weight_scale"])
+    sparsity = SparsityCompressionConfig.model_validate(ours_block["sparsity_config"])
+    compressor = ModelCompressor(quantization_config=quantization, sparsity_config=sparsity)
+    compressor.compress_model(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        compressor.update_config(tmp)
+        theirs = load_file(Path(tmp) / "model.safetensors")
+        theirs_block = json.loads((Path(tmp) / "config.json").read_text())["quantization_config"]
+    problems = [f"{name}: missing in ours" for name in sorted(set(theirs) - set(ours))]
+    problems += [f"{name}: not written by 0.14.0.1" for name in sorted(set(ours) - set(theirs))]
+    for name in sorted(set(ours) & set(theirs)):
+        a, b = ours[name], theirs[name]
+        if a.dtype != b.dtype or a.shape != b.shape:
+            problems.append(f"{name}: ours {a.dtype}{tuple(a.shape)} != {b.dtype}{tuple(b.shape)}")
+        elif not torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8)):
+            problems.append(f"{name}: bytes differ")
+    if ours_block != theirs_block:
+        problems.append(f"config block differs: ours {json.dumps(ours_block, sort_keys=True)} "
+                        f"0.14.0.1 {json.dumps(theirs_block, sort_keys=True)}")
+    print(json.dumps({"dir": str(model_dir), "checked": len(ours), "problems": problems}))
+    return 1 if problems else 0
+
+
 def main(argv: list[str]) -> int:
     _require_ct014()
     cmd = argv[0] if argv else "write"
@@ -357,6 +406,8 @@ def main(argv: list[str]) -> int:
     if cmd == "write-quantized":
         write_quantized(Path(argv[1]) if len(argv) > 1 else DEFAULT_OUT / "quantized")
         return 0
+    if cmd == "verify-quantized" and len(argv) == 3:
+        return verify_quantized(Path(argv[1]), Path(argv[2]))
     if cmd == "verify" and len(argv) > 1:
         return max(verify(Path(d)) for d in argv[1:])
     sys.exit(__doc__)

@@ -167,7 +167,7 @@ FORMAT_VERSION = "0.14.0.1"
 QUANT_METHOD = "compressed-tensors"
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-# Values a quantization scheme stored (W8A8 INT8, FP8): read, never written here.
+# Values a quantization scheme stored (W8A8 INT8, FP8).
 QUANTIZED_VALUE_DTYPES = (torch.int8, torch.float8_e4m3fn)
 # Values are moved through same-width integer views, so every bit (NaN payloads,
 # -0.0 kept by 2:4) survives selection and scatter unchanged.
@@ -200,13 +200,29 @@ def _unpack_bits(bitmask: Tensor, width: int) -> tuple[Tensor, bool]:
     return torch.from_numpy(bits[..., :width].astype(bool)), padding_set
 
 
+def nonzero_mask(values: Tensor) -> Tensor:
+    """``values != 0``, also for float8 (which has no comparison on CPU): -0.0 is a
+    zero, as IEEE comparison says."""
+    if values.dtype == torch.float8_e4m3fn:
+        return (values.contiguous().view(torch.uint8) & 0x7F) != 0
+    return values != 0
+
+
 def _top2_of_4_mask(dense: Tensor) -> Tensor:
     """The 2:4 mask 0.14.0.1 chooses: in each group of 4 consecutive entries the 2
     largest by abs(), ranked by torch.topk in the weight's dtype. We use topk itself
     (not a sort) because its tie-breaking decides which zeros are flagged in groups
     with fewer than 2 non-zeros, and those bits are part of the file."""
     groups = dense.reshape(-1, 4)
-    keep = groups.abs().topk(2, dim=1).indices
+    if dense.dtype == torch.int8:
+        # Ranked in int16: abs(-128) wraps in int8, which is how 0.14.0.1 drops
+        # -128; the same ranking as its otherwise.
+        magnitude = groups.to(torch.int16).abs()
+    elif dense.dtype == torch.float8_e4m3fn:
+        magnitude = groups.to(torch.float32).abs()  # exact; fp8 has no abs on CPU
+    else:
+        magnitude = groups.abs()
+    keep = magnitude.topk(2, dim=1).indices
     mask = torch.zeros(groups.shape, dtype=torch.bool).scatter_(1, keep, True)
     return mask.reshape(dense.shape)
 
@@ -232,18 +248,19 @@ def compress_weight(
     _check_format(fmt)
     if not isinstance(dense, Tensor):
         raise CheckpointError(f"{name}: expected a torch.Tensor, got {type(dense).__name__}")
-    if dense.dtype not in SUPPORTED_DTYPES:
+    if dense.dtype not in SUPPORTED_DTYPES + QUANTIZED_VALUE_DTYPES:
         raise CheckpointError(
             f"{name}: dtype {dense.dtype} is not supported for {fmt} "
-            f"(supported: {', '.join(str(d) for d in SUPPORTED_DTYPES)})"
+            f"(supported: {', '.join(str(d) for d in SUPPORTED_DTYPES + QUANTIZED_VALUE_DTYPES)})"
         )
     dense = dense.detach().cpu().contiguous()
+    nonzero = nonzero_mask(dense)
     shape = tuple(dense.shape)
 
     if fmt == SPARSE_BITMASK:
         if dense.dim() < 1:
             raise CheckpointError(f"{name}: cannot bitmask-compress a 0-d tensor")
-        mask = dense != 0
+        mask = nonzero
         counts = mask.sum(dim=-1)  # int64
         return {
             "shape": torch.tensor(shape, dtype=torch.int64),
@@ -263,7 +280,7 @@ def compress_weight(
             f"{name}: sparse-24-bitmask needs in_features (dim 1) to be a multiple of 4, got {list(shape)}"
         )
     if not allow_pruning:
-        counts = (dense != 0).reshape(rows, cols // 4, 4).sum(dim=-1)
+        counts = nonzero.reshape(rows, cols // 4, 4).sum(dim=-1)
         bad = (counts > 2).nonzero()
         if bad.numel():
             r, g = (int(v) for v in bad[0])
@@ -526,6 +543,27 @@ def sparsity_config_dict(
     return dict(sorted(config.model_dump().items()))
 
 
+def quantization_group_dict(value_type: str, num_bits: int = 8) -> dict:
+    """One ``config_groups`` entry as 0.14.0.1 writes it for round-to-nearest
+    per-channel symmetric weights (``value_type`` "int" or "float") and dynamic
+    per-token activations of the same type: the W8A8 "dynamic" layouts."""
+    def args(**given) -> dict:
+        base = {"actorder": None, "block_structure": None, "group_size": None, "num_bits": num_bits,
+                "observer_kwargs": {}, "scale_dtype": None, "symmetric": True, "type": value_type, "zp_dtype": None}
+        return dict(sorted({**base, **given}.items()))
+
+    return {
+        "format": None,
+        "input_activations": args(dynamic=True, observer=None, strategy="token"),
+        "output_activations": None,
+        "targets": ["Linear"],
+        "weights": args(dynamic=False, observer="memoryless_minmax", strategy="channel"),
+    }
+
+
+QUANTIZED_FORMATS = {"int": "int-quantized", "float": "float-quantized"}
+
+
 def quantization_config_dict(
     fmt: str,
     *,
@@ -534,10 +572,12 @@ def quantization_config_dict(
     targets: list[str] | None,
     ignore: list[str] | None,
     version: str = FORMAT_VERSION,
+    quantization: dict | None = None,
 ) -> dict:
-    """The whole ``quantization_config`` block of config.json for a sparsity-only
-    model, as 0.14.0.1's ``ModelCompressor.update_config`` writes it (keys sorted,
-    as its json.dump(sort_keys=True) leaves them)."""
+    """The whole ``quantization_config`` block of config.json, as 0.14.0.1's
+    ``ModelCompressor.update_config`` writes it (keys sorted, as its
+    json.dump(sort_keys=True) leaves them): sparsity only, or with ``quantization``
+    (a :func:`quantization_group_dict`) as its one config group."""
     from compressed_tensors.base import (
         COMPRESSION_VERSION_NAME,
         QUANTIZATION_METHOD_NAME,
@@ -557,6 +597,15 @@ def quantization_config_dict(
         ),
         TRANSFORM_CONFIG_NAME: {},
     }
+    if quantization is not None:
+        block |= {
+            "config_groups": {"group_0": quantization},
+            "format": QUANTIZED_FORMATS[quantization["weights"]["type"]],
+            "global_compression_ratio": None,
+            "ignore": list(ignore or ()),
+            "kv_cache_scheme": None,
+            "quantization_status": "compressed",
+        }
     return dict(sorted(block.items()))
 
 

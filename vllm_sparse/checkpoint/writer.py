@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .compressed_tensors_format import SPARSE_FORMATS, compress_state_dict, quantization_config_dict
+from .compressed_tensors_format import SPARSE_FORMATS, compress_state_dict, nonzero_mask, quantization_config_dict
 from .layer_names import prunable_layer_index
 from .sparsity_spec import DENSE_FORMAT
 
@@ -36,7 +36,7 @@ def global_sparsity(state_dict: dict[str, torch.Tensor]) -> float:
     for name, tensor in state_dict.items():
         if prunable_layer_index(name) is not None:
             total += tensor.numel()
-            zeros += tensor.numel() - int(torch.count_nonzero(tensor))
+            zeros += tensor.numel() - int(nonzero_mask(tensor).sum())
     return zeros / total if total else 0.0
 
 
@@ -48,10 +48,14 @@ def save_sparse_checkpoint(
     storage: str,
     structure: str,
     recipe: dict | None = None,
+    quantization: dict | None = None,
 ) -> Path:
     """Write ``state_dict`` (already pruned) as a checkpoint beside a copy of the
     source model's config and tokenizer files. ``recipe`` (method and parameters)
-    is recorded in config.json under ``vllm_sparse``."""
+    is recorded in config.json under ``vllm_sparse``. A quantized ``state_dict``
+    (int8 / float8 values with their ``weight_scale``) comes with ``quantization``,
+    its config group (``quantization_group_dict``); the values are stored sparse
+    like any weight, the scales as they are."""
     if storage not in STORAGE_FORMATS:
         raise ValueError(f"unknown storage format {storage!r}; choose one of {', '.join(STORAGE_FORMATS)}")
     source_dir, out_dir = Path(source_dir), Path(out_dir)
@@ -76,6 +80,7 @@ def save_sparse_checkpoint(
         global_sparsity=global_sparsity(state_dict),
         targets=["Linear"],
         ignore=IGNORE,
+        quantization=quantization,
     )
     if recipe:
         config["vllm_sparse"] = recipe

@@ -1,0 +1,123 @@
+"""``vllm-sparse prune --quantize``: round-to-nearest W8A8 (INT8, FP8) over the
+pruned weights, written in the layouts compressed-tensors 0.14.0.1 writes, byte
+for byte, and served by the plugin like stock vLLM serves the plain twin."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from vllm_runner import run_engines
+from vllm_sparse.checkpoint.compressed_tensors_format import compress_weight, decompress_weight
+from vllm_sparse.checkpoint.writer import load_state_dict
+from vllm_sparse.cli import main
+from vllm_sparse.kernels import NMPattern
+from vllm_sparse.pruning.plan import PruningPlan, prune_state_dict
+from vllm_sparse.pruning.quantize import SCHEMES, channel_scales, quantize_weight
+
+REPO = Path(__file__).resolve().parents[2]
+CT014_PYTHON = REPO / ".venv-ct014" / "bin" / "python"
+CT014_SCRIPT = REPO / "tests" / "checkpoint" / "make_ct014_fixtures.py"
+PROMPTS = [[(7 * i + 3 * j) % 120 + 5 for j in range(16)] for i in range(8)]
+
+
+@pytest.mark.parametrize("name", ["int8-dynamic", "fp8-dynamic"])
+def test_values_stay_in_range_and_dequantize_close(name):
+    scheme = SCHEMES[name]
+    torch.manual_seed(0)
+    weight = (torch.randn(64, 96) * torch.logspace(-3, 1, 64).unsqueeze(1)).to(torch.bfloat16)
+    scale = channel_scales(weight, scheme)
+    values = quantize_weight(weight, scale, scheme)
+    assert values.dtype == scheme.dtype and scale.shape == (64, 1) and scale.dtype == torch.bfloat16
+    wide = values.to(torch.float32)
+    assert wide.abs().max() <= scheme.largest  # int8 -128 never appears
+    # Each row's largest magnitude lands within one step of the top of the range.
+    assert (wide.abs().amax(dim=1) >= scheme.largest * 0.97).all()
+    error = (wide * scale.float() - weight.float()).abs() / weight.float().abs().amax(dim=1, keepdim=True)
+    assert error.max() < (0.5 / 127 + 0.01 if name == "int8-dynamic" else 0.07)
+
+
+def test_our_2of4_compressor_keeps_int8_minus_128():
+    """0.14.0.1 ranks a group by abs() in int8, where abs(-128) wraps, and drops it."""
+    values = torch.tensor([[-128, 0, 0, 65, 3, -7, 0, 0]], dtype=torch.int8)
+    parts = compress_weight(values, "sparse-24-bitmask")
+    assert parts["compressed"].tolist() == [[-128, 65, 3, -7]]
+    assert torch.equal(decompress_weight(parts, "sparse-24-bitmask", "w"), values)
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    """A tiny Llama (as transformers writes it), pruned 2:4 and quantized by the CLI."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    root = tmp_path_factory.mktemp("quantize")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+                         tie_word_embeddings=False)
+    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(10)  # next-token choices with clear margins
+    model.save_pretrained(root / "dense", safe_serialization=True)
+    pruned = prune_state_dict(load_state_dict(root / "dense"), PruningPlan(0.5, NMPattern(2, 4)))
+    save_file({k: v.contiguous() for k, v in pruned.items()}, root / "pruned.safetensors")
+    out = {}
+    for name in SCHEMES:
+        for storage in ("sparse-24-bitmask", "dense"):
+            target = root / f"{name}-{storage}"
+            assert main(["prune", str(root / "dense"), str(target), "--pattern", "2:4", "--storage", storage,
+                         "--quantize", name]) == 0
+            out[name, storage] = target
+        # The plain twin stock vLLM serves: the same quantized values, no sparsity_config.
+        twin = root / f"{name}-twin"
+        twin.mkdir()
+        for file in out[name, "dense"].iterdir():
+            (twin / file.name).write_bytes(file.read_bytes())
+        config = json.loads((twin / "config.json").read_text())
+        del config["quantization_config"]["sparsity_config"]
+        (twin / "config.json").write_text(json.dumps(config))
+        out[name, "twin"] = twin
+    out["pruned"] = root / "pruned.safetensors"
+    return out
+
+
+def test_written_layout_matches_the_published_one(written):
+    config = json.loads((written["int8-dynamic", "sparse-24-bitmask"] / "config.json").read_text())
+    block = config["quantization_config"]
+    assert block["format"] == "int-quantized" and block["sparsity_config"]["format"] == "sparse-24-bitmask"
+    group = block["config_groups"]["group_0"]
+    assert group["weights"]["strategy"] == "channel" and group["input_activations"]["dynamic"] is True
+    tensors = load_file(written["int8-dynamic", "sparse-24-bitmask"] / "model.safetensors")
+    assert tensors["model.layers.0.mlp.down_proj.compressed"].dtype == torch.int8
+    assert tensors["model.layers.0.mlp.down_proj.weight_scale"].shape == (128, 1)
+
+
+@pytest.mark.skipif(not CT014_PYTHON.exists(), reason=".venv-ct014 is absent (scripts/ct014_venv.sh creates it)")
+@pytest.mark.parametrize("name", ["int8-dynamic", "fp8-dynamic"])
+def test_byte_identical_to_what_ct014_writes_for_the_same_values(written, name):
+    run = subprocess.run([str(CT014_PYTHON), str(CT014_SCRIPT), "verify-quantized",
+                          str(written[name, "sparse-24-bitmask"]), str(written["pruned"])],
+                         capture_output=True, text=True, timeout=300)
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    assert run.returncode == 0 and report["problems"] == [] and report["checked"] == 63, run.stdout + run.stderr
+
+
+@pytest.mark.vllm
+def test_plugin_serves_what_our_writer_writes_like_stock_serves_the_twin(written, tmp_path):
+    def job(model: Path) -> dict:
+        return {"model": str(model), "prompts": PROMPTS, "max_tokens": 24, "skip_tokenizer_init": True,
+                "max_model_len": 256}
+
+    names = list(SCHEMES)
+    ours = run_engines([job(written[n, "sparse-24-bitmask"]) for n in names], tmp_path / "ours")
+    stock = run_engines([job(written[n, "twin"]) for n in names], tmp_path / "stock", plugins=False)
+    for name, mine, theirs in zip(names, ours, stock):
+        assert "error" not in mine and "error" not in theirs, (name, mine.get("error"), theirs.get("error"))
+        assert mine["tokens"] == theirs["tokens"], name
+        delta = max(abs(a - b) for la, lb in zip(mine["logprobs"], theirs["logprobs"]) for a, b in zip(la, lb))
+        assert delta < 1e-3, (name, delta)
