@@ -35,7 +35,14 @@ activations, compressed by 0.14.0.1's ``ModelCompressor.compress_model``:
 * ``int8_sparsity_dense``: ``int8_plain`` with a ``sparsity_config`` of format
   ``dense`` left in its config (stock vLLM refuses it);
 * ``int8_2of4_minus128`` / ``int8_plain_minus128``: scales without headroom, so
-  some values quantize to -128, which 0.14.0.1's sparse-24 compressor drops.
+  some values quantize to -128, which 0.14.0.1's sparse-24 compressor drops;
+* ``w4a16_marlin24`` / ``w4a16_plain``: int4 group-128 weights in ``marlin-24``
+  (sparsity_config ``dense``, 2:4) and the same values in ``pack-quantized``
+  (float16 models: the Marlin compressor quantizes in float16).
+
+``write-quantized-model MODEL_DIR OUT_DIR int8|fp8`` does the same to a real
+model (SmolLM2-135M): ``OUT_DIR/<kind>_2of4`` and ``OUT_DIR/<kind>_plain``, with its
+tokenizer files.
 
 ``verify-quantized MODEL_DIR PRUNED.safetensors`` compresses the pruned bf16
 weights with 0.14.0.1, using MODEL_DIR's quantization config and weight scales
@@ -281,27 +288,17 @@ QUANTIZED_LLAMA = dict(
 QUANT_KINDS = {"int8": ("int-quantized", "int", 127.0), "fp8": ("float-quantized", "float", 448.0)}
 
 
-def _quantized_tiny_llama(kind: str, headroom: float):
-    """The pruned tiny Llama with its quantization scheme attached and its weight
-    scales set (what a calibration pass would leave behind): absmax / largest x
-    ``headroom``. With headroom 1 the bf16 scale can round down, so a row's largest
-    negative weight quantizes to int8 -128, which 0.14.0.1's sparse-24 compressor
-    then drops (it ranks by ``abs()``, which wraps at -128)."""
+def _quantize_for(model, kind: str, headroom: float):
+    """Attach the W8A8 dynamic scheme of ``kind`` to ``model`` (pruned already) and
+    set its weight scales: absmax / largest x ``headroom``."""
     from compressed_tensors.quantization import (
         QuantizationArgs,
         QuantizationConfig,
         QuantizationScheme,
         apply_quantization_config,
     )
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     fmt, value_type, largest = QUANT_KINDS[kind]
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**QUANTIZED_LLAMA)).to(torch.bfloat16).eval()
-    with torch.no_grad():
-        for name, module in model.named_modules():
-            if isinstance(module, torch.nn.Linear) and name != "lm_head":
-                module.weight.copy_(_prune(module.weight, "2of4"))
     scheme = QuantizationScheme(
         targets=["Linear"],
         weights=QuantizationArgs(num_bits=8, type=value_type, symmetric=True, strategy="channel"),
@@ -315,30 +312,114 @@ def _quantized_tiny_llama(kind: str, headroom: float):
             if hasattr(module, "weight_scale"):
                 absmax = module.weight.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-8)
                 module.weight_scale.copy_((absmax / largest * headroom).to(module.weight_scale.dtype))
-    return model, config
+    return config
 
 
-def write_quantized(out: Path) -> None:
+def _save_compressed(model, config, sparse: bool, target: Path) -> None:
     from compressed_tensors.compressors import ModelCompressor
     from compressed_tensors.config import SparsityCompressionConfig
 
+    sparsity = None
+    if sparse:
+        sparsity = SparsityCompressionConfig.load_from_registry(
+            "sparse-24-bitmask", targets=["Linear"], ignore=["lm_head"], sparsity_structure="2:4",
+            global_sparsity=0.5)
+    compressor = ModelCompressor(quantization_config=config, sparsity_config=sparsity)
+    compressor.compress_model(model)
+    shutil.rmtree(target, ignore_errors=True)
+    model.save_pretrained(target, safe_serialization=True)
+    compressor.update_config(target)
+
+
+def write_quantized_model(model_dir: Path, out: Path, kind: str) -> None:
+    """A real model (SmolLM2-135M) 2:4-pruned by magnitude and quantized: the 2:4
+    checkpoint and its plain twin, with the model's tokenizer files beside them."""
+    from transformers import AutoModelForCausalLM
+
+    for variant in ("2of4", "plain"):
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
+        with torch.no_grad():
+            for name, module in model.named_modules():
+                if isinstance(module, torch.nn.Linear) and name != "lm_head":
+                    module.weight.copy_(_prune(module.weight, "2of4"))
+        config = _quantize_for(model, kind, headroom=1.02)
+        target = out / f"{kind}_{variant}"
+        _save_compressed(model, config, variant == "2of4", target)
+        for path in model_dir.iterdir():
+            if path.is_file() and (path.name.startswith("tokenizer") or path.name.endswith(".txt")
+                                   or path.name == "special_tokens_map.json"):
+                shutil.copy2(path, target / path.name)
+
+
+def _quantized_tiny_llama(kind: str, headroom: float):
+    """The pruned tiny Llama with its quantization scheme attached and its weight
+    scales set (what a calibration pass would leave behind): absmax / largest x
+    ``headroom``. With headroom 1 the bf16 scale can round down, so a row's largest
+    negative weight quantizes to int8 -128, which 0.14.0.1's sparse-24 compressor
+    then drops (it ranks by ``abs()``, which wraps at -128)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**QUANTIZED_LLAMA)).to(torch.bfloat16).eval()
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and name != "lm_head":
+                module.weight.copy_(_prune(module.weight, "2of4"))
+    return model, _quantize_for(model, kind, headroom)
+
+
+def _save_w4a16(marlin: bool, target: Path) -> None:
+    """W4A16, int4 symmetric, group 128: ``marlin-24`` (with a ``dense`` 2:4
+    sparsity config, as the published W4A16 2:4 checkpoints carry) or its twin in
+    ``pack-quantized``. float16, because the Marlin 2:4 compressor quantizes in
+    float16 whatever the model's dtype: the twin then holds the very same values."""
+    from compressed_tensors.compressors import ModelCompressor
+    from compressed_tensors.config import SparsityCompressionConfig
+    from compressed_tensors.quantization import (
+        QuantizationArgs,
+        QuantizationConfig,
+        QuantizationScheme,
+        apply_quantization_config,
+    )
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**QUANTIZED_LLAMA)).to(torch.bfloat16).to(torch.float16).eval()
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and name != "lm_head":
+                module.weight.copy_(_prune(module.weight, "2of4"))
+    weights = QuantizationArgs(num_bits=4, type="int", symmetric=True, strategy="group", group_size=128)
+    config = QuantizationConfig(config_groups={"group_0": QuantizationScheme(targets=["Linear"], weights=weights)},
+                                ignore=["lm_head"], format="marlin-24" if marlin else "pack-quantized")
+    apply_quantization_config(model, config)
+    with torch.no_grad():
+        for module in model.modules():
+            if hasattr(module, "weight_scale"):
+                w = module.weight.float()
+                absmax = w.reshape(w.shape[0], -1, 128).abs().amax(dim=2).clamp(min=1e-8)
+                module.weight_scale.copy_((absmax / 7 * 1.02).to(module.weight_scale.dtype))
+    sparsity = None
+    if marlin:
+        sparsity = SparsityCompressionConfig.load_from_registry(
+            "dense", targets=["Linear"], ignore=["lm_head"], sparsity_structure="2:4", global_sparsity=0.5)
+    compressor = ModelCompressor(quantization_config=config, sparsity_config=sparsity)
+    compressor.compress_model(model)
+    shutil.rmtree(target, ignore_errors=True)
+    model.save_pretrained(target, safe_serialization=True)
+    compressor.update_config(target)
+
+
+def write_quantized(out: Path) -> None:
     # 2% headroom keeps every value within +-127 (clean twins); the "_minus128"
     # pair keeps the exact absmax scales of a naive calibration and so shows the loss.
     plans = [(kind, variant, 1.02, "") for kind in QUANT_KINDS for variant in ("2of4", "plain")]
     plans += [("int8", variant, 1.0, "_minus128") for variant in ("2of4", "plain")]
     for kind, variant, headroom, suffix in plans:
         model, config = _quantized_tiny_llama(kind, headroom)
-        sparsity = None
-        if variant == "2of4":
-            sparsity = SparsityCompressionConfig.load_from_registry(
-                "sparse-24-bitmask", targets=["Linear"], ignore=["lm_head"], sparsity_structure="2:4",
-                global_sparsity=0.5)
-        compressor = ModelCompressor(quantization_config=config, sparsity_config=sparsity)
-        compressor.compress_model(model)
-        target = out / f"{kind}_{variant}{suffix}"
-        shutil.rmtree(target, ignore_errors=True)
-        model.save_pretrained(target, safe_serialization=True)
-        compressor.update_config(target)
+        _save_compressed(model, config, variant == "2of4", out / f"{kind}_{variant}{suffix}")
+    for variant in ("marlin24", "plain"):
+        _save_w4a16(variant == "marlin24", out / f"w4a16_{variant}")
     # A plain quantized checkpoint that carries leftover sparsity metadata.
     source, target = out / "int8_plain", out / "int8_sparsity_dense"
     shutil.rmtree(target, ignore_errors=True)
@@ -405,6 +486,9 @@ def main(argv: list[str]) -> int:
         return 0
     if cmd == "write-quantized":
         write_quantized(Path(argv[1]) if len(argv) > 1 else DEFAULT_OUT / "quantized")
+        return 0
+    if cmd == "write-quantized-model" and len(argv) == 4:
+        write_quantized_model(Path(argv[1]), Path(argv[2]), argv[3])
         return 0
     if cmd == "verify-quantized" and len(argv) == 3:
         return verify_quantized(Path(argv[1]), Path(argv[2]))

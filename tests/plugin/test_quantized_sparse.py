@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from checkpoints import MODELS
 from net import free_port
 from vllm_runner import run_engines
 from server_refusal import expect_refused
@@ -171,3 +173,33 @@ def _three_of_four(tensors) -> None:
 ], ids=["values-break-2of4", "missing-scale", "values-of-another-dtype", "mis-shaped-scale"])
 def test_broken_quantized_checkpoint_is_refused_before_serving(tmp_path, edit, expected):
     expect_refused(_broken_copy(tmp_path, edit), tmp_path, *expected, extra_args=SERVER_ARGS)
+
+
+# ---------------------------------------------------------------- SmolLM2-135M, written by 0.14.0.1 live
+
+CT014_PYTHON = Path(__file__).resolve().parents[2] / ".venv-ct014" / "bin" / "python"
+TEXT_PROMPTS = ["The capital of France is", "Once upon a time", "The best way to learn a language is",
+                "In 1969, the first", "Water boils at", "My favourite book is", "The sun rises in the",
+                "A healthy breakfast includes"]
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(not CT014_PYTHON.exists(), reason=".venv-ct014 is absent (scripts/ct014_venv.sh creates it)")
+def test_smollm2_int8_2of4_written_by_ct014_serves_like_stock_on_the_twin(base_model, tmp_path):
+    out = MODELS / "test-checkpoints" / "ct014-smollm2"
+    if not (out / "int8_plain" / "config.json").exists():  # ~25 s; kept for later runs
+        script = Path(__file__).resolve().parents[1] / "checkpoint" / "make_ct014_fixtures.py"
+        made = subprocess.run([str(CT014_PYTHON), str(script), "write-quantized-model", str(base_model), str(out),
+                               "int8"], capture_output=True, text=True, timeout=600)
+        assert made.returncode == 0, made.stderr[-3000:]
+
+    def job(name: str) -> dict:
+        return {"model": str(out / name), "prompts": TEXT_PROMPTS, "max_tokens": MAX_TOKENS}
+
+    ours = run_engines([job("int8_2of4")], tmp_path / "ours")[0]
+    stock = run_engines([job("int8_plain")], tmp_path / "stock", plugins=False)[0]
+    assert "error" not in ours and "error" not in stock, (ours.get("error"), stock.get("error"))
+    print(f"SmolLM2-135M int8 2:4: max |dlogprob| {_max_dlogprob(ours, stock):.2e} against stock on the twin "
+          f"({len(TEXT_PROMPTS)} prompts x {MAX_TOKENS} tokens)")
+    assert ours["tokens"] == stock["tokens"]
+    assert _max_dlogprob(ours, stock) < 1e-3

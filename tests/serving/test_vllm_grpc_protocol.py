@@ -1,10 +1,8 @@
-"""vLLM's own gRPC protocol (``VllmEngine``, smg's generated client) against two
-real servers on the same compressed-tensors 2:4 checkpoint: stock vLLM's gRPC
-launcher (``python -m vllm.entrypoints.launchers.grpc_server``), which loads it
-only because our plugin is installed, and ``vllm-sparse serve``.
-
-Both servers load the checkpoint through the plugin, so what differs between them
-is the front end alone: the load test compares them with one client
+"""vLLM's own gRPC protocol (``VllmEngine``, smg's generated client) against real
+servers: stock vLLM's gRPC launcher (``python -m
+vllm.entrypoints.launchers.grpc_server``) on a compressed-tensors 2:4 checkpoint,
+which it loads only because our plugin is installed; then stock's launcher and
+``vllm-sparse serve`` on the same dense model, load-tested in turns with one client
 (``vllm-sparse bench --backend vllm-grpc``). Then every status of the failure
 mapping is produced on purpose on ours; the last test kills ours's engine process.
 Tests run in file order."""
@@ -26,6 +24,7 @@ from smg_grpc_proto import vllm_engine_pb2_grpc as ve_grpc
 
 from checkpoints import CASES, MODELS, build_case
 from grpc_helpers import free_port, generate_request, prometheus_value, stub, vllm_engine_stream
+from vllm_runner import run_engines
 from vllm_sparse.cli import main as cli_main
 from vllm_sparse.serving.server_process import SparseServer, VllmGrpcLauncher
 
@@ -47,16 +46,16 @@ def checkpoint(base_model):
 
 
 @pytest.fixture(scope="module")
-def stock(checkpoint, tmp_path_factory):
-    server = VllmGrpcLauncher(checkpoint, free_port(), tmp_path_factory.mktemp("stock") / "server.log",
+def stock(base_model, tmp_path_factory):
+    server = VllmGrpcLauncher(base_model, free_port(), tmp_path_factory.mktemp("stock") / "server.log",
                               env=STOCK_ENV)
     with server:
         yield server
 
 
 @pytest.fixture(scope="module")
-def ours(checkpoint, tmp_path_factory):
-    server = SparseServer(checkpoint, free_port(), free_port(), tmp_path_factory.mktemp("ours") / "server.log",
+def ours(base_model, tmp_path_factory):
+    server = SparseServer(base_model, free_port(), free_port(), tmp_path_factory.mktemp("ours") / "server.log",
                           grpc_args=["--grpc-max-inflight", str(MAX_INFLIGHT), "--grpc-shutdown-grace", "1"])
     with server:
         yield server
@@ -79,32 +78,31 @@ def _error_of(call) -> grpc.StatusCode:
     return error.value
 
 
-def test_stock_launcher_serves_the_compressed_checkpoint_through_the_plugin(stock, ours):
-    log = stock.log_text()
-    assert "vllm-sparse layer table" in log and "2:4" in log  # our loader ran inside stock vLLM
-    channel, client = _client(stock.port)
-    with channel:
-        health = client.HealthCheck(ve.HealthCheckRequest(), timeout=30)
-        assert health.healthy, health.message
-        info = client.GetModelInfo(ve.GetModelInfoRequest(), timeout=30)
-        assert info.max_context_length == 1024 and info.vocab_size == 49152
-        assert "LlamaForCausalLM" in info.architectures
-        server_info = client.GetServerInfo(ve.GetServerInfoRequest(), timeout=30)
-        assert server_info.data_parallel_size == 1 and "bfloat16" in server_info.model_dtype
-        tokens, complete = vllm_engine_stream(client, _greedy_request("stock-greedy", 12))
-        assert len(tokens) == 12 and complete.finish_reason == "length"
-        # Abort mid-stream: the stream ends early, the engine lets the request go.
-        call = client.Generate(_greedy_request("stock-abort", 500), timeout=120)
-        next(call)
-        client.Abort(ve.AbortRequest(request_ids=["stock-abort"]), timeout=30)
-        assert sum(len(r.chunk.token_ids) for r in call if r.HasField("chunk")) < 499
-    # The same greedy tokens as our server on the same checkpoint, through both of its protocols.
-    channel, ours_client = _client(ours.grpc_port)
-    with channel:
-        assert vllm_engine_stream(ours_client, _greedy_request("ours-greedy", 12))[0] == tokens
-    http = ours.post("/v1/completions", {"model": ours.model, "prompt": PROMPT_IDS, "max_tokens": 12,
-                                         "temperature": 0.0, "ignore_eos": True, "return_token_ids": True})
-    assert list(http["choices"][0]["token_ids"]) == tokens
+def test_stock_launcher_serves_the_compressed_checkpoint_through_the_plugin(checkpoint, tmp_path):
+    launcher = VllmGrpcLauncher(checkpoint, free_port(), tmp_path / "server.log", env=STOCK_ENV)
+    with launcher:
+        log = launcher.log_text()
+        assert "vllm-sparse layer table" in log and "2:4" in log  # our loader ran inside stock vLLM
+        channel, client = _client(launcher.port)
+        with channel:
+            health = client.HealthCheck(ve.HealthCheckRequest(), timeout=30)
+            assert health.healthy, health.message
+            info = client.GetModelInfo(ve.GetModelInfoRequest(), timeout=30)
+            assert info.max_context_length == 1024 and info.vocab_size == 49152
+            assert "LlamaForCausalLM" in info.architectures
+            server_info = client.GetServerInfo(ve.GetServerInfoRequest(), timeout=30)
+            assert server_info.data_parallel_size == 1 and "bfloat16" in server_info.model_dtype
+            tokens, complete = vllm_engine_stream(client, _greedy_request("stock-greedy", 12))
+            assert len(tokens) == 12 and complete.finish_reason == "length"
+            # Abort mid-stream: the stream ends early, the engine lets the request go.
+            call = client.Generate(_greedy_request("stock-abort", 500), timeout=120)
+            next(call)
+            client.Abort(ve.AbortRequest(request_ids=["stock-abort"]), timeout=30)
+            assert sum(len(r.chunk.token_ids) for r in call if r.HasField("chunk")) < 499
+    # The same greedy tokens as vLLM with the plugin in-process on the same checkpoint.
+    reference = run_engines([{"model": str(checkpoint), "prompts": [PROMPT_IDS], "max_tokens": 12}],
+                            tmp_path / "reference")[0]
+    assert reference["tokens"] == [tokens]
 
 
 # ---------------------------------------------------------------- load test, same client, both servers
@@ -132,7 +130,7 @@ def _bench(target: str, workload: str, seed: int, out) -> dict:
             "itl_p50_ms": data["itl_ms"]["p50"]}
 
 
-def test_bench_vllm_grpc_agrees_between_stock_launcher_and_ours(stock, ours, tmp_path):
+def test_bench_vllm_grpc_agrees_between_stock_launcher_and_ours_on_the_dense_model(stock, ours, tmp_path):
     targets = {"stock": stock.target, "ours": f"127.0.0.1:{ours.grpc_port}"}
     results = {(server, workload): [] for server in targets for workload in WORKLOADS}
     rounds_done = {server: 0 for server in targets}

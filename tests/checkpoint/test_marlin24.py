@@ -1,0 +1,54 @@
+"""Reading compressed-tensors' marlin-24 layout (W4A16, 2:4), which 0.14.0.1 can
+write but not read: the values and scales must be exactly those of the same model
+stored ``pack-quantized`` (tests/checkpoint/fixtures/ct014/quantized, both written
+by 0.14.0.1)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vllm_sparse.checkpoint.errors import CheckpointError
+from vllm_sparse.checkpoint.marlin24 import MARLIN24_PARTS, decompress_marlin24
+
+QUANTIZED = Path(__file__).resolve().parent / "fixtures" / "ct014" / "quantized"
+
+
+def _unpack_int4(packed: torch.Tensor, cols: int) -> torch.Tensor:
+    """pack-quantized int4: 8 values per int32 along the row, low nibble first, +8."""
+    nibbles = torch.stack([(packed >> (4 * i)) & 0xF for i in range(8)], dim=-1).reshape(packed.shape[0], -1)
+    return (nibbles[:, :cols] - 8).to(torch.int8)
+
+
+def test_marlin24_values_and_scales_are_the_pack_quantized_twins():
+    marlin = load_file(QUANTIZED / "w4a16_marlin24" / "model.safetensors")
+    twin = load_file(QUANTIZED / "w4a16_plain" / "model.safetensors")
+    config = json.loads((QUANTIZED / "w4a16_marlin24" / "config.json").read_text())["quantization_config"]
+    assert config["format"] == "marlin-24" and config["sparsity_config"]["format"] == "dense"
+    prefixes = [name.removesuffix(".weight_shape") for name in twin if name.endswith(".weight_shape")]
+    assert len(prefixes) == 14
+    for prefix in prefixes:
+        rows, cols = twin[f"{prefix}.weight_shape"].tolist()
+        parts = {part: marlin[f"{prefix}.{part}"] for part in MARLIN24_PARTS}
+        values, scales = decompress_marlin24(parts, rows, cols, num_bits=4, group_size=128, name=prefix)
+        assert torch.equal(values, _unpack_int4(twin[f"{prefix}.weight_packed"], cols)), prefix
+        assert torch.equal(scales, twin[f"{prefix}.weight_scale"]), prefix
+        groups = values.reshape(rows, cols // 4, 4)
+        assert ((groups != 0).sum(-1) <= 2).all()  # 2:4 on the int4 values
+
+
+def test_marlin24_tensor_of_the_wrong_size_is_named():
+    marlin = load_file(QUANTIZED / "w4a16_marlin24" / "model.safetensors")
+    prefix = "model.layers.0.mlp.down_proj"
+    parts = {part: marlin[f"{prefix}.{part}"] for part in MARLIN24_PARTS}
+    parts["weight_packed"] = parts["weight_packed"][:, :-8]
+    with pytest.raises(CheckpointError, match=r"model.layers.0.mlp.down_proj.weight_packed: torch.int32 \[8, 248\]"):
+        decompress_marlin24(parts, 128, 256, num_bits=4, group_size=128, name=prefix)
+    parts = {part: marlin[f"{prefix}.{part}"] for part in MARLIN24_PARTS}
+    parts["scale_packed"] = parts["scale_packed"][:1]
+    with pytest.raises(CheckpointError, match="scale_packed"):
+        decompress_marlin24(parts, 128, 256, num_bits=4, group_size=128, name=prefix)

@@ -1,0 +1,94 @@
+"""Read compressed-tensors' ``marlin-24`` layout (4- or 8-bit weights, 2:4 sparse,
+laid out for the Marlin 2:4 GPU kernel), as 0.14.0.1's ``Marlin24Compressor``
+writes it, back into plain quantized values and scales. 0.14.0.1 itself can only
+write it.
+
+What the compressor did, per weight [N, K] of integer values in [-2^(b-1), 2^(b-1)):
+cutlass 2:4 compression to [N, K/2] values plus metadata; transpose to [K/2, N];
++2^(b-1) (unsigned); 16x16 tiles, a fixed permutation, b-bit values packed into
+int32 (``weight_packed``); the metadata's buffer re-shaped (``meta``); the scales
+transposed and permuted (``scale_packed``, float16). Each step is undone here in
+reverse; the cutlass metadata is read by compressed-tensors' converter (0.17 keeps
+the one 0.14.0.1 wrote with).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .errors import CheckpointError
+
+TILE = 16
+MARLIN24_PARTS = ("weight_packed", "meta", "scale_packed")
+
+
+def _permutations(num_bits: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The value, grouped-scale and per-channel-scale permutations of the Marlin
+    2:4 layout (fixed by the kernel's tensor-core fragment order)."""
+    perm = []
+    for i in range(32):
+        col, block_rows = i // 4, []
+        for block in (0, 1):
+            for row in (2 * (i % 4), 2 * (i % 4) + 1, 2 * (i % 4 + 4), 2 * (i % 4 + 4) + 1):
+                block_rows.append(16 * row + (col // 2) * 256 + 8 * (col % 2) + 4 * block)
+        for j in range(4):
+            perm.extend(p + j for p in block_rows)
+    interleave = np.array([0, 2, 4, 6, 1, 3, 5, 7] if num_bits == 4 else [0, 2, 1, 3])
+    perm = np.array(perm).reshape(-1, len(interleave))[:, interleave].ravel()
+    grouped = [i * 8 + j for i in range(8) for j in (0, 4, 1, 5, 2, 6, 3, 7)]
+    single = list(range(64))
+    return torch.from_numpy(perm), torch.tensor(grouped), torch.tensor(single)
+
+
+def _inverse(perm: Tensor) -> Tensor:
+    return torch.argsort(perm)
+
+
+def decompress_marlin24(parts: dict[str, Tensor], rows: int, cols: int, num_bits: int, group_size: int | None,
+                        name: str) -> tuple[Tensor, Tensor]:
+    """(values [rows, cols] int8 in [-2^(b-1), 2^(b-1)), with the pruned half zero;
+    scales [rows, groups] float16) of one weight. ``group_size`` None: per channel."""
+    missing = [p for p in MARLIN24_PARTS if p not in parts]
+    if missing:
+        raise CheckpointError(f"{name}: marlin-24 weight lacks {', '.join(f'{name}.{p}' for p in missing)}")
+    if num_bits not in (4, 8):
+        raise CheckpointError(f"{name}: marlin-24 holds 4- or 8-bit values, the config says {num_bits}")
+    size_k, size_n = cols // 2, rows
+    pack = 32 // num_bits
+    packed, meta, scales = parts["weight_packed"], parts["meta"], parts["scale_packed"]
+    want = (size_k // TILE, size_n * TILE // pack)
+    if cols % (2 * TILE) or rows % TILE or packed.dtype != torch.int32 or tuple(packed.shape) != want:
+        raise CheckpointError(
+            f"{name}.weight_packed: {packed.dtype} {list(packed.shape)}, but a [{rows}, {cols}] weight in marlin-24 "
+            f"needs int32 {list(want)} (rows a multiple of 16, columns of 32)")
+
+    # Unpack the b-bit fields (low bits first), then undo the permutation and tiles.
+    mask = (1 << num_bits) - 1
+    tiled = torch.empty(want[0], want[1] * pack, dtype=torch.int32)
+    for i in range(pack):
+        tiled[:, i::pack] = (packed >> (num_bits * i)) & mask
+    perm, grouped_perm, single_perm = _permutations(num_bits)
+    tiled = tiled.reshape(-1, perm.numel())[:, _inverse(perm)].reshape(want[0], size_n * TILE)
+    kept = tiled.reshape(size_k // TILE, size_n // TILE, TILE, TILE).permute(0, 2, 1, 3).reshape(size_k, size_n)
+    kept = (kept - (1 << (num_bits - 1))).t().contiguous()  # [rows, cols / 2], signed
+
+    # The metadata buffer was re-shaped from [rows, m] to [m / 2, 2 * rows].
+    if meta.dim() != 2 or meta.numel() % rows or meta.shape[1] != 2 * rows:
+        raise CheckpointError(f"{name}.meta: shape {list(meta.shape)} does not fit a weight of {rows} rows")
+    meta = meta.contiguous().reshape(rows, -1)
+    # compressed-tensors' own copy of the cutlass converter: torch's current one
+    # orders the metadata differently from the one the compressor used.
+    from compressed_tensors.utils.semi_structured_conversions import sparse_semi_structured_to_dense_cutlass
+
+    # The converter wants the 16-bit dtype the compressor used (integers are exact in it).
+    values = sparse_semi_structured_to_dense_cutlass(kept.to(torch.float16), meta).to(torch.int8)
+
+    groups = 1 if group_size is None else cols // group_size
+    if scales.dim() != 2 or scales.numel() != groups * rows:
+        raise CheckpointError(
+            f"{name}.scale_packed: shape {list(scales.shape)}, but {groups} scale(s) per row x {rows} rows are needed")
+    order = grouped_perm if group_size is not None and group_size < size_k else single_perm
+    scales = scales.reshape(-1, order.numel())[:, _inverse(order)].reshape(groups, rows).t().contiguous()
+    return values, scales
