@@ -52,7 +52,8 @@ def _job(name: str) -> dict:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     work = tmp_path_factory.mktemp("quantized")
-    names = ["int8_2of4", "int8_sparsity_dense", "int8_plain", "fp8_2of4", "fp8_plain"]
+    names = ["int8_2of4", "int8_sparsity_dense", "int8_plain", "fp8_2of4", "fp8_plain", "w4a16_marlin24",
+             "w4a16_plain"]
     ours = run_engines([_job(n) for n in names + ["int8_2of4_minus128"]], work / "ours")
     stock = run_engines([_job(n) for n in names], work / "stock", plugins=False)
     return dict(zip(names + ["int8_2of4_minus128"], ours)), dict(zip(names, stock)), (work / "ours" / "runner.log").read_text()
@@ -65,8 +66,10 @@ def _max_dlogprob(a: dict, b: dict) -> float:
 @pytest.mark.vllm
 def test_stock_vllm_refuses_what_carries_a_sparsity_config(served):
     _, stock, _ = served
+    for name in ("int8_2of4", "int8_sparsity_dense", "fp8_2of4", "w4a16_marlin24"):
+        assert "error" in stock[name], (name, stock[name])
     for name in ("int8_2of4", "int8_sparsity_dense", "fp8_2of4"):
-        assert STOCK_REFUSAL in stock[name].get("error", ""), (name, stock[name])
+        assert STOCK_REFUSAL in stock[name]["error"], (name, stock[name])
     assert "tokens" in stock["int8_plain"]
 
 
@@ -90,6 +93,19 @@ def test_layer_table_names_vllms_scheme_for_each_sparse_layer(served):
     table = log[log.index("vllm-sparse layer table"):]
     rows = [line for line in table.splitlines() if "model.layers." in line]
     assert len(rows) >= 8 and all("2:4" in row and "W8A8 int8" in row and "vllm W8A8Int8" in row for row in rows[:8]), rows[:8]
+
+
+@pytest.mark.vllm
+def test_marlin24_w4a16_served_like_stock_serves_the_pack_quantized_twin(served):
+    """marlin-24 (vLLM dropped its Marlin 2:4 kernel) runs on vLLM's own W4A16 scheme
+    once our loader has turned its tensors into pack-quantized ones."""
+    ours, stock, log = served
+    assert "error" not in ours["w4a16_marlin24"], ours["w4a16_marlin24"]
+    delta = _max_dlogprob(ours["w4a16_marlin24"], stock["w4a16_plain"])
+    print(f"w4a16_marlin24: max |dlogprob| {delta:.2e} against stock vLLM on w4a16_plain")
+    assert ours["w4a16_marlin24"]["tokens"] == stock["w4a16_plain"]["tokens"]
+    assert delta < 1e-3
+    assert "W4A16 int4" in log and "vllm WNA16" in log
 
 
 @pytest.mark.vllm
@@ -145,9 +161,9 @@ def test_openai_server_serves_int8_2of4_like_stock_serves_the_twin(tmp_path):
         assert served == [_completion_ids(stock, prompt) for prompt in PROMPTS[:4]]
 
 
-def _broken_copy(tmp_path: Path, edit) -> Path:
+def _broken_copy(tmp_path: Path, edit, source: str = "int8_2of4") -> Path:
     target = tmp_path / "ckpt"
-    shutil.copytree(QUANTIZED / "int8_2of4", target)
+    shutil.copytree(QUANTIZED / source, target)
     tensors = load_file(target / "model.safetensors")
     edit(tensors)
     save_file(tensors, target / "model.safetensors", metadata={"format": "pt"})
@@ -173,6 +189,17 @@ def _three_of_four(tensors) -> None:
 ], ids=["values-break-2of4", "missing-scale", "values-of-another-dtype", "mis-shaped-scale"])
 def test_broken_quantized_checkpoint_is_refused_before_serving(tmp_path, edit, expected):
     expect_refused(_broken_copy(tmp_path, edit), tmp_path, *expected, extra_args=SERVER_ARGS)
+
+
+@pytest.mark.vllm
+def test_marlin24_tensor_of_the_wrong_size_is_refused_before_serving(tmp_path):
+    def truncate(tensors):
+        name = "model.layers.1.mlp.up_proj.weight_packed"
+        tensors[name] = tensors[name][:, :-8].contiguous()
+
+    broken = _broken_copy(tmp_path, truncate, source="w4a16_marlin24")
+    expect_refused(broken, tmp_path, "model.layers.1.mlp.up_proj.weight_packed: torch.int32 [4, 504]",
+                   "marlin-24 needs int32 [4, 512]", extra_args=SERVER_ARGS)
 
 
 # ---------------------------------------------------------------- SmolLM2-135M, written by 0.14.0.1 live

@@ -44,13 +44,17 @@ class ShardAssembler:
         part_names: tuple[str, ...],
         storage_format: str,
         load_dense: Callable[[torch.Tensor, object], None],
+        decompress: Callable[[dict[str, torch.Tensor], str, tuple[int, int]], torch.Tensor] | None = None,
     ) -> None:
+        """``decompress(parts, shard name, shard shape)`` replaces the
+        compressed-tensors sparse formats' decompression (marlin-24)."""
         self.layer_name = layer_name
         self.shard_names = shard_names
         self.shard_shapes = shard_shapes
         self.part_names = part_names
         self.storage_format = storage_format
         self._load_dense = load_dense
+        self._decompress = decompress
         self._parts: dict[int, dict[str, torch.Tensor]] = {}
         self._done: set[int] = set()
         self.kept_zeros = 0  # stored values that are 0 (a 2:4 group kept fewer than 2 non-zeros)
@@ -77,8 +81,11 @@ class ShardAssembler:
         if len(parts) < len(self.part_names):
             return
         del self._parts[index]
-        dense = decompress_weight(parts, self.storage_format, name=self.shard_names[index])
-        self.kept_zeros += int((parts["compressed"] == 0).sum())
+        if self._decompress is not None:
+            dense = self._decompress(parts, self.shard_names[index], self.shard_shapes[index])
+        else:
+            dense = decompress_weight(parts, self.storage_format, name=self.shard_names[index])
+            self.kept_zeros += int((parts["compressed"] == 0).sum())
         self._check_shape(index, tuple(dense.shape), f"{self.shard_names[index]} (decompressed from {sorted(parts)})")
         self._mark_done(index)
         self._load_dense(dense, shard_id)

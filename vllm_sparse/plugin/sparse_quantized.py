@@ -28,6 +28,7 @@ from ..checkpoint.sparsity_spec import DENSE_FORMAT, SparsitySpec
 from ..kernels import analyze_weight
 from .layer_report import LayerReport
 from .sparse_linear import ShardAssembler, SparseLinearMethod, check_declared_pattern, shard_count, shard_shapes
+from .sparse_marlin24 import MARLIN24, PACK_QUANTIZED, Marlin24LinearMethod
 from .vllm_internals import (
     LOGGER_NAME,
     CompressedTensorsConfig,
@@ -45,12 +46,18 @@ def quantized_config(config: dict, spec: SparsitySpec, shard_names_of) -> Compre
     """vLLM's compressed-tensors config for the quantization, with our sparse storage
     under it (none needed when the declared format is ``dense``)."""
     quantization_only = {key: value for key, value in config.items() if key != "sparsity_config"}
-    if spec.format == DENSE_FORMAT:
+    if config.get("format") == MARLIN24:
+        # vLLM's W{4,8}A16 scheme reads pack-quantized; our loader turns marlin-24 into it.
+        quantization_only["format"] = PACK_QUANTIZED
+        sparse = SparseCompressedTensorsConfig.from_config(quantization_only)
+        sparse.sparsity, sparse.marlin24 = spec, True
+    elif spec.format == DENSE_FORMAT:
         logger.info("vllm-sparse: sparsity_config format 'dense' (nothing stored sparse): "
                     "serving with vLLM's compressed-tensors quantization schemes")
         return CompressedTensorsConfig.from_config(quantization_only)
-    sparse = SparseCompressedTensorsConfig.from_config(quantization_only)
-    sparse.sparsity = spec
+    else:
+        sparse = SparseCompressedTensorsConfig.from_config(quantization_only)
+        sparse.sparsity, sparse.marlin24 = spec, False
     sparse.report = LayerReport(logger)
     sparse.shard_names_of = shard_names_of
     sparse.quantization_label = QuantizationLabels(config)
@@ -68,6 +75,15 @@ class SparseCompressedTensorsConfig(CompressedTensorsConfig):
         if not isinstance(layer, LinearBase):
             return method
         shard_names = self.shard_names_of(prefix, self.packed_modules_mapping or {})
+        if self.marlin24:
+            if not isinstance(method, CompressedTensorsLinearMethod):
+                return method  # not quantized (lm_head): vLLM's own path
+            self.report.expect(prefix)
+            weights = layer.scheme.quant_type.size_bits
+            group = getattr(layer.scheme, "group_size", -1)
+            return Marlin24LinearMethod(method, self.report, prefix, shard_names, weights,
+                                        None if group in (None, -1) else group,
+                                        self.quantization_label(shard_names[0]))
         if not any(self.sparsity.applies_to(name) for name in shard_names):
             return method  # quantized only, or neither: vLLM's own path
         self.report.expect(prefix)
