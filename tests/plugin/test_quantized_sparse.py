@@ -45,6 +45,7 @@ def test_decompressed_values_are_the_twins_quantized_values(kind):
 
 
 def _job(name: str) -> dict:
+    """A fixture by name, or a checkpoint by path."""
     return {"model": str(QUANTIZED / name), "prompts": PROMPTS, "max_tokens": MAX_TOKENS,
             "skip_tokenizer_init": True, "max_model_len": 256}
 
@@ -52,11 +53,12 @@ def _job(name: str) -> dict:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     work = tmp_path_factory.mktemp("quantized")
-    names = ["int8_2of4", "int8_sparsity_dense", "int8_plain", "fp8_2of4", "fp8_plain", "w4a16_marlin24",
-             "w4a16_plain"]
-    ours = run_engines([_job(n) for n in names + ["int8_2of4_minus128"]], work / "ours")
-    stock = run_engines([_job(n) for n in names], work / "stock", plugins=False)
-    return dict(zip(names + ["int8_2of4_minus128"], ours)), dict(zip(names, stock)), (work / "ours" / "runner.log").read_text()
+    sparse = ["int8_2of4", "int8_sparsity_dense", "fp8_2of4", "w4a16_marlin24", "int8_2of4_minus128"]
+    stock_names = ["int8_2of4", "int8_sparsity_dense", "fp8_2of4", "w4a16_marlin24", "int8_plain", "fp8_plain",
+                   "w4a16_plain"]
+    ours = run_engines([_job(n) for n in sparse], work / "ours")
+    stock = run_engines([_job(n) for n in stock_names], work / "stock", plugins=False)
+    return dict(zip(sparse, ours)), dict(zip(stock_names, stock)), (work / "ours" / "runner.log").read_text()
 
 
 def _max_dlogprob(a: dict, b: dict) -> float:
@@ -83,8 +85,6 @@ def test_int8_served_token_for_token_like_stock_on_the_plain_twin(served, name):
           f"({len(PROMPTS)} prompts x {MAX_TOKENS} tokens)")
     assert ours[name]["tokens"] == reference["tokens"]
     assert _max_dlogprob(ours[name], reference) < 1e-3
-    # The plugin on the plain twin leaves it to vLLM: the very same figures.
-    assert ours["int8_plain"]["tokens"] == reference["tokens"]
 
 
 @pytest.mark.vllm
@@ -133,7 +133,6 @@ def test_fp8_served_as_stock_serves_the_plain_twin(served):
     if "error" in reference:  # no FP8 kernel on this CPU: the same refusal, from vLLM's scheme
         print(f"stock vLLM on fp8_plain: {reference['error'][:300]}")
         assert ours["fp8_2of4"].get("error", "").split(":")[0] == reference["error"].split(":")[0], ours["fp8_2of4"]
-        assert ours["fp8_plain"].get("error") == reference["error"]
         return
     assert ours["fp8_2of4"]["tokens"] == reference["tokens"]
     assert _max_dlogprob(ours["fp8_2of4"], reference) < 1e-3
@@ -151,18 +150,17 @@ def _completion_ids(server: OpenAIServer, prompt: list[int]) -> list[int]:
 
 
 @pytest.mark.vllm
-def test_openai_server_serves_int8_2of4_like_stock_serves_the_twin(tmp_path):
+def test_openai_server_serves_int8_2of4_like_stock_serves_the_twin(served, tmp_path):
+    """Greedy is deterministic: the server's first 16 tokens are the first 16 that
+    stock vLLM generated on the plain twin (``served``)."""
+    _, stock, _ = served
     ours = OpenAIServer(QUANTIZED / "int8_2of4", free_port(), tmp_path / "ours.log", extra_args=SERVER_ARGS)
     with ours:
-        served = [_completion_ids(ours, prompt) for prompt in PROMPTS[:4]]
-    stock = OpenAIServer(QUANTIZED / "int8_plain", free_port(), tmp_path / "stock.log", extra_args=SERVER_ARGS,
-                         env={"VLLM_PLUGINS": ""})
-    with stock:
-        assert served == [_completion_ids(stock, prompt) for prompt in PROMPTS[:4]]
+        generated = [_completion_ids(ours, prompt) for prompt in PROMPTS[:4]]
+    assert generated == [tokens[:16] for tokens in stock["int8_plain"]["tokens"][:4]]
 
 
-def _broken_copy(tmp_path: Path, edit, source: str = "int8_2of4") -> Path:
-    target = tmp_path / "ckpt"
+def _broken_copy(target: Path, edit, source: str = "int8_2of4") -> Path:
     shutil.copytree(QUANTIZED / source, target)
     tensors = load_file(target / "model.safetensors")
     edit(tensors)
@@ -175,31 +173,46 @@ def _three_of_four(tensors) -> None:
     bitmask[5, 0] |= 0x0F  # columns 0..3 of row 5: all four flagged
 
 
-@pytest.mark.vllm
-@pytest.mark.parametrize("edit, expected", [
-    (_three_of_four, ("model.layers.1.mlp.up_proj.bitmask", "flags exactly 2 of every 4")),
-    (lambda t: t.pop("model.layers.1.mlp.down_proj.weight_scale"),
-     ("lacks model.layers.1.mlp.down_proj.weight_scale",)),
-    (lambda t: t.update({"model.layers.0.mlp.up_proj.compressed":
-                         t["model.layers.0.mlp.up_proj.compressed"].to(torch.bfloat16)}),
-     ("model.layers.0.mlp.up_proj: stored values are torch.bfloat16", "stores torch.int8")),
-    (lambda t: t.update({"model.layers.1.mlp.down_proj.weight_scale":
-                         t["model.layers.1.mlp.down_proj.weight_scale"][:127]}),
-     ("model.layers.1.mlp.down_proj.weight_scale: shape [127, 1] does not fit", "[128, 1]")),
-], ids=["values-break-2of4", "missing-scale", "values-of-another-dtype", "mis-shaped-scale"])
-def test_broken_quantized_checkpoint_is_refused_before_serving(tmp_path, edit, expected):
-    expect_refused(_broken_copy(tmp_path, edit), tmp_path, *expected, extra_args=SERVER_ARGS)
+def _marlin_truncated(tensors) -> None:
+    name = "model.layers.1.mlp.up_proj.weight_packed"
+    tensors[name] = tensors[name][:, :-8].contiguous()
+
+
+# (source checkpoint, edit, what the error must say)
+BROKEN = {
+    "values-break-2of4": ("int8_2of4", _three_of_four,
+                          ("model.layers.1.mlp.up_proj.bitmask", "flags exactly 2 of every 4")),
+    "missing-scale": ("int8_2of4", lambda t: t.pop("model.layers.1.mlp.down_proj.weight_scale"),
+                      ("lacks model.layers.1.mlp.down_proj.weight_scale",)),
+    "values-of-another-dtype": ("int8_2of4", lambda t: t.update({"model.layers.0.mlp.up_proj.compressed":
+                                t["model.layers.0.mlp.up_proj.compressed"].to(torch.bfloat16)}),
+                                ("model.layers.0.mlp.up_proj: stored values are torch.bfloat16", "stores torch.int8")),
+    "marlin24-wrong-size": ("w4a16_marlin24", _marlin_truncated,
+                            ("model.layers.1.mlp.up_proj.weight_packed: torch.int32 [4, 504]",
+                             "marlin-24 needs int32 [4, 512]")),
+}
 
 
 @pytest.mark.vllm
-def test_marlin24_tensor_of_the_wrong_size_is_refused_before_serving(tmp_path):
-    def truncate(tensors):
-        name = "model.layers.1.mlp.up_proj.weight_packed"
-        tensors[name] = tensors[name][:, :-8].contiguous()
+def test_broken_quantized_checkpoints_are_refused_at_load(tmp_path):
+    """Each refused by the plugin while vLLM loads it (one engine process for all;
+    the server path, exit status included, is the next test's)."""
+    made = {case: _broken_copy(tmp_path / case, edit, source) for case, (source, edit, _) in BROKEN.items()}
+    results = run_engines([_job(str(path)) for path in made.values()], tmp_path / "runs")
+    for case, result in zip(BROKEN, results):
+        for text in BROKEN[case][2]:
+            assert text in result.get("error", ""), (case, result.get("error", result))
 
-    broken = _broken_copy(tmp_path, truncate, source="w4a16_marlin24")
-    expect_refused(broken, tmp_path, "model.layers.1.mlp.up_proj.weight_packed: torch.int32 [4, 504]",
-                   "marlin-24 needs int32 [4, 512]", extra_args=SERVER_ARGS)
+
+@pytest.mark.vllm
+def test_mis_shaped_scale_stops_the_server_naming_it(tmp_path):
+    """vLLM's own loader would stop with a bare AssertionError."""
+    def shorten(tensors):
+        tensors["model.layers.1.mlp.down_proj.weight_scale"] = tensors["model.layers.1.mlp.down_proj.weight_scale"][:127]
+
+    expect_refused(_broken_copy(tmp_path / "ckpt", shorten), tmp_path,
+                   "model.layers.1.mlp.down_proj.weight_scale: shape [127, 1] does not fit", "[128, 1]",
+                   extra_args=SERVER_ARGS)
 
 
 # ---------------------------------------------------------------- SmolLM2-135M, written by 0.14.0.1 live

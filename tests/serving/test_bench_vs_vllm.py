@@ -37,7 +37,7 @@ pytestmark = pytest.mark.vllm
 
 INPUT_LEN, OUTPUT_LEN = 64, 32
 # (number of requests, concurrency) and the figures compared on each.
-WORKLOADS = {"c4": (24, 4), "c1": (6, 1)}
+WORKLOADS = {"c4": (16, 4), "c1": (6, 1)}
 COMPARED = {"c4": ("request_throughput",), "c1": ("request_throughput", "median_ttft_ms", "median_itl_ms")}
 ROUNDS = 3  # per client
 # Whose turn it is: an ABBA order, so a linear drift in machine speed cancels.

@@ -112,7 +112,7 @@ TURNS = ("stock", "ours", "ours", "stock", "stock", "ours")  # ABBA: a linear dr
 # (number of requests, concurrency) and the figures compared. TTFT is compared at
 # concurrency 1: with fixed lengths at concurrency 4 it depends on whether a group
 # of requests lands in one engine step or two (see test_bench_vs_vllm.py).
-WORKLOADS = {"c4": (24, 4), "c1": (6, 1)}
+WORKLOADS = {"c4": (16, 4), "c1": (6, 1)}
 COMPARED = {"c4": ("request_throughput",), "c1": ("request_throughput", "ttft_p50_ms")}
 TOLERANCE = 0.10
 
