@@ -14,8 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
+from checkpoints import tiny_llama
 from vllm_runner import run_engines
 from vllm_sparse.checkpoint.writer import load_state_dict, save_sparse_checkpoint
 from vllm_sparse.kernels import NMPattern
@@ -32,24 +32,10 @@ TWO_CORES = {"VLLM_CPU_OMP_THREADS_BIND": "0|1"}
 LOGPROB_TOLERANCE = 1e-3
 
 
-def _tiny_llama(directory: Path) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-                         tie_word_embeddings=False)
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(10)  # next-token choices with clear margins
-    model.save_pretrained(directory, safe_serialization=True)
-    return directory
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("parallel")
-    base = _tiny_llama(root / "dense")
+    base = tiny_llama(root / "dense")
     state = load_state_dict(base)
     made = {"int8_2of4": QUANTIZED / "int8_2of4"}
     for name, plan, storage in (("2of4", PruningPlan(0.5, NMPattern(2, 4)), "sparse-24-bitmask"),

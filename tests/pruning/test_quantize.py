@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from checkpoints import tiny_llama
 from vllm_runner import run_engines
 from vllm_sparse.checkpoint.compressed_tensors_format import compress_weight, decompress_weight
 from vllm_sparse.checkpoint.writer import load_state_dict
@@ -53,17 +54,8 @@ def test_our_2of4_compressor_keeps_int8_minus_128():
 @pytest.fixture(scope="module")
 def written(tmp_path_factory):
     """A tiny Llama (as transformers writes it), pruned 2:4 and quantized by the CLI."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     root = tmp_path_factory.mktemp("quantize")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
-                         tie_word_embeddings=False)
-    model = LlamaForCausalLM(config).to(torch.bfloat16)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(10)  # next-token choices with clear margins
-    model.save_pretrained(root / "dense", safe_serialization=True)
+    tiny_llama(root / "dense", num_key_value_heads=1)
     pruned = prune_state_dict(load_state_dict(root / "dense"), PruningPlan(0.5, NMPattern(2, 4)))
     save_file({k: v.contiguous() for k, v in pruned.items()}, root / "pruned.safetensors")
     out = {}
