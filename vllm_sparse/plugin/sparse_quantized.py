@@ -65,7 +65,11 @@ def quantized_config(config: dict, spec: SparsitySpec, shard_names_of) -> Compre
 
 
 class SparseCompressedTensorsConfig(CompressedTensorsConfig):
+    """vLLM's config, choosing per linear layer: ours where its values are stored
+    sparse (or as marlin-24), vLLM's own method everywhere else."""
+
     sparsity: SparsitySpec
+    marlin24: bool  # every quantized layer is stored marlin-24
     report: LayerReport
     shard_names_of: Callable[[str, dict], list[str]]
     quantization_label: Callable[[str], str]
