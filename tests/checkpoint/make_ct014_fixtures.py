@@ -288,6 +288,14 @@ QUANTIZED_LLAMA = dict(
 QUANT_KINDS = {"int8": ("int-quantized", "int", 127.0), "fp8": ("float-quantized", "float", 448.0)}
 
 
+def _prune_2of4(model) -> None:
+    """Every linear weight but the LM head pruned 2:4 by magnitude, in place."""
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and name != "lm_head":
+                module.weight.copy_(_prune(module.weight, "2of4"))
+
+
 def _quantize_for(model, kind: str, headroom: float):
     """Attach the W8A8 dynamic scheme of ``kind`` to ``model`` (pruned already) and
     set its weight scales: absmax / largest x ``headroom``."""
@@ -338,10 +346,7 @@ def write_quantized_model(model_dir: Path, out: Path, kind: str) -> None:
 
     for variant in ("2of4", "plain"):
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
-        with torch.no_grad():
-            for name, module in model.named_modules():
-                if isinstance(module, torch.nn.Linear) and name != "lm_head":
-                    module.weight.copy_(_prune(module.weight, "2of4"))
+        _prune_2of4(model)
         config = _quantize_for(model, kind, headroom=1.02)
         target = out / f"{kind}_{variant}"
         _save_compressed(model, config, variant == "2of4", target)
@@ -361,10 +366,7 @@ def _quantized_tiny_llama(kind: str, headroom: float):
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(**QUANTIZED_LLAMA)).to(torch.bfloat16).eval()
-    with torch.no_grad():
-        for name, module in model.named_modules():
-            if isinstance(module, torch.nn.Linear) and name != "lm_head":
-                module.weight.copy_(_prune(module.weight, "2of4"))
+    _prune_2of4(model)
     return model, _quantize_for(model, kind, headroom)
 
 
@@ -385,10 +387,7 @@ def _save_w4a16(marlin: bool, target: Path) -> None:
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(**QUANTIZED_LLAMA)).to(torch.bfloat16).to(torch.float16).eval()
-    with torch.no_grad():
-        for name, module in model.named_modules():
-            if isinstance(module, torch.nn.Linear) and name != "lm_head":
-                module.weight.copy_(_prune(module.weight, "2of4"))
+    _prune_2of4(model)
     weights = QuantizationArgs(num_bits=4, type="int", symmetric=True, strategy="group", group_size=128)
     config = QuantizationConfig(config_groups={"group_0": QuantizationScheme(targets=["Linear"], weights=weights)},
                                 ignore=["lm_head"], format="marlin-24" if marlin else "pack-quantized")

@@ -12,7 +12,6 @@ from .compressed_tensors_format import SPARSE_FORMATS, declared_sparsity, decomp
 from .layer_table import LayerRow
 from .layer_names import prunable_layer_index
 from .quantization_scheme import QuantizationLabels
-from .sparsity_spec import SparsitySpec
 from .writer import load_state_dict
 
 
@@ -20,16 +19,12 @@ def _quantization_config(model_dir: str | Path) -> dict | None:
     return json.loads((Path(model_dir) / "config.json").read_text()).get("quantization_config")
 
 
-def read_sparsity_spec(model_dir: str | Path) -> SparsitySpec:
-    return declared_sparsity(_quantization_config(model_dir))
-
-
 def inspect_checkpoint(model_dir: str | Path, device: str = "cpu") -> list[LayerRow]:
     """One row per decoder linear layer. Quantized layers are analysed on their
     stored values (a value quantized to 0 counts as a zero) and stay with vLLM's
     quantized GEMM when served."""
-    spec = read_sparsity_spec(model_dir)
-    quantization = QuantizationLabels(_quantization_config(model_dir))
+    config = _quantization_config(model_dir)
+    spec, quantization = declared_sparsity(config), QuantizationLabels(config)
     tensors = load_state_dict(model_dir)
     if spec.format in SPARSE_FORMATS:
         tensors = decompress_state_dict(tensors, spec.format)

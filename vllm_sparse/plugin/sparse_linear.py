@@ -103,11 +103,13 @@ class ShardAssembler:
             raise CheckpointError(f"{self.shard_names[index]}: weight stored twice in the checkpoint")
         self._done.add(index)
 
-    def register_parts(self, layer: torch.nn.Module, weight: torch.nn.Parameter) -> None:
-        """Route the layer's checkpoint tensors through this assembler: the dense
-        ``weight`` as it is, and one placeholder parameter per stored part."""
+    def register_parts(self, layer: torch.nn.Module, weight: torch.nn.Parameter | None = None) -> None:
+        """Route the layer's checkpoint tensors through this assembler: one
+        placeholder parameter per stored part, and the dense ``weight`` (when the
+        format may also store it so) as it is."""
         layer.sparse_assembler = self
-        weight.weight_loader = lambda param, loaded, shard_id=None: self.load_dense(loaded, shard_id)
+        if weight is not None:
+            weight.weight_loader = lambda param, loaded, shard_id=None: self.load_dense(loaded, shard_id)
         for part in self.part_names:
             placeholder = torch.nn.Parameter(torch.empty(0, dtype=torch.uint8), requires_grad=False)
             placeholder.weight_loader = (
@@ -144,11 +146,23 @@ class ShardAssembler:
         return problems
 
 
-def shard_count(layer: torch.nn.Module, output_partition_sizes: list[int]) -> int:
-    """How many checkpoint weights a layer is made of (q/k/v, gate/up: fused)."""
-    if isinstance(layer, QKVParallelLinear) or len(output_partition_sizes) > 1:
-        return len(output_partition_sizes)
-    return 1
+def layer_shard_names(layer: torch.nn.Module, prefix: str, known: list[str], output_partition_sizes: list[int]) -> list[str]:
+    """The checkpoint names of a layer's shards (q/k/v, gate/up when fused): the
+    names the config's packed-modules mapping gave, or numbered ones when they do
+    not match the layer."""
+    fused = isinstance(layer, QKVParallelLinear) or len(output_partition_sizes) > 1
+    count = len(output_partition_sizes) if fused else 1
+    if len(known) == count:
+        return known
+    return [f"{prefix}[{i}]" for i in range(count)] if count > 1 else [prefix]
+
+
+def call_loader(loader, param: torch.nn.Parameter, loaded: torch.Tensor, shard_id) -> None:
+    """vLLM's weight loaders take a shard id only for fused layers."""
+    if shard_id is None:
+        loader(param, loaded)
+    else:
+        loader(param, loaded, shard_id)
 
 
 def shard_shapes(layer: torch.nn.Module, output_size: int, input_size: int, count: int) -> list[tuple[int, int]]:
@@ -212,21 +226,16 @@ class SparseLinearMethod(LinearMethodBase):
             params_dtype, **extra_weight_attrs,
         )
         weight = layer.weight
-        count = shard_count(layer, output_partition_sizes)
-        if len(self.shard_names) != count:
-            self.shard_names = [f"{self.prefix}[{i}]" for i in range(count)] if count > 1 else [self.prefix]
+        self.shard_names = layer_shard_names(layer, self.prefix, self.shard_names, output_partition_sizes)
 
         def load_into_weight(loaded: torch.Tensor, shard_id) -> None:
-            if shard_id is None:
-                vllm_loader(weight, loaded)
-            else:
-                vllm_loader(weight, loaded, shard_id)
+            call_loader(vllm_loader, weight, loaded, shard_id)
 
         part_names = PART_NAMES.get(self.spec.format, ())
         assembler = ShardAssembler(
             self.prefix,
             self.shard_names,
-            shard_shapes(layer, output_size, input_size, count),
+            shard_shapes(layer, output_size, input_size, len(self.shard_names)),
             part_names,
             self.spec.format,
             load_into_weight,

@@ -27,7 +27,14 @@ from ..checkpoint.quantization_scheme import QuantizationLabels
 from ..checkpoint.sparsity_spec import DENSE_FORMAT, SparsitySpec
 from ..kernels import analyze_weight
 from .layer_report import LayerReport
-from .sparse_linear import ShardAssembler, SparseLinearMethod, check_declared_pattern, shard_count, shard_shapes
+from .sparse_linear import (
+    ShardAssembler,
+    SparseLinearMethod,
+    call_loader,
+    check_declared_pattern,
+    layer_shard_names,
+    shard_shapes,
+)
 from .sparse_marlin24 import MARLIN24, PACK_QUANTIZED, Marlin24LinearMethod
 from .vllm_internals import (
     LOGGER_NAME,
@@ -120,9 +127,7 @@ class SparseQuantizedLinearMethod(LinearMethodBase):
                                   params_dtype, **extra_weight_attrs)
         weight = layer.weight
         scheme_loader = weight.weight_loader
-        count = shard_count(layer, output_partition_sizes)
-        if len(self.shard_names) != count:
-            self.shard_names = [f"{self.prefix}[{i}]" for i in range(count)] if count > 1 else [self.prefix]
+        self.shard_names = layer_shard_names(layer, self.prefix, self.shard_names, output_partition_sizes)
 
         scheme = type(layer.scheme).__name__
 
@@ -134,13 +139,11 @@ class SparseQuantizedLinearMethod(LinearMethodBase):
                 raise CheckpointError(
                     f"{name}: stored values are {loaded.dtype}, but its quantization scheme ({scheme}, "
                     f"config.json quantization_config.config_groups) stores {weight.dtype}")
-            if shard_id is None:
-                scheme_loader(weight, loaded)
-            else:
-                scheme_loader(weight, loaded, shard_id)
+            call_loader(scheme_loader, weight, loaded, shard_id)
 
         part_names = PART_NAMES[self.spec.format]
-        assembler = ShardAssembler(self.prefix, self.shard_names, shard_shapes(layer, output_size, input_size, count),
+        assembler = ShardAssembler(self.prefix, self.shard_names,
+                                   shard_shapes(layer, output_size, input_size, len(self.shard_names)),
                                    part_names, self.spec.format, load_into_weight)
         assembler.partition_rows = list(output_partition_sizes)
         # The scheme's other tensors (scales, zero points) load through vLLM as they
@@ -157,7 +160,7 @@ class SparseQuantizedLinearMethod(LinearMethodBase):
             index = assembler.shard_index(shard_id)
             self._loads[name].add(index)
             try:
-                return loader(param, loaded) if shard_id is None else loader(param, loaded, shard_id)
+                return call_loader(loader, param, loaded, shard_id)
             except (AssertionError, RuntimeError) as exc:  # vLLM's loaders assert shapes without a message
                 fused = f" (fused from {len(assembler.shard_names)} checkpoint weights)" if len(assembler.shard_names) > 1 else ""
                 raise CheckpointError(
