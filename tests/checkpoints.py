@@ -71,7 +71,7 @@ def build_case(base_model: Path, root: Path, case: Case) -> CaseDirs:
     return dirs
 
 
-def tiny_llama(directory: Path, num_key_value_heads: int = 2) -> Path:
+def tiny_llama(directory: Path, num_key_value_heads: int = 2, intermediate_size: int = 256) -> Path:
     """A random Llama small enough to load in seconds that vLLM's CPU backend still
     serves (head size 64, 2 attention heads: TP=2 splits them), saved as
     transformers saves it, no tokenizer (prompts are token ids). Its LM head is
@@ -80,7 +80,7 @@ def tiny_llama(directory: Path, num_key_value_heads: int = 2) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+    config = LlamaConfig(vocab_size=128, hidden_size=128, intermediate_size=intermediate_size, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=num_key_value_heads,
                          max_position_embeddings=256, tie_word_embeddings=False)
     model = LlamaForCausalLM(config).to(torch.bfloat16)

@@ -20,7 +20,7 @@ def _cmd_fetch_model(args: argparse.Namespace) -> int:
 def _cmd_prune(args: argparse.Namespace) -> int:
     from .pruning.plan import OWLConfig, PruningPlan, SparseGPTConfig, check_request, parse_layer_sparsity
     from .pruning.run import prune_model
-    from .checkpoint.writer import save_sparse_checkpoint
+    from .checkpoint.writer import save_sparse_checkpoint, storage_layout
     from .kernels import NMPattern
 
     pattern = None if args.pattern == "unstructured" else NMPattern.parse(args.pattern)
@@ -36,17 +36,23 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
         calibration = CalibrationConfig(args.calibration, args.calibration_samples, args.calibration_seqlen)
     check_request(args.method, plan, args.allocation, calibration)
+    scheme = None
+    if args.quantize:
+        from .pruning.quantize import SCHEMES, quantize_state_dict
+
+        scheme = SCHEMES[args.quantize]
+        storage_layout(args.storage, scheme.config_group(), plan.structure)  # refuse before pruning
+    else:
+        storage_layout(args.storage, None, plan.structure)
     pruned, recipe = prune_model(
         args.model, args.method, plan, calibration=calibration, allocation=args.allocation,
         owl=OWLConfig(m=args.owl_m, lam=args.owl_lambda),
         sparsegpt=SparseGPTConfig(blocksize=args.sparsegpt_blocksize, damp=args.sparsegpt_damp),
     )
     quantization = None
-    if args.quantize:
-        from .pruning.quantize import SCHEMES, quantize_state_dict
-
-        scheme = SCHEMES[args.quantize]
-        pruned, quantization = quantize_state_dict(pruned, scheme), scheme.config_group()
+    if scheme is not None:
+        pruned, scheme = quantize_state_dict(pruned, scheme)
+        quantization = scheme.config_group()
         recipe["quantization"] = scheme.name
     out = save_sparse_checkpoint(args.model, pruned, args.out, storage=args.storage, structure=plan.structure,
                                  recipe=recipe, quantization=quantization)
@@ -238,14 +244,17 @@ def build_parser() -> argparse.ArgumentParser:
                             "the dense model's own answers to seed prompts through its chat template")
     prune.add_argument("--calibration-samples", type=int, default=32, help="random windows of the text")
     prune.add_argument("--calibration-seqlen", type=int, default=256, help="tokens per window")
-    prune.add_argument("--quantize", choices=["int8-dynamic", "fp8-dynamic"], default=None,
-                       help="also quantize the pruned linear weights: round-to-nearest per-channel scales, W8A8 with "
-                            "activations quantized per token at run time (compressed-tensors config_groups)")
+    prune.add_argument("--quantize", choices=["int8-dynamic", "fp8-dynamic", "w4a16"], default=None,
+                       help="also quantize the pruned linear weights, round to nearest: int8-dynamic / fp8-dynamic "
+                            "are W8A8 with per-channel weight scales and activations quantized per token at run time; "
+                            "w4a16 is int4 weights in groups of 128 (per channel where a width is not a multiple of "
+                            "128), stored marlin-24 (2:4) or pack-quantized (--storage dense)")
     prune.add_argument("--sparsegpt-blocksize", type=int, default=128)
     prune.add_argument("--sparsegpt-damp", type=float, default=0.01, help="Hessian dampening, relative to its mean diagonal")
     prune.add_argument(
-        "--storage", default="sparse-bitmask", choices=["dense", "sparse-bitmask", "sparse-24-bitmask"],
-        help="dense keeps the zeros; the others are compressed-tensors sparse formats",
+        "--storage", default="sparse-bitmask", choices=["dense", "sparse-bitmask", "sparse-24-bitmask", "marlin-24"],
+        help="dense keeps the zeros; sparse-bitmask and sparse-24-bitmask are compressed-tensors sparse formats; "
+             "marlin-24 is for 2:4 weights with --quantize w4a16",
     )
     prune.set_defaults(run=_cmd_prune)
 

@@ -44,9 +44,10 @@ activations, compressed by 0.14.0.1's ``ModelCompressor.compress_model``:
 model (SmolLM2-135M): ``OUT_DIR/<kind>_2of4`` and ``OUT_DIR/<kind>_plain``, with its
 tokenizer files.
 
-``verify-quantized MODEL_DIR PRUNED.safetensors`` compresses the pruned bf16
-weights with 0.14.0.1, using MODEL_DIR's quantization config and weight scales
-(written by OUR writer), and compares tensors and config block with MODEL_DIR's.
+``verify-quantized MODEL_DIR PRUNED.safetensors [SCALES.safetensors]`` compresses
+the pruned bf16 weights with 0.14.0.1, using MODEL_DIR's quantization config and
+weight scales (written by OUR writer; from SCALES for marlin-24, which keeps only
+a permuted copy), and compares tensors and config block with MODEL_DIR's.
 
 ``verify`` loads each MODEL_DIR (config.json with a quantization_config block +
 model.safetensors, written by OUR code) with 0.14.0.1's ``ModelCompressor`` into a
@@ -430,10 +431,11 @@ def write_quantized(out: Path) -> None:
     (target / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def verify_quantized(model_dir: Path, pruned_file: Path) -> int:
+def verify_quantized(model_dir: Path, pruned_file: Path, scales_file: Path | None = None) -> int:
     """Compress ``pruned_file`` (the pruned bf16 weights) with 0.14.0.1, using the
     quantization config and the weight scales of ``model_dir`` (written by OUR
-    writer), and compare every tensor bit for bit and the config block with ours."""
+    writer; or of ``scales_file``), and compare every tensor bit for bit and the
+    config block with ours."""
     from compressed_tensors.compressors import ModelCompressor
     from compressed_tensors.config import SparsityCompressionConfig
     from compressed_tensors.quantization import QuantizationConfig, apply_quantization_config
@@ -445,13 +447,14 @@ def verify_quantized(model_dir: Path, pruned_file: Path) -> int:
     model = LlamaForCausalLM(LlamaConfig(**config)).to(torch.bfloat16).eval()
     model.load_state_dict(load_file(pruned_file), strict=False)
     ours = load_file(model_dir / "model.safetensors")
+    scales = load_file(scales_file) if scales_file else ours
     quantization = QuantizationConfig.model_validate(
         {key: ours_block[key] for key in ("config_groups", "format", "ignore", "kv_cache_scheme")})
     apply_quantization_config(model, quantization)
     with torch.no_grad():
         for name, module in model.named_modules():
             if hasattr(module, "weight_scale"):
-                module.weight_scale.copy_(ours[f"{name}.weight_scale"])
+                module.weight_scale.copy_(scales[f"{name}.weight_scale"])
     sparsity = SparsityCompressionConfig.model_validate(ours_block["sparsity_config"])
     compressor = ModelCompressor(quantization_config=quantization, sparsity_config=sparsity)
     compressor.compress_model(model)
@@ -489,8 +492,8 @@ def main(argv: list[str]) -> int:
     if cmd == "write-quantized-model" and len(argv) == 4:
         write_quantized_model(Path(argv[1]), Path(argv[2]), argv[3])
         return 0
-    if cmd == "verify-quantized" and len(argv) == 3:
-        return verify_quantized(Path(argv[1]), Path(argv[2]))
+    if cmd == "verify-quantized" and len(argv) in (3, 4):
+        return verify_quantized(*(Path(arg) for arg in argv[1:]))
     if cmd == "verify" and len(argv) > 1:
         return max(verify(Path(d)) for d in argv[1:])
     sys.exit(__doc__)

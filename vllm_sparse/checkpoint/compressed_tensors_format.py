@@ -543,25 +543,41 @@ def sparsity_config_dict(
     return dict(sorted(config.model_dump().items()))
 
 
-def quantization_group_dict(value_type: str, num_bits: int = 8) -> dict:
+def quantization_group_dict(value_type: str, num_bits: int = 8, *, group_size: int | None = None,
+                            dynamic_activations: bool = True) -> dict:
     """One ``config_groups`` entry as 0.14.0.1 writes it for round-to-nearest
-    per-channel symmetric weights (``value_type`` "int" or "float") and dynamic
-    per-token activations of the same type: the W8A8 "dynamic" layouts."""
+    symmetric weights (``value_type`` "int" or "float"), one scale per row or per
+    ``group_size`` columns, with dynamic per-token activations of the same type (the
+    W8A8 "dynamic" layouts) or none (weight-only, e.g. W4A16)."""
     def args(**given) -> dict:
         base = {"actorder": None, "block_structure": None, "group_size": None, "num_bits": num_bits,
                 "observer_kwargs": {}, "scale_dtype": None, "symmetric": True, "type": value_type, "zp_dtype": None}
         return dict(sorted({**base, **given}.items()))
 
+    strategy = {"strategy": "channel"} if group_size is None else {"strategy": "group", "group_size": group_size}
     return {
         "format": None,
-        "input_activations": args(dynamic=True, observer=None, strategy="token"),
+        "input_activations": args(dynamic=True, observer=None, strategy="token") if dynamic_activations else None,
         "output_activations": None,
         "targets": ["Linear"],
-        "weights": args(dynamic=False, observer="memoryless_minmax", strategy="channel"),
+        "weights": args(dynamic=False, observer="memoryless_minmax", **strategy),
     }
 
 
 QUANTIZED_FORMATS = {"int": "int-quantized", "float": "float-quantized"}
+PACK_QUANTIZED = "pack-quantized"  # integers of fewer than 8 bits, packed into int32
+MARLIN24 = "marlin-24"  # 2:4 4- or 8-bit weights laid out for the Marlin 2:4 kernel
+
+
+def quantized_format(quantization: dict, storage: str) -> str:
+    """The ``format`` of the quantization block for a config group stored as
+    ``storage``: marlin-24 is itself a quantization format."""
+    if storage == MARLIN24:
+        return MARLIN24
+    weights = quantization["weights"]
+    if weights["type"] == "int" and weights["num_bits"] < 8:
+        return PACK_QUANTIZED
+    return QUANTIZED_FORMATS[weights["type"]]
 
 
 def quantization_config_dict(
@@ -577,7 +593,8 @@ def quantization_config_dict(
     """The whole ``quantization_config`` block of config.json, as 0.14.0.1's
     ``ModelCompressor.update_config`` writes it (keys sorted, as its
     json.dump(sort_keys=True) leaves them): sparsity only, or with ``quantization``
-    (a :func:`quantization_group_dict`) as its one config group."""
+    (a :func:`quantization_group_dict`) as its one config group. ``fmt`` "marlin-24"
+    is a quantization format whose sparsity block says ``dense``."""
     from compressed_tensors.base import (
         COMPRESSION_VERSION_NAME,
         QUANTIZATION_METHOD_NAME,
@@ -589,7 +606,7 @@ def quantization_config_dict(
         COMPRESSION_VERSION_NAME: version,
         QUANTIZATION_METHOD_NAME: QUANT_METHOD,
         SPARSITY_CONFIG_NAME: sparsity_config_dict(
-            fmt,
+            "dense" if fmt == MARLIN24 else fmt,
             sparsity_structure=sparsity_structure,
             global_sparsity=global_sparsity,
             targets=targets,
@@ -600,7 +617,7 @@ def quantization_config_dict(
     if quantization is not None:
         block |= {
             "config_groups": {"group_0": quantization},
-            "format": QUANTIZED_FORMATS[quantization["weights"]["type"]],
+            "format": quantized_format(quantization, fmt),
             "global_compression_ratio": None,
             "ignore": list(ignore or ()),
             "kv_cache_scheme": None,

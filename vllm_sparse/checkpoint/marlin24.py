@@ -9,7 +9,8 @@ cutlass 2:4 compression to [N, K/2] values plus metadata; transpose to [K/2, N];
 int32 (``weight_packed``); the metadata's buffer re-shaped (``meta``); the scales
 transposed and permuted (``scale_packed``, float16). Each step is undone here in
 reverse; the cutlass metadata is read by compressed-tensors' converter (0.17 keeps
-the one 0.14.0.1 wrote with).
+the one 0.14.0.1 wrote with). ``compress_marlin24`` runs the same steps forward,
+so a checkpoint it writes holds the bytes 0.14.0.1 writes for the same values.
 """
 
 from __future__ import annotations
@@ -46,6 +47,58 @@ def _inverse(perm: Tensor) -> Tensor:
     return torch.argsort(perm)
 
 
+def _scale_order(group_size: int | None, size_k: int) -> Tensor:
+    """The scale permutation: the grouped one only when there is more than one group
+    along the kept half of a row (as the compressor decides)."""
+    _, grouped, single = _permutations(4)
+    return grouped if group_size is not None and group_size < size_k else single
+
+
+def _check_tileable(rows: int, cols: int, name: str) -> None:
+    if cols % (2 * TILE) or rows % TILE:
+        raise CheckpointError(f"{name}: a [{rows}, {cols}] weight does not fit marlin-24 (rows a multiple of 16, "
+                              "columns of 32)")
+
+
+def compress_marlin24(values: Tensor, scales: Tensor, num_bits: int, group_size: int | None,
+                      name: str) -> dict[str, Tensor]:
+    """``weight_packed`` / ``meta`` / ``scale_packed`` of one weight: ``values``
+    [rows, cols] integers in [-2^(b-1), 2^(b-1)) with at most 2 non-zeros in every
+    group of 4 along a row, ``scales`` [rows, groups] (stored float16)."""
+    rows, cols = values.shape
+    _check_tileable(rows, cols, name)
+    if num_bits not in (4, 8):
+        raise CheckpointError(f"{name}: marlin-24 holds 4- or 8-bit values, not {num_bits}")
+    low, high = -(1 << (num_bits - 1)), (1 << (num_bits - 1)) - 1
+    if int(values.min()) < low or int(values.max()) > high:
+        raise CheckpointError(f"{name}: values outside [{low}, {high}] do not fit {num_bits} bits")
+    worst = int((values != 0).reshape(rows, -1, 4).sum(-1).max())
+    if worst > 2:
+        raise CheckpointError(f"{name}: {worst} non-zeros in a group of 4; marlin-24 stores 2:4 weights only")
+    from compressed_tensors.utils.semi_structured_conversions import sparse_semi_structured_from_dense_cutlass
+
+    # The compressor hands the converter float16 values (integers are exact in it).
+    kept, meta = sparse_semi_structured_from_dense_cutlass(values.to(torch.float16).contiguous())
+    size_k, size_n = cols // 2, rows
+    kept = kept.t().to(torch.int64) + (1 << (num_bits - 1))  # [cols / 2, rows], unsigned
+    tiled = kept.reshape(size_k // TILE, TILE, size_n // TILE, TILE).permute(0, 2, 1, 3).reshape(size_k // TILE, -1)
+    perm = _permutations(num_bits)[0]
+    tiled = tiled.reshape(-1, perm.numel())[:, perm].reshape(size_k // TILE, size_n * TILE)
+    pack = 32 // num_bits
+    fields = tiled.numpy().astype(np.uint32)
+    packed = np.zeros((fields.shape[0], fields.shape[1] // pack), dtype=np.uint32)
+    for i in range(pack):  # low bits first
+        packed |= fields[:, i::pack] << np.uint32(num_bits * i)
+    order = _scale_order(group_size, size_k)
+    scale_packed = scales.to(torch.float16).t().contiguous().reshape(-1, order.numel())[:, order]
+    return {
+        "weight_packed": torch.from_numpy(packed.view(np.int32)),
+        # The metadata buffer [rows, m] is kept in order, re-shaped to [m / 2, 2 * rows].
+        "meta": meta.contiguous().reshape(meta.shape[1] // 2, meta.shape[0] * 2),
+        "scale_packed": scale_packed.reshape(-1, rows).contiguous(),
+    }
+
+
 def decompress_marlin24(parts: dict[str, Tensor], rows: int, cols: int, num_bits: int, group_size: int | None,
                         name: str) -> tuple[Tensor, Tensor]:
     """(values [rows, cols] int8 in [-2^(b-1), 2^(b-1)), with the pruned half zero;
@@ -59,7 +112,8 @@ def decompress_marlin24(parts: dict[str, Tensor], rows: int, cols: int, num_bits
     pack = 32 // num_bits
     packed, meta, scales = parts["weight_packed"], parts["meta"], parts["scale_packed"]
     want = (size_k // TILE, size_n * TILE // pack)
-    if cols % (2 * TILE) or rows % TILE or packed.dtype != torch.int32 or tuple(packed.shape) != want:
+    _check_tileable(rows, cols, name)
+    if packed.dtype != torch.int32 or tuple(packed.shape) != want:
         raise CheckpointError(
             f"{name}.weight_packed: {packed.dtype} {list(packed.shape)}, but a [{rows}, {cols}] weight in marlin-24 "
             f"needs int32 {list(want)} (rows a multiple of 16, columns of 32)")
@@ -69,7 +123,7 @@ def decompress_marlin24(parts: dict[str, Tensor], rows: int, cols: int, num_bits
     tiled = torch.empty(want[0], want[1] * pack, dtype=torch.int32)
     for i in range(pack):
         tiled[:, i::pack] = (packed >> (num_bits * i)) & mask
-    perm, grouped_perm, single_perm = _permutations(num_bits)
+    perm = _permutations(num_bits)[0]
     tiled = tiled.reshape(-1, perm.numel())[:, _inverse(perm)].reshape(want[0], size_n * TILE)
     kept = tiled.reshape(size_k // TILE, size_n // TILE, TILE, TILE).permute(0, 2, 1, 3).reshape(size_k, size_n)
     kept = (kept - (1 << (num_bits - 1))).t().contiguous()  # [rows, cols / 2], signed
@@ -89,6 +143,6 @@ def decompress_marlin24(parts: dict[str, Tensor], rows: int, cols: int, num_bits
     if scales.dim() != 2 or scales.numel() != groups * rows:
         raise CheckpointError(
             f"{name}.scale_packed: shape {list(scales.shape)}, but {groups} scale(s) per row x {rows} rows are needed")
-    order = grouped_perm if group_size is not None and group_size < size_k else single_perm
+    order = _scale_order(group_size, size_k)
     scales = scales.reshape(-1, order.numel())[:, _inverse(order)].reshape(groups, rows).t().contiguous()
     return values, scales

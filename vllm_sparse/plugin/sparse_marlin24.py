@@ -12,15 +12,13 @@ from __future__ import annotations
 import torch
 from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
 
+from ..checkpoint.compressed_tensors_format import MARLIN24, PACK_QUANTIZED
 from ..checkpoint.errors import CheckpointError
 from ..checkpoint.layer_table import LayerRow
 from ..checkpoint.marlin24 import MARLIN24_PARTS, decompress_marlin24
 from .layer_report import LayerReport
 from .sparse_linear import ShardAssembler, call_loader, layer_shard_names, shard_shapes
 from .vllm_internals import CompressedTensorsLinearMethod, LinearMethodBase, register_weight_loader_v2_supported_method
-
-MARLIN24 = "marlin-24"
-PACK_QUANTIZED = "pack-quantized"
 
 
 @register_weight_loader_v2_supported_method
