@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from vllm_sparse.checkpoint.errors import CheckpointError
-from vllm_sparse.checkpoint.marlin24 import MARLIN24_PARTS, decompress_marlin24
+from vllm_sparse.checkpoint.marlin24 import MARLIN24_PARTS, compress_marlin24, decompress_marlin24
 
 QUANTIZED = Path(__file__).resolve().parent / "fixtures" / "ct014" / "quantized"
 
@@ -52,3 +52,42 @@ def test_marlin24_tensor_of_the_wrong_size_is_named():
     parts["scale_packed"] = parts["scale_packed"][:1]
     with pytest.raises(CheckpointError, match="scale_packed"):
         decompress_marlin24(parts, 128, 256, num_bits=4, group_size=128, name=prefix)
+
+
+def test_our_marlin24_writer_gives_back_the_bytes_ct014_wrote():
+    """Read every marlin-24 weight of the fixture and write it again: the same bytes."""
+    marlin = load_file(QUANTIZED / "w4a16_marlin24" / "model.safetensors")
+    twin = load_file(QUANTIZED / "w4a16_plain" / "model.safetensors")
+    for name in (n for n in twin if n.endswith(".weight_shape")):
+        prefix = name.removesuffix(".weight_shape")
+        rows, cols = twin[name].tolist()
+        parts = {part: marlin[f"{prefix}.{part}"] for part in MARLIN24_PARTS}
+        values, scales = decompress_marlin24(parts, rows, cols, num_bits=4, group_size=128, name=prefix)
+        for part, tensor in compress_marlin24(values, scales, 4, 128, prefix).items():
+            assert tensor.dtype == parts[part].dtype and tensor.shape == parts[part].shape, (prefix, part)
+            assert torch.equal(tensor, parts[part]), (prefix, part)
+
+
+@pytest.mark.parametrize("group_size, cols", [(128, 512), (None, 576), (128, 1536)])
+def test_marlin24_write_then_read_is_exact(group_size, cols):
+    """Several groups per row take the grouped scale permutation (the fixture has none)."""
+    torch.manual_seed(cols)
+    rows = 64
+    groups = torch.randint(-8, 8, (rows, cols // 4, 4), dtype=torch.int8)
+    keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, torch.rand(groups.shape).argsort(-1)[..., :2], True)
+    values = (groups * keep).reshape(rows, cols)
+    scales = (torch.rand(rows, 1 if group_size is None else cols // group_size) + 0.01).to(torch.float16)
+    parts = compress_marlin24(values, scales, 4, group_size, "w")
+    back, back_scales = decompress_marlin24(parts, rows, cols, 4, group_size, "w")
+    assert torch.equal(back, values) and torch.equal(back_scales, scales)
+
+
+def test_marlin24_writer_refuses_what_the_layout_cannot_hold():
+    values = torch.zeros(32, 64, dtype=torch.int8)
+    values[3, :4] = torch.tensor([1, 2, 3, 0], dtype=torch.int8)
+    with pytest.raises(CheckpointError, match="w: 3 non-zeros in a group of 4"):
+        compress_marlin24(values, torch.ones(32, 1), 4, None, "w")
+    with pytest.raises(CheckpointError, match=r"outside \[-8, 7\]"):
+        compress_marlin24(torch.full((32, 64), 9, dtype=torch.int8), torch.ones(32, 1), 4, None, "w")
+    with pytest.raises(CheckpointError, match="rows a multiple of 32"):
+        compress_marlin24(torch.zeros(48, 64, dtype=torch.int8), torch.ones(48, 1), 4, None, "w")

@@ -54,10 +54,12 @@ def _scale_order(group_size: int | None, size_k: int) -> Tensor:
     return grouped if group_size is not None and group_size < size_k else single
 
 
-def _check_tileable(rows: int, cols: int, name: str) -> None:
-    if cols % (2 * TILE) or rows % TILE:
-        raise CheckpointError(f"{name}: a [{rows}, {cols}] weight does not fit marlin-24 (rows a multiple of 16, "
-                              "columns of 32)")
+def _check_tileable(rows: int, cols: int, name: str, row_multiple: int = TILE) -> None:
+    """The tiles and the 1024-entry permutation need whole blocks; the cutlass
+    converter the compressor uses needs rows in multiples of 32."""
+    if cols % (2 * TILE) or rows % row_multiple or (rows * cols // 2) % _permutations(4)[0].numel():
+        raise CheckpointError(f"{name}: a [{rows}, {cols}] weight does not fit marlin-24 (rows a multiple of "
+                              f"{row_multiple}, columns of 32, rows x columns of 2048)")
 
 
 def compress_marlin24(values: Tensor, scales: Tensor, num_bits: int, group_size: int | None,
@@ -66,7 +68,7 @@ def compress_marlin24(values: Tensor, scales: Tensor, num_bits: int, group_size:
     [rows, cols] integers in [-2^(b-1), 2^(b-1)) with at most 2 non-zeros in every
     group of 4 along a row, ``scales`` [rows, groups] (stored float16)."""
     rows, cols = values.shape
-    _check_tileable(rows, cols, name)
+    _check_tileable(rows, cols, name, row_multiple=2 * TILE)
     if num_bits not in (4, 8):
         raise CheckpointError(f"{name}: marlin-24 holds 4- or 8-bit values, not {num_bits}")
     low, high = -(1 << (num_bits - 1)), (1 << (num_bits - 1)) - 1
