@@ -40,9 +40,10 @@ activations, compressed by 0.14.0.1's ``ModelCompressor.compress_model``:
   (sparsity_config ``dense``, 2:4) and the same values in ``pack-quantized``
   (float16 models: the Marlin compressor quantizes in float16).
 
-``write-quantized-model MODEL_DIR OUT_DIR int8|fp8`` does the same to a real
-model (SmolLM2-135M): ``OUT_DIR/<kind>_2of4`` and ``OUT_DIR/<kind>_plain``, with its
-tokenizer files.
+``write-quantized-model MODEL_DIR OUT_DIR KIND...`` (KIND: int8, fp8, w4a16,
+dense) does the same to a real model (SmolLM2-135M): ``OUT_DIR/<kind>_2of4`` and
+``OUT_DIR/<kind>_plain``, ``w4a16_marlin24`` / ``w4a16_plain`` (one scale per row),
+``int8_sparsity_dense``, with its tokenizer files.
 
 ``verify-quantized MODEL_DIR PRUNED.safetensors [SCALES.safetensors]`` compresses
 the pruned bf16 weights with 0.14.0.1, using MODEL_DIR's quantization config and
@@ -340,21 +341,40 @@ def _save_compressed(model, config, sparse: bool, target: Path) -> None:
     compressor.update_config(target)
 
 
-def write_quantized_model(model_dir: Path, out: Path, kind: str) -> None:
-    """A real model (SmolLM2-135M) 2:4-pruned by magnitude and quantized: the 2:4
-    checkpoint and its plain twin, with the model's tokenizer files beside them."""
+def write_quantized_model(model_dir: Path, out: Path, kinds: list[str]) -> None:
+    """A real model (SmolLM2-135M) 2:4-pruned by magnitude and quantized, for each
+    of ``kinds``: int8 / fp8 (``<kind>_2of4`` and its twin ``<kind>_plain``), w4a16
+    (``w4a16_marlin24`` and ``w4a16_plain``, float16, one scale per row: its widths
+    are not multiples of 128), dense (``int8_sparsity_dense``: int8_plain with a
+    leftover ``dense`` sparsity config), each with the model's tokenizer files."""
     from transformers import AutoModelForCausalLM
 
-    for variant in ("2of4", "plain"):
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
+    def pruned(dtype: torch.dtype):
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).to(dtype).eval()
         _prune_2of4(model)
-        config = _quantize_for(model, kind, headroom=1.02)
-        target = out / f"{kind}_{variant}"
-        _save_compressed(model, config, variant == "2of4", target)
+        return model
+
+    def with_tokenizer(target: Path) -> None:
         for path in model_dir.iterdir():
             if path.is_file() and (path.name.startswith("tokenizer") or path.name.endswith(".txt")
                                    or path.name == "special_tokens_map.json"):
                 shutil.copy2(path, target / path.name)
+
+    for kind in kinds:
+        if kind == "w4a16":
+            for variant in ("marlin24", "plain"):
+                _save_w4a16(pruned(torch.float16), variant == "marlin24", out / f"w4a16_{variant}", group_size=None)
+                with_tokenizer(out / f"w4a16_{variant}")
+        elif kind == "dense":
+            if not (out / "int8_plain" / "config.json").exists():
+                raise SystemExit("dense: write int8 first (its int8_plain gets the leftover sparsity config)")
+            _add_dense_sparsity_config(out / "int8_plain", out / "int8_sparsity_dense")
+        else:
+            for variant in ("2of4", "plain"):
+                model = pruned(torch.bfloat16)
+                _save_compressed(model, _quantize_for(model, kind, headroom=1.02), variant == "2of4",
+                                 out / f"{kind}_{variant}")
+                with_tokenizer(out / f"{kind}_{variant}")
 
 
 def _quantized_tiny_llama(kind: str, headroom: float):
@@ -371,8 +391,9 @@ def _quantized_tiny_llama(kind: str, headroom: float):
     return model, _quantize_for(model, kind, headroom)
 
 
-def _save_w4a16(marlin: bool, target: Path) -> None:
-    """W4A16, int4 symmetric, group 128: ``marlin-24`` (with a ``dense`` 2:4
+def _save_w4a16(model, marlin: bool, target: Path, group_size: int | None = 128) -> None:
+    """``model`` (float16, 2:4-pruned) as W4A16, int4 symmetric, group 128 or one
+    scale per row (``group_size`` None): ``marlin-24`` (with a ``dense`` 2:4
     sparsity config, as the published W4A16 2:4 checkpoints carry) or its twin in
     ``pack-quantized``. float16, because the Marlin 2:4 compressor quantizes in
     float16 whatever the model's dtype: the twin then holds the very same values."""
@@ -384,12 +405,9 @@ def _save_w4a16(marlin: bool, target: Path) -> None:
         QuantizationScheme,
         apply_quantization_config,
     )
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**QUANTIZED_LLAMA)).to(torch.bfloat16).to(torch.float16).eval()
-    _prune_2of4(model)
-    weights = QuantizationArgs(num_bits=4, type="int", symmetric=True, strategy="group", group_size=128)
+    strategy = "channel" if group_size is None else "group"
+    weights = QuantizationArgs(num_bits=4, type="int", symmetric=True, strategy=strategy, group_size=group_size)
     config = QuantizationConfig(config_groups={"group_0": QuantizationScheme(targets=["Linear"], weights=weights)},
                                 ignore=["lm_head"], format="marlin-24" if marlin else "pack-quantized")
     apply_quantization_config(model, config)
@@ -397,7 +415,7 @@ def _save_w4a16(marlin: bool, target: Path) -> None:
         for module in model.modules():
             if hasattr(module, "weight_scale"):
                 w = module.weight.float()
-                absmax = w.reshape(w.shape[0], -1, 128).abs().amax(dim=2).clamp(min=1e-8)
+                absmax = w.reshape(w.shape[0], -1, group_size or w.shape[1]).abs().amax(dim=2).clamp(min=1e-8)
                 module.weight_scale.copy_((absmax / 7 * 1.02).to(module.weight_scale.dtype))
     sparsity = None
     if marlin:
@@ -410,6 +428,27 @@ def _save_w4a16(marlin: bool, target: Path) -> None:
     compressor.update_config(target)
 
 
+def _tiny_w4a16_model():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**QUANTIZED_LLAMA)).to(torch.bfloat16).to(torch.float16).eval()
+    _prune_2of4(model)
+    return model
+
+
+def _add_dense_sparsity_config(source: Path, target: Path) -> None:
+    """A copy of a plain quantized checkpoint that carries leftover sparsity
+    metadata (``sparsity_config`` of format ``dense``)."""
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(source, target)
+    config = json.loads((target / "config.json").read_text())
+    config["quantization_config"]["sparsity_config"] = {
+        "format": "dense", "global_sparsity": 0.5, "sparsity_structure": "2:4", "targets": ["Linear"],
+        "ignore": ["lm_head"], "registry_requires_subclass": False}
+    (target / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def write_quantized(out: Path) -> None:
     # 2% headroom keeps every value within +-127 (clean twins); the "_minus128"
     # pair keeps the exact absmax scales of a naive calibration and so shows the loss.
@@ -419,16 +458,8 @@ def write_quantized(out: Path) -> None:
         model, config = _quantized_tiny_llama(kind, headroom)
         _save_compressed(model, config, variant == "2of4", out / f"{kind}_{variant}{suffix}")
     for variant in ("marlin24", "plain"):
-        _save_w4a16(variant == "marlin24", out / f"w4a16_{variant}")
-    # A plain quantized checkpoint that carries leftover sparsity metadata.
-    source, target = out / "int8_plain", out / "int8_sparsity_dense"
-    shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(source, target)
-    config = json.loads((target / "config.json").read_text())
-    config["quantization_config"]["sparsity_config"] = {
-        "format": "dense", "global_sparsity": 0.5, "sparsity_structure": "2:4", "targets": ["Linear"],
-        "ignore": ["lm_head"], "registry_requires_subclass": False}
-    (target / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        _save_w4a16(_tiny_w4a16_model(), variant == "marlin24", out / f"w4a16_{variant}")
+    _add_dense_sparsity_config(out / "int8_plain", out / "int8_sparsity_dense")
 
 
 def verify_quantized(model_dir: Path, pruned_file: Path, scales_file: Path | None = None) -> int:
@@ -489,8 +520,8 @@ def main(argv: list[str]) -> int:
     if cmd == "write-quantized":
         write_quantized(Path(argv[1]) if len(argv) > 1 else DEFAULT_OUT / "quantized")
         return 0
-    if cmd == "write-quantized-model" and len(argv) == 4:
-        write_quantized_model(Path(argv[1]), Path(argv[2]), argv[3])
+    if cmd == "write-quantized-model" and len(argv) >= 4:
+        write_quantized_model(Path(argv[1]), Path(argv[2]), argv[3:])
         return 0
     if cmd == "verify-quantized" and len(argv) in (3, 4):
         return verify_quantized(*(Path(arg) for arg in argv[1:]))
