@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from vllm_sparse.checkpoint.errors import CheckpointError
+from vllm_sparse.checkpoint.inspect import inspect_checkpoint
 from vllm_sparse.checkpoint.marlin24 import MARLIN24_PARTS, compress_marlin24, decompress_marlin24
 
 QUANTIZED = Path(__file__).resolve().parent / "fixtures" / "ct014" / "quantized"
@@ -91,3 +92,13 @@ def test_marlin24_writer_refuses_what_the_layout_cannot_hold():
         compress_marlin24(torch.full((32, 64), 9, dtype=torch.int8), torch.ones(32, 1), 4, None, "w")
     with pytest.raises(CheckpointError, match="rows a multiple of 32"):
         compress_marlin24(torch.zeros(48, 64, dtype=torch.int8), torch.ones(48, 1), 4, None, "w")
+
+
+def test_inspect_reads_marlin24_and_pack_quantized_alike():
+    marlin = inspect_checkpoint(QUANTIZED / "w4a16_marlin24")
+    plain = inspect_checkpoint(QUANTIZED / "w4a16_plain")
+    assert len(marlin) == len(plain) == 14
+    for ours, twin in zip(marlin, plain):
+        assert (ours.name, ours.shape, ours.pattern, ours.sparsity) == (twin.name, twin.shape, twin.pattern, twin.sparsity)
+        assert ours.pattern == "2:4" and ours.quantization == "W4A16 int4"
+        assert ours.stored_bytes == ours.shape[0] * ours.shape[1] // 2  # int4, as vLLM holds it

@@ -101,6 +101,12 @@ def compress_marlin24(values: Tensor, scales: Tensor, num_bits: int, group_size:
     }
 
 
+def marlin24_weight_shape(weight_packed: Tensor, num_bits: int) -> tuple[int, int]:
+    """[rows, cols] of the weight a ``weight_packed`` tensor holds (the layout keeps
+    no shape of its own)."""
+    return weight_packed.shape[1] * (32 // num_bits) // TILE, weight_packed.shape[0] * TILE * 2
+
+
 def decompress_marlin24(parts: dict[str, Tensor], rows: int, cols: int, num_bits: int, group_size: int | None,
                         name: str) -> tuple[Tensor, Tensor]:
     """(values [rows, cols] int8 in [-2^(b-1), 2^(b-1)), with the pruned half zero;

@@ -27,12 +27,22 @@ class QuantizationLabels:
     def __init__(self, quantization_config: Mapping | None) -> None:
         groups = (quantization_config or {}).get("config_groups") or {}
         self.ignore = list((quantization_config or {}).get("ignore") or ())
-        self.rules = [(list(group.get("targets") or ()), _label(group))
+        self.rules = [(list(group.get("targets") or ()), _label(group), dict(group.get("weights") or {}))
                       for group in groups.values() if isinstance(group, Mapping)]
 
-    def __call__(self, module: str) -> str:
+    def _rule(self, module: str):
         classes = {module: ("Linear",)}
-        for targets, text in self.rules:
-            if target_matcher(targets, self.ignore, classes)(module):
-                return text
-        return ""
+        for rule in self.rules:
+            if target_matcher(rule[0], self.ignore, classes)(module):
+                return rule
+        return None
+
+    def __call__(self, module: str) -> str:
+        rule = self._rule(module)
+        return rule[1] if rule else ""
+
+    def weights(self, module: str) -> dict:
+        """The module's weight quantization arguments (``num_bits``,
+        ``group_size``, ...); {} when not quantized."""
+        rule = self._rule(module)
+        return rule[2] if rule else {}
