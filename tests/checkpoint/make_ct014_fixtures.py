@@ -58,6 +58,7 @@ Prints one JSON line per directory; exit status 0 only when everything matched.
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import sys
@@ -349,10 +350,11 @@ def write_quantized_model(model_dir: Path, out: Path, kinds: list[str]) -> None:
     leftover ``dense`` sparsity config), each with the model's tokenizer files."""
     from transformers import AutoModelForCausalLM
 
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
+    _prune_2of4(base)  # once: each variant below gets a copy
+
     def pruned(dtype: torch.dtype):
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).to(dtype).eval()
-        _prune_2of4(model)
-        return model
+        return copy.deepcopy(base).to(dtype)
 
     def with_tokenizer(target: Path) -> None:
         for path in model_dir.iterdir():

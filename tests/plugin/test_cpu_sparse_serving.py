@@ -3,15 +3,16 @@ default choice from the committed table), against stock vLLM on the dense twin.
 
 The kernels accumulate in another order than oneDNN, so tokens may part where two
 candidates are nearly tied: the bar is perplexity within 0.5% and identical greedy
-tokens for at least 5 of 8 prompts x 32 tokens each, 19 of the 24 in all (measured on
-the AVX-512 VBMI/BF16 host: 7 (2:4 eager), 8 (50%: its layers stay dense there) and
-5 (2:4 compiled) of 8; with the bitmap kernel on 2:4 it was 6, 7 and 7; each kernel
-output is within one bf16 ulp of the exact result, see tests/kernels; divergences
-come at near-ties, logprobs ~1e-3 apart), eager against stock eager and compiled
-(vLLM's default) against stock compiled (stock compiled and stock eager themselves
-agree on only about half the prompts in bf16). The checkpoints are Wanda-pruned (2:4
-and 50%): magnitude-pruned SmolLM2 is so degenerate (perplexity in the hundreds) that
-near-ties between tokens are everywhere."""
+tokens for at least 5 of 8 prompts x 32 tokens each, 12 of the 16 in all (measured on
+the AVX-512 VBMI/BF16 host: 7 (eager) and 5 (compiled) of 8; with the bitmap kernel
+it was 6 and 7; each kernel output is within one bf16 ulp of the exact result, see
+tests/kernels; divergences come at near-ties, logprobs ~1e-3 apart), eager against
+stock eager and compiled (vLLM's default) against stock compiled (stock compiled and
+stock eager themselves agree on only about half the prompts in bf16). The checkpoint
+is Wanda-pruned 2:4: magnitude-pruned SmolLM2 is so degenerate (perplexity in the
+hundreds) that near-ties between tokens are everywhere. (Unstructured 50% layers stay
+dense by the committed table on the CPUs measured so far; the dispatcher's choice for
+them is tested in tests/kernels.)"""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.vllm
 CORPUS = REPO.parent / "shared" / "data" / "sensesensibility.txt"
 PROMPTS = list(GREEDY_PROMPTS)
 MAX_TOKENS = 32
-CHECKPOINTS = ("2of4", "unstructured50")
+CHECKPOINTS = ("2of4",)
 TABLE_MARKER = "vllm-sparse layer table:"
 CALIBRATION = REPO.parent / "shared" / "data" / "persuasion.txt"
 
@@ -88,7 +89,7 @@ def test_layers_take_the_measured_path_and_keep_only_compressed_weights(served):
     from vllm_sparse.kernels.cpu import build, dispatch, isa
 
     _, _, tables = served
-    assert len(tables) == 3 and build.load()
+    assert len(tables) == 2 and build.load()
     isa_name = isa.NAMES[isa.default()]
     for name, table in zip([*CHECKPOINTS, "2of4-compiled"], tables):
         rows = _rows(table)
@@ -121,7 +122,7 @@ def test_greedy_tokens_match_stock_vllm_on_the_dense_twin(served):
         print(f"{name}: {same}/8 prompts token-identical, max |dlogprob| before divergence {worst:.4f}")
         assert same >= 5, f"{name}: only {same} of 8 prompts identical"
         total += same
-    assert total >= 19, f"{total} of 24 prompts identical"
+    assert total >= 12, f"{total} of 16 prompts identical"
 
 
 @pytest.mark.parametrize("name", CHECKPOINTS)

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from checkpoints import MODELS
 from net import free_port
 from vllm_runner import run_engines
-from server_refusal import expect_refused
+from server_refusal import expect_all_refused
 from vllm_sparse.serving.server_process import OpenAIServer
 from vllm_sparse.checkpoint.compressed_tensors_format import decompress_weight, weight_part_names
 
@@ -163,7 +163,8 @@ def test_openai_server_serves_each_layout_like_stock_serves_the_twin(served, tmp
     _, stock, _ = served
     reference = stock[TWINS[name]]
     if "error" in reference:  # FP8 on a CPU without vLLM's FP8 kernel: refused like stock refuses the twin
-        expect_refused(QUANTIZED / name, tmp_path, reference["error"].split(":")[0], extra_args=SERVER_ARGS)
+        expect_all_refused({name: (QUANTIZED / name, (reference["error"].split(":")[0],))}, tmp_path,
+                           extra_args=SERVER_ARGS)
         return
     ours = OpenAIServer(QUANTIZED / name, free_port(), tmp_path / "ours.log", extra_args=SERVER_ARGS)
     with ours:
@@ -213,11 +214,12 @@ BROKEN = {
 
 
 @pytest.mark.vllm
-@pytest.mark.parametrize("case", list(BROKEN))
-def test_broken_quantized_checkpoint_stops_the_server_naming_it(tmp_path, case):
-    """Non-zero exit before serving, and the log names the tensor."""
-    source, edit, texts = BROKEN[case]
-    expect_refused(_broken_copy(tmp_path / "ckpt", edit, source), tmp_path, *texts, extra_args=SERVER_ARGS)
+def test_broken_quantized_checkpoints_stop_the_server_naming_the_tensor(tmp_path):
+    """For each: non-zero exit before serving, and the log names the tensor (the
+    servers start side by side)."""
+    cases = {case: (_broken_copy(tmp_path / case, edit, source), texts)
+             for case, (source, edit, texts) in BROKEN.items()}
+    expect_all_refused(cases, tmp_path, extra_args=SERVER_ARGS)
 
 
 # ---------------------------------------------------------------- SmolLM2-135M, written by 0.14.0.1 live
