@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from vllm_sparse.runtime import private_vllm_cache
+
 RUNNER = Path(__file__).resolve()
 
 
@@ -44,7 +46,7 @@ def run_engines(jobs: list[dict], workdir: Path, *, plugins: bool = True, timeou
         "VLLM_HOST_IP": "127.0.0.1",
         "VLLM_CPU_KVCACHE_SPACE": "1",
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-        "VLLM_CACHE_ROOT": str(workdir / "vllm-cache"),
+        "VLLM_CACHE_ROOT": private_vllm_cache(workdir),
         **(env or {}),
     }
     if not plugins:

@@ -5,6 +5,7 @@ Each is only a default: a value already set in the environment wins."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 OFFLINE_DEFAULTS = {
     "HF_HUB_OFFLINE": "1",  # never reach for a model hub
@@ -16,3 +17,20 @@ OFFLINE_DEFAULTS = {
 def apply_offline_defaults() -> None:
     for key, value in OFFLINE_DEFAULTS.items():
         os.environ.setdefault(key, value)
+
+
+def private_vllm_cache(workdir: str | Path) -> str:
+    """A VLLM_CACHE_ROOT of the run's own under ``workdir``, so that its compiled
+    graphs are never reused by a run with other plugins (vLLM's compile-cache key
+    does not see what a plugin changes), with vLLM's model-info cache shared: that
+    one is keyed by the hash of the model's source file, and without it the first
+    engine of each process spends ~8 s inspecting the model class in a child
+    process that imports vLLM again."""
+    shared = Path(os.environ.get("VLLM_CACHE_ROOT", "~/.cache/vllm")).expanduser() / "modelinfos"
+    root = Path(workdir) / "vllm-cache"
+    root.mkdir(parents=True, exist_ok=True)
+    link = root / "modelinfos"
+    if not link.exists():
+        shared.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(shared, target_is_directory=True)
+    return str(root)

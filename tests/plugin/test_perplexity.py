@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from checkpoints import CASES, MODELS, REPO, build_case
+from vllm_sparse.runtime import private_vllm_cache
 
 pytestmark = pytest.mark.vllm
 
@@ -30,7 +31,7 @@ def test_served_perplexity_matches_transformers(base_model, tmp_path):
         sys.executable, "-m", "vllm_sparse.cli", "perplexity", str(dirs.compressed),
         "--corpus", str(CORPUS), "--window", str(WINDOW), "--count", str(COUNT),
     ]
-    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CACHE_ROOT": str(tmp_path / "cache")}
+    env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CACHE_ROOT": private_vllm_cache(tmp_path)}
     completed = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **env})
     assert completed.returncode == 0, completed.stderr[-3000:]
     served = float(re.search(r"perplexity ([0-9.]+)", completed.stdout).group(1))

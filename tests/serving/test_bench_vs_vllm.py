@@ -31,6 +31,7 @@ from pathlib import Path
 import pytest
 
 from net import free_port
+from vllm_sparse.runtime import private_vllm_cache
 from vllm_sparse.serving.server_process import OpenAIServer
 
 pytestmark = pytest.mark.vllm
@@ -184,7 +185,7 @@ def _ratio(pairs: list, key: str) -> float:
 
 
 def test_bench_agrees_with_vllm_bench_serve(base_model, tmp_path):
-    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "VLLM_CACHE_ROOT": str(tmp_path / "vllm-cache")}
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "VLLM_CACHE_ROOT": private_vllm_cache(tmp_path)}
     # No prefix caching: every round then costs the server the same.
     server = OpenAIServer(base_model, free_port(), tmp_path / "server.log", extra_args=["--no-enable-prefix-caching"],
                           env=env)

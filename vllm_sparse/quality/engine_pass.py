@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from ..runtime import apply_offline_defaults
+from ..runtime import apply_offline_defaults, private_vllm_cache
 
 
 def run_pass(job: dict, workdir: Path, name: str, ffn_skip: str | None = None, timeout: float = 1800) -> dict:
@@ -37,7 +37,7 @@ def run_pass(job: dict, workdir: Path, name: str, ffn_skip: str | None = None, t
     workdir.mkdir(parents=True, exist_ok=True)
     job_path, out_path, log_path = workdir / f"{name}.job.json", workdir / f"{name}.pt", workdir / f"{name}.log"
     job_path.write_text(json.dumps(job))
-    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CACHE_ROOT": str(workdir / "vllm-cache")}
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CACHE_ROOT": private_vllm_cache(workdir)}
     env.pop("VLLM_SPARSE_FFN_SKIP", None)
     if ffn_skip:
         env["VLLM_SPARSE_FFN_SKIP"] = str(Path(ffn_skip).resolve())

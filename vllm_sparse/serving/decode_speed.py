@@ -25,6 +25,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..runtime import private_vllm_cache
+
 
 @dataclass
 class EngineSpec:
@@ -80,7 +82,7 @@ def measure_engine(spec: EngineSpec, plugins: bool, log_path: Path | None = None
         work = Path(tmp)
         (work / "spec.json").write_text(json.dumps(asdict(spec)))
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_HOST_IP": "127.0.0.1", "VLLM_CPU_KVCACHE_SPACE": "1",
-               "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CACHE_ROOT": str(work / "vllm-cache"),
+               "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CACHE_ROOT": private_vllm_cache(work),
                "VLLM_SPARSE_RUN_DIR": str(work)}
         if not plugins:
             env["VLLM_PLUGINS"] = ""
