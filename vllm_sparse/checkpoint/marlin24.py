@@ -58,8 +58,8 @@ def _check_tileable(rows: int, cols: int, name: str, row_multiple: int = TILE) -
     """The tiles and the 1024-entry permutation need whole blocks; the cutlass
     converter the compressor uses needs rows in multiples of 32."""
     if cols % (2 * TILE) or rows % row_multiple or (rows * cols // 2) % _permutations(4)[0].numel():
-        raise CheckpointError(f"{name}: a [{rows}, {cols}] weight does not fit marlin-24 (rows a multiple of "
-                              f"{row_multiple}, columns of 32, rows x columns of 2048)")
+        raise CheckpointError(f"{name}: a [{rows}, {cols}] weight does not fit marlin-24 (it needs rows a multiple "
+                              f"of {row_multiple}, columns a multiple of 32 and rows x columns a multiple of 2048)")
 
 
 def compress_marlin24(values: Tensor, scales: Tensor, num_bits: int, group_size: int | None,

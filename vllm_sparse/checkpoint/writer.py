@@ -24,7 +24,7 @@ from .layer_names import prunable_layer_index
 from .marlin24 import compress_marlin24
 from .sparsity_spec import DENSE_FORMAT
 
-# marlin-24 is for 2:4 weights quantized to 4 (or 8) bits only.
+# marlin-24 is for 2:4 weights quantized to 4 bits only (the W4A16 layout).
 STORAGE_FORMATS = (DENSE_FORMAT, *SPARSE_FORMATS, MARLIN24)
 WEIGHTS_FILE = "model.safetensors"
 # Pruning covers the decoder's linear layers; everything else is left dense.
