@@ -12,34 +12,29 @@ from __future__ import annotations
 import torch
 from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
 
-from ..checkpoint.compressed_tensors_format import MARLIN24, PACK_QUANTIZED
+from ..checkpoint.compressed_tensors_format import MARLIN24
 from ..checkpoint.errors import CheckpointError
-from ..checkpoint.layer_table import LayerRow
 from ..checkpoint.marlin24 import MARLIN24_PARTS, decompress_marlin24
 from .layer_report import LayerReport
-from .sparse_linear import ShardAssembler, call_loader, layer_shard_names, shard_shapes
-from .vllm_internals import CompressedTensorsLinearMethod, LinearMethodBase, register_weight_loader_v2_supported_method
+from .scheme_wrapper import SchemeWrappingMethod
+from .sparse_linear import ShardAssembler, call_loader
+from .vllm_internals import CompressedTensorsLinearMethod, register_weight_loader_v2_supported_method
 
 
 @register_weight_loader_v2_supported_method
-class Marlin24LinearMethod(LinearMethodBase):
+class Marlin24LinearMethod(SchemeWrappingMethod):
     def __init__(self, inner: CompressedTensorsLinearMethod, report: LayerReport, prefix: str,
                  shard_names: list[str], num_bits: int, group_size: int | None, quantization: str) -> None:
-        self.inner = inner
-        self.report = report
-        self.prefix = prefix
-        self.shard_names = shard_names
+        super().__init__(inner, report, prefix, shard_names, quantization)
         self.num_bits = num_bits
         self.group_size = group_size
-        self.quantization = quantization
 
     def create_weights(self, layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
                        params_dtype, **extra_weight_attrs) -> None:
-        self.inner.create_weights(layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
-                                  params_dtype, **extra_weight_attrs)
+        shapes = self.create_scheme_weights(layer, input_size_per_partition, output_partition_sizes, input_size,
+                                            output_size, params_dtype, **extra_weight_attrs)
         packed, scale, shape = layer.weight_packed, layer.weight_scale, layer.weight_shape
         loaders = {param: param.weight_loader for param in (packed, scale, shape)}
-        self.shard_names = layer_shard_names(layer, self.prefix, self.shard_names, output_partition_sizes)
         scales_found: dict[str, torch.Tensor] = {}
         self._zeros = self._total = self._worst_group = 0
 
@@ -58,9 +53,8 @@ class Marlin24LinearMethod(LinearMethodBase):
             call_loader(loaders[scale], scale, scales_found.pop(name).to(scale.dtype), shard_id)
             call_loader(loaders[shape], shape, torch.tensor(values.shape, dtype=torch.int64), shard_id)
 
-        assembler = ShardAssembler(self.prefix, self.shard_names,
-                                   shard_shapes(layer, output_size, input_size, len(self.shard_names)),
-                                   MARLIN24_PARTS, MARLIN24, load_values, decompress=decompress)
+        assembler = ShardAssembler(self.prefix, self.shard_names, shapes, MARLIN24_PARTS, MARLIN24, load_values,
+                                   decompress=decompress)
         assembler.partition_rows = list(output_partition_sizes)
         # weight_packed is both a marlin-24 part and the scheme's own parameter name:
         # the part's placeholder replaces the parameter until loading is over.
@@ -76,12 +70,4 @@ class Marlin24LinearMethod(LinearMethodBase):
         if self._worst_group > 2:
             raise CheckpointError(f"{self.prefix}: marlin-24 values with {self._worst_group} non-zeros in a group of 4")
         rows, cols = sum(assembler.partition_rows), layer.weight_packed.shape[1] * 32 // self.num_bits
-        stored = layer.weight_packed.numel() * 4
-        self.inner.process_weights_after_loading(layer)
-        self.report.add(LayerRow(
-            name=self.prefix, shape=(rows, cols), pattern="2:4", sparsity=self._zeros / self._total,
-            kernel=f"vllm {type(layer.scheme).__name__.removeprefix('CompressedTensors')}",
-            dense_bytes=stored, stored_bytes=stored, quantization=self.quantization))
-
-    def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        return self.inner.apply(layer, x, bias)
+        self.finish_scheme(layer, (rows, cols), "2:4", self._zeros / self._total, layer.weight_packed.numel() * 4)

@@ -20,28 +20,20 @@ from collections.abc import Callable
 
 import torch
 
-from ..checkpoint.compressed_tensors_format import PART_NAMES, SPARSE_24_BITMASK
+from ..checkpoint.compressed_tensors_format import MARLIN24, PACK_QUANTIZED, PART_NAMES, SPARSE_24_BITMASK
 from ..checkpoint.errors import CheckpointError
-from ..checkpoint.layer_table import LayerRow
 from ..checkpoint.quantization_scheme import QuantizationLabels
 from ..checkpoint.sparsity_spec import DENSE_FORMAT, SparsitySpec
 from ..kernels import analyze_weight
 from .layer_report import LayerReport
-from .sparse_linear import (
-    ShardAssembler,
-    SparseLinearMethod,
-    call_loader,
-    check_declared_pattern,
-    layer_shard_names,
-    shard_shapes,
-)
-from .sparse_marlin24 import MARLIN24, PACK_QUANTIZED, Marlin24LinearMethod
+from .scheme_wrapper import SchemeWrappingMethod
+from .sparse_linear import ShardAssembler, SparseLinearMethod, call_loader, check_declared_pattern
+from .sparse_marlin24 import Marlin24LinearMethod
 from .vllm_internals import (
     LOGGER_NAME,
     CompressedTensorsConfig,
     CompressedTensorsLinearMethod,
     LinearBase,
-    LinearMethodBase,
     UnquantizedLinearMethod,
     register_weight_loader_v2_supported_method,
 )
@@ -109,25 +101,20 @@ class SparseCompressedTensorsConfig(CompressedTensorsConfig):
 
 
 @register_weight_loader_v2_supported_method
-class SparseQuantizedLinearMethod(LinearMethodBase):
+class SparseQuantizedLinearMethod(SchemeWrappingMethod):
     """vLLM's compressed-tensors linear method, fed from sparse-stored parts."""
 
     def __init__(self, inner: CompressedTensorsLinearMethod, spec: SparsitySpec, report: LayerReport, prefix: str,
                  shard_names: list[str], quantization: str) -> None:
-        self.inner = inner
-        self.quantization = quantization
+        super().__init__(inner, report, prefix, shard_names, quantization)
         self.spec = spec
-        self.report = report
-        self.prefix = prefix
-        self.shard_names = shard_names
 
     def create_weights(self, layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
                        params_dtype, **extra_weight_attrs) -> None:
-        self.inner.create_weights(layer, input_size_per_partition, output_partition_sizes, input_size, output_size,
-                                  params_dtype, **extra_weight_attrs)
+        shapes = self.create_scheme_weights(layer, input_size_per_partition, output_partition_sizes, input_size,
+                                            output_size, params_dtype, **extra_weight_attrs)
         weight = layer.weight
         scheme_loader = weight.weight_loader
-        self.shard_names = layer_shard_names(layer, self.prefix, self.shard_names, output_partition_sizes)
 
         scheme = type(layer.scheme).__name__
 
@@ -142,9 +129,8 @@ class SparseQuantizedLinearMethod(LinearMethodBase):
             call_loader(scheme_loader, weight, loaded, shard_id)
 
         part_names = PART_NAMES[self.spec.format]
-        assembler = ShardAssembler(self.prefix, self.shard_names,
-                                   shard_shapes(layer, output_size, input_size, len(self.shard_names)),
-                                   part_names, self.spec.format, load_into_weight)
+        assembler = ShardAssembler(self.prefix, self.shard_names, shapes, part_names, self.spec.format,
+                                   load_into_weight)
         assembler.partition_rows = list(output_partition_sizes)
         # The scheme's other tensors (scales, zero points) load through vLLM as they
         # are; each is counted per shard, so a missing one stops the load.
@@ -189,12 +175,5 @@ class SparseQuantizedLinearMethod(LinearMethodBase):
         # Counted on the values as stored (int8, float8): a value quantized to zero
         # counts as zero.
         analysis = analyze_weight(values.to(torch.float32))
-        scheme = type(layer.scheme).__name__.removeprefix("CompressedTensors")
-        stored = values.numel() * values.element_size()
-        self.inner.process_weights_after_loading(layer)
-        self.report.add(LayerRow(
-            name=self.prefix, shape=analysis.shape, pattern=analysis.pattern_name, sparsity=analysis.sparsity,
-            kernel=f"vllm {scheme}", dense_bytes=stored, stored_bytes=stored, quantization=self.quantization))
-
-    def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        return self.inner.apply(layer, x, bias)
+        self.finish_scheme(layer, analysis.shape, analysis.pattern_name, analysis.sparsity,
+                           values.numel() * values.element_size())
