@@ -33,7 +33,10 @@ log = logging.getLogger(__name__)
 SOURCE_DIR = Path(__file__).parent / "csrc"
 SOURCES = ("ops.cpp", "gemm_scalar.cpp", "gemm_avx2.cpp", "gemm_avx512.cpp", "gemm_avx512_bf16.cpp", "gemm_nm24.cpp")
 HEADERS = ("spmm.h", "store.h", "prefetch.h")
-CFLAGS = ("-O3", "-std=c++17", "-fopenmp", "-fno-math-errno")
+# -mtune=native schedules for this CPU without using any instruction it lacks (each
+# ISA file still names its own with a target pragma): on an AMD EPYC (znver3 tuning)
+# it made the unstructured decode kernel ~1.4x faster than GCC's generic tuning.
+CFLAGS = ("-O3", "-std=c++17", "-fopenmp", "-fno-math-errno", "-mtune=native")
 LDFLAGS = ("-fopenmp",)
 
 _lock = threading.Lock()
@@ -49,6 +52,14 @@ def _compiler_id() -> str:
         raise RuntimeError(f"no C++ compiler ({cxx}): {exc}") from exc
 
 
+def _cpu_id() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith("model name")), "")
+    except OSError:
+        return ""
+
+
 def build_key() -> str:
     digest = hashlib.sha256()
     for name in SOURCES + HEADERS:
@@ -57,6 +68,7 @@ def build_key() -> str:
     digest.update(" ".join(CFLAGS + LDFLAGS).encode())
     digest.update(_compiler_id().encode())
     digest.update(torch.__version__.encode())
+    digest.update(_cpu_id().encode())  # -mtune=native: a build is tuned for one CPU
     return digest.hexdigest()[:16]
 
 

@@ -10,7 +10,7 @@ namespace {
 
 #include "prefetch.h"
 
-const int64_t kRowChunk = 24;  // a multiple of every row block below
+const int64_t kRowChunk = 48;  // a multiple of every row block below
 
 template <int MB, int R>
 void block(const VsWeight* w, const VsGemm* g, int64_t r0, int64_t m0) {
@@ -47,6 +47,45 @@ void block(const VsWeight* w, const VsGemm* g, int64_t r0, int64_t m0) {
         for (int i = 0; i < MB; i++) vs_store_out(g, m0 + i, r0 + r, _mm512_reduce_add_ps(acc[r][i]));
 }
 
+// One activation row (decode): sixteen weight rows at a time, the activation word
+// held in a register. Measured on a 2-core EPYC (Llama-3-8B shapes, 70% sparse,
+// M = 1): 16 rows ran ~1.4x faster than 8 (more independent expand-loads in flight).
+// The loop's form is measured too: 32-bit word counters and the bitmap prefetch
+// inside the row loop (which GCC unswitches) are each worth 15-30% here over int64
+// counters or a prefetch hoisted out of it.
+template <int R>
+void decode_block(const VsWeight* w, const VsGemm* g, int64_t r0, int64_t m0) {
+    const int words = (int)w->words;
+    const uint16_t* x = (const uint16_t*)g->x + m0 * w->words * 32;
+    __m512 acc[R];
+    const uint16_t* v[R];
+    const uint32_t* bits[R];
+    for (int r = 0; r < R; r++) {
+        acc[r] = _mm512_setzero_ps();
+        v[r] = (const uint16_t*)w->values + w->row_offsets[r0 + r];
+        bits[r] = w->bitmap + (r0 + r) * w->words;
+    }
+    for (int word = 0; word < words; word++) {
+        const __m512i xv = _mm512_loadu_si512(x + word * 32);
+        for (int r = 0; r < R; r++) {
+            const uint32_t mask = bits[r][word];
+            const __m512i wv = _mm512_maskz_expandloadu_epi16(mask, v[r]);
+            _mm_prefetch((const char*)v[r] + 256, _MM_HINT_T0);
+            if ((word & 15) == 0) _mm_prefetch((const char*)(bits[r] + word) + 256, _MM_HINT_T0);
+            v[r] += _mm_popcnt_u32(mask);
+            acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)wv, (__m512bh)xv);
+        }
+    }
+    for (int r = 0; r < R; r++) vs_store_out(g, m0, r0 + r, _mm512_reduce_add_ps(acc[r]));
+}
+
+template <int R>
+void decode_rows(const VsWeight* w, const VsGemm* g, int64_t begin, int64_t end, int64_t m0) {
+    int64_t r = begin;
+    for (; r + R <= end; r += R) decode_block<R>(w, g, r, m0);
+    for (; r < end; r++) decode_block<1>(w, g, r, m0);
+}
+
 template <int MB, int R>
 void rows(const VsWeight* w, const VsGemm* g, int64_t begin, int64_t end, int64_t m0) {
     int64_t r = begin;
@@ -69,6 +108,6 @@ extern "C" void vs_gemm_avx512_bf16(const VsWeight* w, const VsGemm* g, int64_t 
         for (; m0 + 8 <= g->m; m0 += 8) rows<8, 3>(w, g, c0, c1, m0);
         if (m0 + 4 <= g->m) { rows<4, 4>(w, g, c0, c1, m0); m0 += 4; }
         if (m0 + 2 <= g->m) { rows<2, 4>(w, g, c0, c1, m0); m0 += 2; }
-        if (m0 < g->m) rows<1, 8>(w, g, c0, c1, m0);
+        if (m0 < g->m) decode_rows<16>(w, g, c0, c1, m0);
     }
 }
