@@ -145,7 +145,7 @@ def test_nm24_kernel_matches_reference():
         layout = layout24.Cpu24Layout.pack(w)
         positive_zeros = torch.where(w == 0, torch.zeros_like(w), w)
         assert torch.equal(layout.to_dense().view(torch.int16), positive_zeros.view(torch.int16))
-        unpacked = torch.ops.vllm_sparse.cpu_nm24_unpack(layout.values, layout.selectors, shape[1])
+        unpacked = torch.ops.vllm_sparse.cpu_nm24_unpack(layout.blocks, *shape)
         assert torch.equal(unpacked.view(torch.int16), positive_zeros.view(torch.int16))
         assert layout.stored_bytes == layout24.Cpu24Layout.stored_bytes_for(shape)
         for m in MS + [40]:
@@ -173,8 +173,10 @@ def test_nm24_rejects_what_it_cannot_take():
     good = layout24.Cpu24Layout.pack(_pruned((8, 64), None, torch.bfloat16, _gen(24), (2, 4)))
     with pytest.raises(RuntimeError, match="x must be bf16"):
         layout24.linear(torch.randn(2, 64), good)
+    with pytest.raises(RuntimeError, match="blocks must be"):  # 9 rows need two blocks of 8
+        torch.ops.vllm_sparse.cpu_nm24_linear(torch.randn(2, 64).bfloat16(), good.blocks, 9, 64, 16, None)
     torch.library.opcheck(torch.ops.vllm_sparse.cpu_nm24_linear.default,
-                          (torch.randn(3, 64).bfloat16(), good.values, good.selectors, 64, 16, None))
+                          (torch.randn(3, 64).bfloat16(), good.blocks, 8, 64, 16, None))
 
 
 def test_layout_round_trip_and_bytes():

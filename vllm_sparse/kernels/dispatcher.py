@@ -302,7 +302,7 @@ def sparse_linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | No
         lay = packed.layout
         xw = x2 if x2.dtype == packed.dtype else x2.to(packed.dtype)
         if isinstance(lay, cpu_layout24.Cpu24Layout):
-            y = torch.ops.vllm_sparse.cpu_nm24_linear(xw, lay.values, lay.selectors, packed.in_features,
+            y = torch.ops.vllm_sparse.cpu_nm24_linear(xw, lay.blocks, packed.out_features, packed.in_features,
                                                       packed.max_direct_m, bias)
         else:
             y = torch.ops.vllm_sparse.cpu_sparse_linear(xw, lay.values, lay.bitmap, lay.row_offsets,

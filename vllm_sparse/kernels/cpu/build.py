@@ -148,12 +148,12 @@ def _register_fakes() -> None:
         return x.new_empty(x.shape[0], bitmap.shape[0])
 
     @torch.library.register_fake("vllm_sparse::cpu_nm24_linear")
-    def _(x, values, selectors, in_features, max_direct_m, bias):
-        return x.new_empty(x.shape[0], selectors.shape[0])
+    def _(x, blocks, out_features, in_features, max_direct_m, bias):
+        return x.new_empty(x.shape[0], out_features)
 
     @torch.library.register_fake("vllm_sparse::cpu_nm24_unpack")
-    def _(values, selectors, in_features):
-        return values.new_empty(selectors.shape[0], in_features)
+    def _(blocks, out_features, in_features):
+        return blocks.new_empty(out_features, in_features, dtype=torch.bfloat16)
 
     @torch.library.register_fake("vllm_sparse::cpu_sparse_unpack")
     def _(values, bitmap, row_offsets, in_features, isa):

@@ -2,6 +2,7 @@
 //   cpu_sparse_linear(x, values, bitmap, row_offsets, in_features, isa, max_direct_m, bias)
 //   cpu_sparse_unpack(values, bitmap, row_offsets, in_features, isa)
 //   cpu_best_isa() -> int
+//   cpu_nm24_linear(x, blocks, out_features, in_features, max_direct_m, bias), cpu_nm24_unpack(...)
 // Threads: at::parallel_for over output rows, i.e. torch's own OpenMP pool (the
 // threads vLLM's CPU worker sizes and pins).
 #include <ATen/ATen.h>
@@ -94,10 +95,13 @@ void check_isa(int64_t isa) {
     TORCH_CHECK(isa_supported(isa), "this CPU cannot run the ", kIsaName[isa], " kernels");
 }
 
-int64_t row_grain(int64_t n) {
+// One share per thread, of at least `minimum` items.
+int64_t share(int64_t n, int64_t minimum) {
     const int64_t threads = at::get_num_threads();
-    return std::max<int64_t>(8, (n + threads - 1) / threads);
+    return std::max<int64_t>(minimum, (n + threads - 1) / threads);
 }
+
+int64_t row_grain(int64_t n) { return share(n, 8); }
 
 at::Tensor unpack(const at::Tensor& values, const at::Tensor& bitmap, const at::Tensor& row_offsets,
                   int64_t in_features, int64_t isa) {
@@ -202,21 +206,20 @@ bool nm24_supported() {  // VBMI for the kernel's gather, VBMI2 (in AVX512_BF16 
     return isa_supported(VS_AVX512_BF16) && __builtin_cpu_supports("avx512vbmi");
 }
 
-VsNM24Weight check_nm24(const at::Tensor& values, const at::Tensor& selectors, int64_t in_features) {
+VsNM24Weight check_nm24(const at::Tensor& blocks, int64_t out_features, int64_t in_features) {
     TORCH_CHECK(nm24_supported(), "this CPU cannot run the 2:4 kernel (needs AVX-512 BW, VBMI and BF16)");
     TORCH_CHECK(in_features > 0 && in_features % 64 == 0, "the 2:4 kernel needs in_features % 64 == 0, got ",
                 in_features);
-    TORCH_CHECK(selectors.dim() == 2 && selectors.scalar_type() == at::kLong && selectors.is_contiguous() &&
-                    selectors.size(1) == in_features / 64,
-                "selectors must be a contiguous int64 [out_features, in_features / 64] tensor");
-    const int64_t n = selectors.size(0);
-    TORCH_CHECK(values.scalar_type() == at::kBFloat16 && values.is_contiguous() && values.dim() == 1 &&
-                    values.numel() >= n * in_features / 2,
-                "values must be a contiguous bf16 tensor of out_features * in_features / 2 entries");
+    const int64_t block_count = (out_features + VS_NM24_BLOCK_ROWS - 1) / VS_NM24_BLOCK_ROWS;
+    TORCH_CHECK(out_features > 0 && blocks.scalar_type() == at::kByte && blocks.is_contiguous() &&
+                    blocks.dim() == 3 && blocks.size(0) == block_count && blocks.size(1) == in_features / 64 &&
+                    blocks.size(2) == VS_NM24_RECORD_BYTES,
+                "blocks must be a contiguous uint8 [ceil(out_features / ", VS_NM24_BLOCK_ROWS,
+                "), in_features / 64, ", VS_NM24_RECORD_BYTES, "] tensor; got ", blocks.scalar_type(), " ",
+                blocks.sizes(), " for ", out_features, " x ", in_features);
     VsNM24Weight w;
-    w.values = values.data_ptr();
-    w.selectors = reinterpret_cast<const uint64_t*>(selectors.data_ptr<int64_t>());
-    w.n = n;
+    w.blocks = blocks.data_ptr<uint8_t>();
+    w.n = out_features;
     w.k = in_features;
     return w;
 }
@@ -225,17 +228,17 @@ void unpack_nm24_rows(const VsNM24Weight& w, int64_t begin, int64_t end, uint16_
     vs_unpack_nm24_avx512(&w, begin, end, dst);
 }
 
-at::Tensor nm24_unpack(const at::Tensor& values, const at::Tensor& selectors, int64_t in_features) {
-    VsNM24Weight w = check_nm24(values, selectors, in_features);
-    at::Tensor dense = at::empty({w.n, in_features}, values.options());
+at::Tensor nm24_unpack(const at::Tensor& blocks, int64_t out_features, int64_t in_features) {
+    VsNM24Weight w = check_nm24(blocks, out_features, in_features);
+    at::Tensor dense = at::empty({w.n, in_features}, at::TensorOptions().dtype(at::kBFloat16));
     uint16_t* dst = reinterpret_cast<uint16_t*>(dense.data_ptr());
     at::parallel_for(0, w.n, row_grain(w.n), [&](int64_t b, int64_t e) { unpack_nm24_rows(w, b, e, dst + b * w.k); });
     return dense;
 }
 
-at::Tensor nm24_linear(const at::Tensor& x_in, const at::Tensor& values, const at::Tensor& selectors,
-                       int64_t in_features, int64_t max_direct_m, const c10::optional<at::Tensor>& bias) {
-    VsNM24Weight w = check_nm24(values, selectors, in_features);
+at::Tensor nm24_linear(const at::Tensor& x_in, const at::Tensor& blocks, int64_t out_features, int64_t in_features,
+                       int64_t max_direct_m, const c10::optional<at::Tensor>& bias) {
+    VsNM24Weight w = check_nm24(blocks, out_features, in_features);
     TORCH_CHECK(x_in.dim() == 2 && x_in.size(1) == in_features && x_in.scalar_type() == at::kBFloat16,
                 "x must be bf16 [M, ", in_features, "], got ", x_in.scalar_type(), " ", x_in.sizes());
     if (bias.has_value() && bias->defined())
@@ -247,7 +250,7 @@ at::Tensor nm24_linear(const at::Tensor& x_in, const at::Tensor& values, const a
         auto unpack_rows = [&](int64_t r0, int64_t r1, void* dst) {
             unpack_nm24_rows(w, r0, r1, static_cast<uint16_t*>(dst));
         };
-        return tiled_linear(x, w.n, w.k, values.options(), unpack_rows, bias);
+        return tiled_linear(x, w.n, w.k, x.options(), unpack_rows, bias);
     }
     at::Tensor y = at::empty({m, w.n}, x.options());
     at::Tensor bias_f;
@@ -259,7 +262,10 @@ at::Tensor nm24_linear(const at::Tensor& x_in, const at::Tensor& values, const a
     g.y = y.data_ptr();
     g.ldy = w.n;
     g.out_dtype = VS_BF16;
-    at::parallel_for(0, w.n, row_grain(w.n), [&](int64_t b, int64_t e) { vs_gemm_nm24_avx512(&w, &g, b, e); });
+    // Threads split the 8-row blocks.
+    const int64_t block_count = blocks.size(0);
+    at::parallel_for(0, block_count, share(block_count, 1),
+                     [&](int64_t b, int64_t e) { vs_gemm_nm24_avx512(&w, &g, b, e); });
     return y;
 }
 
@@ -270,9 +276,9 @@ TORCH_LIBRARY_FRAGMENT(vllm_sparse, m) {
           "int isa, int max_direct_m, Tensor? bias) -> Tensor");
     m.def("cpu_sparse_unpack(Tensor values, Tensor bitmap, Tensor row_offsets, int in_features, int isa) -> Tensor");
     m.def("cpu_best_isa() -> int", &best_isa);
-    m.def("cpu_nm24_linear(Tensor x, Tensor values, Tensor selectors, int in_features, int max_direct_m, "
+    m.def("cpu_nm24_linear(Tensor x, Tensor blocks, int out_features, int in_features, int max_direct_m, "
           "Tensor? bias) -> Tensor");
-    m.def("cpu_nm24_unpack(Tensor values, Tensor selectors, int in_features) -> Tensor");
+    m.def("cpu_nm24_unpack(Tensor blocks, int out_features, int in_features) -> Tensor");
     m.def("cpu_nm24_supported() -> bool", &nm24_supported);
 }
 

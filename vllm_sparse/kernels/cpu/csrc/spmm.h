@@ -35,13 +35,14 @@ struct VsGemm {
     int out_dtype;
 };
 
-// A 2:4 weight [N, K], K a multiple of 64: row r's values are values[r * K/2 ...],
-// two per group of four columns (zero-padded where a group holds fewer); bits 2l, 2l+1
-// of selectors[r * K/64 + c] give the column (0..3) within its group of value l
-// (0..31) of 64-column chunk c.
+// A 2:4 weight [N, K], K a multiple of 64, in blocks of 8 rows: block b holds rows
+// 8b .. 8b+7 (rows past N are zeros) as K/64 records of 576 bytes, one per 64-column
+// chunk: first the 8 rows' selectors (uint64 each: bits 2l, 2l+1 give the column,
+// 0..3 within its group of four, of value l), then the 8 rows' 32 bf16 values (two
+// per group, zero-padded where a group holds fewer). A block is one sequential stream.
+enum { VS_NM24_BLOCK_ROWS = 8, VS_NM24_RECORD_BYTES = 64 + 8 * 64 };
 struct VsNM24Weight {
-    const void* values;  // bf16
-    const uint64_t* selectors;
+    const uint8_t* blocks;
     int64_t n;
     int64_t k;
 };
@@ -49,8 +50,9 @@ struct VsNM24Weight {
 #ifdef __cplusplus
 extern "C" {
 #endif
-// x is bf16 [m, k] (no padding needed); rows [row_begin, row_end).
-void vs_gemm_nm24_avx512(const VsNM24Weight* w, const VsGemm* g, int64_t row_begin, int64_t row_end);
+// x is bf16 [m, k] (no padding needed); blocks [block_begin, block_end).
+void vs_gemm_nm24_avx512(const VsNM24Weight* w, const VsGemm* g, int64_t block_begin, int64_t block_end);
+// Dense rows [row_begin, row_end) into dst [row_end - row_begin, k].
 void vs_unpack_nm24_avx512(const VsNM24Weight* w, int64_t row_begin, int64_t row_end, uint16_t* dst);
 
 void vs_gemm_scalar(const VsWeight* w, const VsGemm* g, int64_t row_begin, int64_t row_end);
