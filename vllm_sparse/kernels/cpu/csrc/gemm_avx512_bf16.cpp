@@ -105,8 +105,9 @@ extern "C" void vs_gemm_avx512_bf16(const VsWeight* w, const VsGemm* g, int64_t 
     for (int64_t c0 = row_begin; c0 < row_end; c0 += kRowChunk) {
         const int64_t c1 = c0 + kRowChunk < row_end ? c0 + kRowChunk : row_end;
         int64_t m0 = 0;
-        for (; m0 + 8 <= g->m; m0 += 8) rows<8, 3>(w, g, c0, c1, m0);
-        if (m0 + 4 <= g->m) { rows<4, 4>(w, g, c0, c1, m0); m0 += 4; }
+        // Passes of four activation rows: at M = 8 two of them ran 1.06-1.13x faster
+        // than one pass of eight over three weight rows (measured, Llama shapes).
+        for (; m0 + 4 <= g->m; m0 += 4) rows<4, 4>(w, g, c0, c1, m0);
         if (m0 + 2 <= g->m) { rows<2, 4>(w, g, c0, c1, m0); m0 += 2; }
         if (m0 < g->m) decode_rows<16>(w, g, c0, c1, m0);
     }

@@ -10,6 +10,7 @@
 #include <ATen/ThreadLocalState.h>
 #include <torch/library.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 
@@ -269,6 +270,31 @@ at::Tensor nm24_linear(const at::Tensor& x_in, const at::Tensor& blocks, int64_t
     return y;
 }
 
+// ---- read bandwidth (benchmarks) --------------------------------------------------
+
+// Reads every byte of `data` once, each thread its own share as kStreams interleaved
+// sequential streams (as a GEMV reads several weight rows at once; one stream per
+// core leaves much of the memory bandwidth unused), and returns a checksum so the
+// reads cannot be optimised away. The limit the kernels' GB/s are compared with.
+int64_t stream_read(const at::Tensor& data) {
+    TORCH_CHECK(data.is_contiguous() && data.device().is_cpu(), "data must be a contiguous CPU tensor");
+    const int kStreams = 8;
+    const int64_t words = data.numel() * data.element_size() / 8;
+    const uint64_t* p = static_cast<const uint64_t*>(data.data_ptr());
+    std::atomic<uint64_t> total{0};
+    at::parallel_for(0, words, share(words, 4096), [&](int64_t begin, int64_t end) {
+        const int64_t len = (end - begin) / kStreams;
+        uint64_t acc[kStreams] = {0};
+        for (int64_t i = 0; i < len; i++)
+            for (int s = 0; s < kStreams; s++) acc[s] += p[begin + s * len + i];
+        uint64_t sum = 0;
+        for (int s = 0; s < kStreams; s++) sum += acc[s];
+        for (int64_t i = begin + kStreams * len; i < end; i++) sum += p[i];
+        total += sum;
+    });
+    return (int64_t)total.load();
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(vllm_sparse, m) {
@@ -280,6 +306,7 @@ TORCH_LIBRARY_FRAGMENT(vllm_sparse, m) {
           "Tensor? bias) -> Tensor");
     m.def("cpu_nm24_unpack(Tensor blocks, int out_features, int in_features) -> Tensor");
     m.def("cpu_nm24_supported() -> bool", &nm24_supported);
+    m.def("cpu_stream_read(Tensor data) -> int", &stream_read);
 }
 
 TORCH_LIBRARY_IMPL(vllm_sparse, CPU, m) {
