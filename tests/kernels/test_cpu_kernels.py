@@ -366,3 +366,11 @@ def test_forced_isa_and_cpu_description(monkeypatch):
         isa.default()
     described = isa.cpu_description()
     assert described["cpu"] and isinstance(described["flags"], list)
+
+
+def test_stream_read_reads_every_word():
+    """The benchmarks' bandwidth limit reads all of its input (the checksum would
+    miss any word a stream skipped), thread shares and stream tails included."""
+    for n in (1, 7, 4096 * 8 + 13, 1 << 20):
+        data = torch.randint(0, 1 << 40, (n,), dtype=torch.int64, generator=_gen(n))
+        assert torch.ops.vllm_sparse.cpu_stream_read(data) == int(data.sum())
