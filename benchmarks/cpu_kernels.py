@@ -37,7 +37,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vllm_sparse.kernels import cpu as cpu_kernels  # noqa: E402
 from vllm_sparse.kernels.cpu import dispatch, isa, layout24  # noqa: E402
 
-NM24_CODE = -1  # the 2:4 gather kernel, beside the ISA paths of the bitmap kernel
+# The 2:4 kernels, beside the ISA paths of the bitmap kernel: NM24_OFFSET + their ISA code.
+NM24_OFFSET = 100
+
+
+def is_nm24(code: int) -> bool:
+    return code >= NM24_OFFSET
+
+
+def pack_for(code: int):
+    return layout24.Cpu24Layout.pack if is_nm24(code) else cpu_kernels.CpuSparseLayout.pack
 
 LLAMA8B = [(4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336)]
 LLAMA1B = [(3072, 2048), (2048, 2048), (16384, 2048), (2048, 8192)]  # fused qkv, o, gate_up, down
@@ -116,8 +125,8 @@ def read_bandwidth() -> float:
 
 
 def run_kernel(layout, x, code, max_direct_m):
-    if code == NM24_CODE:
-        return layout24.linear(x, layout, None, max_direct_m)
+    if is_nm24(code):
+        return layout24.linear(x, layout, None, max_direct_m, code - NM24_OFFSET)
     return cpu_kernels.linear(x, layout, None, code, max_direct_m)
 
 
@@ -137,11 +146,12 @@ def run_case(shape, pattern, dtype, ms, codes, gen, budget_s, log):
     copies = max(2, -(-CACHE_SPAN_BYTES // (dense_w.numel() * dense_w.element_size())))
     dense_copies = [dense_w.clone() for _ in range(copies)]
     codes = list(codes)
-    if pattern == "2:4" and layout24.eligible(shape, dtype) and layout24.supported() and isa.AVX512_BF16 in codes:
-        codes.append(NM24_CODE)
+    if pattern == "2:4" and layout24.eligible(shape, dtype):
+        # The 2:4 kernel each measured ISA path would run (AVX-512 gather, AVX2).
+        codes += sorted({NM24_OFFSET + nm for nm in map(layout24.kernel_isa, codes) if nm is not None})
     layouts = {}
     for code in codes:
-        pack = layout24.Cpu24Layout.pack if code == NM24_CODE else cpu_kernels.CpuSparseLayout.pack
+        pack = pack_for(code)
         if pack not in layouts:
             layouts[pack] = [pack(dense_w) for _ in range(copies)]
     records = []
@@ -149,11 +159,11 @@ def run_case(shape, pattern, dtype, ms, codes, gen, budget_s, log):
         x = torch.randn(m, k, generator=gen).to(dtype)
         dense_fns = [dense_linear(w, x) for w in dense_copies]
         for code in codes:
-            sparse_copies = layouts[layout24.Cpu24Layout.pack if code == NM24_CODE else cpu_kernels.CpuSparseLayout.pack]
+            sparse_copies = layouts[pack_for(code)]
             layout = sparse_copies[0]
             row = {"shape": f"{out}x{k}", "m": m, "pattern": pattern, "sparsity": sparsity,
                    "dtype": [n for n, d in DTYPES.items() if d == dtype][0],
-                   "isa": dispatch.NM24 if code == NM24_CODE else isa.NAMES[code]}
+                   "isa": dispatch.NM24_PATHS[code - NM24_OFFSET] if is_nm24(code) else isa.NAMES[code]}
             # Direct kernel (the tiled path is not the direct path's fallback below 16).
             for name, max_direct in (("direct", 1 << 30), ("tiled", 0)):
                 if name == "direct" and m > 64:

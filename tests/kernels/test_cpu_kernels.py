@@ -131,11 +131,18 @@ def _nm24_or_skip():
     from vllm_sparse.kernels.cpu import layout24
 
     if not layout24.supported():
-        pytest.skip("this CPU has no AVX-512 VBMI + BF16: the 2:4 gather kernel cannot run here")
+        pytest.skip("this CPU has no AVX2: no 2:4 kernel can run here")
     return layout24
 
 
-def test_nm24_kernel_matches_reference():
+def _nm24_isa_params():
+    cpu_kernels.build.load()
+    return [pytest.param(code, id=dispatch.NM24_PATHS[code]) for code in dispatch.NM24_PATHS
+            if torch.ops.vllm_sparse.cpu_nm24_supported(code)]
+
+
+@pytest.mark.parametrize("code", _nm24_isa_params())
+def test_nm24_kernel_matches_reference(code):
     layout24 = _nm24_or_skip()
     gen = _gen(21)
     for shape in [(5, 64), (37, 576), (130, 1536)]:
@@ -145,14 +152,14 @@ def test_nm24_kernel_matches_reference():
         layout = layout24.Cpu24Layout.pack(w)
         positive_zeros = torch.where(w == 0, torch.zeros_like(w), w)
         assert torch.equal(layout.to_dense().view(torch.int16), positive_zeros.view(torch.int16))
-        unpacked = torch.ops.vllm_sparse.cpu_nm24_unpack(layout.blocks, *shape)
+        unpacked = torch.ops.vllm_sparse.cpu_nm24_unpack(layout.blocks, *shape, code)
         assert torch.equal(unpacked.view(torch.int16), positive_zeros.view(torch.int16))
         assert layout.stored_bytes == layout24.Cpu24Layout.stored_bytes_for(shape)
         for m in MS + [40]:
             x = torch.randn(m, shape[1], generator=gen).bfloat16()
             bias = torch.randn(shape[0], generator=gen).bfloat16() if m % 2 else None
             _poison_allocator(m * shape[0], torch.bfloat16)
-            y = layout24.linear(x, layout, bias, max_direct_m=16)  # M = 40: the tiled path
+            y = layout24.linear(x, layout, bias, max_direct_m=16, isa_code=code)  # M = 40: the tiled path
             _check(y, x, w, bias, torch.bfloat16) if m <= 16 else _check_loose(y, x, w, bias)
 
 
@@ -174,9 +181,12 @@ def test_nm24_rejects_what_it_cannot_take():
     with pytest.raises(RuntimeError, match="x must be bf16"):
         layout24.linear(torch.randn(2, 64), good)
     with pytest.raises(RuntimeError, match="blocks must be"):  # 9 rows need two blocks of 8
-        torch.ops.vllm_sparse.cpu_nm24_linear(torch.randn(2, 64).bfloat16(), good.blocks, 9, 64, 16, None)
+        torch.ops.vllm_sparse.cpu_nm24_linear(torch.randn(2, 64).bfloat16(), good.blocks, 9, 64, layout24.kernel_isa(),
+                                              16, None)
+    with pytest.raises(RuntimeError, match="cannot run the 2:4 kernel"):  # no 2:4 kernel on the scalar path
+        torch.ops.vllm_sparse.cpu_nm24_linear(torch.randn(2, 64).bfloat16(), good.blocks, 8, 64, isa.SCALAR, 16, None)
     torch.library.opcheck(torch.ops.vllm_sparse.cpu_nm24_linear.default,
-                          (torch.randn(3, 64).bfloat16(), good.blocks, 8, 64, 16, None))
+                          (torch.randn(3, 64).bfloat16(), good.blocks, 8, 64, layout24.kernel_isa(), 16, None))
 
 
 def test_layout_round_trip_and_bytes():
@@ -273,11 +283,16 @@ def test_dispatcher_sends_2of4_bf16_to_the_gather_kernel(monkeypatch):
     monkeypatch.delenv("VLLM_SPARSE_CPU_ISA", raising=False)
     w = _pruned((40, 128), None, torch.bfloat16, _gen(25), (2, 4))
     packed = pack_for_path(w, analyze_weight(w), CPU_SPARSE)
-    assert packed.kernel_name == f"cpu_sparse/{dispatch.NM24}"
+    best = max(code for code in dispatch.NM24_PATHS if torch.ops.vllm_sparse.cpu_nm24_supported(code))
+    assert packed.kernel_name == f"cpu_sparse/{dispatch.NM24_PATHS[best]}"
     x = torch.randn(3, 128).bfloat16()
     _check(sparse_linear(x, packed), x, w, None, torch.bfloat16)
-    monkeypatch.setenv("VLLM_SPARSE_CPU_ISA", "avx2")  # a forced lower path takes the bitmap kernel
-    assert pack_for_path(w, analyze_weight(w), CPU_SPARSE).kernel_name == "cpu_sparse/avx2"
+    monkeypatch.setenv("VLLM_SPARSE_CPU_ISA", "avx2")  # a forced AVX2 host takes the AVX2 2:4 kernel
+    packed = pack_for_path(w, analyze_weight(w), CPU_SPARSE)
+    assert packed.kernel_name == f"cpu_sparse/{dispatch.NM24_AVX2}"
+    _check(sparse_linear(x, packed), x, w, None, torch.bfloat16)
+    monkeypatch.setenv("VLLM_SPARSE_CPU_ISA", "scalar")  # no 2:4 kernel there: the bitmap kernel
+    assert pack_for_path(w, analyze_weight(w), CPU_SPARSE).kernel_name == "cpu_sparse/scalar"
 
 
 def test_dispatch_rule_from_a_table():

@@ -86,7 +86,7 @@ def test_layers_take_the_measured_path_and_keep_only_compressed_weights(served):
     on this CPU; every 2:4 layer is on the CPU kernels and stores ~56% of dense."""
     import torch
 
-    from vllm_sparse.kernels.cpu import build, dispatch, isa
+    from vllm_sparse.kernels.cpu import build, dispatch, isa, layout24
 
     _, _, tables = served
     assert len(tables) == 2 and build.load()
@@ -97,8 +97,9 @@ def test_layers_take_the_measured_path_and_keep_only_compressed_weights(served):
         for row in rows:
             shape = tuple(int(v) for v in row[1].split("x"))
             layer_isa = isa_name
-            if row[2] == "2:4" and layer_isa == "avx512_bf16" and torch.ops.vllm_sparse.cpu_nm24_supported():
-                layer_isa = dispatch.NM24
+            nm24_isa = layout24.kernel_isa()
+            if row[2] == "2:4" and nm24_isa is not None:
+                layer_isa = dispatch.NM24_PATHS[nm24_isa]
             plan = dispatch.choose(shape, float(row[3].rstrip("%")) / 100, torch.bfloat16, layer_isa)
             assert row[4] == ("dense" if plan is None else f"cpu_sparse/{plan.isa}"), (name, row)
             if row[4] != "dense":

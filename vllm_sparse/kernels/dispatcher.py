@@ -117,14 +117,15 @@ def cpu_plan(analysis: WeightAnalysis, dtype: torch.dtype) -> cpu_dispatch.CpuCh
 
 
 def _cpu_path_name(analysis: WeightAnalysis, dtype: torch.dtype) -> str:
-    """The CPU kernel path a weight would take (the kernels must be loaded): the 2:4
-    gather kernel for 2:4 bf16 weights where the CPU has it (AVX-512 VBMI+BF16), else
-    the bitmap kernel on the default ISA path."""
-    isa_name = cpu_kernels.isa.NAMES[cpu_kernels.isa.default()]
-    if (analysis.nm == NMPattern(2, 4) and isa_name == "avx512_bf16"
-            and cpu_layout24.eligible(_as_2d(analysis.shape), dtype) and cpu_layout24.supported()):
-        return cpu_dispatch.NM24
-    return isa_name
+    """The CPU kernel path a weight would take (the kernels must be loaded): a 2:4
+    kernel for 2:4 bf16 weights (AVX-512 VBMI+BF16 or AVX2), else the bitmap kernel,
+    on the default ISA path."""
+    isa_code = cpu_kernels.isa.default()
+    if analysis.nm == NMPattern(2, 4) and cpu_layout24.eligible(_as_2d(analysis.shape), dtype):
+        nm24_isa = cpu_layout24.kernel_isa(isa_code)
+        if nm24_isa is not None:
+            return cpu_dispatch.NM24_PATHS[nm24_isa]
+    return cpu_kernels.isa.NAMES[isa_code]
 
 
 def _forced_path() -> str | None:
@@ -175,7 +176,7 @@ def stored_bytes_for_path(analysis: WeightAnalysis, dtype: torch.dtype, path: st
         return dense_bytes(analysis, dtype)
     if path == CPU_SPARSE:
         shape = _as_2d(analysis.shape)
-        if cpu_kernels.build.load() and _cpu_path_name(analysis, dtype) == cpu_dispatch.NM24:
+        if cpu_kernels.build.load() and _cpu_path_name(analysis, dtype) in cpu_dispatch.NM24_PATHS.values():
             return cpu_layout24.Cpu24Layout.stored_bytes_for(shape)
         return cpu_stored_bytes_for(shape, round((1.0 - analysis.sparsity) * _numel(shape)), dtype)
     return compressed_bytes(analysis, dtype)
@@ -212,7 +213,7 @@ class PackedWeight:
         """The path, with the instruction-set path for the CPU kernels (for tables and metrics)."""
         if self.path == CPU_SPARSE:
             if isinstance(self.layout, cpu_layout24.Cpu24Layout):
-                return f"{CPU_SPARSE}/{cpu_dispatch.NM24}"
+                return f"{CPU_SPARSE}/{cpu_dispatch.NM24_PATHS[self.cpu_isa]}"
             return f"{CPU_SPARSE}/{cpu_kernels.isa.NAMES[self.cpu_isa]}"
         return self.path
 
@@ -262,9 +263,10 @@ def pack_for_path(weight: torch.Tensor, analysis: WeightAnalysis, path: str) -> 
         plan = cpu_plan(analysis, weight.dtype)
         if plan is None:
             raise ValueError(f"path {CPU_SPARSE} is not available for this weight (see the log for why)")
-        if plan.isa == cpu_dispatch.NM24:
+        nm24_isa = {name: code for code, name in cpu_dispatch.NM24_PATHS.items()}.get(plan.isa)
+        if nm24_isa is not None:
             return PackedWeight(path, shape, weight.dtype, layout=cpu_layout24.Cpu24Layout.pack(weight),
-                                cpu_isa=cpu_kernels.isa.AVX512_BF16, max_direct_m=plan.max_direct_m)
+                                cpu_isa=nm24_isa, max_direct_m=plan.max_direct_m)
         return PackedWeight(path, shape, weight.dtype, layout=CpuSparseLayout.pack(weight),
                             cpu_isa=cpu_kernels.isa.CODES[plan.isa], max_direct_m=plan.max_direct_m)
     # TORCH_SEMI_STRUCTURED
@@ -303,7 +305,7 @@ def sparse_linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | No
         xw = x2 if x2.dtype == packed.dtype else x2.to(packed.dtype)
         if isinstance(lay, cpu_layout24.Cpu24Layout):
             y = torch.ops.vllm_sparse.cpu_nm24_linear(xw, lay.blocks, packed.out_features, packed.in_features,
-                                                      packed.max_direct_m, bias)
+                                                      packed.cpu_isa, packed.max_direct_m, bias)
         else:
             y = torch.ops.vllm_sparse.cpu_sparse_linear(xw, lay.values, lay.bitmap, lay.row_offsets,
                                                         packed.in_features, packed.cpu_isa, packed.max_direct_m, bias)

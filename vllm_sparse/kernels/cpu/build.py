@@ -31,7 +31,8 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE_DIR = Path(__file__).parent / "csrc"
-SOURCES = ("ops.cpp", "gemm_scalar.cpp", "gemm_avx2.cpp", "gemm_avx512.cpp", "gemm_avx512_bf16.cpp", "gemm_nm24.cpp")
+SOURCES = ("ops.cpp", "gemm_scalar.cpp", "gemm_avx2.cpp", "gemm_avx512.cpp", "gemm_avx512_bf16.cpp", "gemm_nm24.cpp",
+           "gemm_nm24_avx2.cpp")
 HEADERS = ("spmm.h", "store.h", "prefetch.h")
 # -mtune=native schedules for this CPU without using any instruction it lacks (each
 # ISA file still names its own with a target pragma): on an AMD EPYC (znver3 tuning)
@@ -148,11 +149,11 @@ def _register_fakes() -> None:
         return x.new_empty(x.shape[0], bitmap.shape[0])
 
     @torch.library.register_fake("vllm_sparse::cpu_nm24_linear")
-    def _(x, blocks, out_features, in_features, max_direct_m, bias):
+    def _(x, blocks, out_features, in_features, isa, max_direct_m, bias):
         return x.new_empty(x.shape[0], out_features)
 
     @torch.library.register_fake("vllm_sparse::cpu_nm24_unpack")
-    def _(blocks, out_features, in_features):
+    def _(blocks, out_features, in_features, isa):
         return blocks.new_empty(out_features, in_features, dtype=torch.bfloat16)
 
     @torch.library.register_fake("vllm_sparse::cpu_sparse_unpack")

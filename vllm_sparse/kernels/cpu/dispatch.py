@@ -31,8 +31,11 @@ from pathlib import Path
 import torch
 
 TABLE_PATH = Path(__file__).parent / "dispatch_table.json"
-# The 2:4 gather kernel (csrc/gemm_nm24.cpp), recorded in the table as its own path.
+# The 2:4 kernels (csrc/gemm_nm24.cpp, gemm_nm24_avx2.cpp), recorded in the table as
+# paths of their own, by the ISA code they run on (isa.AVX512_BF16, isa.AVX2).
 NM24 = "avx512_nm24"
+NM24_AVX2 = "avx2_nm24"
+NM24_PATHS = {3: NM24, 1: NM24_AVX2}
 MIN_DECODE_GAIN = 1.05
 DECODE_MAX_M = 8
 MAX_DECODE_LOSS = 0.05

@@ -25,6 +25,7 @@ import torch
 
 from .. import _bits
 from ..patterns import NMPattern, SparseLayoutError, find_nm_violation
+from . import isa
 CHUNK = 64
 BLOCK_ROWS = 8
 RECORD_BYTES = 8 * 8 + BLOCK_ROWS * CHUNK  # selectors, then values (32 bf16 per row)
@@ -96,11 +97,23 @@ class Cpu24Layout:
         return dense.view(torch.bfloat16)
 
 
-def supported() -> bool:
-    """Can this CPU run the 2:4 gather kernel (AVX-512 BW + VBMI + BF16)?"""
-    return bool(torch.ops.vllm_sparse.cpu_nm24_supported())
+def kernel_isa(isa_code: int | None = None) -> int | None:
+    """The 2:4 kernel's ISA path on a host whose bitmap kernels run ``isa_code``
+    (default: ``isa.default()``): the AVX-512 gather kernel (BW + VBMI + BF16) where
+    allowed and present, else the AVX2 one; None below AVX2."""
+    top = isa.default() if isa_code is None else isa_code
+    for code in (isa.AVX512_BF16, isa.AVX2):
+        if code <= top and torch.ops.vllm_sparse.cpu_nm24_supported(code):
+            return code
+    return None
+
+
+def supported(isa_code: int | None = None) -> bool:
+    """Can this CPU run a 2:4 kernel (on ``isa_code`` or below)?"""
+    return kernel_isa(isa_code) is not None
 
 
 def linear(x: torch.Tensor, layout: Cpu24Layout, bias: torch.Tensor | None = None,
-           max_direct_m: int = 16) -> torch.Tensor:
-    return torch.ops.vllm_sparse.cpu_nm24_linear(x, layout.blocks, *layout.shape, max_direct_m, bias)
+           max_direct_m: int = 16, isa_code: int | None = None) -> torch.Tensor:
+    code = kernel_isa() if isa_code is None else isa_code
+    return torch.ops.vllm_sparse.cpu_nm24_linear(x, layout.blocks, *layout.shape, code, max_direct_m, bias)

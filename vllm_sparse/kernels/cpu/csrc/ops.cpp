@@ -2,7 +2,7 @@
 //   cpu_sparse_linear(x, values, bitmap, row_offsets, in_features, isa, max_direct_m, bias)
 //   cpu_sparse_unpack(values, bitmap, row_offsets, in_features, isa)
 //   cpu_best_isa() -> int
-//   cpu_nm24_linear(x, blocks, out_features, in_features, max_direct_m, bias), cpu_nm24_unpack(...)
+//   cpu_nm24_linear(x, blocks, out_features, in_features, isa, max_direct_m, bias), cpu_nm24_unpack(...)
 // Threads: at::parallel_for over output rows, i.e. torch's own OpenMP pool (the
 // threads vLLM's CPU worker sizes and pins).
 #include <ATen/ATen.h>
@@ -203,12 +203,16 @@ at::Tensor sparse_linear(const at::Tensor& x_in, const at::Tensor& values, const
 
 // ---- 2:4 with selectors (gemm_nm24.cpp) -------------------------------------------
 
-bool nm24_supported() {  // VBMI for the kernel's gather, VBMI2 (in AVX512_BF16 here) for unpacking
-    return isa_supported(VS_AVX512_BF16) && __builtin_cpu_supports("avx512vbmi");
+// The 2:4 kernel runs on AVX-512 (BW + VBMI + BF16: the gather kernel of
+// gemm_nm24.cpp) or AVX2 (gemm_nm24_avx2.cpp); other ISA codes have none.
+bool nm24_supported(int64_t isa) {
+    if (isa == VS_AVX512_BF16) return isa_supported(VS_AVX512_BF16) && __builtin_cpu_supports("avx512vbmi");
+    return isa == VS_AVX2 && isa_supported(VS_AVX2);
 }
 
-VsNM24Weight check_nm24(const at::Tensor& blocks, int64_t out_features, int64_t in_features) {
-    TORCH_CHECK(nm24_supported(), "this CPU cannot run the 2:4 kernel (needs AVX-512 BW, VBMI and BF16)");
+VsNM24Weight check_nm24(const at::Tensor& blocks, int64_t out_features, int64_t in_features, int64_t isa) {
+    TORCH_CHECK(nm24_supported(isa), "this CPU cannot run the 2:4 kernel on ISA path ", isa,
+                " (AVX-512 BW + VBMI + BF16, or AVX2)");
     TORCH_CHECK(in_features > 0 && in_features % 64 == 0, "the 2:4 kernel needs in_features % 64 == 0, got ",
                 in_features);
     const int64_t block_count = (out_features + VS_NM24_BLOCK_ROWS - 1) / VS_NM24_BLOCK_ROWS;
@@ -225,21 +229,25 @@ VsNM24Weight check_nm24(const at::Tensor& blocks, int64_t out_features, int64_t 
     return w;
 }
 
-void unpack_nm24_rows(const VsNM24Weight& w, int64_t begin, int64_t end, uint16_t* dst) {
-    vs_unpack_nm24_avx512(&w, begin, end, dst);
+void unpack_nm24_rows(const VsNM24Weight& w, int64_t isa, int64_t begin, int64_t end, uint16_t* dst) {
+    if (isa == VS_AVX512_BF16)
+        vs_unpack_nm24_avx512(&w, begin, end, dst);
+    else
+        vs_unpack_nm24_avx2(&w, begin, end, dst);
 }
 
-at::Tensor nm24_unpack(const at::Tensor& blocks, int64_t out_features, int64_t in_features) {
-    VsNM24Weight w = check_nm24(blocks, out_features, in_features);
+at::Tensor nm24_unpack(const at::Tensor& blocks, int64_t out_features, int64_t in_features, int64_t isa) {
+    VsNM24Weight w = check_nm24(blocks, out_features, in_features, isa);
     at::Tensor dense = at::empty({w.n, in_features}, at::TensorOptions().dtype(at::kBFloat16));
     uint16_t* dst = reinterpret_cast<uint16_t*>(dense.data_ptr());
-    at::parallel_for(0, w.n, row_grain(w.n), [&](int64_t b, int64_t e) { unpack_nm24_rows(w, b, e, dst + b * w.k); });
+    at::parallel_for(0, w.n, row_grain(w.n),
+                     [&](int64_t b, int64_t e) { unpack_nm24_rows(w, isa, b, e, dst + b * w.k); });
     return dense;
 }
 
 at::Tensor nm24_linear(const at::Tensor& x_in, const at::Tensor& blocks, int64_t out_features, int64_t in_features,
-                       int64_t max_direct_m, const c10::optional<at::Tensor>& bias) {
-    VsNM24Weight w = check_nm24(blocks, out_features, in_features);
+                       int64_t isa, int64_t max_direct_m, const c10::optional<at::Tensor>& bias) {
+    VsNM24Weight w = check_nm24(blocks, out_features, in_features, isa);
     TORCH_CHECK(x_in.dim() == 2 && x_in.size(1) == in_features && x_in.scalar_type() == at::kBFloat16,
                 "x must be bf16 [M, ", in_features, "], got ", x_in.scalar_type(), " ", x_in.sizes());
     if (bias.has_value() && bias->defined())
@@ -249,15 +257,18 @@ at::Tensor nm24_linear(const at::Tensor& x_in, const at::Tensor& blocks, int64_t
     if (m == 0) return at::empty({0, w.n}, x.options());
     if (m > max_direct_m) {
         auto unpack_rows = [&](int64_t r0, int64_t r1, void* dst) {
-            unpack_nm24_rows(w, r0, r1, static_cast<uint16_t*>(dst));
+            unpack_nm24_rows(w, isa, r0, r1, static_cast<uint16_t*>(dst));
         };
         return tiled_linear(x, w.n, w.k, x.options(), unpack_rows, bias);
     }
+    // The AVX2 kernel multiplies in fp32: widen the (few) activation rows once.
+    const bool avx512 = isa == VS_AVX512_BF16;
+    at::Tensor xk = avx512 ? x : x.to(at::kFloat);
     at::Tensor y = at::empty({m, w.n}, x.options());
     at::Tensor bias_f;
     if (bias.has_value() && bias->defined()) bias_f = bias->to(at::kFloat).contiguous();
     VsGemm g;
-    g.x = x.data_ptr();
+    g.x = xk.data_ptr();
     g.m = m;
     g.bias = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
     g.y = y.data_ptr();
@@ -265,8 +276,12 @@ at::Tensor nm24_linear(const at::Tensor& x_in, const at::Tensor& blocks, int64_t
     g.out_dtype = VS_BF16;
     // Threads split the 8-row blocks.
     const int64_t block_count = blocks.size(0);
-    at::parallel_for(0, block_count, share(block_count, 1),
-                     [&](int64_t b, int64_t e) { vs_gemm_nm24_avx512(&w, &g, b, e); });
+    at::parallel_for(0, block_count, share(block_count, 1), [&](int64_t b, int64_t e) {
+        if (avx512)
+            vs_gemm_nm24_avx512(&w, &g, b, e);
+        else
+            vs_gemm_nm24_avx2(&w, &g, b, e);
+    });
     return y;
 }
 
@@ -302,10 +317,10 @@ TORCH_LIBRARY_FRAGMENT(vllm_sparse, m) {
           "int isa, int max_direct_m, Tensor? bias) -> Tensor");
     m.def("cpu_sparse_unpack(Tensor values, Tensor bitmap, Tensor row_offsets, int in_features, int isa) -> Tensor");
     m.def("cpu_best_isa() -> int", &best_isa);
-    m.def("cpu_nm24_linear(Tensor x, Tensor blocks, int out_features, int in_features, int max_direct_m, "
-          "Tensor? bias) -> Tensor");
-    m.def("cpu_nm24_unpack(Tensor blocks, int out_features, int in_features) -> Tensor");
-    m.def("cpu_nm24_supported() -> bool", &nm24_supported);
+    m.def("cpu_nm24_linear(Tensor x, Tensor blocks, int out_features, int in_features, int isa, "
+          "int max_direct_m, Tensor? bias) -> Tensor");
+    m.def("cpu_nm24_unpack(Tensor blocks, int out_features, int in_features, int isa) -> Tensor");
+    m.def("cpu_nm24_supported(int isa) -> bool", &nm24_supported);
     m.def("cpu_stream_read(Tensor data) -> int", &stream_read);
 }
 

@@ -54,6 +54,9 @@ extern "C" {
 void vs_gemm_nm24_avx512(const VsNM24Weight* w, const VsGemm* g, int64_t block_begin, int64_t block_end);
 // Dense rows [row_begin, row_end) into dst [row_end - row_begin, k].
 void vs_unpack_nm24_avx512(const VsNM24Weight* w, int64_t row_begin, int64_t row_end, uint16_t* dst);
+// The same on AVX2; its x is fp32 [m, k].
+void vs_gemm_nm24_avx2(const VsNM24Weight* w, const VsGemm* g, int64_t block_begin, int64_t block_end);
+void vs_unpack_nm24_avx2(const VsNM24Weight* w, int64_t row_begin, int64_t row_end, uint16_t* dst);
 
 void vs_gemm_scalar(const VsWeight* w, const VsGemm* g, int64_t row_begin, int64_t row_end);
 void vs_gemm_avx2(const VsWeight* w, const VsGemm* g, int64_t row_begin, int64_t row_end);
