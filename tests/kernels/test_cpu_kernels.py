@@ -305,6 +305,9 @@ def test_dispatch_rule_from_a_table():
     assert choose((600, 600), 0.5, torch.bfloat16, "avx2", RECORDS) is None  # nearest shape gains < 5%
     assert choose((4096, 4096), 0.5, torch.float16, "avx2", RECORDS) is None  # dtype never measured
     assert choose((2048, 2048), 0.5, torch.bfloat16, "avx2", RECORDS) is None  # M = 8 loses 10%
+    assert choose((2048, 2048), 0.5, torch.bfloat16, "avx2", RECORDS, max_batch=4) is None  # 4 unmeasured: 8 stands in
+    one_at_a_time = choose((2048, 2048), 0.5, torch.bfloat16, "avx2", RECORDS, max_batch=1)
+    assert one_at_a_time is not None and one_at_a_time.decode_speedup == 1.3  # engine never batches decode
     assert choose((4096, 4096), 0.5, torch.bfloat16, "avx512_bf16", RECORDS) is None  # ISA never measured
 
 
@@ -313,7 +316,7 @@ def test_committed_table_covers_this_host_class():
     M = 1 record a same-run speed-up."""
     table = json.loads(dispatch.TABLE_PATH.read_text())
     isas = {r["isa"] for r in table["records"]}
-    assert {"avx2"} <= isas, isas
+    assert {"avx2", dispatch.NM24_AVX2} <= isas, isas
     assert all("direct" in r for r in table["records"] if r["m"] == 1)
     assert table["machine"]["cpu"] and table["machine"]["date"]
 

@@ -97,8 +97,10 @@ def semi_structured_supported(shape, dtype: torch.dtype, device: torch.device | 
     return rows % 64 == 0 and cols % 128 == 0
 
 
-def cpu_plan(analysis: WeightAnalysis, dtype: torch.dtype) -> cpu_dispatch.CpuChoice | None:
-    """The measured CPU sparse plan for a weight, or None (stay dense).
+def cpu_plan(analysis: WeightAnalysis, dtype: torch.dtype,
+             max_batch: int | None = None) -> cpu_dispatch.CpuChoice | None:
+    """The measured CPU sparse plan for a weight, or None (stay dense). ``max_batch``:
+    the engine's largest decode batch, where known (see ``cpu.dispatch.choose``).
 
     ``VLLM_SPARSE_PATH=cpu_sparse`` takes the sparse path for every sparse-enough
     layer whatever the table says (for benchmarking); ``=dense`` keeps all dense."""
@@ -110,7 +112,7 @@ def cpu_plan(analysis: WeightAnalysis, dtype: torch.dtype) -> cpu_dispatch.CpuCh
     if not cpu_kernels.build.load():
         return None
     isa_name = _cpu_path_name(analysis, dtype)
-    choice = cpu_dispatch.choose(_as_2d(analysis.shape), analysis.sparsity, dtype, isa_name)
+    choice = cpu_dispatch.choose(_as_2d(analysis.shape), analysis.sparsity, dtype, isa_name, max_batch=max_batch)
     if choice is None and forced == CPU_SPARSE:
         choice = cpu_dispatch.CpuChoice(isa_name, cpu_kernels.DEFAULT_MAX_DIRECT_M, float("nan"), float("nan"), 0)
     return choice
@@ -135,11 +137,13 @@ def _forced_path() -> str | None:
     return forced
 
 
-def select_path(analysis: WeightAnalysis, dtype: torch.dtype, device: torch.device | str) -> str:
-    """Name of the fastest correct path for a weight on a device."""
+def select_path(analysis: WeightAnalysis, dtype: torch.dtype, device: torch.device | str,
+                max_batch: int | None = None) -> str:
+    """Name of the fastest correct path for a weight on a device (``max_batch``: the
+    engine's largest decode batch, where known)."""
     device = torch.device(device)
     if device.type == "cpu":
-        return CPU_SPARSE if cpu_plan(analysis, dtype) is not None else DENSE
+        return CPU_SPARSE if cpu_plan(analysis, dtype, max_batch) is not None else DENSE
     if device.type != "cuda" or dtype not in _KERNEL_DTYPES or len(analysis.shape) != 2:
         return DENSE
     forced = _forced_path()
@@ -242,8 +246,10 @@ class PackedWeight:
         return self.dense
 
 
-def pack_for_path(weight: torch.Tensor, analysis: WeightAnalysis, path: str) -> PackedWeight:
-    """Keep ``weight`` in the layout ``path`` reads; SparsePatternError if it does not fit."""
+def pack_for_path(weight: torch.Tensor, analysis: WeightAnalysis, path: str,
+                  max_batch: int | None = None) -> PackedWeight:
+    """Keep ``weight`` in the layout ``path`` reads; SparsePatternError if it does not fit.
+    ``max_batch`` as given to ``select_path``."""
     if path not in PATHS:
         raise ValueError(f"unknown path {path!r}; known: {PATHS}")
     if weight.dim() != 2:
@@ -260,7 +266,7 @@ def pack_for_path(weight: torch.Tensor, analysis: WeightAnalysis, path: str) -> 
     if path == TRITON_BITMAP:
         return PackedWeight(path, shape, weight.dtype, layout=BitmapLayout.pack(weight, DEFAULT_TILE_K))
     if path == CPU_SPARSE:
-        plan = cpu_plan(analysis, weight.dtype)
+        plan = cpu_plan(analysis, weight.dtype, max_batch)
         if plan is None:
             raise ValueError(f"path {CPU_SPARSE} is not available for this weight (see the log for why)")
         nm24_isa = {name: code for code, name in cpu_dispatch.NM24_PATHS.items()}.get(plan.isa)

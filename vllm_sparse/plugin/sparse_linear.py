@@ -27,6 +27,7 @@ from .vllm_internals import (
     LinearMethodBase,
     QKVParallelLinear,
     UnquantizedLinearMethod,
+    max_decode_batch,
     register_weight_loader_v2_supported_method,
 )
 
@@ -209,6 +210,9 @@ class SparseLinearMethod(LinearMethodBase):
         self.prefix = prefix
         self.shard_names = shard_names
         self.dense_method = UnquantizedLinearMethod()
+        # Read while the model is built (vLLM's config is current then): the CPU
+        # dispatcher holds a layer's sparse path to no loss up to this decode batch.
+        self.max_batch = max_decode_batch()
 
     def create_weights(
         self,
@@ -250,7 +254,7 @@ class SparseLinearMethod(LinearMethodBase):
         weight = layer.weight.data
         check_declared_pattern(self.spec, weight, assembler)
         analysis = analyze_weight(weight)
-        path = dispatcher.select_path(analysis, weight.dtype, weight.device)
+        path = dispatcher.select_path(analysis, weight.dtype, weight.device, self.max_batch)
         layer.sparse_path = path
         dense_bytes = dispatcher.dense_bytes(analysis, weight.dtype)
         kernel = path
@@ -259,7 +263,7 @@ class SparseLinearMethod(LinearMethodBase):
             self.dense_method.process_weights_after_loading(layer)
         else:
             # Only the compressed form stays: the dense tensor is freed here.
-            layer.sparse_weight = dispatcher.pack_for_path(weight, analysis, path)
+            layer.sparse_weight = dispatcher.pack_for_path(weight, analysis, path, self.max_batch)
             stored = layer.sparse_weight.stored_bytes
             kernel = layer.sparse_weight.kernel_name
             del layer.weight

@@ -45,12 +45,15 @@ Internals:
   (every v1 backend has it) gives each request's rows; it is None in dummy runs.
   ``CompilationMode`` / ``CUDAGraphMode`` (config/compilation.py): skipping runs
   eager, or compiled (its step an opaque custom op) with CUDA graphs off.
+- ``get_current_vllm_config_or_none`` (config/vllm.py): set while the model is
+  built; a layer's method reads ``scheduler_config.max_num_seqs`` there (the largest
+  decode batch, which the CPU dispatcher's batched-decode rule is held to).
 - the ``vllm`` logger namespace: our start-up table is logged under ``vllm.sparse``
   so it appears in vLLM's own log stream and format.
 """
 
 from vllm import ModelRegistry
-from vllm.config import CompilationMode, CUDAGraphMode
+from vllm.config import CompilationMode, CUDAGraphMode, get_current_vllm_config_or_none
 from vllm.forward_context import get_forward_context, is_forward_context_available
 from vllm.model_executor.layers.linear import (
     LinearBase,
@@ -72,6 +75,12 @@ from vllm.model_executor.layers.quantization.compressed_tensors.compressed_tenso
 from vllm.platforms import current_platform
 
 LOGGER_NAME = "vllm.sparse"
+
+
+def max_decode_batch() -> int | None:
+    """vLLM's ``max_num_seqs`` for the engine being built (None outside a build)."""
+    config = get_current_vllm_config_or_none()
+    return None if config is None else int(config.scheduler_config.max_num_seqs)
 
 
 def skip_capable_model_classes() -> dict[str, type]:

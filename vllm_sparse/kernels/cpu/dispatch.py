@@ -11,8 +11,10 @@ shape (by weight size, then in_features) give its expected speed-up per M:
 
 * sparse only where the direct kernel beats dense at M = 1 by ``MIN_DECODE_GAIN``
   (decode, what sparsity is for) and loses no more than ``MAX_DECODE_LOSS`` at any
-  measured M up to ``DECODE_MAX_M`` (batched decode); otherwise the layer stays dense,
-  as stock vLLM runs it;
+  measured M up to ``DECODE_MAX_M`` (batched decode), or up to the engine's largest
+  decode batch where that is smaller (vLLM's ``max_num_seqs``: an engine serving one
+  sequence at a time never multiplies more than one decode row); otherwise the layer
+  stays dense, as stock vLLM runs it;
 * ``max_direct_m``: the largest measured M at which the direct kernel is still at
   least as fast as the tiled path; above it, the tiled path runs.
 
@@ -64,8 +66,9 @@ def _shape_distance(record: dict, n: int, k: int) -> tuple[float, float]:
 
 
 def choose(shape: tuple[int, int], sparsity: float, dtype: torch.dtype, isa: str,
-           records: tuple[dict, ...] | None = None) -> CpuChoice | None:
-    """The CPU sparse plan for one weight, or None to keep it dense."""
+           records: tuple[dict, ...] | None = None, max_batch: int | None = None) -> CpuChoice | None:
+    """The CPU sparse plan for one weight, or None to keep it dense. ``max_batch``:
+    the largest decode batch the engine runs (None: unknown)."""
     records = load_table() if records is None else records
     dtype_name = DTYPE_NAMES.get(dtype)
     mine = [r for r in records if r["isa"] == isa and r["dtype"] == dtype_name]
@@ -84,7 +87,10 @@ def choose(shape: tuple[int, int], sparsity: float, dtype: torch.dtype, isa: str
             break
         max_direct = m
     run = {m: r.get("direct" if m <= max_direct else "tiled", 0.0) for m, r in by_m.items()}
-    if any(speedup < 1.0 - MAX_DECODE_LOSS for m, speedup in run.items() if m <= DECODE_MAX_M):
+    decode_max_m = DECODE_MAX_M if max_batch is None else min(DECODE_MAX_M, max_batch)
+    # An unmeasured batch counts as the next measured one above it.
+    decode_max_m = min((m for m in run if m >= decode_max_m), default=decode_max_m)
+    if any(speedup < 1.0 - MAX_DECODE_LOSS for m, speedup in run.items() if m <= decode_max_m):
         return None
     worst_m = min(run, key=run.get)
     return CpuChoice(isa, max_direct, by_m[1]["direct"], run[worst_m], worst_m)
