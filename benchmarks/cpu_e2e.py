@@ -102,19 +102,20 @@ def main() -> None:
     def spec(model: Path, mode: str) -> EngineSpec:
         return EngineSpec(str(model), mode, args.batches, args.short, args.long, args.rounds)
 
-    records, tables = [], {}
+    records = []
     for name in args.models.split(","):
         for pattern in args.patterns.split(","):
             sparse_dir, dense_dir = build_pruned(bases[name], root, pattern)
             for mode in args.modes.split(","):
                 dense = measure_engine(spec(dense_dir, mode), plugins=False, log_path=root / "engine-dense.log")
                 sparse = measure_engine(spec(sparse_dir, mode), plugins=True, log_path=root / "engine-sparse.log")
-                tables[f"{name} {pattern}"] = sparse.get("layer_table", "")
+                total = [line for line in sparse.get("layer_table", "").splitlines() if line.startswith("total")]
                 dense_bytes, stored_bytes = sparse["linear_dense_bytes"], sparse["linear_stored_bytes"]
                 for batch in args.batches:
                     d, s = dense["tokens_per_s"][str(batch)], sparse["tokens_per_s"][str(batch)]
                     saved_mib = (dense_bytes - stored_bytes) / 2**20
                     record = {"model": name, "pattern": pattern, "mode": mode, "batch": batch,
+                              "max_num_seqs": max(args.batches), "layer_table_total": total[0] if total else None,
                               "dense_tokens_per_s": d, "sparse_tokens_per_s": s, "speedup": round(s / d, 3),
                               "rss_dense_mib": dense["rss_mib"], "rss_sparse_mib": sparse["rss_mib"],
                               "linear_dense_mib": round(dense_bytes / 2**20, 1),
@@ -133,26 +134,32 @@ def main() -> None:
         pass
     out = Path(args.out)
     if out.with_suffix(".json").exists():  # keep the cases this run did not measure
-        ran = {(r["model"], r["pattern"], r["mode"]) for r in records}
+        def case(r):
+            return r["model"], r["pattern"], r["mode"], r.get("max_num_seqs", 8)
+
+        ran = {case(r) for r in records}
         old = json.loads(out.with_suffix(".json").read_text())["records"]
-        records = [r for r in old if (r["model"], r["pattern"], r["mode"]) not in ran] + records
+        records = [r for r in old if case(r) not in ran] + records
     out.with_suffix(".json").write_text(json.dumps({"machine": machine, "records": records}, indent=1) + "\n")
     lines = ["# End to end in vLLM on CPU: sparse kernels vs the same weights served dense", "",
              f"Machine: {machine['cpu']}, {machine.get('threads')} threads, ISA path {machine['isa_path']}, "
              f"{machine['vllm']}, {machine['date']}. Command: `{machine['command']}`.", "",
              f"Decode tokens/s = batch x ({args.long} - {args.short}) tokens / (time of {args.long}-token minus "
              f"{args.short}-token generations), median of {args.rounds} rounds; RSS after load of the engine process.",
-             "", "| model | pattern | mode | batch | dense tok/s | sparse tok/s | speedup | RSS dense MiB | "
+             "max_num_seqs: the engines' largest decode batch (the CPU dispatcher keeps a layer dense where its "
+             "kernel loses at any batch up to it, or up to 8).",
+             "", "| model | pattern | mode | max_num_seqs | batch | dense tok/s | sparse tok/s | speedup | RSS dense MiB | "
              "RSS sparse MiB | linear MiB dense -> stored | RSS saved / linear bytes saved |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
-        lines.append(f"| {r['model']} | {r['pattern']} | {r['mode']} | {r['batch']} | {r['dense_tokens_per_s']:.1f} | "
+        lines.append(f"| {r['model']} | {r['pattern']} | {r['mode']} | {r.get('max_num_seqs', 8)} | {r['batch']} | "
+                     f"{r['dense_tokens_per_s']:.1f} | "
                      f"{r['sparse_tokens_per_s']:.1f} | {r['speedup']:.2f}x | {r['rss_dense_mib']:.0f} | "
                      f"{r['rss_sparse_mib']:.0f} | {r['linear_dense_mib']:.0f} -> {r['linear_stored_mib']:.0f} | "
                      f"{r['rss_saved_share_of_linear_saving']} |")
-    for key, table in tables.items():
-        total = [line for line in table.splitlines() if line.startswith("total")]
-        lines += ["", f"Layer table total, {key}: `{total[0] if total else 'n/a'}`"]
+    totals = {(r["model"], r["pattern"], r.get("max_num_seqs", 8)): r.get("layer_table_total") for r in records}
+    for (model, pattern, max_num_seqs), total in totals.items():
+        lines += ["", f"Layer table total, {model} {pattern}, max_num_seqs {max_num_seqs}: `{total or 'n/a'}`"]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out.with_suffix('.md')} and .json")
 
