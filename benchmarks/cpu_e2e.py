@@ -15,7 +15,9 @@ another in one run.
 
 Decode tokens/s: ``vllm_sparse.serving.decode_speed`` (per batch size, the time of
 generating ``--long`` tokens minus that of ``--short`` tokens, so prefill and start-up
-cancel; median over ``--rounds``). speedup = sparse tokens/s / dense tokens/s.
+cancel; median over ``--rounds``; with ``--repeats N``, N engine starts per side,
+dense and sparse alternating, and the median of their figures).
+speedup = sparse tokens/s / dense tokens/s.
 Results: benchmarks/results/cpu_e2e.{md,json}.
 """
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -75,6 +78,15 @@ def build_pruned(base: Path, root: Path, pattern: str) -> tuple[Path, Path]:
     return sparse_dir, dense_dir
 
 
+def _median_run(runs: list[dict]) -> dict:
+    """The first engine's result with tokens/s and RSS replaced by medians over ``runs``."""
+    result = dict(runs[0])
+    result["tokens_per_s"] = {b: statistics.median(r["tokens_per_s"][b] for r in runs) for b in runs[0]["tokens_per_s"]}
+    result["rss_mib"] = statistics.median(r["rss_mib"] for r in runs)
+    result["engine_tokens_per_s"] = [r["tokens_per_s"] for r in runs]
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="llama1b,smollm2")
@@ -84,6 +96,8 @@ def main() -> None:
     ap.add_argument("--short", type=int, default=8)
     ap.add_argument("--long", type=int, default=40)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="engine starts per side, dense and sparse alternating; tokens/s = median over them")
     ap.add_argument("--workdir", default=str(REPO / "models" / "e2e"))
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "cpu_e2e"))
     args = ap.parse_args()
@@ -107,8 +121,13 @@ def main() -> None:
         for pattern in args.patterns.split(","):
             sparse_dir, dense_dir = build_pruned(bases[name], root, pattern)
             for mode in args.modes.split(","):
-                dense = measure_engine(spec(dense_dir, mode), plugins=False, log_path=root / "engine-dense.log")
-                sparse = measure_engine(spec(sparse_dir, mode), plugins=True, log_path=root / "engine-sparse.log")
+                runs = {"dense": [], "sparse": []}
+                for _ in range(args.repeats):  # alternating, so a drift in machine speed weighs on both
+                    runs["dense"].append(measure_engine(spec(dense_dir, mode), plugins=False,
+                                                        log_path=root / "engine-dense.log"))
+                    runs["sparse"].append(measure_engine(spec(sparse_dir, mode), plugins=True,
+                                                         log_path=root / "engine-sparse.log"))
+                dense, sparse = (_median_run(runs[side]) for side in ("dense", "sparse"))
                 total = [line for line in sparse.get("layer_table", "").splitlines() if line.startswith("total")]
                 dense_bytes, stored_bytes = sparse["linear_dense_bytes"], sparse["linear_stored_bytes"]
                 for batch in args.batches:
@@ -116,6 +135,9 @@ def main() -> None:
                     saved_mib = (dense_bytes - stored_bytes) / 2**20
                     record = {"model": name, "pattern": pattern, "mode": mode, "batch": batch,
                               "max_num_seqs": max(args.batches), "layer_table_total": total[0] if total else None,
+                              "engines_per_side": args.repeats,
+                              "dense_engines_tokens_per_s": [e[str(batch)] for e in dense["engine_tokens_per_s"]],
+                              "sparse_engines_tokens_per_s": [e[str(batch)] for e in sparse["engine_tokens_per_s"]],
                               "dense_tokens_per_s": d, "sparse_tokens_per_s": s, "speedup": round(s / d, 3),
                               "rss_dense_mib": dense["rss_mib"], "rss_sparse_mib": sparse["rss_mib"],
                               "linear_dense_mib": round(dense_bytes / 2**20, 1),
@@ -145,18 +167,22 @@ def main() -> None:
              f"Machine: {machine['cpu']}, {machine.get('threads')} threads, ISA path {machine['isa_path']}, "
              f"{machine['vllm']}, {machine['date']}. Command: `{machine['command']}`.", "",
              f"Decode tokens/s = batch x ({args.long} - {args.short}) tokens / (time of {args.long}-token minus "
-             f"{args.short}-token generations), median of {args.rounds} rounds; RSS after load of the engine process.",
+             f"{args.short}-token generations), median of {args.rounds} rounds; with several engines per side (dense and "
+             "sparse started alternately), the median over engines, each engine's figure listed; RSS after load of the "
+             "engine process.",
              "max_num_seqs: the engines' largest decode batch (the CPU dispatcher keeps a layer dense where its "
              "kernel loses at any batch up to it, or up to 8).",
              "", "| model | pattern | mode | max_num_seqs | batch | dense tok/s | sparse tok/s | speedup | RSS dense MiB | "
-             "RSS sparse MiB | linear MiB dense -> stored | RSS saved / linear bytes saved |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "RSS sparse MiB | linear MiB dense -> stored | RSS saved / linear bytes saved | engines (dense / sparse) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         lines.append(f"| {r['model']} | {r['pattern']} | {r['mode']} | {r.get('max_num_seqs', 8)} | {r['batch']} | "
                      f"{r['dense_tokens_per_s']:.1f} | "
                      f"{r['sparse_tokens_per_s']:.1f} | {r['speedup']:.2f}x | {r['rss_dense_mib']:.0f} | "
                      f"{r['rss_sparse_mib']:.0f} | {r['linear_dense_mib']:.0f} -> {r['linear_stored_mib']:.0f} | "
-                     f"{r['rss_saved_share_of_linear_saving']} |")
+                     f"{r['rss_saved_share_of_linear_saving']} | "
+                     f"{' '.join(map(str, r.get('dense_engines_tokens_per_s', [])))} / "
+                     f"{' '.join(map(str, r.get('sparse_engines_tokens_per_s', [])))} |")
     totals = {(r["model"], r["pattern"], r.get("max_num_seqs", 8)): r.get("layer_table_total") for r in records}
     for (model, pattern, max_num_seqs), total in totals.items():
         lines += ["", f"Layer table total, {model} {pattern}, max_num_seqs {max_num_seqs}: `{total or 'n/a'}`"]
