@@ -19,11 +19,7 @@
 
 namespace {
 
-const int kRows = VS_NM24_BLOCK_ROWS;
-const int kRecord = VS_NM24_RECORD_BYTES;
-// Measured: asking for the record 2 KiB ahead of the one being read (three lines of
-// it; the hardware prefetcher fetches the rest) beat 512 B and 4 KiB at M = 1.
-const int kAhead = 2048;
+#include "nm24_records.h"
 
 // Lane l of 32 (16-bit): column 4 * (l / 2) + selector l of a 64-column chunk.
 inline __m512i gather_index(uint64_t selectors, __m512i shift_control, __m512i group_base) {
@@ -37,24 +33,20 @@ void block_rows(const VsNM24Weight* w, const VsGemm* g, int64_t block, int64_t m
     const int R = kRows;
     const int chunks = (int)(w->k / 64);
     const uint16_t* x = (const uint16_t*)g->x + m0 * w->k;
-    const uint8_t* record = w->blocks + block * chunks * kRecord;
+    const uint8_t* record = block_records(w, block);
     __m512 acc[R][MB];
     for (int r = 0; r < R; r++)
         for (int i = 0; i < MB; i++) acc[r][i] = _mm512_setzero_ps();
     for (int c = 0; c < chunks; c++, record += kRecord) {
-        _mm_prefetch((const char*)record + kAhead, _MM_HINT_T0);
-        _mm_prefetch((const char*)record + kAhead + 192, _MM_HINT_T0);
-        _mm_prefetch((const char*)record + kAhead + 384, _MM_HINT_T0);
-        const uint64_t* selectors = (const uint64_t*)record;
-        const uint16_t* values = (const uint16_t*)(record + 64);
+        prefetch_ahead(record);
         __m512i xlo[MB], xhi[MB];
         for (int i = 0; i < MB; i++) {
             xlo[i] = _mm512_loadu_si512(x + i * w->k + c * 64);
             xhi[i] = _mm512_loadu_si512(x + i * w->k + c * 64 + 32);
         }
         for (int r = 0; r < R; r++) {
-            const __m512i idx = gather_index(selectors[r], control, base);
-            const __m512i wv = _mm512_loadu_si512(values + r * 32);
+            const __m512i idx = gather_index(record_selectors(record, r), control, base);
+            const __m512i wv = _mm512_loadu_si512(record_values(record, r));
             for (int i = 0; i < MB; i++) {
                 const __m512i xg = _mm512_permutex2var_epi16(xlo[i], idx, xhi[i]);
                 acc[r][i] = _mm512_dpbf16_ps(acc[r][i], (__m512bh)wv, (__m512bh)xg);
@@ -101,19 +93,10 @@ extern "C" void vs_unpack_nm24_avx512(const VsNM24Weight* w, int64_t row_begin, 
                 mask[b] = (uint8_t)((1 << (b & 3)) | (1 << ((b >> 2) & 3)) | (16 << ((b >> 4) & 3)) | (16 << (b >> 6)));
         }
     } table;
-    const int64_t chunks = w->k / 64;
-    for (int64_t r = row_begin; r < row_end; r++) {
-        uint16_t* out = dst + (r - row_begin) * w->k;
-        const uint8_t* record = w->blocks + (r / kRows) * chunks * kRecord;
-        const int row = (int)(r % kRows);
-        for (int64_t c = 0; c < chunks; c++, record += kRecord) {
-            const uint64_t selectors = ((const uint64_t*)record)[row];
-            const uint16_t* v = (const uint16_t*)(record + 64) + row * 32;
-            uint64_t mask = 0;
-            for (int j = 0; j < 8; j++) mask |= (uint64_t)table.mask[(selectors >> (8 * j)) & 0xff] << (8 * j);
-            _mm512_storeu_si512(out + c * 64, _mm512_maskz_expandloadu_epi16((__mmask32)(uint32_t)mask, v));
-            _mm512_storeu_si512(out + c * 64 + 32,
-                                _mm512_maskz_expandloadu_epi16((__mmask32)(uint32_t)(mask >> 32), v + 16));
-        }
-    }
+    unpack_rows(w, row_begin, row_end, dst, [](uint64_t selectors, const uint16_t* v, uint16_t* out) {
+        uint64_t mask = 0;
+        for (int j = 0; j < 8; j++) mask |= (uint64_t)table.mask[(selectors >> (8 * j)) & 0xff] << (8 * j);
+        _mm512_storeu_si512(out, _mm512_maskz_expandloadu_epi16((__mmask32)(uint32_t)mask, v));
+        _mm512_storeu_si512(out + 32, _mm512_maskz_expandloadu_epi16((__mmask32)(uint32_t)(mask >> 32), v + 16));
+    });
 }

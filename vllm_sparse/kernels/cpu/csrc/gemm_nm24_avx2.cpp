@@ -14,9 +14,7 @@
 
 namespace {
 
-const int kRows = VS_NM24_BLOCK_ROWS;
-const int kRecord = VS_NM24_RECORD_BYTES;
-const int kAhead = 2048;  // as the AVX-512 kernel: bytes ahead of the record being read
+#include "nm24_records.h"
 
 inline float hsum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -36,23 +34,20 @@ inline __m256i quarter_index(uint32_t selectors16, __m256i shifts, __m256i group
 void block_rows(const VsNM24Weight* w, const VsGemm* g, int64_t block, int64_t m) {
     const int chunks = (int)(w->k / 64);
     const float* x = (const float*)g->x + m * w->k;
-    const uint8_t* record = w->blocks + block * chunks * kRecord;
+    const uint8_t* record = block_records(w, block);
     const __m256i shifts = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
     const __m256i group_base = _mm256_setr_epi32(0, 0, 4, 4, 0, 0, 4, 4);
     __m256 acc[kRows];
     for (int r = 0; r < kRows; r++) acc[r] = _mm256_setzero_ps();
     for (int c = 0; c < chunks; c++, record += kRecord) {
-        _mm_prefetch((const char*)record + kAhead, _MM_HINT_T0);
-        _mm_prefetch((const char*)record + kAhead + 192, _MM_HINT_T0);
-        _mm_prefetch((const char*)record + kAhead + 384, _MM_HINT_T0);
-        const uint64_t* selectors = (const uint64_t*)record;
-        const uint16_t* values = (const uint16_t*)(record + 64);
+        prefetch_ahead(record);
         for (int q = 0; q < 4; q++) {
             const __m256 lo = _mm256_loadu_ps(x + c * 64 + q * 16);
             const __m256 hi = _mm256_loadu_ps(x + c * 64 + q * 16 + 8);
             for (int r = 0; r < kRows; r++) {
-                const __m256i idx = quarter_index((uint32_t)(selectors[r] >> (16 * q)) & 0xffffu, shifts, group_base);
-                const __m128i raw = _mm_loadu_si128((const __m128i*)(values + r * 32 + q * 8));
+                const uint32_t quarter = (uint32_t)(record_selectors(record, r) >> (16 * q)) & 0xffffu;
+                const __m256i idx = quarter_index(quarter, shifts, group_base);
+                const __m128i raw = _mm_loadu_si128((const __m128i*)(record_values(record, r) + q * 8));
                 const __m256 wv = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
                 const __m256 xg = _mm256_blend_ps(_mm256_permutevar8x32_ps(lo, idx), _mm256_permutevar8x32_ps(hi, idx), 0xF0);
                 acc[r] = _mm256_fmadd_ps(wv, xg, acc[r]);
@@ -94,19 +89,11 @@ extern "C" void vs_gemm_nm24_avx2(const VsNM24Weight* w, const VsGemm* g, int64_
 // Dense rows of a 2:4 weight (the large-M path), 8 columns per byte shuffle.
 extern "C" void vs_unpack_nm24_avx2(const VsNM24Weight* w, int64_t row_begin, int64_t row_end, uint16_t* dst) {
     static const PlaceTable table;
-    const int64_t chunks = w->k / 64;
-    for (int64_t r = row_begin; r < row_end; r++) {
-        uint16_t* out = dst + (r - row_begin) * w->k;
-        const uint8_t* record = w->blocks + (r / kRows) * chunks * kRecord;
-        const int row = (int)(r % kRows);
-        for (int64_t c = 0; c < chunks; c++, record += kRecord) {
-            const uint64_t selectors = ((const uint64_t*)record)[row];
-            const uint16_t* v = (const uint16_t*)(record + 64) + row * 32;
-            for (int t = 0; t < 8; t++) {  // 8 columns, 4 values each
-                const __m128i raw = _mm_loadl_epi64((const __m128i*)(v + 4 * t));  // its 4 values only
-                const __m128i control = _mm_loadu_si128((const __m128i*)table.control[(selectors >> (8 * t)) & 0xff]);
-                _mm_storeu_si128((__m128i*)(out + c * 64 + 8 * t), _mm_shuffle_epi8(raw, control));
-            }
+    unpack_rows(w, row_begin, row_end, dst, [](uint64_t selectors, const uint16_t* v, uint16_t* out) {
+        for (int t = 0; t < 8; t++) {  // 8 columns, 4 values each
+            const __m128i raw = _mm_loadl_epi64((const __m128i*)(v + 4 * t));  // its 4 values only
+            const __m128i control = _mm_loadu_si128((const __m128i*)table.control[(selectors >> (8 * t)) & 0xff]);
+            _mm_storeu_si128((__m128i*)(out + 8 * t), _mm_shuffle_epi8(raw, control));
         }
-    }
+    });
 }

@@ -1,0 +1,39 @@
+// Reading the blocked 2:4 layout (spmm.h: blocks of 8 rows, one 576-byte record per
+// 64 columns), shared by its AVX-512 and AVX2 kernels. Included inside each kernel
+// file's anonymous namespace, after its target pragma, so every file keeps its own
+// copy compiled for its own instruction set.
+
+const int kRows = VS_NM24_BLOCK_ROWS;
+const int kRecord = VS_NM24_RECORD_BYTES;
+// Measured: asking for the record 2 KiB ahead of the one being read (three lines of
+// it; the hardware prefetcher fetches the rest) beat 512 B and 4 KiB at M = 1.
+const int kAhead = 2048;
+
+inline const uint8_t* block_records(const VsNM24Weight* w, int64_t block) {
+    return w->blocks + block * (w->k / 64) * kRecord;
+}
+
+inline void prefetch_ahead(const uint8_t* record) {
+    _mm_prefetch((const char*)record + kAhead, _MM_HINT_T0);
+    _mm_prefetch((const char*)record + kAhead + 192, _MM_HINT_T0);
+    _mm_prefetch((const char*)record + kAhead + 384, _MM_HINT_T0);
+}
+
+inline uint64_t record_selectors(const uint8_t* record, int row) { return ((const uint64_t*)record)[row]; }
+
+inline const uint16_t* record_values(const uint8_t* record, int row) {
+    return (const uint16_t*)(record + 64) + row * 32;
+}
+
+// Dense rows [row_begin, row_end) into dst [row_end - row_begin, k]: place(selectors,
+// values, out) writes one row's 64 columns of one record.
+template <class Place>
+void unpack_rows(const VsNM24Weight* w, int64_t row_begin, int64_t row_end, uint16_t* dst, const Place& place) {
+    const int64_t chunks = w->k / 64;
+    for (int64_t r = row_begin; r < row_end; r++) {
+        const uint8_t* record = block_records(w, r / kRows);
+        const int row = (int)(r % kRows);
+        for (int64_t c = 0; c < chunks; c++, record += kRecord)
+            place(record_selectors(record, row), record_values(record, row), dst + (r - row_begin) * w->k + c * 64);
+    }
+}
