@@ -32,12 +32,14 @@ from pathlib import Path
 
 import torch
 
+from .isa import AVX2, AVX512_BF16
+
 TABLE_PATH = Path(__file__).parent / "dispatch_table.json"
 # The 2:4 kernels (csrc/gemm_nm24.cpp, gemm_nm24_avx2.cpp), recorded in the table as
-# paths of their own, by the ISA code they run on (isa.AVX512_BF16, isa.AVX2).
+# paths of their own, by the ISA code they run on.
 NM24 = "avx512_nm24"
 NM24_AVX2 = "avx2_nm24"
-NM24_PATHS = {3: NM24, 1: NM24_AVX2}
+NM24_PATHS = {AVX512_BF16: NM24, AVX2: NM24_AVX2}
 MIN_DECODE_GAIN = 1.05
 DECODE_MAX_M = 8
 MAX_DECODE_LOSS = 0.05
