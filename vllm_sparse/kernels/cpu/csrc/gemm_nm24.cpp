@@ -11,7 +11,7 @@
 //
 // The weight comes in blocks of 8 rows, each one sequential stream (spmm.h): the
 // hardware prefetcher follows one stream per thread instead of two per row, which
-// made decode ~1.2-1.3x faster than row-by-row storage on the same machines.
+// made decode ~1.2x faster than row-by-row storage on the same machines.
 #include <immintrin.h>
 #include "store.h"
 
