@@ -91,13 +91,13 @@ def test_layers_take_the_measured_path_and_keep_only_compressed_weights(served):
     _, _, tables = served
     assert len(tables) == 2 and build.load()
     isa_name = isa.NAMES[isa.default()]
+    nm24_isa = layout24.kernel_isa()
     for name, table in zip([*CHECKPOINTS, "2of4-compiled"], tables):
         rows = _rows(table)
         assert len(rows) == 120
         for row in rows:
             shape = tuple(int(v) for v in row[1].split("x"))
             layer_isa = isa_name
-            nm24_isa = layout24.kernel_isa()
             if row[2] == "2:4" and nm24_isa is not None:
                 layer_isa = dispatch.NM24_PATHS[nm24_isa]
             plan = dispatch.choose(shape, float(row[3].rstrip("%")) / 100, torch.bfloat16, layer_isa)

@@ -229,11 +229,17 @@ VsNM24Weight check_nm24(const at::Tensor& blocks, int64_t out_features, int64_t 
     return w;
 }
 
+typedef void (*NM24GemmFn)(const VsNM24Weight*, const VsGemm*, int64_t, int64_t);
+typedef void (*NM24UnpackFn)(const VsNM24Weight*, int64_t, int64_t, uint16_t*);
+
+// The two 2:4 kernels, by ISA path (check_nm24 has refused any other).
+NM24GemmFn nm24_gemm(int64_t isa) { return isa == VS_AVX512_BF16 ? vs_gemm_nm24_avx512 : vs_gemm_nm24_avx2; }
+NM24UnpackFn nm24_unpack_fn(int64_t isa) {
+    return isa == VS_AVX512_BF16 ? vs_unpack_nm24_avx512 : vs_unpack_nm24_avx2;
+}
+
 void unpack_nm24_rows(const VsNM24Weight& w, int64_t isa, int64_t begin, int64_t end, uint16_t* dst) {
-    if (isa == VS_AVX512_BF16)
-        vs_unpack_nm24_avx512(&w, begin, end, dst);
-    else
-        vs_unpack_nm24_avx2(&w, begin, end, dst);
+    nm24_unpack_fn(isa)(&w, begin, end, dst);
 }
 
 at::Tensor nm24_unpack(const at::Tensor& blocks, int64_t out_features, int64_t in_features, int64_t isa) {
@@ -262,8 +268,7 @@ at::Tensor nm24_linear(const at::Tensor& x_in, const at::Tensor& blocks, int64_t
         return tiled_linear(x, w.n, w.k, x.options(), unpack_rows, bias);
     }
     // The AVX2 kernel multiplies in fp32: widen the (few) activation rows once.
-    const bool avx512 = isa == VS_AVX512_BF16;
-    at::Tensor xk = avx512 ? x : x.to(at::kFloat);
+    at::Tensor xk = isa == VS_AVX512_BF16 ? x : x.to(at::kFloat);
     at::Tensor y = at::empty({m, w.n}, x.options());
     at::Tensor bias_f;
     if (bias.has_value() && bias->defined()) bias_f = bias->to(at::kFloat).contiguous();
@@ -276,12 +281,8 @@ at::Tensor nm24_linear(const at::Tensor& x_in, const at::Tensor& blocks, int64_t
     g.out_dtype = VS_BF16;
     // Threads split the 8-row blocks.
     const int64_t block_count = blocks.size(0);
-    at::parallel_for(0, block_count, share(block_count, 1), [&](int64_t b, int64_t e) {
-        if (avx512)
-            vs_gemm_nm24_avx512(&w, &g, b, e);
-        else
-            vs_gemm_nm24_avx2(&w, &g, b, e);
-    });
+    const NM24GemmFn gemm = nm24_gemm(isa);
+    at::parallel_for(0, block_count, share(block_count, 1), [&](int64_t b, int64_t e) { gemm(&w, &g, b, e); });
     return y;
 }
 
