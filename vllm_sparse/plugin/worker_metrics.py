@@ -13,6 +13,7 @@ is rejected by torch.compile.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 
 from prometheus_client import Counter, Gauge
 
@@ -74,6 +75,17 @@ def record_ffn_blocks(layer_index: int, skipped: int, computed: int) -> None:
     totals[1] += computed
 
 
+# Sources that count in tensors and hand their counts on from time to time (the
+# one-op skip step): asked to hand them on before totals are read.
+_ffn_pending: list[Callable[[], None]] = []
+
+
+def on_ffn_totals_read(flush: Callable[[], None]) -> None:
+    _ffn_pending.append(flush)
+
+
 def ffn_block_totals() -> dict[int, tuple[int, int]]:
     """Per decoder layer: (skipped, computed) recorded in this process."""
+    for flush in _ffn_pending:
+        flush()
     return {layer: (skipped, computed) for layer, (skipped, computed) in sorted(_ffn_totals.items())}

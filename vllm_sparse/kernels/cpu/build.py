@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 SOURCE_DIR = Path(__file__).parent / "csrc"
 SOURCES = ("ops.cpp", "gemm_scalar.cpp", "gemm_avx2.cpp", "gemm_avx512.cpp", "gemm_avx512_bf16.cpp", "gemm_nm24.cpp",
-           "gemm_nm24_avx2.cpp")
+           "gemm_nm24_avx2.cpp", "skip_mlp.cpp")
 HEADERS = ("spmm.h", "store.h", "prefetch.h", "nm24_records.h")
 # -mtune=native schedules for this CPU without using any instruction it lacks (each
 # ISA file still names its own with a target pragma): on an AMD EPYC (znver3 tuning)
@@ -155,6 +155,11 @@ def _register_fakes() -> None:
     @torch.library.register_fake("vllm_sparse::cpu_nm24_unpack")
     def _(blocks, out_features, in_features, isa):
         return blocks.new_empty(out_features, in_features, dtype=torch.bfloat16)
+
+    @torch.library.register_fake("vllm_sparse::cpu_skip_mlp")
+    def _(x, residual, row_kind, countdown, counts, decisions, gate_up_kind, gate_up_tensors, gate_up_ints,
+          down_kind, down_tensors, down_ints, hot, check, threshold, skip_layers):
+        return torch.empty_like(x), torch.empty_like(countdown)
 
     @torch.library.register_fake("vllm_sparse::cpu_sparse_unpack")
     def _(values, bitmap, row_offsets, in_features, isa):

@@ -1,0 +1,158 @@
+"""The one-op skip-aware MLP (``vllm_sparse::cpu_skip_mlp``) against the Python
+decision step (skip/decision.py: SkipRun) over whole forward passes, and each way it
+runs a projection (dense, 2:4 and bitmap CPU kernels) against the dense MLP."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vllm_sparse.kernels import CPU_SPARSE
+from vllm_sparse.kernels import cpu as cpu_kernels
+from vllm_sparse.kernels.cpu import isa, layout24
+from vllm_sparse.kernels.cpu.layout import CpuSparseLayout
+from vllm_sparse.kernels.cpu.skip_mlp import ROW_COMPUTE, ROW_MAY_SKIP, ROW_UNCOUNTED, Projection, skip_mlp
+from vllm_sparse.kernels.dispatcher import PackedWeight
+from vllm_sparse.skip.decision import SkipRun, layer_is_hot, residual_cosine
+from vllm_sparse.skip.policy import SkipPolicy
+
+HIDDEN, INTER, LAYERS = 64, 96, 10
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernels():
+    assert cpu_kernels.build.load(), cpu_kernels.build.load_error()
+
+
+def _mlp_weights(gen, dtype, scale):
+    gate_up = (torch.randn(2 * INTER, HIDDEN, generator=gen) * scale).to(dtype)
+    down = (torch.randn(HIDDEN, INTER, generator=gen) * scale).to(dtype)
+    return gate_up, down
+
+
+def _dense_mlp(gate_up, down):
+    def mlp(x):
+        h = F.linear(x, gate_up)
+        return F.linear(F.silu(h[:, :INTER]) * h[:, INTER:], down)
+    return mlp
+
+
+def _run_op_pass(policy, weights, residual, kinds, counts, decisions):
+    """The op over LAYERS layers, each layer's FFN input = its residual stream."""
+    countdown = torch.zeros(residual.shape[0], dtype=torch.int32)
+    last_hot = LAYERS - policy.cold_end - 1
+    skipped, outs = [], []
+    for layer, (gate_up, down) in enumerate(weights):
+        check = policy.threshold < 1.0 and policy.cold_start - 1 <= layer < last_hot
+        out, countdown = skip_mlp(residual, residual, kinds, countdown, counts, decisions, Projection.dense(gate_up),
+                                  Projection.dense(down), hot=layer_is_hot(policy, layer, LAYERS), check=check,
+                                  threshold=policy.threshold, skip_layers=policy.skip_layers)
+        skipped.append(decisions[:residual.shape[0]].bool().clone())
+        outs.append(out)
+        residual = residual + out
+    return skipped, outs
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("decoding", [8, 37])  # 11 rows: the MLP runs on every row; 40: on the computed rows
+def test_op_decides_and_computes_as_the_python_step(dtype, decoding):
+    gen = torch.Generator().manual_seed(7)
+    weights = [_mlp_weights(gen, dtype, 0.1) for _ in range(LAYERS)]
+    # rows: warm-up, prompt, 8 decode rows, a padding row (never skips, not counted)
+    positions = torch.tensor([2, 40] + [30 + i for i in range(decoding)] + [0])
+    is_prompt = torch.tensor([False, True] + [False] * decoding + [True])
+    residual = torch.randn(len(positions), HIDDEN, generator=gen).to(dtype)
+    # threshold at the median first-layer similarity: some rows trigger, some do not
+    first = _dense_mlp(*weights[0])(residual)
+    threshold = float(residual_cosine(residual, first).median())
+    policy = SkipPolicy(enabled=True, threshold=threshold, skip_layers=2, cold_start=1, cold_end=1, warmup_tokens=28)
+
+    run = SkipRun.start(policy, LAYERS, positions, is_prompt)
+    h, expected_skip, expected_out = residual, [], []
+    for layer, (gate_up, down) in enumerate(weights):
+        out, _, _ = run.ffn(layer, h, h, _dense_mlp(gate_up, down))
+        expected_skip.append(run.last_skip)
+        expected_out.append(out)
+        h = h + out
+
+    kinds = torch.tensor([ROW_COMPUTE, ROW_COMPUTE] + [ROW_MAY_SKIP] * decoding + [ROW_UNCOUNTED], dtype=torch.int8)
+    counts = torch.zeros(2, dtype=torch.int64)
+    decisions = torch.full((64,), 7, dtype=torch.uint8)
+    skipped, outs = _run_op_pass(policy, weights, residual, kinds, counts, decisions)
+
+    total_skipped = int(sum(s.sum() for s in expected_skip))
+    assert 0 < total_skipped < decoding * (LAYERS - 2)  # the case exercises both decisions
+    for layer in range(LAYERS):
+        assert torch.equal(skipped[layer], expected_skip[layer]), layer
+        assert torch.all(outs[layer][skipped[layer]] == 0)
+        # same values up to the GEMM's rounding (it runs on all rows at decode sizes)
+        torch.testing.assert_close(outs[layer], expected_out[layer], rtol=1e-2, atol=1e-5)
+    counted = LAYERS * (decoding + 2)  # the padding row is not counted
+    assert counts.tolist() == [total_skipped, counted - total_skipped]
+    assert torch.all(decisions[len(positions):] == 7)  # rows past the batch untouched
+
+
+def test_threshold_one_and_cold_layers_never_skip():
+    gen = torch.Generator().manual_seed(3)
+    weights = [_mlp_weights(gen, torch.float32, 0.01) for _ in range(LAYERS)]
+    residual = torch.randn(4, HIDDEN, generator=gen)
+    kinds = torch.full((4,), ROW_MAY_SKIP, dtype=torch.int8)
+    counts, decisions = torch.zeros(2, dtype=torch.int64), torch.zeros(4, dtype=torch.uint8)
+    never = SkipPolicy(enabled=True, threshold=1.0, skip_layers=3, cold_start=2, cold_end=2, warmup_tokens=0)
+    skipped, _ = _run_op_pass(never, weights, residual, kinds, counts, decisions)
+    assert not any(s.any() for s in skipped) and counts.tolist() == [0, 4 * LAYERS]
+    # tiny updates: every check passes; cold layers 0, 1, 8, 9 still compute
+    always = SkipPolicy(enabled=True, threshold=0.5, skip_layers=3, cold_start=2, cold_end=2, warmup_tokens=0)
+    skipped, _ = _run_op_pass(always, weights, residual, kinds, counts, decisions)
+    assert [bool(s.all()) for s in skipped] == [False, False, True, True, True, False, True, True, False, False]
+
+
+def test_every_projection_kind_matches_the_dense_mlp():
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(5, HIDDEN, generator=gen).bfloat16()
+    gate_up, down = _mlp_weights(gen, torch.float32, 1.0)
+    gate_up[:, 1::2] = 0  # 2:4 along in_features
+    down = down * (torch.rand(down.shape, generator=gen) > 0.7)  # 70% unstructured
+    gate_up, down = gate_up.bfloat16(), down.bfloat16()
+    reference = _dense_mlp(gate_up, down)(x).float()
+    kinds = torch.full((5,), ROW_COMPUTE, dtype=torch.int8)
+    pairs = [(Projection.dense(gate_up), Projection.dense(down)),
+             (_bitmap_projection(gate_up), _bitmap_projection(down))]
+    if layout24.supported():
+        pairs.append((_nm24_projection(gate_up), _bitmap_projection(down)))
+    for gu, dn in pairs:
+        out, countdown = skip_mlp(x, x, kinds, torch.zeros(5, dtype=torch.int32), torch.zeros(2, dtype=torch.int64),
+                                  torch.zeros(5, dtype=torch.uint8), gu, dn, hot=True, check=False, threshold=0.0,
+                                  skip_layers=1)
+        assert torch.all(countdown == 0)
+        torch.testing.assert_close(out.float(), reference, rtol=2e-2, atol=2e-2)
+    assert [p.name for pair in pairs for p in pair][:4] == ["torch dense", "torch dense", "cpu_sparse bitmap",
+                                                              "cpu_sparse bitmap"]
+
+
+def _bitmap_projection(weight):
+    packed = PackedWeight(CPU_SPARSE, tuple(weight.shape), weight.dtype, layout=CpuSparseLayout.pack(weight),
+                          cpu_isa=isa.default(), max_direct_m=16)
+    return Projection.cpu_sparse(packed)
+
+
+def _nm24_projection(weight):
+    packed = PackedWeight(CPU_SPARSE, tuple(weight.shape), weight.dtype, layout=layout24.Cpu24Layout.pack(weight),
+                          cpu_isa=layout24.kernel_isa(), max_direct_m=16)
+    return Projection.cpu_sparse(packed)
+
+
+def test_bad_inputs_are_refused():
+    x = torch.randn(3, HIDDEN)
+    gate_up, down = _mlp_weights(torch.Generator().manual_seed(0), torch.float32, 1.0)
+    args = dict(hot=True, check=True, threshold=0.9, skip_layers=2)
+    good = (torch.zeros(3, dtype=torch.int8), torch.zeros(3, dtype=torch.int32), torch.zeros(2, dtype=torch.int64),
+            torch.zeros(3, dtype=torch.uint8))
+    with pytest.raises(RuntimeError, match="row_kind must be int8"):
+        skip_mlp(x, x, good[0].long(), *good[1:], Projection.dense(gate_up), Projection.dense(down), **args)
+    with pytest.raises(RuntimeError, match="countdown must be int32"):
+        skip_mlp(x, x, good[0], torch.zeros(2, dtype=torch.int32), *good[2:], Projection.dense(gate_up),
+                 Projection.dense(down), **args)
+    with pytest.raises(RuntimeError, match="unknown projection kind"):
+        skip_mlp(x, x, *good, Projection(9, (gate_up,)), Projection.dense(down), **args)

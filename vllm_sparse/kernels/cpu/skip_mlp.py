@@ -1,0 +1,64 @@
+"""The skip-aware MLP op of FFN skipping on CPU (``vllm_sparse::cpu_skip_mlp``,
+csrc/skip_mlp.cpp): one call per decoder layer decides which rows skip, runs
+gate_up -> SiLU * up -> down on the others with the kernels the layer already has,
+and advances the rows' countdowns. Never imports vLLM.
+
+A ``Projection`` says how one of the two projections runs; the kind numbers are the
+C++ ``LinearKind``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+DENSE_WEIGHT, ONEDNN, BITMAP, NM24 = 0, 1, 2, 3
+KIND_NAMES = {DENSE_WEIGHT: "torch dense", ONEDNN: "oneDNN dense", BITMAP: "cpu_sparse bitmap", NM24: "cpu_sparse 2:4"}
+
+# Row kinds (int8), as the op reads them.
+ROW_COMPUTE, ROW_MAY_SKIP, ROW_UNCOUNTED = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Projection:
+    kind: int
+    tensors: tuple[torch.Tensor, ...]
+    ints: tuple[int, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return KIND_NAMES[self.kind]
+
+    @classmethod
+    def dense(cls, weight: torch.Tensor) -> "Projection":
+        return cls(DENSE_WEIGHT, (weight,))
+
+    @classmethod
+    def onednn(cls, handler_tensor: torch.Tensor, out_features: int) -> "Projection":
+        """vLLM's prepacked oneDNN GEMM (``_C::onednn_mm``), by its handler tensor."""
+        return cls(ONEDNN, (handler_tensor,), (out_features,))
+
+    @classmethod
+    def cpu_sparse(cls, packed) -> "Projection":
+        """A ``dispatcher.PackedWeight`` on the ``cpu_sparse`` path."""
+        from .layout24 import Cpu24Layout
+
+        lay = packed.layout
+        if isinstance(lay, Cpu24Layout):
+            return cls(NM24, (lay.blocks,), (packed.out_features, packed.in_features, packed.cpu_isa,
+                                             packed.max_direct_m))
+        return cls(BITMAP, (lay.values, lay.bitmap, lay.row_offsets),
+                   (packed.in_features, packed.cpu_isa, packed.max_direct_m))
+
+
+def skip_mlp(x: torch.Tensor, residual: torch.Tensor, row_kind: torch.Tensor, countdown: torch.Tensor,
+             counts: torch.Tensor, decisions: torch.Tensor, gate_up: Projection, down: Projection, *, hot: bool,
+             check: bool, threshold: float, skip_layers: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(FFN output [rows, hidden] with zero rows where skipped, the next countdown).
+    ``counts`` (int64 [2]: skipped, computed) and ``decisions`` (uint8, 1 = skipped)
+    are updated in place."""
+    return torch.ops.vllm_sparse.cpu_skip_mlp(
+        x, residual, row_kind, countdown, counts, decisions,
+        gate_up.kind, list(gate_up.tensors), list(gate_up.ints), down.kind, list(down.tensors), list(down.ints),
+        hot, check, threshold, skip_layers)

@@ -1,0 +1,189 @@
+"""FFN skipping as one C++ op per decoder layer (CPU): the decision, the countdowns and
+the MLP inside ``vllm_sparse::cpu_skip_mlp`` (kernels/cpu/skip_mlp.py), so a compiled
+graph runs each layer's skip-aware MLP as one node with no Python and no decision read
+back to the host. Eager mode calls the same ops, so both decide alike.
+
+Per forward pass, the first decoder layer calls ``vllm_sparse::ffn_skip_rows`` (Python,
+once a pass): each row's kind from the attention metadata (prompt or warm-up rows
+never skip; padding rows and dummy runs are not counted). The countdowns then flow
+from layer to layer as an int32 tensor. Each MLP module holds two buffers the op
+updates in place: ``ffn_skip_counts`` (skipped, computed rows so far) and
+``ffn_skip_decisions`` (which rows skipped its last call). Their totals reach
+Prometheus from ``ffn_skip_rows`` at most every ``FLUSH_SECONDS`` and whenever
+``worker_metrics.ffn_block_totals()`` is read; the decisions feed the test trace.
+
+Used where every MLP projection runs a kernel the op can call: vLLM's oneDNN GEMM
+(dense layers) or our CPU sparse kernels, unsharded (TP = 1) and without bias.
+Elsewhere (CUDA, quantized layers, tensor parallelism) ffn_skip.py's Python step runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from ..kernels import dispatcher
+from ..kernels.cpu import build as cpu_build
+from ..kernels.cpu.skip_mlp import ROW_COMPUTE, ROW_MAY_SKIP, ROW_UNCOUNTED, Projection, skip_mlp
+from ..skip.decision import layer_is_hot
+from ..skip.policy import SkipPolicy
+from . import vllm_internals as vi
+from .batch_rows import append_trace, query_rows_prompt, tracing
+from .worker_metrics import on_ffn_totals_read, record_ffn_blocks
+
+logger = logging.getLogger(vi.LOGGER_NAME)
+
+FLUSH_SECONDS = 0.5
+
+
+def projection(linear) -> tuple[Projection | None, str]:
+    """How the op runs ``linear`` (None, and why, where it cannot)."""
+    if getattr(linear, "bias", None) is not None:
+        return None, "has a bias"
+    if getattr(linear, "tp_size", 1) != 1:
+        return None, "is sharded (tensor parallel)"
+    method = linear.quant_method
+    from .sparse_linear import SparseLinearMethod
+
+    if isinstance(method, SparseLinearMethod) and linear.sparse_path == dispatcher.CPU_SPARSE:
+        return Projection.cpu_sparse(linear.sparse_weight), ""
+    dense = isinstance(method, vi.UnquantizedLinearMethod) or (
+        isinstance(method, SparseLinearMethod) and linear.sparse_path == dispatcher.DENSE)
+    if not dense:
+        return None, f"runs {type(method).__name__}"
+    handler = vi.cpu_onednn_handler(linear)
+    if handler is None:
+        return None, "does not run vLLM's oneDNN GEMM"
+    return Projection.onednn(handler.handler_tensor, handler.n), ""
+
+
+class OpSkip:
+    """One model's FFN skipping through the op."""
+
+    def __init__(self, policy: SkipPolicy, num_layers: int, first_layer: int, mlps: dict[int, torch.nn.Module],
+                 max_rows: int) -> None:
+        self.policy = policy
+        self.num_layers = num_layers
+        self.first_layer = first_layer
+        self.mlps = mlps
+        self.projections: dict[int, tuple[Projection, Projection]] = {}
+        last_hot = num_layers - policy.cold_end - 1
+        checking = policy.enabled and policy.threshold < 1.0
+        # Same rules as skip/decision.py (layer_is_hot, SkipRun.check_matters).
+        self.hot = {i: layer_is_hot(policy, i, num_layers) for i in mlps}
+        self.check = {i: checking and policy.cold_start - 1 <= i < last_hot for i in mlps}
+        for mlp in mlps.values():
+            mlp.register_buffer("ffn_skip_counts", torch.zeros(2, dtype=torch.int64), persistent=False)
+            mlp.register_buffer("ffn_skip_decisions", torch.zeros(max_rows, dtype=torch.uint8), persistent=False)
+        self._flushed = {i: (0, 0) for i in mlps}
+        self._last_flush = time.monotonic()
+        self._trace_pass: tuple[torch.Tensor, torch.Tensor] | None = None  # (positions, row kinds) to trace
+        # Per-pass values the hooks hand on (set while a pass runs).
+        self.row_kind: torch.Tensor | None = None
+        self.countdown: torch.Tensor | None = None
+
+    @staticmethod
+    def resolve(mlps: dict[int, torch.nn.Module]) -> tuple[dict[int, tuple[Projection, Projection]] | None, str]:
+        """Every layer's (gate_up, down) projections, or None and the first reason the
+        op cannot run them."""
+        if not cpu_build.load():
+            return None, f"the CPU kernels did not build ({cpu_build.load_error()})"
+        projections = {}
+        for index, mlp in mlps.items():
+            pair = []
+            for name in ("gate_up_proj", "down_proj"):
+                linear = getattr(mlp, name)
+                proj, why = projection(linear)
+                if proj is None:
+                    return None, f"layer {index} {name} {why}"
+                pair.append(proj)
+            projections[index] = (pair[0], pair[1])
+        return projections, ""
+
+    def rows(self, positions: torch.Tensor) -> torch.Tensor:
+        """int8 [rows]: each row's kind for this pass (the op ``ffn_skip_rows``)."""
+        positions = positions.reshape(-1)
+        rows = positions.shape[0]
+        kind = torch.full((rows,), ROW_UNCOUNTED, dtype=torch.int8, device=positions.device)
+        is_prompt = query_rows_prompt(positions.device)
+        if is_prompt is not None:
+            real = min(rows, is_prompt.shape[0])
+            may = positions[:real] >= self.policy.warmup_tokens
+            if not self.policy.skip_prompt:
+                may &= ~is_prompt[:real]
+            if not self.policy.enabled:
+                may.zero_()
+            kind[:real] = torch.where(may, ROW_MAY_SKIP, ROW_COMPUTE).to(torch.int8)
+        self.flush_trace()
+        if tracing() and is_prompt is not None:
+            self._trace_pass = (positions.clone().cpu(), kind.clone().cpu())
+        if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
+            self.flush_counts()
+        return kind
+
+    def step(self, index: int, x: torch.Tensor, residual: torch.Tensor, positions: torch.Tensor,
+             model_key: int) -> torch.Tensor:
+        """Layer ``index``'s skip-aware MLP; the first layer's call starts the pass."""
+        if index == self.first_layer:
+            self.row_kind = torch.ops.vllm_sparse.ffn_skip_rows(positions, model_key)
+            self.countdown = torch.zeros(x.shape[0], dtype=torch.int32, device=x.device)
+        mlp = self.mlps[index]
+        gate_up, down = self.projections[index]
+        out, self.countdown = skip_mlp(
+            x, residual, self.row_kind, self.countdown, mlp.ffn_skip_counts, mlp.ffn_skip_decisions, gate_up, down,
+            hot=self.hot[index], check=self.check[index], threshold=float(self.policy.threshold),
+            skip_layers=self.policy.skip_layers)
+        return out
+
+    def flush_counts(self) -> None:
+        """Hand the op's counts since the last flush to Prometheus."""
+        self._last_flush = time.monotonic()
+        for index, mlp in self.mlps.items():
+            skipped, computed = mlp.ffn_skip_counts.tolist()
+            done_s, done_c = self._flushed[index]
+            if skipped != done_s or computed != done_c:
+                record_ffn_blocks(index, skipped - done_s, computed - done_c)
+                self._flushed[index] = (skipped, computed)
+
+    def flush_trace(self) -> None:
+        """Append the last traced pass's decisions (its counted rows) to the test trace."""
+        if self._trace_pass is None:
+            return
+        positions, kind = self._trace_pass
+        self._trace_pass = None
+        counted = kind != ROW_UNCOUNTED
+        for index, mlp in self.mlps.items():
+            skipped = mlp.ffn_skip_decisions[:positions.shape[0]].cpu().bool()
+            append_trace(index, positions[counted], skipped[counted])
+
+
+# The op the compiled graph calls once a pass; models by key, as in ffn_skip.py.
+MODELS: dict[int, OpSkip] = {}
+
+
+@torch.library.custom_op("vllm_sparse::ffn_skip_rows", mutates_args=())
+def ffn_skip_rows(positions: torch.Tensor, model: int) -> torch.Tensor:
+    """Each row's kind for this forward pass (int8 [rows]); reads the attention
+    metadata of the forward context, which no traced graph holds."""
+    return MODELS[model].rows(positions)
+
+
+@ffn_skip_rows.register_fake
+def _ffn_skip_rows_fake(positions, model):
+    return positions.new_empty(positions.reshape(-1).shape[0], dtype=torch.int8)
+
+
+def flush_all() -> None:
+    for state in MODELS.values():
+        state.flush_counts()
+        state.flush_trace()
+
+
+def _flush_counts() -> None:
+    for state in MODELS.values():
+        state.flush_counts()
+
+
+on_ffn_totals_read(_flush_counts)
