@@ -235,7 +235,10 @@ def test_metrics_endpoint_carries_sparse_figures(server):
 
 
 def test_ffn_skip_counters_reach_grpc_and_metrics(server, channel):
+    from vllm_sparse.plugin.worker_metrics import FFN_FLUSH_SECONDS
+
     list(stub(channel).Generate(generate_request("Tell me about the sea.", max_tokens=24)))
+    time.sleep(3 * FFN_FLUSH_SECONDS)  # the worker hands its counts on every FFN_FLUSH_SECONDS
     snapshot = stub(channel).GetMetrics(pb.GetMetricsRequest())
     assert 0 < snapshot.ffn_skip_ratio < 1
     by_layer = {entry.layer: entry for entry in snapshot.ffn_skip}

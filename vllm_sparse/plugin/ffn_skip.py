@@ -231,5 +231,6 @@ def after_loading(model) -> None:
         return
     op_state.projections = projections
     ffn_skip_op.MODELS[id(op_state)] = op_state
+    op_state.start_flusher()
     kinds = sorted({p.name for pair in projections.values() for p in pair})
     logger.info("FFN skipping: one op per layer (vllm_sparse::cpu_skip_mlp); projections run %s", ", ".join(kinds))

@@ -8,9 +8,10 @@ once a pass): each row's kind from the attention metadata (prompt or warm-up row
 never skip; padding rows and dummy runs are not counted). The countdowns then flow
 from layer to layer as an int32 tensor. Each MLP module holds two buffers the op
 updates in place: ``ffn_skip_counts`` (skipped, computed rows so far) and
-``ffn_skip_decisions`` (which rows skipped its last call). Their totals reach
-Prometheus from ``ffn_skip_rows`` at most every ``FLUSH_SECONDS`` and whenever
-``worker_metrics.ffn_block_totals()`` is read; the decisions feed the test trace.
+``ffn_skip_decisions`` (which rows skipped its last call). A daemon thread hands the
+counts to Prometheus every ``FFN_FLUSH_SECONDS`` (and ``worker_metrics.ffn_block_totals()``
+before it reads them): per step that would cost ~60 counter updates, more than the
+decision itself. The decisions feed the test trace.
 
 Used where every MLP projection runs a kernel the op can call: vLLM's oneDNN GEMM
 (dense layers) or our CPU sparse kernels, unsharded (TP = 1) and without bias.
@@ -20,6 +21,7 @@ Elsewhere (CUDA, quantized layers, tensor parallelism) ffn_skip.py's Python step
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import torch
@@ -31,11 +33,9 @@ from ..skip.decision import layer_is_hot
 from ..skip.policy import SkipPolicy
 from . import vllm_internals as vi
 from .batch_rows import append_trace, query_rows_prompt, tracing
-from .worker_metrics import on_ffn_totals_read, record_ffn_blocks
+from .worker_metrics import FFN_FLUSH_SECONDS, on_ffn_totals_read, record_ffn_blocks
 
 logger = logging.getLogger(vi.LOGGER_NAME)
-
-FLUSH_SECONDS = 0.5
 
 
 def projection(linear) -> tuple[Projection | None, str]:
@@ -78,7 +78,8 @@ class OpSkip:
             mlp.register_buffer("ffn_skip_counts", torch.zeros(2, dtype=torch.int64), persistent=False)
             mlp.register_buffer("ffn_skip_decisions", torch.zeros(max_rows, dtype=torch.uint8), persistent=False)
         self._flushed = {i: (0, 0) for i in mlps}
-        self._last_flush = time.monotonic()
+        self._flush_lock = threading.Lock()
+        self._flusher: threading.Thread | None = None
         self._trace_pass: tuple[torch.Tensor, torch.Tensor] | None = None  # (positions, row kinds) to trace
         # Per-pass values the hooks hand on (set while a pass runs).
         self.row_kind: torch.Tensor | None = None
@@ -119,8 +120,6 @@ class OpSkip:
         self.flush_trace()
         if tracing() and is_prompt is not None:
             self._trace_pass = (positions.clone().cpu(), kind.clone().cpu())
-        if time.monotonic() - self._last_flush >= FLUSH_SECONDS:
-            self.flush_counts()
         return kind
 
     def step(self, index: int, x: torch.Tensor, residual: torch.Tensor, positions: torch.Tensor,
@@ -138,14 +137,25 @@ class OpSkip:
         return out
 
     def flush_counts(self) -> None:
-        """Hand the op's counts since the last flush to Prometheus."""
-        self._last_flush = time.monotonic()
-        for index, mlp in self.mlps.items():
-            skipped, computed = mlp.ffn_skip_counts.tolist()
-            done_s, done_c = self._flushed[index]
-            if skipped != done_s or computed != done_c:
-                record_ffn_blocks(index, skipped - done_s, computed - done_c)
-                self._flushed[index] = (skipped, computed)
+        """Hand the op's counts since the last flush to Prometheus. (Read while the op
+        may be adding to them: a count read before its update is handed on next time.)"""
+        with self._flush_lock:
+            for index, mlp in self.mlps.items():
+                skipped, computed = mlp.ffn_skip_counts.tolist()
+                done_s, done_c = self._flushed[index]
+                if skipped != done_s or computed != done_c:
+                    record_ffn_blocks(index, skipped - done_s, computed - done_c)
+                    self._flushed[index] = (skipped, computed)
+
+    def start_flusher(self) -> None:
+        def loop() -> None:
+            while True:
+                time.sleep(FFN_FLUSH_SECONDS)
+                self.flush_counts()
+
+        if self._flusher is None:
+            self._flusher = threading.Thread(target=loop, name="vllm-sparse-ffn-counts", daemon=True)
+            self._flusher.start()
 
     def flush_trace(self) -> None:
         """Append the last traced pass's decisions (its counted rows) to the test trace."""

@@ -75,8 +75,9 @@ def record_ffn_blocks(layer_index: int, skipped: int, computed: int) -> None:
     totals[1] += computed
 
 
-# Sources that count in tensors and hand their counts on from time to time (the
+# Sources that count in tensors and hand their counts on every FFN_FLUSH_SECONDS (the
 # one-op skip step): asked to hand them on before totals are read.
+FFN_FLUSH_SECONDS = 0.5
 _ffn_pending: list[Callable[[], None]] = []
 
 
