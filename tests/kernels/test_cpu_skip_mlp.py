@@ -12,12 +12,14 @@ from vllm_sparse.kernels import CPU_SPARSE
 from vllm_sparse.kernels import cpu as cpu_kernels
 from vllm_sparse.kernels.cpu import isa, layout24
 from vllm_sparse.kernels.cpu.layout import CpuSparseLayout
-from vllm_sparse.kernels.cpu.skip_mlp import ROW_COMPUTE, ROW_MAY_SKIP, ROW_UNCOUNTED, Projection, skip_mlp
+from vllm_sparse.kernels.cpu.skip_mlp import (ROW_COMPUTE, ROW_MAY_SKIP, ROW_UNCOUNTED, Projection, skip_mlp,
+                                              skip_params)
 from vllm_sparse.kernels.dispatcher import PackedWeight
 from vllm_sparse.skip.decision import SkipRun, layer_is_hot, residual_cosine
 from vllm_sparse.skip.policy import SkipPolicy
 
 HIDDEN, INTER, LAYERS = 64, 96, 10
+NEVER_CHECK = skip_params(hot=True, check=False, threshold=0.0, skip_layers=1)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -45,9 +47,10 @@ def _run_op_pass(policy, weights, residual, kinds, counts, decisions):
     skipped, outs = [], []
     for layer, (gate_up, down) in enumerate(weights):
         check = policy.threshold < 1.0 and policy.cold_start - 1 <= layer < last_hot
+        params = skip_params(hot=layer_is_hot(policy, layer, LAYERS), check=check, threshold=policy.threshold,
+                             skip_layers=policy.skip_layers)
         out, countdown = skip_mlp(residual, residual, kinds, countdown, counts, decisions, Projection.dense(gate_up),
-                                  Projection.dense(down), hot=layer_is_hot(policy, layer, LAYERS), check=check,
-                                  threshold=policy.threshold, skip_layers=policy.skip_layers)
+                                  Projection.dense(down), params)
         skipped.append(decisions[:residual.shape[0]].bool().clone())
         outs.append(out)
         residual = residual + out
@@ -123,8 +126,7 @@ def test_every_projection_kind_matches_the_dense_mlp():
         pairs.append((_nm24_projection(gate_up), _bitmap_projection(down)))
     for gu, dn in pairs:
         out, countdown = skip_mlp(x, x, kinds, torch.zeros(5, dtype=torch.int32), torch.zeros(2, dtype=torch.int64),
-                                  torch.zeros(5, dtype=torch.uint8), gu, dn, hot=True, check=False, threshold=0.0,
-                                  skip_layers=1)
+                                  torch.zeros(5, dtype=torch.uint8), gu, dn, NEVER_CHECK)
         assert torch.all(countdown == 0)
         torch.testing.assert_close(out.float(), reference, rtol=2e-2, atol=2e-2)
     assert [p.name for pair in pairs for p in pair][:4] == ["torch dense", "torch dense", "cpu_sparse bitmap",
@@ -146,13 +148,30 @@ def _nm24_projection(weight):
 def test_bad_inputs_are_refused():
     x = torch.randn(3, HIDDEN)
     gate_up, down = _mlp_weights(torch.Generator().manual_seed(0), torch.float32, 1.0)
-    args = dict(hot=True, check=True, threshold=0.9, skip_layers=2)
+    params = skip_params(hot=True, check=True, threshold=0.9, skip_layers=2)
     good = (torch.zeros(3, dtype=torch.int8), torch.zeros(3, dtype=torch.int32), torch.zeros(2, dtype=torch.int64),
             torch.zeros(3, dtype=torch.uint8))
     with pytest.raises(RuntimeError, match="row_kind must be int8"):
-        skip_mlp(x, x, good[0].long(), *good[1:], Projection.dense(gate_up), Projection.dense(down), **args)
+        skip_mlp(x, x, good[0].long(), *good[1:], Projection.dense(gate_up), Projection.dense(down), params)
     with pytest.raises(RuntimeError, match="countdown must be int32"):
         skip_mlp(x, x, good[0], torch.zeros(2, dtype=torch.int32), *good[2:], Projection.dense(gate_up),
-                 Projection.dense(down), **args)
+                 Projection.dense(down), params)
     with pytest.raises(RuntimeError, match="unknown projection kind"):
-        skip_mlp(x, x, *good, Projection(9, (gate_up,)), Projection.dense(down), **args)
+        skip_mlp(x, x, *good, Projection(9, (gate_up,)), Projection.dense(down), params)
+
+
+def test_wide_mlp_under_inference_mode():
+    """A decode batch wide enough that SiLU * up runs on the worker threads, on
+    inference tensors (as vLLM calls it): same values as the torch MLP, bit for bit."""
+    gen = torch.Generator().manual_seed(5)
+    inter = 1536
+    gate_up = (torch.randn(2 * inter, HIDDEN, generator=gen) * 0.1).bfloat16()
+    down = (torch.randn(HIDDEN, inter, generator=gen) * 0.1).bfloat16()
+    with torch.inference_mode():
+        x = torch.randn(8, HIDDEN, generator=gen).bfloat16()
+        out, _ = skip_mlp(x, x, torch.zeros(8, dtype=torch.int8), torch.zeros(8, dtype=torch.int32),
+                          torch.zeros(2, dtype=torch.int64), torch.zeros(8, dtype=torch.uint8),
+                          Projection.dense(gate_up), Projection.dense(down), NEVER_CHECK)
+        h = F.linear(x, gate_up)
+        expected = F.linear(F.silu(h[:, :inter]) * h[:, inter:], down)
+    assert torch.equal(out, expected)

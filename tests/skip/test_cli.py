@@ -57,3 +57,50 @@ def test_bad_target_and_bad_profile_are_clear_errors(tiny_dir, tmp_path, capsys)
     bad.write_text("enabled: true\nskip_layer: 2\n")
     assert main(["perplexity", str(tiny_dir), "--corpus", str(_corpus()), "--ffn-skip", str(bad)]) == 2
     assert "unknown key(s) ['skip_layer']" in capsys.readouterr().err
+
+
+def test_calibrate_skip_within_a_perplexity_budget(tiny_dir, tmp_path, capsys):
+    """The profile written keeps the held-out perplexity within the budget (measured
+    again here, independently of the command), and is the largest ratio of the trials
+    that did."""
+    from transformers import AutoTokenizer
+
+    from vllm_sparse.quality.perplexity import corpus_windows
+    from vllm_sparse.skip.budget import split_windows
+    from vllm_sparse.skip.evaluate import skip_perplexity
+    from vllm_sparse.skip.hf import load_hf_llama
+    from vllm_sparse.skip.policy import SkipPolicy
+
+    out = tmp_path / "budget.yaml"
+    code = main(["calibrate-skip", str(tiny_dir), "--corpus", str(_corpus()), "--max-ppl-increase", "1",
+                 "--out", str(out), "--window", "96", "--count", "2", "--warmup-tokens", "8"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    trials = [line for line in printed.splitlines() if line.startswith("target ")]
+    assert len(trials) == 6
+
+    def increase(line: str) -> float:
+        return float(line.rsplit("(", 1)[1].split("%")[0])
+
+    def held_out(line: str) -> float:
+        return float(line.split("held-out skip ")[1].split("%")[0])
+
+    within = [held_out(t) for t in trials if increase(t) <= 1.0]
+    policy = load_policy(out)
+    model = load_hf_llama(tiny_dir, torch.float32)
+    windows = corpus_windows(AutoTokenizer.from_pretrained(tiny_dir), _corpus(), 96, 4)
+    _, held = split_windows(windows)
+    base, _ = skip_perplexity(model, SkipPolicy(enabled=False), held)
+    ppl, ratio = skip_perplexity(model, policy, held)
+    assert ppl <= base * 1.01
+    assert round(100 * ratio, 1) == (max(within) if within else 0.0)
+    assert f"perplexity {base:.3f} -> {ppl:.3f}" in printed
+
+
+def test_a_budget_needs_held_out_windows_and_a_sane_percentage(tiny_dir, tmp_path, capsys):
+    common = ["calibrate-skip", str(tiny_dir), "--corpus", str(_corpus()), "--out", str(tmp_path / "x.yaml"),
+              "--window", "96"]
+    assert main(common + ["--max-ppl-increase", "-3", "--count", "2"]) == 2
+    assert "--max-ppl-increase must be a percentage" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # one goal only
+        main(common + ["--max-ppl-increase", "5", "--target-skip", "0.2"])

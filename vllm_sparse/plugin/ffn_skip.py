@@ -91,6 +91,7 @@ class _ModelSkip:
         self.layer_positions: torch.Tensor | None = None  # what the current layer was called with
         self.residual: torch.Tensor | None = None  # the residual stream entering the current FFN
         self.mlps: dict[int, tuple] = {}  # layer -> (MLP forward, fused MLP or None)
+        self.key_module: torch.nn.Module | None = None  # compiled: holds the buffer ffn_skip_key
 
     def start(self, positions: torch.Tensor) -> None:
         positions = positions.reshape(-1)
@@ -114,17 +115,18 @@ class _ModelSkip:
         return out
 
 
-# Compiled mode: each model's state under a key, so that the op below, which the
-# compiled graph calls with tensors and ints only, finds it.
-_MODELS: dict[int, _ModelSkip] = {}
+# Compiled mode: the models of this process, found by the op below through the index
+# a buffer of the model holds (data, so a graph loaded from vLLM's compile cache in
+# another process finds that process's model).
+_MODELS: list[_ModelSkip] = []
 
 
 @torch.library.custom_op("vllm_sparse::ffn_skip_step", mutates_args=())
-def ffn_skip_step(x: torch.Tensor, residual: torch.Tensor, positions: torch.Tensor, model: int,
+def ffn_skip_step(x: torch.Tensor, residual: torch.Tensor, positions: torch.Tensor, model: torch.Tensor,
                   layer: int) -> torch.Tensor:
     """``_ModelSkip.step``, opaque to torch.compile: the per-row decision reads
     similarities on the host, which no traced graph can hold."""
-    return _MODELS[model].step(layer, x, residual, positions)
+    return _MODELS[int(model)].step(layer, x, residual, positions)
 
 
 @ffn_skip_step.register_fake
@@ -155,7 +157,6 @@ def _patch_layer(state: _ModelSkip, op_state: ffn_skip_op.OpSkip | None, index: 
     layer_forward = layer.forward
     norm_forward = layer.post_attention_layernorm.forward
     state.mlps[index] = (layer.mlp.forward, _fused_mlp(layer.mlp))
-    model_key = id(state)
 
     def forward(positions, *args, **kwargs):
         state.layer_positions = positions
@@ -170,9 +171,10 @@ def _patch_layer(state: _ModelSkip, op_state: ffn_skip_op.OpSkip | None, index: 
 
     def mlp(x):
         if op_state is not None and op_state.projections:
-            return op_state.step(index, x, state.residual, state.layer_positions, id(op_state))
+            return op_state.step(index, x, state.residual, state.layer_positions)
         if compiled:
-            return torch.ops.vllm_sparse.ffn_skip_step(x, state.residual, state.layer_positions, model_key, index)
+            key = state.key_module.ffn_skip_key
+            return torch.ops.vllm_sparse.ffn_skip_step(x, state.residual, state.layer_positions, key, index)
         return state.step(index, x, state.residual, state.layer_positions)
 
     layer.forward = forward
@@ -204,7 +206,9 @@ def install(model, vllm_config) -> SkipPolicy | None:
             raise SkipPolicyError(f"FFN skipping supports gate/up/down MLPs only; {type(layer).__name__} has none")
     state = _ModelSkip(policy, num_layers, first_layer=local[0][0])
     if compiled:
-        _MODELS[id(state)] = state
+        _MODELS.append(state)
+        state.key_module = local[0][1].mlp
+        state.key_module.register_buffer("ffn_skip_key", torch.tensor([len(_MODELS) - 1]), persistent=False)
     op_state = None
     if vi.current_platform.is_cpu():
         op_state = ffn_skip_op.OpSkip(policy, num_layers, local[0][0], {i: layer.mlp for i, layer in local},
@@ -230,7 +234,6 @@ def after_loading(model) -> None:
                        "in Python instead, which costs more than it saves in compiled mode", why)
         return
     op_state.projections = projections
-    ffn_skip_op.MODELS[id(op_state)] = op_state
-    op_state.start_flusher()
+    op_state.register()
     kinds = sorted({p.name for pair in projections.values() for p in pair})
     logger.info("FFN skipping: one op per layer (vllm_sparse::cpu_skip_mlp); projections run %s", ", ".join(kinds))

@@ -28,7 +28,7 @@ import torch
 
 from ..kernels import dispatcher
 from ..kernels.cpu import build as cpu_build
-from ..kernels.cpu.skip_mlp import ROW_COMPUTE, ROW_MAY_SKIP, ROW_UNCOUNTED, Projection, skip_mlp
+from ..kernels.cpu.skip_mlp import ROW_COMPUTE, ROW_MAY_SKIP, ROW_UNCOUNTED, Projection, skip_mlp, skip_params
 from ..skip.decision import layer_is_hot
 from ..skip.policy import SkipPolicy
 from . import vllm_internals as vi
@@ -71,12 +71,22 @@ class OpSkip:
         self.projections: dict[int, tuple[Projection, Projection]] = {}
         last_hot = num_layers - policy.cold_end - 1
         checking = policy.enabled and policy.threshold < 1.0
-        # Same rules as skip/decision.py (layer_is_hot, SkipRun.check_matters).
-        self.hot = {i: layer_is_hot(policy, i, num_layers) for i in mlps}
-        self.check = {i: checking and policy.cold_start - 1 <= i < last_hot for i in mlps}
-        for mlp in mlps.values():
-            mlp.register_buffer("ffn_skip_counts", torch.zeros(2, dtype=torch.int64), persistent=False)
-            mlp.register_buffer("ffn_skip_decisions", torch.zeros(max_rows, dtype=torch.uint8), persistent=False)
+        # Normal tensors, not inference tensors: the op updates them in place in
+        # vLLM's forward passes, some of which run outside inference mode.
+        with torch.inference_mode(False):
+            for index, mlp in mlps.items():
+                # Same rules as skip/decision.py (layer_is_hot, SkipRun.check_matters).
+                params = skip_params(hot=layer_is_hot(policy, index, num_layers),
+                                     check=checking and policy.cold_start - 1 <= index < last_hot,
+                                     threshold=policy.threshold, skip_layers=policy.skip_layers)
+                mlp.register_buffer("ffn_skip_params", params, persistent=False)
+                mlp.register_buffer("ffn_skip_counts", torch.zeros(2, dtype=torch.int64), persistent=False)
+                mlp.register_buffer("ffn_skip_decisions", torch.zeros(max_rows, dtype=torch.uint8),
+                                    persistent=False)
+            # Which entry of MODELS this is, as data: a compiled graph loaded from vLLM's
+            # cache in another process must find that process's model, not a constant.
+            mlps[first_layer].register_buffer("ffn_skip_model", torch.full((1,), -1, dtype=torch.int64),
+                                              persistent=False)
         self._flushed = {i: (0, 0) for i in mlps}
         self._flush_lock = threading.Lock()
         self._flusher: threading.Thread | None = None
@@ -122,18 +132,22 @@ class OpSkip:
             self._trace_pass = (positions.clone().cpu(), kind.clone().cpu())
         return kind
 
-    def step(self, index: int, x: torch.Tensor, residual: torch.Tensor, positions: torch.Tensor,
-             model_key: int) -> torch.Tensor:
+    def register(self) -> None:
+        """Make the op ``ffn_skip_rows`` find this model, and start handing counts on."""
+        MODELS.append(self)
+        self.mlps[self.first_layer].ffn_skip_model.fill_(len(MODELS) - 1)
+        self.start_flusher()
+
+    def step(self, index: int, x: torch.Tensor, residual: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Layer ``index``'s skip-aware MLP; the first layer's call starts the pass."""
         if index == self.first_layer:
-            self.row_kind = torch.ops.vllm_sparse.ffn_skip_rows(positions, model_key)
+            key = self.mlps[index].ffn_skip_model
+            self.row_kind = torch.ops.vllm_sparse.ffn_skip_rows(positions, key)
             self.countdown = torch.zeros(x.shape[0], dtype=torch.int32, device=x.device)
         mlp = self.mlps[index]
         gate_up, down = self.projections[index]
-        out, self.countdown = skip_mlp(
-            x, residual, self.row_kind, self.countdown, mlp.ffn_skip_counts, mlp.ffn_skip_decisions, gate_up, down,
-            hot=self.hot[index], check=self.check[index], threshold=float(self.policy.threshold),
-            skip_layers=self.policy.skip_layers)
+        out, self.countdown = skip_mlp(x, residual, self.row_kind, self.countdown, mlp.ffn_skip_counts,
+                                       mlp.ffn_skip_decisions, gate_up, down, mlp.ffn_skip_params)
         return out
 
     def flush_counts(self) -> None:
@@ -169,15 +183,15 @@ class OpSkip:
             append_trace(index, positions[counted], skipped[counted])
 
 
-# The op the compiled graph calls once a pass; models by key, as in ffn_skip.py.
-MODELS: dict[int, OpSkip] = {}
+# The models of this process, by the index their ``ffn_skip_model`` buffer holds.
+MODELS: list[OpSkip] = []
 
 
 @torch.library.custom_op("vllm_sparse::ffn_skip_rows", mutates_args=())
-def ffn_skip_rows(positions: torch.Tensor, model: int) -> torch.Tensor:
+def ffn_skip_rows(positions: torch.Tensor, model: torch.Tensor) -> torch.Tensor:
     """Each row's kind for this forward pass (int8 [rows]); reads the attention
     metadata of the forward context, which no traced graph holds."""
-    return MODELS[model].rows(positions)
+    return MODELS[int(model)].rows(positions)
 
 
 @ffn_skip_rows.register_fake
@@ -186,13 +200,13 @@ def _ffn_skip_rows_fake(positions, model):
 
 
 def flush_all() -> None:
-    for state in MODELS.values():
+    for state in MODELS:
         state.flush_counts()
         state.flush_trace()
 
 
 def _flush_counts() -> None:
-    for state in MODELS.values():
+    for state in MODELS:
         state.flush_counts()
 
 

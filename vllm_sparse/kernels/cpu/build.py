@@ -158,7 +158,7 @@ def _register_fakes() -> None:
 
     @torch.library.register_fake("vllm_sparse::cpu_skip_mlp")
     def _(x, residual, row_kind, countdown, counts, decisions, gate_up_kind, gate_up_tensors, gate_up_ints,
-          down_kind, down_tensors, down_ints, hot, check, threshold, skip_layers):
+          down_kind, down_tensors, down_ints, params):
         return torch.empty_like(x), torch.empty_like(countdown)
 
     @torch.library.register_fake("vllm_sparse::cpu_sparse_unpack")

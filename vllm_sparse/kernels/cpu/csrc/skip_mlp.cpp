@@ -3,8 +3,11 @@
 //
 //   cpu_skip_mlp(x, residual, row_kind, countdown, counts!, decisions!,
 //                gate_up_kind, gate_up_tensors, gate_up_ints,
-//                down_kind, down_tensors, down_ints,
-//                hot, check, threshold, skip_layers) -> (out, countdown)
+//                down_kind, down_tensors, down_ints, params) -> (out, countdown)
+//
+// params (float64 [4]: hot, check, threshold, skip_layers) is data, not constants:
+// a compiled graph cached on disk and loaded by an engine with another skip profile
+// must still apply that profile.
 //
 // The skip rule, the countdowns and the MLP all run here, so a compiled graph holds
 // one node per layer and nothing reads a decision back into Python (vllm_sparse/skip/
@@ -21,6 +24,8 @@
 // that fit). row_kind: 0 never skips (prompt, warm-up), 1 may skip, 2 never skips and
 // is not counted (padding rows, dummy runs).
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
@@ -92,7 +97,21 @@ at::Tensor run_mlp(const at::Tensor& x, int64_t gu_kind, const std::vector<at::T
                    c10::IntArrayRef down_ints) {
     at::Tensor gate_up = run_linear(x, gu_kind, gu_t, gu_ints);
     const int64_t inter = gate_up.size(1) / 2;
-    at::Tensor act = at::silu(gate_up.narrow(1, 0, inter)) * gate_up.narrow(1, inter, inter);
+    at::Tensor act = at::empty({gate_up.size(0), inter}, gate_up.options());
+    // ATen runs an elementwise op this small on one thread; split the columns over the
+    // pool in chunks of whole vectors (the same values as one call: each element is
+    // computed alone, and no chunk boundary moves an element off the vector loop).
+    const int64_t chunks_per_task = std::max<int64_t>(1, 4096 / (64 * gate_up.size(0)));  // >= 4096 elements
+    // Torch ops on the worker threads need the caller's thread-local state (inference
+    // mode), or vLLM's inference tensors refuse the in-place multiply.
+    const at::ThreadLocalState caller_state;
+    at::parallel_for(0, (inter + 63) / 64, chunks_per_task, [&](int64_t begin, int64_t end) {
+        at::ThreadLocalStateGuard state_guard(caller_state);
+        const int64_t c0 = begin * 64, width = std::min(end * 64, inter) - c0;
+        at::Tensor out = act.narrow(1, c0, width);
+        at::silu_out(out, gate_up.narrow(1, c0, width));
+        out.mul_(gate_up.narrow(1, inter + c0, width));
+    });
     return run_linear(act, down_kind, down_t, down_ints);
 }
 
@@ -131,7 +150,7 @@ std::tuple<at::Tensor, at::Tensor> skip_mlp(
     const at::Tensor& x, const at::Tensor& residual, const at::Tensor& row_kind, const at::Tensor& countdown,
     at::Tensor& counts, at::Tensor& decisions, int64_t gu_kind, std::vector<at::Tensor> gu_t,
     c10::IntArrayRef gu_ints, int64_t down_kind, std::vector<at::Tensor> down_t, c10::IntArrayRef down_ints,
-    bool hot, bool check, double threshold, int64_t skip_layers) {
+    const at::Tensor& params) {
     TORCH_CHECK(x.dim() == 2 && residual.sizes() == x.sizes() && residual.scalar_type() == x.scalar_type(),
                 "cpu_skip_mlp: x and residual must be [rows, hidden] of one dtype");
     const int64_t rows = x.size(0);
@@ -143,6 +162,12 @@ std::tuple<at::Tensor, at::Tensor> skip_mlp(
                 "cpu_skip_mlp: counts must be int64 [2]");
     TORCH_CHECK(decisions.scalar_type() == at::kByte && decisions.is_contiguous(),
                 "cpu_skip_mlp: decisions must be uint8");
+    TORCH_CHECK(params.scalar_type() == at::kDouble && params.numel() == 4 && params.is_contiguous(),
+                "cpu_skip_mlp: params must be float64 [hot, check, threshold, skip_layers]");
+    const double* p = params.data_ptr<double>();
+    const bool hot = p[0] != 0, check = p[1] != 0;
+    const double threshold = p[2];
+    const int32_t skip_layers = static_cast<int32_t>(p[3]);
     const int8_t* kind = row_kind.data_ptr<int8_t>();
     const int32_t* count_in = countdown.data_ptr<int32_t>();
 
@@ -186,7 +211,7 @@ std::tuple<at::Tensor, at::Tensor> skip_mlp(
                 next[r] = count_in[r] - 1;
             } else if (check && kind[r] == kMaySkip) {
                 const double cosine = residual_cosine(hp + r * hidden, up + r * hidden, hidden);
-                next[r] = cosine > threshold ? static_cast<int32_t>(skip_layers) : 0;
+                next[r] = cosine > threshold ? skip_layers : 0;
             } else {
                 next[r] = 0;
             }
@@ -209,7 +234,7 @@ std::tuple<at::Tensor, at::Tensor> skip_mlp(
 TORCH_LIBRARY_FRAGMENT(vllm_sparse, m) {
     m.def("cpu_skip_mlp(Tensor x, Tensor residual, Tensor row_kind, Tensor countdown, Tensor(a!) counts, "
           "Tensor(b!) decisions, int gate_up_kind, Tensor[] gate_up_tensors, int[] gate_up_ints, int down_kind, "
-          "Tensor[] down_tensors, int[] down_ints, bool hot, bool check, float threshold, int skip_layers) "
+          "Tensor[] down_tensors, int[] down_ints, Tensor params) "
           "-> (Tensor, Tensor)");
 }
 
