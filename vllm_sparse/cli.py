@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 DEFAULT_MODEL_DIR = Path("models/smollm2-135m")
@@ -178,30 +179,42 @@ def _cmd_calibrate_skip(args: argparse.Namespace) -> int:
 
     from .quality.perplexity import corpus_windows
     from .skip.hf import load_hf_llama
-    from .skip.policy import save_policy
 
+    if args.target_skip is None and args.max_ppl_increase is None and args.neuron_sparsity is None:
+        raise ValueError("give --target-skip, --max-ppl-increase or --neuron-sparsity")
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = load_hf_llama(args.model, torch.float32)
     if args.max_ppl_increase is not None:
         return _calibrate_within_budget(args, model, corpus_windows(tokenizer, args.corpus, args.window,
                                                                     2 * args.count))
-    from .skip.calibrate import calibrate
+    from .skip.calibrate import calibrate, neuron_thresholds
 
     windows = corpus_windows(tokenizer, args.corpus, args.window, args.count)
-    result = calibrate(model, windows, args.target_skip, skip_layers=args.skip_layers,
+    result = calibrate(model, windows, args.target_skip or 0.0, skip_layers=args.skip_layers,
                        warmup_tokens=args.warmup_tokens)
+    policy = result.policy
     comment = (f"calibrated by vllm-sparse calibrate-skip on {args.corpus} ({len(windows)} x {args.window} tokens)\n"
-               f"model {args.model}; target skip ratio {args.target_skip}; realised there "
+               f"model {args.model}; target skip ratio {args.target_skip or 0}; realised there "
                f"{result.realised_ratio:.4f} (open-loop replay {result.open_loop_ratio:.4f})")
-    save_policy(result.policy, args.out, comment)
-    print(f"{args.out}: {result.policy}")
-    print(f"skip ratio on the calibration corpus: {result.realised_ratio:.2%} (target {args.target_skip:.0%})")
+    if args.neuron_sparsity is not None:
+        thresholds = neuron_thresholds(model, windows, args.neuron_sparsity, args.warmup_tokens)
+        policy = replace(policy, enabled=True, neuron_thresholds=thresholds)
+        comment += f"\nneuron-level: {args.neuron_sparsity:.0%} of the FFN neurons dropped per token (thresholds per layer)"
+    _save_profile(args, policy, comment)
+    if args.target_skip is not None:
+        print(f"skip ratio on the calibration corpus: {result.realised_ratio:.2%} (target {args.target_skip:.0%})")
     return 0
+
+
+def _save_profile(args: argparse.Namespace, policy, comment: str) -> None:
+    from .skip.policy import save_policy
+
+    save_policy(policy, args.out, comment)
+    print(f"{args.out}: {policy}")
 
 
 def _calibrate_within_budget(args: argparse.Namespace, model, windows: list[list[int]]) -> int:
     from .skip.budget import calibrate_within_budget
-    from .skip.policy import save_policy
 
     result = calibrate_within_budget(model, windows, args.max_ppl_increase, skip_layers=args.skip_layers,
                                      warmup_tokens=args.warmup_tokens)
@@ -212,8 +225,7 @@ def _calibrate_within_budget(args: argparse.Namespace, model, windows: list[list
                f"({len(windows) // 2} x {args.window} tokens, {len(windows) - len(windows) // 2} more held out)\n"
                f"model {args.model}; held-out skip ratio {result.held_out_ratio:.4f}, perplexity "
                f"{result.base_perplexity:.3f} -> {result.perplexity:.3f} ({result.increase:+.2f}%)")
-    save_policy(result.policy, args.out, comment)
-    print(f"{args.out}: {result.policy}")
+    _save_profile(args, result.policy, comment)
     print(f"held-out skip ratio within +{args.max_ppl_increase:g}% perplexity: {result.held_out_ratio:.2%} "
           f"(perplexity {result.base_perplexity:.3f} -> {result.perplexity:.3f}, {result.increase:+.2f}%)")
     return 0
@@ -320,12 +332,15 @@ def build_parser() -> argparse.ArgumentParser:
     cal = commands.add_parser("calibrate-skip", help="choose an FFN-skip profile that reaches a target skip ratio")
     cal.add_argument("model")
     cal.add_argument("--corpus", type=Path, required=True)
-    goal = cal.add_mutually_exclusive_group(required=True)
+    goal = cal.add_mutually_exclusive_group()
     goal.add_argument("--target-skip", type=float, help="share of FFN blocks to skip, e.g. 0.25")
     goal.add_argument("--max-ppl-increase", type=float,
                       help="percent: the largest skip ratio whose perplexity on held-out windows of the corpus "
                            "rises at most this much, e.g. 5")
     cal.add_argument("--out", type=Path, required=True, help="profile to write, e.g. configs/ffn_skip_25.yaml")
+    cal.add_argument("--neuron-sparsity", type=float,
+                     help="neuron-level skipping: share of FFN neurons to drop per token, e.g. 0.5 (alone, or "
+                          "with --target-skip)")
     cal.add_argument("--window", type=int, default=256)
     cal.add_argument("--count", type=int, default=4,
                      help="corpus windows to calibrate on (--max-ppl-increase holds out as many more)")

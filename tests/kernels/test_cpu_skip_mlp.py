@@ -33,10 +33,15 @@ def _mlp_weights(gen, dtype, scale):
     return gate_up, down
 
 
-def _dense_mlp(gate_up, down):
+def _dense_mlp(gate_up, down, neuron_threshold=0.0, run=None):
+    """The MLP; with a neuron threshold, the rows of ``run`` that may skip drop the
+    neurons with |SiLU(gate)| at or under it (the transformers path's rule)."""
     def mlp(x):
         h = F.linear(x, gate_up)
-        return F.linear(F.silu(h[:, :INTER]) * h[:, INTER:], down)
+        act = F.silu(h[:, :INTER])
+        if neuron_threshold > 0:
+            act = act.masked_fill((act.abs() <= neuron_threshold) & run.may_skip_rows()[:, None], 0)
+        return F.linear(act * h[:, INTER:], down)
     return mlp
 
 
@@ -48,7 +53,7 @@ def _run_op_pass(policy, weights, residual, kinds, counts, decisions):
     for layer, (gate_up, down) in enumerate(weights):
         check = policy.threshold < 1.0 and policy.cold_start - 1 <= layer < last_hot
         params = skip_params(hot=layer_is_hot(policy, layer, LAYERS), check=check, threshold=policy.threshold,
-                             skip_layers=policy.skip_layers)
+                             skip_layers=policy.skip_layers, neuron_threshold=policy.neuron_threshold(layer))
         out, countdown = skip_mlp(residual, residual, kinds, countdown, counts, decisions, Projection.dense(gate_up),
                                   Projection.dense(down), params)
         skipped.append(decisions[:residual.shape[0]].bool().clone())
@@ -59,7 +64,8 @@ def _run_op_pass(policy, weights, residual, kinds, counts, decisions):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("decoding", [8, 37])  # 11 rows: the MLP runs on every row; 40: on the computed rows
-def test_op_decides_and_computes_as_the_python_step(dtype, decoding):
+@pytest.mark.parametrize("neurons", [0.0, 0.1], ids=["block", "block+neuron"])
+def test_op_decides_and_computes_as_the_python_step(dtype, decoding, neurons):
     gen = torch.Generator().manual_seed(7)
     weights = [_mlp_weights(gen, dtype, 0.1) for _ in range(LAYERS)]
     # rows: warm-up, prompt, 8 decode rows, a padding row (never skips, not counted)
@@ -69,12 +75,13 @@ def test_op_decides_and_computes_as_the_python_step(dtype, decoding):
     # threshold at the median first-layer similarity: some rows trigger, some do not
     first = _dense_mlp(*weights[0])(residual)
     threshold = float(residual_cosine(residual, first).median())
-    policy = SkipPolicy(enabled=True, threshold=threshold, skip_layers=2, cold_start=1, cold_end=1, warmup_tokens=28)
+    policy = SkipPolicy(enabled=True, threshold=threshold, skip_layers=2, cold_start=1, cold_end=1, warmup_tokens=28,
+                        neuron_thresholds=(neurons,) * LAYERS)
 
     run = SkipRun.start(policy, LAYERS, positions, is_prompt)
     h, expected_skip, expected_out = residual, [], []
     for layer, (gate_up, down) in enumerate(weights):
-        out, _, _ = run.ffn(layer, h, h, _dense_mlp(gate_up, down))
+        out, _, _ = run.ffn(layer, h, h, _dense_mlp(gate_up, down, policy.neuron_threshold(layer), run))
         expected_skip.append(run.last_skip)
         expected_out.append(out)
         h = h + out
@@ -175,3 +182,32 @@ def test_wide_mlp_under_inference_mode():
         h = F.linear(x, gate_up)
         expected = F.linear(F.silu(h[:, :inter]) * h[:, inter:], down)
     assert torch.equal(out, expected)
+
+
+def test_one_row_neuron_kernel_reads_only_active_neurons():
+    """One decoding row under neuron-level skipping, bf16, AVX-512 BF16 hosts: the
+    up rows and down columns of the dropped neurons are NaN, and the output is the
+    masked MLP's (so they were never read)."""
+    from vllm_sparse.kernels.cpu import isa
+
+    if "avx512_bf16" not in isa.cpu_description()["flags"]:
+        pytest.skip("no AVX-512 BF16: one decoding row runs the masked MLP (tested above)")
+    gen = torch.Generator().manual_seed(9)
+    hidden, inter, threshold = 200, 1000, 0.15  # neither a multiple of the vector width
+    gate_up = (torch.randn(2 * inter, hidden, generator=gen) * 0.07).bfloat16()
+    down = (torch.randn(hidden, inter, generator=gen) * 0.07).bfloat16()
+    x = torch.randn(1, hidden, generator=gen).bfloat16()
+    h = F.linear(x, gate_up)
+    act = F.silu(h[:, :inter])
+    dropped = act.abs()[0] <= threshold
+    assert 0.2 < dropped.float().mean() < 0.8
+    expected = F.linear(act.masked_fill(dropped, 0) * h[:, inter:], down).float()
+    poisoned_gate_up, down_t = gate_up.clone(), down.t().contiguous()
+    poisoned_gate_up[inter:][dropped] = float("nan")
+    down_t[dropped] = float("nan")
+    params = skip_params(hot=True, check=False, threshold=1.0, skip_layers=1, neuron_threshold=threshold)
+    out, _ = skip_mlp(x, x, torch.ones(1, dtype=torch.int8), torch.zeros(1, dtype=torch.int32),
+                      torch.zeros(2, dtype=torch.int64), torch.zeros(1, dtype=torch.uint8),
+                      Projection.dense(gate_up), Projection.dense(down), params, (poisoned_gate_up, down_t))
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.float(), expected, rtol=2e-2, atol=2e-3)

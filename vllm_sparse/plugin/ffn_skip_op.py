@@ -78,7 +78,8 @@ class OpSkip:
                 # Same rules as skip/decision.py (layer_is_hot, SkipRun.check_matters).
                 params = skip_params(hot=layer_is_hot(policy, index, num_layers),
                                      check=checking and policy.cold_start - 1 <= index < last_hot,
-                                     threshold=policy.threshold, skip_layers=policy.skip_layers)
+                                     threshold=policy.threshold, skip_layers=policy.skip_layers,
+                                     neuron_threshold=policy.neuron_threshold(index))
                 mlp.register_buffer("ffn_skip_params", params, persistent=False)
                 mlp.register_buffer("ffn_skip_counts", torch.zeros(2, dtype=torch.int64), persistent=False)
                 mlp.register_buffer("ffn_skip_decisions", torch.zeros(max_rows, dtype=torch.uint8),

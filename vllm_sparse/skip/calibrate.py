@@ -47,6 +47,34 @@ def record_similarities(model, windows: list[list[int]], progress: bool = True) 
     return torch.cat(per_window)
 
 
+@torch.no_grad()
+def neuron_thresholds(model, windows: list[list[int]], sparsity: float, warmup_tokens: int = 28,
+                      progress: bool = True) -> tuple[float, ...]:
+    """Per decoder layer, the |SiLU(gate)| at or under which ``sparsity`` of the
+    intermediate neurons fall, over the tokens past warm-up of the unskipped model."""
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"--neuron-sparsity must be in [0, 1), got {sparsity}")
+    layers = list(model.model.layers)
+    samples: list[list[torch.Tensor]] = [[] for _ in layers]
+    handles = []
+    for index, layer in enumerate(layers):
+        def keep(module, args, out, index=index):
+            samples[index].append(out.reshape(-1, out.shape[-1])[warmup_tokens:].abs().flatten().float())
+        handles.append(layer.mlp.act_fn.register_forward_hook(keep))
+    try:
+        for window in tqdm(windows, desc="record activations", disable=not progress):
+            model.model(torch.tensor([window]))
+    finally:
+        for handle in handles:
+            handle.remove()
+    thresholds = []
+    for values in samples:
+        flat = torch.cat(values)
+        k = int(sparsity * flat.numel())
+        thresholds.append(0.0 if k == 0 else float(flat.kthvalue(k).values))
+    return tuple(thresholds)
+
+
 def choose_cold(similarities: torch.Tensor) -> tuple[int, int]:
     median = similarities.median(dim=0).values
     cut = median.median()

@@ -95,6 +95,7 @@ class SkipRun:
         self.countdown = [0] * len(self.candidates)
         self.recorder = recorder
         self.last_skip_rows: list[int] = []  # rows that skipped the last layer run (tests trace it)
+        self.mlp_rows: list[int] | None = None  # rows of the last MLP call (None: all); neuron masking reads it
         self._last_hot = num_layers - policy.cold_end - 1
         self._pending = False  # any countdown > 0
 
@@ -110,6 +111,13 @@ class SkipRun:
         skip = torch.zeros(self.rows, dtype=torch.bool)
         skip[self.last_skip_rows] = True
         return skip
+
+    def may_skip_rows(self) -> torch.Tensor:
+        """bool [rows of the last MLP call]: which of them may skip (candidates); the
+        rows neuron-level skipping applies to."""
+        eligible = torch.zeros(self.rows, dtype=torch.bool)
+        eligible[self.candidates] = True
+        return eligible if self.mlp_rows is None else eligible[self.mlp_rows]
 
     def plan(self, layer: int) -> list[bool] | None:
         """Which candidates skip layer ``layer`` (one bool per candidate); None: none do."""
@@ -162,6 +170,7 @@ class SkipRun:
         self.last_skip_rows = skip_rows
         n_skip = len(skip_rows)
         computed = None  # None: every row computed
+        self.mlp_rows = None
         if n_skip == 0:
             out = mlp(x)
         elif n_skip == self.rows:
@@ -174,6 +183,7 @@ class SkipRun:
             if fused is not None:  # skipped rows do no work inside the kernel
                 out = fused(x, torch.tensor(skip, dtype=torch.bool, device=x.device))
             else:  # gather the computing rows, run the MLP on them, scatter back
+                self.mlp_rows = computed
                 index = torch.tensor(computed, device=x.device)
                 out = torch.zeros_like(x).index_copy_(0, index, mlp(x.index_select(0, index)))
         similarity = None

@@ -72,6 +72,8 @@ class HFSkipper:
         self.computed = [0] * self.num_layers
         self.trace = trace
         self.decisions: list[torch.Tensor] = []  # per layer: bool [N] skipped, last forward
+        self.neurons_dropped = 0  # neuron-level: intermediate neurons dropped / seen, over rows that may skip
+        self.neurons_seen = 0
         self.positions: torch.Tensor | None = None
         self._run: SkipRun | None = None
         self._residual: torch.Tensor | None = None
@@ -94,11 +96,22 @@ class HFSkipper:
 
         mlp = layer.mlp
         original = mlp.forward
+        neuron_threshold = self.policy.neuron_threshold(index)
+
+        def neuron_forward(x: torch.Tensor) -> torch.Tensor:
+            """The MLP with the neurons at or under the threshold dropped, in the rows
+            that may skip."""
+            act = mlp.act_fn(mlp.gate_proj(x))
+            drop = (act.abs() <= neuron_threshold) & self._run.may_skip_rows()[:, None]
+            self.neurons_dropped += int(drop.sum())
+            self.neurons_seen += int(self._run.may_skip_rows().sum()) * act.shape[-1]
+            return mlp.down_proj(act.masked_fill(drop, 0) * mlp.up_proj(x))
 
         def skip_forward(x: torch.Tensor) -> torch.Tensor:
             shape = x.shape
             flat = x.reshape(-1, shape[-1])
-            out, skipped, computed = self._run.ffn(index, flat, self._residual.reshape(-1, shape[-1]), original)
+            run_mlp = neuron_forward if neuron_threshold > 0 else original
+            out, skipped, computed = self._run.ffn(index, flat, self._residual.reshape(-1, shape[-1]), run_mlp)
             self.skipped[index] += skipped
             self.computed[index] += computed
             if self.trace:
@@ -120,6 +133,11 @@ class HFSkipper:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+
+    @property
+    def neuron_sparsity(self) -> float:
+        """Share of intermediate neurons dropped, over the rows that may skip."""
+        return self.neurons_dropped / self.neurons_seen if self.neurons_seen else 0.0
 
     @property
     def skip_ratio(self) -> float:

@@ -9,6 +9,14 @@ A profile is a small YAML mapping, e.g. ``configs/ffn_skip_25.yaml``::
     cold_end: 2             # nor the last ones
     warmup_tokens: 28       # the first W positions of every sequence always compute
     skip_prompt: false      # prompt (prefill) tokens compute in full unless true
+    neuron_thresholds: []   # per layer: drop FFN neurons with |SiLU(gate)| <= t (0: none)
+
+Neuron-level skipping (``neuron_thresholds``, one per decoder layer, from
+``calibrate-skip --neuron-sparsity``) applies to the rows that may skip (past
+warm-up, not prompt unless ``skip_prompt``) in the FFNs they compute: per token the
+intermediate neurons whose |SiLU(gate)| is at most the layer's threshold contribute
+nothing (their up_proj rows and down_proj columns need not be read). ``threshold:
+1.0`` with neuron thresholds gives neuron-level skipping alone.
 
 Unknown keys and out-of-range values are rejected with the key named, so a typo
 fails at start-up instead of silently serving an unintended policy.
@@ -39,6 +47,14 @@ class SkipPolicy:
     cold_end: int = 2
     warmup_tokens: int = 28
     skip_prompt: bool = False
+    neuron_thresholds: tuple[float, ...] = ()
+
+    @property
+    def neuron_level(self) -> bool:
+        return self.enabled and any(t > 0 for t in self.neuron_thresholds)
+
+    def neuron_threshold(self, layer: int) -> float:
+        return self.neuron_thresholds[layer] if self.neuron_level else 0.0
 
     def validate(self, num_layers: int | None = None, source: str = "skip policy") -> "SkipPolicy":
         def bad(key: str, why: str) -> SkipPolicyError:
@@ -56,6 +72,14 @@ class SkipPolicy:
         t = self.threshold
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or not -1.0 <= t <= 1.0:
             raise bad("threshold", "must be a cosine similarity in [-1, 1]")
+        neurons = self.neuron_thresholds
+        if not isinstance(neurons, tuple) or not all(
+                isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t >= 0
+                for t in neurons):
+            raise bad("neuron_thresholds", "must be a list of numbers >= 0, one per decoder layer")
+        if num_layers is not None and neurons and len(neurons) != num_layers:
+            raise SkipPolicyError(f"{source}: neuron_thresholds has {len(neurons)} entries for a "
+                                  f"{num_layers}-layer model")
         if num_layers is not None and self.enabled and self.cold_start + self.cold_end >= num_layers:
             raise SkipPolicyError(
                 f"{source}: cold_start + cold_end = {self.cold_start + self.cold_end} leaves no layer "
@@ -63,7 +87,9 @@ class SkipPolicy:
         return self
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(asdict(self), sort_keys=False)
+        data = asdict(self)
+        data["neuron_thresholds"] = [float(t) for t in self.neuron_thresholds]
+        return yaml.safe_dump(data, sort_keys=False)
 
 
 OFF = SkipPolicy()
@@ -78,6 +104,8 @@ def policy_from_mapping(data: object, source: str = "skip policy") -> SkipPolicy
     unknown = sorted(set(data) - known)
     if unknown:
         raise SkipPolicyError(f"{source}: unknown key(s) {unknown}; known keys: {sorted(known)}")
+    if isinstance(data.get("neuron_thresholds"), list):
+        data = {**data, "neuron_thresholds": tuple(data["neuron_thresholds"])}
     return SkipPolicy(**data).validate(source=source)
 
 

@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 
 SOURCE_DIR = Path(__file__).parent / "csrc"
 SOURCES = ("ops.cpp", "gemm_scalar.cpp", "gemm_avx2.cpp", "gemm_avx512.cpp", "gemm_avx512_bf16.cpp", "gemm_nm24.cpp",
-           "gemm_nm24_avx2.cpp", "skip_mlp.cpp")
-HEADERS = ("spmm.h", "store.h", "prefetch.h", "nm24_records.h")
+           "gemm_nm24_avx2.cpp", "skip_mlp.cpp",
+           "neuron_mlp.cpp")
+HEADERS = ("spmm.h", "store.h", "prefetch.h", "nm24_records.h", "neuron_mlp.h")
 # -mtune=native schedules for this CPU without using any instruction it lacks (each
 # ISA file still names its own with a target pragma): on an AMD EPYC (znver3 tuning)
 # it made the unstructured decode kernel ~1.4x faster than GCC's generic tuning.
@@ -158,7 +159,7 @@ def _register_fakes() -> None:
 
     @torch.library.register_fake("vllm_sparse::cpu_skip_mlp")
     def _(x, residual, row_kind, countdown, counts, decisions, gate_up_kind, gate_up_tensors, gate_up_ints,
-          down_kind, down_tensors, down_ints, params):
+          down_kind, down_tensors, down_ints, params, neuron_gate_up=None, neuron_down_t=None):
         return torch.empty_like(x), torch.empty_like(countdown)
 
     @torch.library.register_fake("vllm_sparse::cpu_sparse_unpack")

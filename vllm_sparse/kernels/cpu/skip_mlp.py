@@ -52,19 +52,26 @@ class Projection:
                    (packed.in_features, packed.cpu_isa, packed.max_direct_m))
 
 
-def skip_params(*, hot: bool, check: bool, threshold: float, skip_layers: int) -> torch.Tensor:
-    """A layer's rule settings as the op takes them (float64 [4]): data, so that a
-    compiled graph does not hold one profile's values as constants."""
-    return torch.tensor([float(hot), float(check), float(threshold), float(skip_layers)], dtype=torch.float64)
+def skip_params(*, hot: bool, check: bool, threshold: float, skip_layers: int,
+                neuron_threshold: float = 0.0) -> torch.Tensor:
+    """A layer's rule settings as the op takes them (float64 [5]): data, so that a
+    compiled graph does not hold one profile's values as constants. ``neuron_threshold``
+    > 0: neuron-level skipping in the rows that may skip."""
+    return torch.tensor([float(hot), float(check), float(threshold), float(skip_layers), float(neuron_threshold)],
+                        dtype=torch.float64)
 
 
 def skip_mlp(x: torch.Tensor, residual: torch.Tensor, row_kind: torch.Tensor, countdown: torch.Tensor,
              counts: torch.Tensor, decisions: torch.Tensor, gate_up: Projection, down: Projection,
-             params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+             params: torch.Tensor, neuron_weights: tuple[torch.Tensor, torch.Tensor] | None = None,
+             ) -> tuple[torch.Tensor, torch.Tensor]:
     """(FFN output [rows, hidden] with zero rows where skipped, the next countdown).
     ``counts`` (int64 [2]: skipped, computed) and ``decisions`` (uint8, 1 = skipped)
-    are updated in place; ``params`` from ``skip_params``."""
+    are updated in place; ``params`` from ``skip_params``. ``neuron_weights``: the
+    layer's bf16 (gate_up [2I, H], down transposed [I, H]), with which a single decoding
+    row under neuron-level skipping reads only its active neurons (AVX-512 BF16 hosts)."""
+    gu_w, down_t = neuron_weights if neuron_weights is not None else (None, None)
     return torch.ops.vllm_sparse.cpu_skip_mlp(
         x, residual, row_kind, countdown, counts, decisions,
         gate_up.kind, list(gate_up.tensors), list(gate_up.ints), down.kind, list(down.tensors), list(down.ints),
-        params)
+        params, gu_w, down_t)

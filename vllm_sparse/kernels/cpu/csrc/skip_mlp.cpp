@@ -3,9 +3,12 @@
 //
 //   cpu_skip_mlp(x, residual, row_kind, countdown, counts!, decisions!,
 //                gate_up_kind, gate_up_tensors, gate_up_ints,
-//                down_kind, down_tensors, down_ints, params) -> (out, countdown)
+//                down_kind, down_tensors, down_ints, params,
+//                neuron_gate_up?, neuron_down_t?) -> (out, countdown)
 //
-// params (float64 [4]: hot, check, threshold, skip_layers) is data, not constants:
+// params (float64 [5]: hot, check, threshold, skip_layers, neuron_threshold) is data,
+// not constants (neuron_gate_up / neuron_down_t: the layer's bf16 weights for the
+// one-row neuron-level kernel, neuron_mlp.cpp);
 // a compiled graph cached on disk and loaded by an engine with another skip profile
 // must still apply that profile.
 //
@@ -28,6 +31,8 @@
 #include <ATen/ThreadLocalState.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
+
+#include "neuron_mlp.h"
 
 #include <cmath>
 #include <cstring>
@@ -90,14 +95,25 @@ at::Tensor run_linear(const at::Tensor& x, int64_t kind, const std::vector<at::T
     TORCH_CHECK(false, "cpu_skip_mlp: unknown projection kind ", kind);
 }
 
+struct Projections {
+    int64_t gu_kind;
+    const std::vector<at::Tensor>& gu_t;
+    c10::IntArrayRef gu_ints;
+    int64_t down_kind;
+    const std::vector<at::Tensor>& down_t;
+    c10::IntArrayRef down_ints;
+};
+
 // gate_up -> SiLU(gate) * up -> down. The activation uses the same ATen ops as
 // vLLM's SiluAndMul on x86 CPUs (forward_native), so computed rows match it bit for bit.
-at::Tensor run_mlp(const at::Tensor& x, int64_t gu_kind, const std::vector<at::Tensor>& gu_t,
-                   c10::IntArrayRef gu_ints, int64_t down_kind, const std::vector<at::Tensor>& down_t,
-                   c10::IntArrayRef down_ints) {
-    at::Tensor gate_up = run_linear(x, gu_kind, gu_t, gu_ints);
+// Neuron-level skipping: in the rows where drop_rows (bool [rows, 1]) is set, the
+// neurons with |SiLU(gate)| <= neuron_threshold are zeroed before the multiply.
+at::Tensor run_mlp(const at::Tensor& x, const Projections& p, double neuron_threshold,
+                   const at::Tensor& drop_rows) {
+    at::Tensor gate_up = run_linear(x, p.gu_kind, p.gu_t, p.gu_ints);
     const int64_t inter = gate_up.size(1) / 2;
     at::Tensor act = at::empty({gate_up.size(0), inter}, gate_up.options());
+    const bool drop = neuron_threshold > 0 && drop_rows.defined();
     // ATen runs an elementwise op this small on one thread; split the columns over the
     // pool in chunks of whole vectors (the same values as one call: each element is
     // computed alone, and no chunk boundary moves an element off the vector loop).
@@ -110,9 +126,10 @@ at::Tensor run_mlp(const at::Tensor& x, int64_t gu_kind, const std::vector<at::T
         const int64_t c0 = begin * 64, width = std::min(end * 64, inter) - c0;
         at::Tensor out = act.narrow(1, c0, width);
         at::silu_out(out, gate_up.narrow(1, c0, width));
+        if (drop) out.masked_fill_(out.abs().le(neuron_threshold).logical_and_(drop_rows), 0);
         out.mul_(gate_up.narrow(1, inter + c0, width));
     });
-    return run_linear(act, down_kind, down_t, down_ints);
+    return run_linear(act, p.down_kind, p.down_t, p.down_ints);
 }
 
 // cosine(h, h + u) of one row, clamped to [-1, 1] (as skip/decision.py:dot_cosine).
@@ -150,7 +167,8 @@ std::tuple<at::Tensor, at::Tensor> skip_mlp(
     const at::Tensor& x, const at::Tensor& residual, const at::Tensor& row_kind, const at::Tensor& countdown,
     at::Tensor& counts, at::Tensor& decisions, int64_t gu_kind, std::vector<at::Tensor> gu_t,
     c10::IntArrayRef gu_ints, int64_t down_kind, std::vector<at::Tensor> down_t, c10::IntArrayRef down_ints,
-    const at::Tensor& params) {
+    const at::Tensor& params, const std::optional<at::Tensor>& neuron_gate_up,
+    const std::optional<at::Tensor>& neuron_down_t) {
     TORCH_CHECK(x.dim() == 2 && residual.sizes() == x.sizes() && residual.scalar_type() == x.scalar_type(),
                 "cpu_skip_mlp: x and residual must be [rows, hidden] of one dtype");
     const int64_t rows = x.size(0);
@@ -162,12 +180,14 @@ std::tuple<at::Tensor, at::Tensor> skip_mlp(
                 "cpu_skip_mlp: counts must be int64 [2]");
     TORCH_CHECK(decisions.scalar_type() == at::kByte && decisions.is_contiguous(),
                 "cpu_skip_mlp: decisions must be uint8");
-    TORCH_CHECK(params.scalar_type() == at::kDouble && params.numel() == 4 && params.is_contiguous(),
-                "cpu_skip_mlp: params must be float64 [hot, check, threshold, skip_layers]");
+    TORCH_CHECK(params.scalar_type() == at::kDouble && params.numel() == 5 && params.is_contiguous(),
+                "cpu_skip_mlp: params must be float64 [hot, check, threshold, skip_layers, neuron_threshold]");
     const double* p = params.data_ptr<double>();
     const bool hot = p[0] != 0, check = p[1] != 0;
     const double threshold = p[2];
     const int32_t skip_layers = static_cast<int32_t>(p[3]);
+    const double neuron_threshold = p[4];
+    const Projections proj{gu_kind, gu_t, gu_ints, down_kind, down_t, down_ints};
     const int8_t* kind = row_kind.data_ptr<int8_t>();
     const int32_t* count_in = countdown.data_ptr<int32_t>();
 
@@ -180,9 +200,21 @@ std::tuple<at::Tensor, at::Tensor> skip_mlp(
     }
     const int64_t n_computed = static_cast<int64_t>(computed.size());
 
+    // Rows that drop neurons (neuron-level skipping): the ones that may skip.
+    at::Tensor may_skip;
+    if (neuron_threshold > 0) may_skip = row_kind.eq(kMaySkip).unsqueeze(1);
+
+    // One decoding row that computes and drops neurons: read only its active neurons.
+    static const bool neuron_kernel = neuron_mlp_decode_supported();
+    const bool neuron_decode = neuron_kernel && rows == 1 && n_computed == 1 && neuron_threshold > 0 &&
+                               kind[0] == kMaySkip && neuron_gate_up.has_value() && neuron_down_t.has_value() &&
+                               x.scalar_type() == at::kBFloat16;
+
     at::Tensor out;
-    if (n_computed == rows || (n_computed > 0 && rows <= kDecodeRows)) {
-        out = run_mlp(x.contiguous(), gu_kind, gu_t, gu_ints, down_kind, down_t, down_ints);
+    if (neuron_decode) {
+        out = neuron_mlp_decode(x.contiguous(), *neuron_gate_up, *neuron_down_t, neuron_threshold);
+    } else if (n_computed == rows || (n_computed > 0 && rows <= kDecodeRows)) {
+        out = run_mlp(x.contiguous(), proj, neuron_threshold, may_skip);
         if (n_computed < rows) {  // computed for nothing: a skipped row's output is exactly zero
             const int64_t row_bytes = out.size(1) * out.element_size();
             char* base = static_cast<char*>(out.data_ptr());
@@ -193,8 +225,8 @@ std::tuple<at::Tensor, at::Tensor> skip_mlp(
         out = at::zeros_like(x);
         if (n_computed > 0) {
             at::Tensor index = at::tensor(computed, at::TensorOptions().dtype(at::kLong));
-            out.index_copy_(0, index, run_mlp(x.index_select(0, index), gu_kind, gu_t, gu_ints, down_kind,
-                                              down_t, down_ints));
+            at::Tensor drop_rows = may_skip.defined() ? may_skip.index_select(0, index) : may_skip;
+            out.index_copy_(0, index, run_mlp(x.index_select(0, index), proj, neuron_threshold, drop_rows));
         }
     }
 
@@ -234,7 +266,8 @@ std::tuple<at::Tensor, at::Tensor> skip_mlp(
 TORCH_LIBRARY_FRAGMENT(vllm_sparse, m) {
     m.def("cpu_skip_mlp(Tensor x, Tensor residual, Tensor row_kind, Tensor countdown, Tensor(a!) counts, "
           "Tensor(b!) decisions, int gate_up_kind, Tensor[] gate_up_tensors, int[] gate_up_ints, int down_kind, "
-          "Tensor[] down_tensors, int[] down_ints, Tensor params) "
+          "Tensor[] down_tensors, int[] down_ints, Tensor params, Tensor? neuron_gate_up=None, "
+          "Tensor? neuron_down_t=None) "
           "-> (Tensor, Tensor)");
 }
 

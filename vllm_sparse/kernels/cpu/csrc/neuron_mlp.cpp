@@ -1,0 +1,145 @@
+// Neuron-level skipping at decode (one token row, bf16 weights, AVX-512 BF16): the
+// MLP reads the gate rows in full, then only the up_proj rows and down_proj columns of
+// the neurons whose |SiLU(gate)| is above the layer's threshold. down_proj is given
+// transposed ([intermediate, hidden]) so that a neuron's column is one contiguous row.
+//
+// Rounding follows the dense path (skip_mlp.cpp: run_mlp) step by step: gate and up
+// rounded to bf16 as a GEMM would write them, SiLU rounded to bf16, the product
+// rounded to bf16; the order of the fp32 sums and the exp (libm, not ATen's SLEEF)
+// differ, so results agree to rounding, not bit for bit.
+#include "neuron_mlp.h"
+
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+typedef uint16_t bf16_t;
+
+inline float bf16_to_float(bf16_t v) {
+    uint32_t bits = static_cast<uint32_t>(v) << 16;
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+}
+
+inline bf16_t float_to_bf16(float f) {  // round to nearest even, as ATen does
+    uint32_t bits;
+    std::memcpy(&bits, &f, 4);
+    if (std::isnan(f)) return 0x7fc0;
+    bits += 0x7fff + ((bits >> 16) & 1);
+    return static_cast<bf16_t>(bits >> 16);
+}
+
+inline float round_bf16(float f) { return bf16_to_float(float_to_bf16(f)); }
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) float dot_bf16(const bf16_t* w, const bf16_t* x,
+                                                                       int64_t n) {
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 64 <= n; k += 64) {
+        acc0 = _mm512_dpbf16_ps(acc0, (__m512bh)_mm512_loadu_si512(w + k), (__m512bh)_mm512_loadu_si512(x + k));
+        acc1 = _mm512_dpbf16_ps(acc1, (__m512bh)_mm512_loadu_si512(w + k + 32),
+                                (__m512bh)_mm512_loadu_si512(x + k + 32));
+    }
+    for (; k < n; k += 32) {
+        const __mmask32 m = n - k >= 32 ? ~__mmask32(0) : (__mmask32(1) << (n - k)) - 1;
+        acc0 = _mm512_dpbf16_ps(acc0, (__m512bh)_mm512_maskz_loadu_epi16(m, w + k),
+                                (__m512bh)_mm512_maskz_loadu_epi16(m, x + k));
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+}
+
+// acc[0:n] += sum_i scale[i] * rows[i][0:n] for `count` (1..4) rows.
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void axpy_bf16(float* acc, const bf16_t* const* rows,
+                                                                       const float* scale, int count, int64_t n) {
+    int64_t k = 0;
+    for (; k < n; k += 16) {
+        const __mmask16 m = n - k >= 16 ? ~__mmask16(0) : (__mmask16(1) << (n - k)) - 1;
+        __m512 a = _mm512_maskz_loadu_ps(m, acc + k);
+        for (int i = 0; i < count; i++) {
+            const __m256i raw = _mm256_maskz_loadu_epi16(m, rows[i] + k);
+            const __m512 w = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+            a = _mm512_fmadd_ps(_mm512_set1_ps(scale[i]), w, a);
+        }
+        _mm512_mask_storeu_ps(acc + k, m, a);
+    }
+}
+
+float silu(float g) { return g / (1.0f + std::exp(-g)); }
+
+}  // namespace
+
+bool neuron_mlp_decode_supported() {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512bf16");
+}
+
+at::Tensor neuron_mlp_decode(const at::Tensor& x, const at::Tensor& gate_up, const at::Tensor& down_t,
+                             double threshold) {
+    const int64_t hidden = x.size(1), inter = down_t.size(0);
+    TORCH_CHECK(x.size(0) == 1 && x.scalar_type() == at::kBFloat16 && x.is_contiguous(),
+                "neuron_mlp_decode: x must be one contiguous bf16 row");
+    TORCH_CHECK(gate_up.scalar_type() == at::kBFloat16 && gate_up.is_contiguous() &&
+                    gate_up.size(0) == 2 * inter && gate_up.size(1) == hidden,
+                "neuron_mlp_decode: gate_up must be contiguous bf16 [2 * intermediate, hidden]");
+    TORCH_CHECK(down_t.scalar_type() == at::kBFloat16 && down_t.is_contiguous() && down_t.size(1) == hidden,
+                "neuron_mlp_decode: down_t must be contiguous bf16 [intermediate, hidden]");
+    const bf16_t* xp = reinterpret_cast<const bf16_t*>(x.data_ptr());
+    const bf16_t* wg = reinterpret_cast<const bf16_t*>(gate_up.data_ptr());
+    const bf16_t* wd = reinterpret_cast<const bf16_t*>(down_t.data_ptr());
+
+    // 1. Gate in full; keep the neurons above the threshold with their SiLU.
+    std::vector<float> act(inter);
+    at::parallel_for(0, inter, 256, [&](int64_t begin, int64_t end) {
+        for (int64_t j = begin; j < end; j++)
+            act[j] = round_bf16(silu(round_bf16(dot_bf16(wg + j * hidden, xp, hidden))));
+    });
+    // Compared in bf16, as the masked path's ATen comparison of a bf16 tensor with the
+    // threshold does (the threshold rounded to bf16).
+    const float limit = round_bf16(static_cast<float>(threshold));
+    std::vector<int64_t> active;
+    active.reserve(inter);
+    for (int64_t j = 0; j < inter; j++)
+        if (std::fabs(act[j]) > limit) active.push_back(j);
+
+    // 2. Up rows and down columns of the active neurons; each task sums into its own
+    // fp32 row, then the rows are added.
+    const int64_t n_active = static_cast<int64_t>(active.size());
+    const int tasks = std::max(1, std::min<int>(at::get_num_threads(), static_cast<int>((n_active + 63) / 64)));
+    std::vector<float> partial(static_cast<size_t>(tasks) * hidden, 0.0f);
+    at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; t++) {
+            float* acc = partial.data() + t * hidden;
+            const int64_t first = n_active * t / tasks, last = n_active * (t + 1) / tasks;
+            const bf16_t* rows[4];
+            float scale[4];
+            int count = 0;
+            for (int64_t i = first; i < last; i++) {
+                const int64_t j = active[i];
+                const float up = round_bf16(dot_bf16(wg + (inter + j) * hidden, xp, hidden));
+                scale[count] = round_bf16(act[j] * up);
+                rows[count++] = wd + j * hidden;
+                if (count == 4) {
+                    axpy_bf16(acc, rows, scale, count, hidden);
+                    count = 0;
+                }
+            }
+            if (count) axpy_bf16(acc, rows, scale, count, hidden);
+        }
+    });
+    at::Tensor out = at::empty({1, hidden}, x.options());
+    bf16_t* op = reinterpret_cast<bf16_t*>(out.data_ptr());
+    for (int64_t k = 0; k < hidden; k++) {
+        float sum = 0;
+        for (int t = 0; t < tasks; t++) sum += partial[static_cast<size_t>(t) * hidden + k];
+        op[k] = float_to_bf16(sum);
+    }
+    return out;
+}
