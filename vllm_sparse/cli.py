@@ -194,8 +194,9 @@ def _cmd_calibrate_skip(args: argparse.Namespace) -> int:
                        warmup_tokens=args.warmup_tokens)
     policy = result.policy
     comment = (f"calibrated by vllm-sparse calibrate-skip on {args.corpus} ({len(windows)} x {args.window} tokens)\n"
-               f"model {args.model}; target skip ratio {args.target_skip or 0}; realised there "
-               f"{result.realised_ratio:.4f} (open-loop replay {result.open_loop_ratio:.4f})")
+               f"model {args.model}; " + (f"target skip ratio {args.target_skip}; realised there "
+                                          f"{result.realised_ratio:.4f} (open-loop replay {result.open_loop_ratio:.4f})"
+                                          if args.target_skip is not None else "block skipping off (threshold 1.0)"))
     if args.neuron_sparsity is not None:
         thresholds = neuron_thresholds(model, windows, args.neuron_sparsity, args.warmup_tokens)
         policy = replace(policy, enabled=True, neuron_thresholds=thresholds)

@@ -221,6 +221,14 @@ def install(model, vllm_config) -> SkipPolicy | None:
     return policy
 
 
+def weights_loaded(model) -> None:
+    """Right after vLLM's ``load_weights``, while the dense weights are still plain
+    tensors: keep the ones the one-row neuron-level kernel reads (``ffn_skip_op``)."""
+    op_state: ffn_skip_op.OpSkip | None = getattr(model, "_vllm_sparse_ffn_skip_op", None)
+    if op_state is not None:
+        op_state.keep_neuron_weights()
+
+
 def after_loading(model) -> None:
     """Once the weights are in their final form (vLLM's model-level post-load hook):
     on CPU, find how the op runs each projection; where it cannot, say why and keep

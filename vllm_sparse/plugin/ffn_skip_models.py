@@ -14,6 +14,11 @@ def _with_ffn_skip(base: type) -> type:
         base.__init__(self, vllm_config=vllm_config, prefix=prefix, **kwargs)
         ffn_skip.install(self, vllm_config)
 
+    def load_weights(self, weights):
+        loaded = base.load_weights(self, weights)
+        ffn_skip.weights_loaded(self)
+        return loaded
+
     def process_weights_after_loading(self):  # vLLM's model-level post-load hook
         parent = getattr(base, "process_weights_after_loading", None)
         if parent is not None:
@@ -21,6 +26,7 @@ def _with_ffn_skip(base: type) -> type:
         ffn_skip.after_loading(self)
 
     return type(base.__name__, (base,), {"__init__": __init__, "__module__": __name__,
+                                          "load_weights": load_weights,
                                           "process_weights_after_loading": process_weights_after_loading,
                                           "__doc__": f"{base.__name__} with FFN skipping (vllm-sparse)."})
 

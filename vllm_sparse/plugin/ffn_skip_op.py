@@ -69,6 +69,9 @@ class OpSkip:
         self.first_layer = first_layer
         self.mlps = mlps
         self.projections: dict[int, tuple[Projection, Projection]] = {}
+        # Neuron-level skipping: per layer, bf16 (gate_up [2I, H], down transposed [I, H])
+        # for the one-row kernel that reads only the active neurons.
+        self.neuron_weights: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         last_hot = num_layers - policy.cold_end - 1
         checking = policy.enabled and policy.threshold < 1.0
         # Normal tensors, not inference tensors: the op updates them in place in
@@ -114,6 +117,23 @@ class OpSkip:
             projections[index] = (pair[0], pair[1])
         return projections, ""
 
+    def keep_neuron_weights(self) -> None:
+        """Called once the checkpoint is loaded, before vLLM prepacks the weights and
+        drops the plain tensors: keep gate_up and a transposed down_proj of each dense
+        bf16 layer under neuron-level skipping (an extra copy of those MLPs: vLLM's
+        prepacked one still serves batched and prompt rows)."""
+        for index, mlp in self.mlps.items():
+            gate_up, down = mlp.gate_up_proj, mlp.down_proj
+            dense = all(isinstance(p.quant_method, vi.UnquantizedLinearMethod) and getattr(p, "bias", None) is None
+                        and getattr(p, "tp_size", 1) == 1 and p.weight.dtype == torch.bfloat16
+                        for p in (gate_up, down))
+            if self.policy.neuron_threshold(index) > 0 and dense:
+                self.neuron_weights[index] = (gate_up.weight.data, down.weight.data.t().contiguous())
+        if self.policy.neuron_level:
+            logger.info("FFN skipping: neuron-level on %d layers; the one-row kernel reads only active neurons "
+                        "on %d of them (dense bf16)", sum(self.policy.neuron_threshold(i) > 0 for i in self.mlps),
+                        len(self.neuron_weights))
+
     def rows(self, positions: torch.Tensor) -> torch.Tensor:
         """int8 [rows]: each row's kind for this pass (the op ``ffn_skip_rows``)."""
         positions = positions.reshape(-1)
@@ -148,7 +168,8 @@ class OpSkip:
         mlp = self.mlps[index]
         gate_up, down = self.projections[index]
         out, self.countdown = skip_mlp(x, residual, self.row_kind, self.countdown, mlp.ffn_skip_counts,
-                                       mlp.ffn_skip_decisions, gate_up, down, mlp.ffn_skip_params)
+                                       mlp.ffn_skip_decisions, gate_up, down, mlp.ffn_skip_params,
+                                       self.neuron_weights.get(index))
         return out
 
     def flush_counts(self) -> None:
