@@ -217,12 +217,13 @@ def _save_profile(args: argparse.Namespace, policy, comment: str) -> None:
 def _calibrate_within_budget(args: argparse.Namespace, model, windows: list[list[int]]) -> int:
     from .skip.budget import calibrate_within_budget
 
-    result = calibrate_within_budget(model, windows, args.max_ppl_increase, skip_layers=args.skip_layers,
-                                     warmup_tokens=args.warmup_tokens)
+    result = calibrate_within_budget(model, windows, args.max_ppl_increase, granularity=args.granularity,
+                                     skip_layers=args.skip_layers, warmup_tokens=args.warmup_tokens)
     for t in result.trials:
         print(f"target {t.target:.1%}: held-out skip {t.held_out_ratio:.1%}, perplexity {t.perplexity:.3f} "
               f"({100 * (t.perplexity / result.base_perplexity - 1):+.1f}%)")
-    comment = (f"calibrated by vllm-sparse calibrate-skip --max-ppl-increase {args.max_ppl_increase:g} on {args.corpus} "
+    comment = (f"calibrated by vllm-sparse calibrate-skip --max-ppl-increase {args.max_ppl_increase:g} "
+               f"--granularity {args.granularity} on {args.corpus} "
                f"({len(windows) // 2} x {args.window} tokens, {len(windows) - len(windows) // 2} more held out)\n"
                f"model {args.model}; held-out skip ratio {result.held_out_ratio:.4f}, perplexity "
                f"{result.base_perplexity:.3f} -> {result.perplexity:.3f} ({result.increase:+.2f}%)")
@@ -243,11 +244,13 @@ def _cmd_eval_skip(args: argparse.Namespace) -> int:
     rows = []
     for spec in args.model:
         name, _, path = spec.rpartition("=")
-        rows += evaluate_model(name or Path(path).name, path, targets, args.calib_corpus, args.eval_corpus,
-                               window=args.window, count=args.count, prompts=args.prompts,
-                               new_tokens=args.new_tokens, profiles_dir=out / "profiles")
-        # Written after each model, so a long run leaves what it has measured.
-        (out / "ffn_skip_quality.json").write_text(json.dumps(rows_as_dicts(rows), indent=1))
+        for granularity in args.granularity.split(","):
+            rows += evaluate_model(name or Path(path).name, path, targets, args.calib_corpus, args.eval_corpus,
+                                   granularity=granularity, budget=args.max_ppl_increase, window=args.window,
+                                   count=args.count, prompts=args.prompts, new_tokens=args.new_tokens,
+                                   profiles_dir=out / "profiles")
+            # Written after each pass, so a long run leaves what it has measured.
+            (out / "ffn_skip_quality.json").write_text(json.dumps(rows_as_dicts(rows), indent=1))
     settings = (f"Calibrated on {args.calib_corpus.name}, measured on {args.eval_corpus.name}: {args.count} windows "
                 f"x {args.window} tokens each (every token as generated); greedy agreement over {args.prompts} "
                 f"prompts x {args.new_tokens} new tokens (32-token prompts, which never skip). k = 3, "
@@ -342,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--neuron-sparsity", type=float,
                      help="neuron-level skipping: share of FFN neurons to drop per token, e.g. 0.5 (alone, or "
                           "with --target-skip)")
+    cal.add_argument("--granularity", choices=("block", "neuron"), default="block",
+                     help="with --max-ppl-increase: skip whole FFN blocks, or neurons within them")
     cal.add_argument("--window", type=int, default=256)
     cal.add_argument("--count", type=int, default=4,
                      help="corpus windows to calibrate on (--max-ppl-increase holds out as many more)")
@@ -353,7 +358,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("model", nargs="+", help="model directory, or NAME=DIR")
     ev.add_argument("--calib-corpus", type=Path, required=True)
     ev.add_argument("--eval-corpus", type=Path, required=True)
-    ev.add_argument("--targets", default="0,0.1,0.2,0.25,0.3,0.4")
+    ev.add_argument("--targets", default="0,0.1,0.25,0.4",
+                    help="block: shares of FFN blocks; neuron: shares of neurons per token")
+    ev.add_argument("--granularity", default="block", help="block, neuron, or both: block,neuron")
+    ev.add_argument("--max-ppl-increase", type=float, default=None,
+                    help="one more row per model and granularity: the largest target within this held-out "
+                         "perplexity increase (percent), as calibrate-skip --max-ppl-increase finds it")
     ev.add_argument("--window", type=int, default=256)
     ev.add_argument("--count", type=int, default=3, help="windows per corpus (calibration and held-out)")
     ev.add_argument("--prompts", type=int, default=50)

@@ -104,3 +104,44 @@ def test_a_budget_needs_held_out_windows_and_a_sane_percentage(tiny_dir, tmp_pat
     assert "--max-ppl-increase must be a percentage" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # one goal only
         main(common + ["--max-ppl-increase", "5", "--target-skip", "0.2"])
+
+
+def test_neuron_level_calibration_drops_the_target_share(tiny_dir, tmp_path):
+    """calibrate-skip --neuron-sparsity 0.5: replayed on the calibration windows, the
+    transformers path drops half the neurons of the rows past warm-up, skips no
+    block, and the perplexity moves."""
+    from transformers import AutoTokenizer
+
+    from vllm_sparse.quality.perplexity import corpus_windows
+    from vllm_sparse.skip.evaluate import measure_on
+    from vllm_sparse.skip.hf import load_hf_llama
+    from vllm_sparse.skip.policy import SkipPolicy
+
+    out = tmp_path / "neuron.yaml"
+    assert main(["calibrate-skip", str(tiny_dir), "--corpus", str(_corpus()), "--neuron-sparsity", "0.5",
+                 "--out", str(out), "--window", "96", "--count", "2", "--warmup-tokens", "8"]) == 0
+    policy = load_policy(out)
+    assert policy.neuron_level and policy.threshold == 1.0 and len(policy.neuron_thresholds) == 10
+    model = load_hf_llama(tiny_dir, torch.float32)
+    windows = corpus_windows(AutoTokenizer.from_pretrained(tiny_dir), _corpus(), 96, 2)
+    ppl, ratios = measure_on(model, policy, windows)
+    assert ratios["block"] == 0 and abs(ratios["neuron"] - 0.5) < 0.01
+    base, _ = measure_on(model, SkipPolicy(enabled=False), windows)
+    assert ppl != base
+
+
+def test_eval_skip_reports_both_granularities_with_a_budget_row(tiny_dir, tmp_path):
+    import json
+
+    out = tmp_path / "quality"
+    assert main(["eval-skip", f"tiny={tiny_dir}", "--calib-corpus", str(_corpus()), "--eval-corpus",
+                 str(DATA / "sensesensibility.txt"), "--granularity", "block,neuron", "--targets", "0,0.3",
+                 "--max-ppl-increase", "50", "--window", "64", "--count", "2", "--prompts", "3",
+                 "--new-tokens", "6", "--out", str(out)]) == 0
+    rows = json.loads((out / "ffn_skip_quality.json").read_text())
+    assert [(r["granularity"], r["target"] if r["budget"] is None else "budget") for r in rows] == [
+        ("block", 0.0), ("block", 0.3), ("block", "budget"), ("neuron", 0.0), ("neuron", 0.3), ("neuron", "budget")]
+    neuron = rows[4]
+    assert neuron["realised_ratio"] == 0 and 0.2 < neuron["neuron_sparsity"] < 0.4
+    assert rows[0]["greedy_agreement"] == 1.0 and rows[3]["greedy_agreement"] == 1.0  # nothing skipped
+    assert (out / "ffn_skip_quality.png").stat().st_size > 0 and "neuron" in (out / "ffn_skip_quality.md").read_text()

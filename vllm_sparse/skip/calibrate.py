@@ -75,6 +75,16 @@ def neuron_thresholds(model, windows: list[list[int]], sparsity: float, warmup_t
     return tuple(thresholds)
 
 
+def neuron_policy(model, windows: list[list[int]], sparsity: float, *, skip_layers: int = 3,
+                  warmup_tokens: int = 28, progress: bool = False) -> SkipPolicy:
+    """Neuron-level skipping alone (block skipping off) at ``sparsity``."""
+    layers = len(model.model.layers)
+    return SkipPolicy(enabled=sparsity > 0, threshold=1.0, skip_layers=skip_layers, cold_start=0, cold_end=0,
+                      warmup_tokens=warmup_tokens,
+                      neuron_thresholds=neuron_thresholds(model, windows, sparsity, warmup_tokens, progress)
+                      if sparsity > 0 else ()).validate(layers)
+
+
 def choose_cold(similarities: torch.Tensor) -> tuple[int, int]:
     median = similarities.median(dim=0).values
     cut = median.median()

@@ -25,8 +25,9 @@ from .policy import SkipPolicy, save_policy
 
 
 @torch.no_grad()
-def skip_perplexity(model, policy: SkipPolicy, windows: list[list[int]]) -> tuple[float, float]:
-    """(perplexity, realised skip ratio) over the windows."""
+def measure_on(model, policy: SkipPolicy, windows: list[list[int]]) -> tuple[float, dict[str, float]]:
+    """(perplexity, {"block": share of FFN blocks skipped, "neuron": share of neurons
+    dropped in the rows that may skip}) over the windows."""
     total_nll, tokens = 0.0, 0
     with skipping(model, policy) as s:
         for window in windows:
@@ -34,7 +35,13 @@ def skip_perplexity(model, policy: SkipPolicy, windows: list[list[int]]) -> tupl
             logprobs = torch.log_softmax(model(ids).logits[0, :-1].float(), dim=-1)
             total_nll -= logprobs.gather(1, ids[0, 1:, None]).sum().item()
             tokens += len(window) - 1
-    return perplexity_from_nll(total_nll, tokens), s.skip_ratio
+    return perplexity_from_nll(total_nll, tokens), {"block": s.skip_ratio, "neuron": s.neuron_sparsity}
+
+
+def skip_perplexity(model, policy: SkipPolicy, windows: list[list[int]]) -> tuple[float, float]:
+    """(perplexity, realised skip ratio) over the windows."""
+    ppl, ratios = measure_on(model, policy, windows)
+    return ppl, ratios["block"]
 
 
 @torch.no_grad()
@@ -75,80 +82,120 @@ def prompt_windows(tokenizer, corpus: str | Path, count: int, length: int, skip_
 @dataclass
 class Row:
     model: str
-    target: float
+    granularity: str  # "block" or "neuron"
+    target: float  # block: share of FFN blocks; neuron: share of neurons per token
+    budget: float | None  # the perplexity budget (percent) this row's target was chosen by, if any
     threshold: float
     cold_start: int
     cold_end: int
     calibration_ratio: float
-    realised_ratio: float
+    realised_ratio: float  # held-out share of FFN blocks skipped
+    neuron_sparsity: float  # held-out share of neurons dropped in the rows that may skip
     perplexity: float
     greedy_agreement: float
 
+    @property
+    def ffn_reads_saved(self) -> float:
+        """Share of the FFN weight bytes a decode token does not read (estimated): a
+        skipped block saves all three projections, a dropped neuron its up row and
+        down column (the gate is read in full)."""
+        return self.realised_ratio + (1 - self.realised_ratio) * self.neuron_sparsity * 2 / 3
+
 
 def evaluate_model(name: str, model_dir: str | Path, targets: list[float], calib_corpus: str | Path,
-                   eval_corpus: str | Path, *, window: int = 256, count: int = 12, prompts: int = 50,
-                   prompt_len: int = 32, new_tokens: int = 32, skip_layers: int = 3, warmup_tokens: int = 28,
+                   eval_corpus: str | Path, *, granularity: str = "block", budget: float | None = None,
+                   window: int = 256, count: int = 12, prompts: int = 50, prompt_len: int = 32,
+                   new_tokens: int = 32, skip_layers: int = 3, warmup_tokens: int = 28,
                    profiles_dir: Path | None = None) -> list[Row]:
+    """Rows at each target, and with ``budget`` one more at the largest target whose
+    perplexity on held-out calibration windows rises at most ``budget`` percent."""
     from transformers import AutoTokenizer
+
+    from .budget import calibrate_within_budget
+    from .calibrate import neuron_policy
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = load_hf_llama(model_dir, torch.float32)
     calib = corpus_windows(tokenizer, calib_corpus, window, count)
     held_out = corpus_windows(tokenizer, eval_corpus, window, count)
     prompt_ids = prompt_windows(tokenizer, eval_corpus, prompts, prompt_len, window * count)
-    sims = record_similarities(model, calib)
+    sims = record_similarities(model, calib) if granularity == "block" else None
     prefilled = prefill(model, prompt_ids)
     reference = greedy(model, SkipPolicy(enabled=False), prompt_ids, new_tokens, prefilled)
+    chosen: list[tuple[float, float | None, SkipPolicy, float]] = []  # (target, budget, policy, calibration ratio)
+    for target in targets:
+        if granularity == "block":
+            cal = calibrate(model, calib, target, skip_layers=skip_layers, warmup_tokens=warmup_tokens,
+                            similarities=sims)
+            chosen.append((target, None, cal.policy, cal.realised_ratio))
+        else:
+            chosen.append((target, None, neuron_policy(model, calib, target, skip_layers=skip_layers,
+                                                       warmup_tokens=warmup_tokens), target))
+    if budget is not None:
+        found = calibrate_within_budget(model, calib, budget, granularity=granularity, skip_layers=skip_layers,
+                                        warmup_tokens=warmup_tokens)
+        target = max((t.target for t in found.trials if t.perplexity <= found.perplexity
+                      and t.held_out_ratio == found.held_out_ratio), default=0.0)
+        chosen.append((target, budget, found.policy, found.held_out_ratio))
     rows = []
-    for target in tqdm(targets, desc=f"{name}: targets"):
-        cal = calibrate(model, calib, target, skip_layers=skip_layers, warmup_tokens=warmup_tokens,
-                        similarities=sims)
+    for target, row_budget, policy, calibration_ratio in tqdm(chosen, desc=f"{name}: {granularity} targets"):
         if profiles_dir is not None:
-            save_policy(cal.policy, profiles_dir / f"{name}_{int(round(target * 100))}.yaml",
-                        f"calibrated by vllm-sparse eval-skip on {calib_corpus}, target {target}")
-        ppl, ratio = skip_perplexity(model, cal.policy, held_out)
-        continuation = greedy(model, cal.policy, prompt_ids, new_tokens, prefilled)
+            tag = f"budget{row_budget:g}" if row_budget is not None else f"{int(round(target * 100))}"
+            save_policy(policy, profiles_dir / f"{name}_{granularity}_{tag}.yaml",
+                        f"calibrated by vllm-sparse eval-skip on {calib_corpus}, {granularity} target {target}"
+                        + (f" (within +{row_budget:g}% perplexity)" if row_budget is not None else ""))
+        ppl, ratios = measure_on(model, policy, held_out)
+        continuation = greedy(model, policy, prompt_ids, new_tokens, prefilled)
         agreement = (continuation == reference).float().mean().item()
-        p = cal.policy
-        rows.append(Row(name, target, p.threshold, p.cold_start, p.cold_end, cal.realised_ratio, ratio, ppl, agreement))
+        rows.append(Row(name, granularity, target, row_budget, policy.threshold, policy.cold_start, policy.cold_end,
+                        calibration_ratio, ratios["block"], ratios["neuron"], ppl, agreement))
     return rows
 
 
 def markdown_table(rows: list[Row]) -> str:
-    head = ("| model | target | threshold | cold (start+end) | skip ratio, calibration | skip ratio, held-out "
-            "| perplexity, held-out | greedy agreement |\n|---|---|---|---|---|---|---|---|\n")
+    head = ("| model | granularity | target | threshold | cold (start+end) | calibration | blocks skipped, held-out "
+            "| neurons dropped, held-out | FFN reads saved (est.) | perplexity, held-out | greedy agreement |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|\n")
     body = "".join(
-        f"| {r.model} | {r.target:.0%} | {r.threshold:.4f} | {r.cold_start}+{r.cold_end} | {r.calibration_ratio:.1%} "
-        f"| {r.realised_ratio:.1%} | {r.perplexity:.2f} | {r.greedy_agreement:.1%} |\n" for r in rows)
+        f"| {r.model} | {r.granularity} | "
+        + (f"{r.target:.0%} (+{r.budget:g}% ppl budget)" if r.budget is not None else f"{r.target:.0%}")
+        + f" | {r.threshold:.4f} | {r.cold_start}+{r.cold_end} | {r.calibration_ratio:.1%} "
+        f"| {r.realised_ratio:.1%} | {r.neuron_sparsity:.1%} | {r.ffn_reads_saved:.1%} | {r.perplexity:.2f} "
+        f"| {r.greedy_agreement:.1%} |\n" for r in rows)
     return head + body
 
 
 def plot(rows: list[Row], path: Path) -> Path:
+    """Perplexity and greedy agreement against the share of FFN weight reads saved
+    per decode token (what decode speed follows on a bandwidth-bound CPU), one line
+    per model and granularity."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_ppl, ax_agree) = plt.subplots(1, 2, figsize=(10, 4))
-    for name in dict.fromkeys(r.model for r in rows):
-        mine = [r for r in rows if r.model == name]
-        x = [100 * r.realised_ratio for r in mine]
-        ax_ppl.plot(x, [r.perplexity for r in mine], marker="o", label=name)
-        ax_agree.plot(x, [100 * r.greedy_agreement for r in mine], marker="o", label=name)
-    ax_ppl.set(xlabel="realised FFN skip ratio, held-out (%)", ylabel="perplexity (log scale)",
+    fig, (ax_ppl, ax_agree) = plt.subplots(1, 2, figsize=(11, 4))
+    for key in dict.fromkeys((r.model, r.granularity) for r in rows):
+        mine = sorted((r for r in rows if (r.model, r.granularity) == key), key=lambda r: r.ffn_reads_saved)
+        x = [100 * r.ffn_reads_saved for r in mine]
+        style = "o-" if key[1] == "block" else "s--"
+        label = f"{key[0]}, {key[1]}"
+        ax_ppl.plot(x, [r.perplexity for r in mine], style, label=label)
+        ax_agree.plot(x, [100 * r.greedy_agreement for r in mine], style, label=label)
+    ax_ppl.set(xlabel="FFN weight reads saved per decode token, estimated (%)", ylabel="perplexity (log scale)",
                title="Perplexity (held-out)", yscale="log")
-    ax_agree.set(xlabel="realised FFN skip ratio, held-out (%)", ylabel="identical greedy tokens (%)",
-                 title="Greedy agreement with no skipping")
+    ax_agree.set(xlabel="FFN weight reads saved per decode token, estimated (%)",
+                 ylabel="identical greedy tokens (%)", title="Greedy agreement with no skipping")
     for ax in (ax_ppl, ax_agree):
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return path
 
 
 def rows_as_dicts(rows: list[Row]) -> list[dict]:
-    return [asdict(r) for r in rows]
+    return [{**asdict(r), "ffn_reads_saved": round(r.ffn_reads_saved, 4)} for r in rows]
 
 
 def write_report(rows: list[Row], out: Path, command: str, settings: str) -> Path:

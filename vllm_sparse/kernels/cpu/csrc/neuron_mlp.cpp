@@ -72,6 +72,11 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void axpy_bf16(f
 
 float silu(float g) { return g / (1.0f + std::exp(-g)); }
 
+void prefetch_row(const bf16_t* row, int64_t n) {
+    const char* p = reinterpret_cast<const char*>(row);
+    for (int64_t b = 0; b < n * 2; b += 64) _mm_prefetch(p + b, _MM_HINT_T0);
+}
+
 }  // namespace
 
 bool neuron_mlp_decode_supported() {
@@ -95,36 +100,36 @@ at::Tensor neuron_mlp_decode(const at::Tensor& x, const at::Tensor& gate_up, con
     const bf16_t* wg = reinterpret_cast<const bf16_t*>(gate_up.data_ptr());
     const bf16_t* wd = reinterpret_cast<const bf16_t*>(down_t.data_ptr());
 
-    // 1. Gate in full; keep the neurons above the threshold with their SiLU.
-    std::vector<float> act(inter);
-    at::parallel_for(0, inter, 256, [&](int64_t begin, int64_t end) {
-        for (int64_t j = begin; j < end; j++)
-            act[j] = round_bf16(silu(round_bf16(dot_bf16(wg + j * hidden, xp, hidden))));
-    });
     // Compared in bf16, as the masked path's ATen comparison of a bf16 tensor with the
     // threshold does (the threshold rounded to bf16).
     const float limit = round_bf16(static_cast<float>(threshold));
-    std::vector<int64_t> active;
-    active.reserve(inter);
-    for (int64_t j = 0; j < inter; j++)
-        if (std::fabs(act[j]) > limit) active.push_back(j);
-
-    // 2. Up rows and down columns of the active neurons; each task sums into its own
-    // fp32 row, then the rows are added.
-    const int64_t n_active = static_cast<int64_t>(active.size());
-    const int tasks = std::max(1, std::min<int>(at::get_num_threads(), static_cast<int>((n_active + 63) / 64)));
+    // One parallel region: each task takes a range of neurons, reads their gate rows,
+    // then the up rows and down columns of the active ones among them, and sums into
+    // its own fp32 row; the rows are added at the end.
+    const int tasks = std::max<int>(1, std::min<int64_t>(at::get_num_threads(), inter / 64));
     std::vector<float> partial(static_cast<size_t>(tasks) * hidden, 0.0f);
     at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
         for (int64_t t = t0; t < t1; t++) {
+            const int64_t first = inter * t / tasks, last = inter * (t + 1) / tasks;
+            std::vector<std::pair<int64_t, float>> active;  // (neuron, SiLU(gate))
+            active.reserve(last - first);
+            for (int64_t j = first; j < last; j++) {
+                const float act = round_bf16(silu(round_bf16(dot_bf16(wg + j * hidden, xp, hidden))));
+                if (std::fabs(act) > limit) active.emplace_back(j, act);
+            }
             float* acc = partial.data() + t * hidden;
-            const int64_t first = n_active * t / tasks, last = n_active * (t + 1) / tasks;
             const bf16_t* rows[4];
             float scale[4];
             int count = 0;
-            for (int64_t i = first; i < last; i++) {
-                const int64_t j = active[i];
+            for (size_t i = 0; i < active.size(); i++) {
+                const int64_t j = active[i].first;
+                if (i + 1 < active.size()) {  // the next neuron's rows are not adjacent: fetch them early
+                    const int64_t next = active[i + 1].first;
+                    prefetch_row(wg + (inter + next) * hidden, hidden);
+                    prefetch_row(wd + next * hidden, hidden);
+                }
                 const float up = round_bf16(dot_bf16(wg + (inter + j) * hidden, xp, hidden));
-                scale[count] = round_bf16(act[j] * up);
+                scale[count] = round_bf16(active[i].second * up);
                 rows[count++] = wd + j * hidden;
                 if (count == 4) {
                     axpy_bf16(acc, rows, scale, count, hidden);

@@ -95,6 +95,26 @@ at::Tensor run_linear(const at::Tensor& x, int64_t kind, const std::vector<at::T
     TORCH_CHECK(false, "cpu_skip_mlp: unknown projection kind ", kind);
 }
 
+// Zero the entries of act (a column slice of [rows, intermediate]) with |value| <=
+// threshold in the rows where drop_rows ([rows, 1] bool) is set. The comparison is
+// made in act's dtype, as ATen compares a tensor with a scalar (the threshold rounded
+// to bf16 for bf16), so the transformers path and the one-row kernel drop the same.
+void drop_neurons(at::Tensor& act, const at::Tensor& drop_rows, double threshold) {
+    const bool* drop = drop_rows.data_ptr<bool>();
+    const int64_t rows = act.size(0), width = act.size(1), stride = act.stride(0);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, act.scalar_type(), "drop_neurons", [&] {
+        const scalar_t limit = static_cast<scalar_t>(threshold);
+        const float bound = static_cast<float>(limit);
+        scalar_t* base = act.data_ptr<scalar_t>();
+        for (int64_t r = 0; r < rows; r++) {
+            if (!drop[r]) continue;
+            scalar_t* row = base + r * stride;
+            for (int64_t c = 0; c < width; c++)
+                if (std::fabs(static_cast<float>(row[c])) <= bound) row[c] = scalar_t(0);
+        }
+    });
+}
+
 struct Projections {
     int64_t gu_kind;
     const std::vector<at::Tensor>& gu_t;
@@ -106,7 +126,7 @@ struct Projections {
 
 // gate_up -> SiLU(gate) * up -> down. The activation uses the same ATen ops as
 // vLLM's SiluAndMul on x86 CPUs (forward_native), so computed rows match it bit for bit.
-// Neuron-level skipping: in the rows where drop_rows (bool [rows, 1]) is set, the
+// Neuron-level skipping: in the rows where drop_rows (bool [rows]) is set, the
 // neurons with |SiLU(gate)| <= neuron_threshold are zeroed before the multiply.
 at::Tensor run_mlp(const at::Tensor& x, const Projections& p, double neuron_threshold,
                    const at::Tensor& drop_rows) {
@@ -126,7 +146,7 @@ at::Tensor run_mlp(const at::Tensor& x, const Projections& p, double neuron_thre
         const int64_t c0 = begin * 64, width = std::min(end * 64, inter) - c0;
         at::Tensor out = act.narrow(1, c0, width);
         at::silu_out(out, gate_up.narrow(1, c0, width));
-        if (drop) out.masked_fill_(out.abs().le(neuron_threshold).logical_and_(drop_rows), 0);
+        if (drop) drop_neurons(out, drop_rows, neuron_threshold);
         out.mul_(gate_up.narrow(1, inter + c0, width));
     });
     return run_linear(act, p.down_kind, p.down_t, p.down_ints);
@@ -202,7 +222,7 @@ std::tuple<at::Tensor, at::Tensor> skip_mlp(
 
     // Rows that drop neurons (neuron-level skipping): the ones that may skip.
     at::Tensor may_skip;
-    if (neuron_threshold > 0) may_skip = row_kind.eq(kMaySkip).unsqueeze(1);
+    if (neuron_threshold > 0) may_skip = row_kind.eq(kMaySkip).contiguous();
 
     // One decoding row that computes and drops neurons: read only its active neurons.
     static const bool neuron_kernel = neuron_mlp_decode_supported();
