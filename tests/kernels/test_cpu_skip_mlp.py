@@ -12,8 +12,8 @@ from vllm_sparse.kernels import CPU_SPARSE
 from vllm_sparse.kernels import cpu as cpu_kernels
 from vllm_sparse.kernels.cpu import isa, layout24
 from vllm_sparse.kernels.cpu.layout import CpuSparseLayout
-from vllm_sparse.kernels.cpu.skip_mlp import (ROW_COMPUTE, ROW_MAY_SKIP, ROW_UNCOUNTED, Projection, skip_mlp,
-                                              skip_params)
+from vllm_sparse.kernels.cpu.skip_mlp import (ROW_COMPUTE, ROW_MAY_SKIP, ROW_UNCOUNTED, Projection, neuron_weights,
+                                              skip_mlp, skip_params)
 from vllm_sparse.kernels.dispatcher import PackedWeight
 from vllm_sparse.skip.decision import SkipRun, layer_is_hot, residual_cosine
 from vllm_sparse.skip.policy import SkipPolicy
@@ -202,12 +202,12 @@ def test_one_row_neuron_kernel_reads_only_active_neurons():
     dropped = act.abs()[0] <= threshold
     assert 0.2 < dropped.float().mean() < 0.8
     expected = F.linear(act.masked_fill(dropped, 0) * h[:, inter:], down).float()
-    poisoned_gate_up, down_t = gate_up.clone(), down.t().contiguous()
-    poisoned_gate_up[inter:][dropped] = float("nan")
-    down_t[dropped] = float("nan")
+    gate, up_down = neuron_weights(gate_up, down)
+    assert torch.equal(up_down[:, :hidden], gate_up[inter:]) and torch.equal(up_down[:, hidden:], down.t())
+    up_down[dropped] = float("nan")
     params = skip_params(hot=True, check=False, threshold=1.0, skip_layers=1, neuron_threshold=threshold)
     out, _ = skip_mlp(x, x, torch.ones(1, dtype=torch.int8), torch.zeros(1, dtype=torch.int32),
                       torch.zeros(2, dtype=torch.int64), torch.zeros(1, dtype=torch.uint8),
-                      Projection.dense(gate_up), Projection.dense(down), params, (poisoned_gate_up, down_t))
+                      Projection.dense(gate_up), Projection.dense(down), params, (gate, up_down))
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out.float(), expected, rtol=2e-2, atol=2e-3)

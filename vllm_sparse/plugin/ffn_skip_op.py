@@ -28,7 +28,8 @@ import torch
 
 from ..kernels import dispatcher
 from ..kernels.cpu import build as cpu_build
-from ..kernels.cpu.skip_mlp import ROW_COMPUTE, ROW_MAY_SKIP, ROW_UNCOUNTED, Projection, skip_mlp, skip_params
+from ..kernels.cpu.skip_mlp import (ROW_COMPUTE, ROW_MAY_SKIP, ROW_UNCOUNTED, Projection, neuron_weights, skip_mlp,
+                                    skip_params)
 from ..skip.decision import layer_is_hot
 from ..skip.policy import SkipPolicy
 from . import vllm_internals as vi
@@ -69,8 +70,8 @@ class OpSkip:
         self.first_layer = first_layer
         self.mlps = mlps
         self.projections: dict[int, tuple[Projection, Projection]] = {}
-        # Neuron-level skipping: per layer, bf16 (gate_up [2I, H], down transposed [I, H])
-        # for the one-row kernel that reads only the active neurons.
+        # Neuron-level skipping: per layer, the bf16 weights laid out for the one-row
+        # kernel that reads only the active neurons (kernels/cpu/skip_mlp.neuron_weights).
         self.neuron_weights: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         last_hot = num_layers - policy.cold_end - 1
         checking = policy.enabled and policy.threshold < 1.0
@@ -119,16 +120,16 @@ class OpSkip:
 
     def keep_neuron_weights(self) -> None:
         """Called once the checkpoint is loaded, before vLLM prepacks the weights and
-        drops the plain tensors: keep gate_up and a transposed down_proj of each dense
-        bf16 layer under neuron-level skipping (an extra copy of those MLPs: vLLM's
-        prepacked one still serves batched and prompt rows)."""
+        drops the plain tensors: lay out each dense bf16 layer under neuron-level
+        skipping for the one-row kernel (an extra copy of those MLPs: vLLM's prepacked
+        one still serves batched and prompt rows)."""
         for index, mlp in self.mlps.items():
             gate_up, down = mlp.gate_up_proj, mlp.down_proj
             dense = all(isinstance(p.quant_method, vi.UnquantizedLinearMethod) and getattr(p, "bias", None) is None
                         and getattr(p, "tp_size", 1) == 1 and p.weight.dtype == torch.bfloat16
                         for p in (gate_up, down))
             if self.policy.neuron_threshold(index) > 0 and dense:
-                self.neuron_weights[index] = (gate_up.weight.data, down.weight.data.t().contiguous())
+                self.neuron_weights[index] = neuron_weights(gate_up.weight.data, down.weight.data)
         if self.policy.neuron_level:
             logger.info("FFN skipping: neuron-level on %d layers; the one-row kernel reads only active neurons "
                         "on %d of them (dense bf16)", sum(self.policy.neuron_threshold(i) > 0 for i in self.mlps),

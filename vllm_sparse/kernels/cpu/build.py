@@ -159,7 +159,7 @@ def _register_fakes() -> None:
 
     @torch.library.register_fake("vllm_sparse::cpu_skip_mlp")
     def _(x, residual, row_kind, countdown, counts, decisions, gate_up_kind, gate_up_tensors, gate_up_ints,
-          down_kind, down_tensors, down_ints, params, neuron_gate_up=None, neuron_down_t=None):
+          down_kind, down_tensors, down_ints, params, neuron_gate=None, neuron_up_down=None):
         return torch.empty_like(x), torch.empty_like(countdown)
 
     @torch.library.register_fake("vllm_sparse::cpu_sparse_unpack")

@@ -61,17 +61,25 @@ def skip_params(*, hot: bool, check: bool, threshold: float, skip_layers: int,
                         dtype=torch.float64)
 
 
+def neuron_weights(gate_up: torch.Tensor, down: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one-row neuron-level kernel's layout of a dense MLP: (gate [I, H], up_down
+    [I, 2H]), where row j is neuron j's up row followed by its down_proj column."""
+    inter = down.shape[1]
+    return gate_up[:inter].contiguous(), torch.cat([gate_up[inter:], down.t()], dim=1).contiguous()
+
+
 def skip_mlp(x: torch.Tensor, residual: torch.Tensor, row_kind: torch.Tensor, countdown: torch.Tensor,
              counts: torch.Tensor, decisions: torch.Tensor, gate_up: Projection, down: Projection,
-             params: torch.Tensor, neuron_weights: tuple[torch.Tensor, torch.Tensor] | None = None,
+             params: torch.Tensor, neuron_layout: tuple[torch.Tensor, torch.Tensor] | None = None,
              ) -> tuple[torch.Tensor, torch.Tensor]:
     """(FFN output [rows, hidden] with zero rows where skipped, the next countdown).
     ``counts`` (int64 [2]: skipped, computed) and ``decisions`` (uint8, 1 = skipped)
-    are updated in place; ``params`` from ``skip_params``. ``neuron_weights``: the
-    layer's bf16 (gate_up [2I, H], down transposed [I, H]), with which a single decoding
-    row under neuron-level skipping reads only its active neurons (AVX-512 BF16 hosts)."""
-    gu_w, down_t = neuron_weights if neuron_weights is not None else (None, None)
+    are updated in place; ``params`` from ``skip_params``. ``neuron_layout``: the
+    layer's bf16 weights as ``neuron_weights`` lays them out, with which a single
+    decoding row under neuron-level skipping reads only its active neurons (AVX-512
+    BF16 hosts)."""
+    gate, up_down = neuron_layout if neuron_layout is not None else (None, None)
     return torch.ops.vllm_sparse.cpu_skip_mlp(
         x, residual, row_kind, countdown, counts, decisions,
         gate_up.kind, list(gate_up.tensors), list(gate_up.ints), down.kind, list(down.tensors), list(down.ints),
-        params, gu_w, down_t)
+        params, gate, up_down)

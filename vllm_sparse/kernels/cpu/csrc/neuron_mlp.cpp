@@ -1,7 +1,8 @@
 // Neuron-level skipping at decode (one token row, bf16 weights, AVX-512 BF16): the
 // MLP reads the gate rows in full, then only the up_proj rows and down_proj columns of
-// the neurons whose |SiLU(gate)| is above the layer's threshold. down_proj is given
-// transposed ([intermediate, hidden]) so that a neuron's column is one contiguous row.
+// the neurons whose |SiLU(gate)| is above the layer's threshold. The weights come as
+// gate [intermediate, hidden] and up_down [intermediate, 2 * hidden]: neuron j's up
+// row followed by its down_proj column, one contiguous 4 * hidden bytes to fetch.
 //
 // Rounding follows the dense path (skip_mlp.cpp: run_mlp) step by step: gate and up
 // rounded to bf16 as a GEMM would write them, SiLU rounded to bf16, the product
@@ -39,19 +40,19 @@ inline float round_bf16(float f) { return bf16_to_float(float_to_bf16(f)); }
 
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) float dot_bf16(const bf16_t* w, const bf16_t* x,
                                                                        int64_t n) {
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+    // Four independent sums: one would wait on each multiply-add's latency.
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
     int64_t k = 0;
-    for (; k + 64 <= n; k += 64) {
-        acc0 = _mm512_dpbf16_ps(acc0, (__m512bh)_mm512_loadu_si512(w + k), (__m512bh)_mm512_loadu_si512(x + k));
-        acc1 = _mm512_dpbf16_ps(acc1, (__m512bh)_mm512_loadu_si512(w + k + 32),
-                                (__m512bh)_mm512_loadu_si512(x + k + 32));
-    }
+    for (; k + 128 <= n; k += 128)
+        for (int i = 0; i < 4; i++)
+            acc[i] = _mm512_dpbf16_ps(acc[i], (__m512bh)_mm512_loadu_si512(w + k + 32 * i),
+                                      (__m512bh)_mm512_loadu_si512(x + k + 32 * i));
     for (; k < n; k += 32) {
         const __mmask32 m = n - k >= 32 ? ~__mmask32(0) : (__mmask32(1) << (n - k)) - 1;
-        acc0 = _mm512_dpbf16_ps(acc0, (__m512bh)_mm512_maskz_loadu_epi16(m, w + k),
-                                (__m512bh)_mm512_maskz_loadu_epi16(m, x + k));
+        acc[0] = _mm512_dpbf16_ps(acc[0], (__m512bh)_mm512_maskz_loadu_epi16(m, w + k),
+                                  (__m512bh)_mm512_maskz_loadu_epi16(m, x + k));
     }
-    return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
 }
 
 // acc[0:n] += sum_i scale[i] * rows[i][0:n] for `count` (1..4) rows.
@@ -72,6 +73,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void axpy_bf16(f
 
 float silu(float g) { return g / (1.0f + std::exp(-g)); }
 
+constexpr size_t kAhead = 2;  // neurons ahead whose rows are prefetched
+
 void prefetch_row(const bf16_t* row, int64_t n) {
     const char* p = reinterpret_cast<const char*>(row);
     for (int64_t b = 0; b < n * 2; b += 64) _mm_prefetch(p + b, _MM_HINT_T0);
@@ -86,19 +89,19 @@ bool neuron_mlp_decode_supported() {
            __builtin_cpu_supports("avx512bf16");
 }
 
-at::Tensor neuron_mlp_decode(const at::Tensor& x, const at::Tensor& gate_up, const at::Tensor& down_t,
+at::Tensor neuron_mlp_decode(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& up_down,
                              double threshold) {
-    const int64_t hidden = x.size(1), inter = down_t.size(0);
+    const int64_t hidden = x.size(1), inter = gate.size(0);
     TORCH_CHECK(x.size(0) == 1 && x.scalar_type() == at::kBFloat16 && x.is_contiguous(),
                 "neuron_mlp_decode: x must be one contiguous bf16 row");
-    TORCH_CHECK(gate_up.scalar_type() == at::kBFloat16 && gate_up.is_contiguous() &&
-                    gate_up.size(0) == 2 * inter && gate_up.size(1) == hidden,
-                "neuron_mlp_decode: gate_up must be contiguous bf16 [2 * intermediate, hidden]");
-    TORCH_CHECK(down_t.scalar_type() == at::kBFloat16 && down_t.is_contiguous() && down_t.size(1) == hidden,
-                "neuron_mlp_decode: down_t must be contiguous bf16 [intermediate, hidden]");
+    TORCH_CHECK(gate.scalar_type() == at::kBFloat16 && gate.is_contiguous() && gate.size(1) == hidden,
+                "neuron_mlp_decode: gate must be contiguous bf16 [intermediate, hidden]");
+    TORCH_CHECK(up_down.scalar_type() == at::kBFloat16 && up_down.is_contiguous() && up_down.size(0) == inter &&
+                    up_down.size(1) == 2 * hidden,
+                "neuron_mlp_decode: up_down must be contiguous bf16 [intermediate, 2 * hidden]");
     const bf16_t* xp = reinterpret_cast<const bf16_t*>(x.data_ptr());
-    const bf16_t* wg = reinterpret_cast<const bf16_t*>(gate_up.data_ptr());
-    const bf16_t* wd = reinterpret_cast<const bf16_t*>(down_t.data_ptr());
+    const bf16_t* wg = reinterpret_cast<const bf16_t*>(gate.data_ptr());
+    const bf16_t* wud = reinterpret_cast<const bf16_t*>(up_down.data_ptr());
 
     // Compared in bf16, as the masked path's ATen comparison of a bf16 tensor with the
     // threshold does (the threshold rounded to bf16).
@@ -122,16 +125,13 @@ at::Tensor neuron_mlp_decode(const at::Tensor& x, const at::Tensor& gate_up, con
             float scale[4];
             int count = 0;
             for (size_t i = 0; i < active.size(); i++) {
-                const int64_t j = active[i].first;
-                if (i + 1 < active.size()) {  // the next neuron's rows are not adjacent: fetch them early
-                    const int64_t next = active[i + 1].first;
-                    prefetch_row(wg + (inter + next) * hidden, hidden);
-                    prefetch_row(wd + next * hidden, hidden);
-                }
-                const float up = round_bf16(dot_bf16(wg + (inter + j) * hidden, xp, hidden));
+                if (i + kAhead < active.size())  // rows of scattered neurons: fetch them early
+                    prefetch_row(wud + active[i + kAhead].first * 2 * hidden, 2 * hidden);
+                const bf16_t* row = wud + active[i].first * 2 * hidden;  // [up_j | down column j]
+                const float up = round_bf16(dot_bf16(row, xp, hidden));
                 scale[count] = round_bf16(active[i].second * up);
-                rows[count++] = wd + j * hidden;
-                if (count == 4) {
+                rows[count++] = row + hidden;
+                if (count == 4) {  // four down columns added in one pass over the sums
                     axpy_bf16(acc, rows, scale, count, hidden);
                     count = 0;
                 }

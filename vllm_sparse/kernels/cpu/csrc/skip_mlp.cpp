@@ -4,10 +4,10 @@
 //   cpu_skip_mlp(x, residual, row_kind, countdown, counts!, decisions!,
 //                gate_up_kind, gate_up_tensors, gate_up_ints,
 //                down_kind, down_tensors, down_ints, params,
-//                neuron_gate_up?, neuron_down_t?) -> (out, countdown)
+//                neuron_gate?, neuron_up_down?) -> (out, countdown)
 //
 // params (float64 [5]: hot, check, threshold, skip_layers, neuron_threshold) is data,
-// not constants (neuron_gate_up / neuron_down_t: the layer's bf16 weights for the
+// not constants (neuron_gate / neuron_up_down: the layer's bf16 weights for the
 // one-row neuron-level kernel, neuron_mlp.cpp);
 // a compiled graph cached on disk and loaded by an engine with another skip profile
 // must still apply that profile.
@@ -187,8 +187,8 @@ std::tuple<at::Tensor, at::Tensor> skip_mlp(
     const at::Tensor& x, const at::Tensor& residual, const at::Tensor& row_kind, const at::Tensor& countdown,
     at::Tensor& counts, at::Tensor& decisions, int64_t gu_kind, std::vector<at::Tensor> gu_t,
     c10::IntArrayRef gu_ints, int64_t down_kind, std::vector<at::Tensor> down_t, c10::IntArrayRef down_ints,
-    const at::Tensor& params, const std::optional<at::Tensor>& neuron_gate_up,
-    const std::optional<at::Tensor>& neuron_down_t) {
+    const at::Tensor& params, const std::optional<at::Tensor>& neuron_gate,
+    const std::optional<at::Tensor>& neuron_up_down) {
     TORCH_CHECK(x.dim() == 2 && residual.sizes() == x.sizes() && residual.scalar_type() == x.scalar_type(),
                 "cpu_skip_mlp: x and residual must be [rows, hidden] of one dtype");
     const int64_t rows = x.size(0);
@@ -227,12 +227,12 @@ std::tuple<at::Tensor, at::Tensor> skip_mlp(
     // One decoding row that computes and drops neurons: read only its active neurons.
     static const bool neuron_kernel = neuron_mlp_decode_supported();
     const bool neuron_decode = neuron_kernel && rows == 1 && n_computed == 1 && neuron_threshold > 0 &&
-                               kind[0] == kMaySkip && neuron_gate_up.has_value() && neuron_down_t.has_value() &&
+                               kind[0] == kMaySkip && neuron_gate.has_value() && neuron_up_down.has_value() &&
                                x.scalar_type() == at::kBFloat16;
 
     at::Tensor out;
     if (neuron_decode) {
-        out = neuron_mlp_decode(x.contiguous(), *neuron_gate_up, *neuron_down_t, neuron_threshold);
+        out = neuron_mlp_decode(x.contiguous(), *neuron_gate, *neuron_up_down, neuron_threshold);
     } else if (n_computed == rows || (n_computed > 0 && rows <= kDecodeRows)) {
         out = run_mlp(x.contiguous(), proj, neuron_threshold, may_skip);
         if (n_computed < rows) {  // computed for nothing: a skipped row's output is exactly zero
@@ -286,8 +286,8 @@ std::tuple<at::Tensor, at::Tensor> skip_mlp(
 TORCH_LIBRARY_FRAGMENT(vllm_sparse, m) {
     m.def("cpu_skip_mlp(Tensor x, Tensor residual, Tensor row_kind, Tensor countdown, Tensor(a!) counts, "
           "Tensor(b!) decisions, int gate_up_kind, Tensor[] gate_up_tensors, int[] gate_up_ints, int down_kind, "
-          "Tensor[] down_tensors, int[] down_ints, Tensor params, Tensor? neuron_gate_up=None, "
-          "Tensor? neuron_down_t=None) "
+          "Tensor[] down_tensors, int[] down_ints, Tensor params, Tensor? neuron_gate=None, "
+          "Tensor? neuron_up_down=None) "
           "-> (Tensor, Tensor)");
 }
 
