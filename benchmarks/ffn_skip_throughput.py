@@ -132,7 +132,7 @@ def main() -> None:
                              "calibrated to (calibrate-skip --neuron-sparsity)")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/ffn_skip_speed.json",
                         help="records {model, mode, batch, granularity, skip_ratio, speedup, ...}; records of "
-                             "other models and modes already there are kept")
+                             "other models, modes and profiles already there are kept")
     args = parser.parse_args()
     for key, value in {"HF_HUB_OFFLINE": "1", "VLLM_HOST_IP": "127.0.0.1", "VLLM_CPU_KVCACHE_SPACE": "1",
                        "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}.items():
@@ -193,7 +193,7 @@ def _report(args, rates, ratios, breakdown) -> str:
 
 def _write_json(args, rates, ratios) -> None:
     """Machine (CPU, ISA path of our kernels, threads, date) and one record per batch,
-    merged into ``args.json`` by (model, mode, batch, granularity)."""
+    merged into ``args.json`` by (model, mode, batch, granularity, profile)."""
     import torch
 
     from vllm_sparse.kernels.cpu import build, isa
@@ -214,10 +214,10 @@ def _write_json(args, rates, ratios) -> None:
                         "profile": _shown(args.profile), "skip_ratio": round(ratios[batch], 4),
                         "neuron_sparsity": args.neuron_sparsity if policy.neuron_level else None,
                         "speedup": round(on / off, 3), "off_tok_s": round(off, 1), "on_tok_s": round(on, 1),
-                        "rounds": args.rounds, "date": machine["date"]})
+                        "rounds": args.rounds, "date": machine["date"], "command": machine["command"]})
 
     def key(r):
-        return r["model"], r["mode"], r["batch"], r["granularity"]
+        return r["model"], r["mode"], r["batch"], r["granularity"], r.get("profile")
 
     kept = []
     if args.json.exists():

@@ -67,7 +67,7 @@ def test_calibrate_skip_within_a_perplexity_budget(tiny_dir, tmp_path, capsys):
 
     from vllm_sparse.quality.perplexity import corpus_windows
     from vllm_sparse.skip.budget import split_windows
-    from vllm_sparse.skip.evaluate import skip_perplexity
+    from vllm_sparse.skip.measure import skip_perplexity
     from vllm_sparse.skip.hf import load_hf_llama
     from vllm_sparse.skip.policy import SkipPolicy
 
@@ -113,7 +113,7 @@ def test_neuron_level_calibration_drops_the_target_share(tiny_dir, tmp_path):
     from transformers import AutoTokenizer
 
     from vllm_sparse.quality.perplexity import corpus_windows
-    from vllm_sparse.skip.evaluate import measure_on
+    from vllm_sparse.skip.measure import measure_on
     from vllm_sparse.skip.hf import load_hf_llama
     from vllm_sparse.skip.policy import SkipPolicy
 

@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from .calibrate import calibrate, neuron_policy, record_similarities, simulate
-from .evaluate import measure_on
+from .measure import measure_on
 from .policy import SkipPolicy
 
 GRANULARITIES = ("block", "neuron")

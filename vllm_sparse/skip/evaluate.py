@@ -18,30 +18,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..quality.perplexity import corpus_windows, perplexity_from_nll
-from .calibrate import calibrate, record_similarities
+from ..quality.perplexity import corpus_windows
+from .budget import calibrate_within_budget
+from .calibrate import calibrate, neuron_policy, record_similarities
 from .hf import load_hf_llama, skipping
+from .measure import measure_on
 from .policy import SkipPolicy, save_policy
-
-
-@torch.no_grad()
-def measure_on(model, policy: SkipPolicy, windows: list[list[int]]) -> tuple[float, dict[str, float]]:
-    """(perplexity, {"block": share of FFN blocks skipped, "neuron": share of neurons
-    dropped in the rows that may skip}) over the windows."""
-    total_nll, tokens = 0.0, 0
-    with skipping(model, policy) as s:
-        for window in windows:
-            ids = torch.tensor([window])
-            logprobs = torch.log_softmax(model(ids).logits[0, :-1].float(), dim=-1)
-            total_nll -= logprobs.gather(1, ids[0, 1:, None]).sum().item()
-            tokens += len(window) - 1
-    return perplexity_from_nll(total_nll, tokens), {"block": s.skip_ratio, "neuron": s.neuron_sparsity}
-
-
-def skip_perplexity(model, policy: SkipPolicy, windows: list[list[int]]) -> tuple[float, float]:
-    """(perplexity, realised skip ratio) over the windows."""
-    ppl, ratios = measure_on(model, policy, windows)
-    return ppl, ratios["block"]
 
 
 @torch.no_grad()
@@ -110,9 +92,6 @@ def evaluate_model(name: str, model_dir: str | Path, targets: list[float], calib
     """Rows at each target, and with ``budget`` one more at the largest target whose
     perplexity on held-out calibration windows rises at most ``budget`` percent."""
     from transformers import AutoTokenizer
-
-    from .budget import calibrate_within_budget
-    from .calibrate import neuron_policy
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = load_hf_llama(model_dir, torch.float32)
@@ -214,7 +193,7 @@ def write_report(rows: list[Row], out: Path, command: str, settings: str) -> Pat
             f"Machine: {platform.machine()}, {os.cpu_count()} cores, {gpu}; date {datetime.date.today()}; "
             f"transformers path (fp32), the same decision code vLLM runs.\n\n"
             f"Command: `{command}`\n\n{settings}\n\n{markdown_table(rows)}\n"
-            f"![perplexity and greedy agreement against realised skip ratio](ffn_skip_quality.png)\n")
+            f"![perplexity and greedy agreement against the FFN weight reads saved](ffn_skip_quality.png)\n")
     path = out / "ffn_skip_quality.md"
     path.write_text(text)
     return path
