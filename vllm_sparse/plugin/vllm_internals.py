@@ -52,7 +52,9 @@ Internals:
   ``_C::onednn_mm(out, x, bias, handler_tensor)``; the model-level
   ``process_weights_after_loading()`` hook (model_loader/utils.py) is where the
   projections are looked up, and ``scheduler_config.max_num_batched_tokens`` bounds
-  the rows of a pass.
+  the rows of a pass. Neuron-level skipping overrides the model's ``load_weights``
+  to lay out the dense MLP weights (``layer.weight``) before vLLM's post-load step
+  prepacks them and replaces ``weight`` with an empty parameter.
 - ``get_current_vllm_config_or_none`` (config/vllm.py): set while the model is
   built; a layer's method reads ``scheduler_config.max_num_seqs`` there (the largest
   decode batch, which the CPU dispatcher's batched-decode rule is held to).
