@@ -392,3 +392,16 @@ def test_stream_read_reads_every_word():
     for n in (1, 7, 4096 * 8 + 13, 1 << 20):
         data = torch.randint(0, 1 << 40, (n,), dtype=torch.int64, generator=_gen(n))
         assert torch.ops.vllm_sparse.cpu_stream_read(data) == int(data.sum())
+
+
+def test_weights_copied_onto_huge_pages_keep_their_values():
+    from vllm_sparse.kernels.cpu.hugepages import HUGE_PAGE, on_huge_pages
+
+    small = torch.randn(8, 8)
+    assert on_huge_pages(small) is small  # under one huge page: left as it is
+    big = torch.randn(HUGE_PAGE // 2 + 123, 3).bfloat16()  # 3 MiB + a tail
+    copy = on_huge_pages(big)
+    assert copy.data_ptr() != big.data_ptr() and copy.data_ptr() % HUGE_PAGE == 0
+    assert torch.equal(copy.view(torch.int16), big.view(torch.int16))
+    del big
+    assert torch.isfinite(copy.float()).all()  # the copy owns its memory

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .hugepages import on_huge_pages
+
 DENSE_WEIGHT, ONEDNN, BITMAP, NM24 = 0, 1, 2, 3
 KIND_NAMES = {DENSE_WEIGHT: "torch dense", ONEDNN: "oneDNN dense", BITMAP: "cpu_sparse bitmap", NM24: "cpu_sparse 2:4"}
 
@@ -65,7 +67,8 @@ def neuron_weights(gate_up: torch.Tensor, down: torch.Tensor) -> tuple[torch.Ten
     """The one-row neuron-level kernel's layout of a dense MLP: (gate [I, H], up_down
     [I, 2H]), where row j is neuron j's up row followed by its down_proj column."""
     inter = down.shape[1]
-    return gate_up[:inter].contiguous(), torch.cat([gate_up[inter:], down.t()], dim=1).contiguous()
+    return (on_huge_pages(gate_up[:inter].contiguous()),
+            on_huge_pages(torch.cat([gate_up[inter:], down.t()], dim=1).contiguous()))
 
 
 def skip_mlp(x: torch.Tensor, residual: torch.Tensor, row_kind: torch.Tensor, countdown: torch.Tensor,

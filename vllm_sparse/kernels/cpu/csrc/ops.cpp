@@ -10,6 +10,8 @@
 #include <ATen/ThreadLocalState.h>
 #include <torch/library.h>
 
+#include <sys/mman.h>
+
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -311,6 +313,23 @@ int64_t stream_read(const at::Tensor& data) {
     return (int64_t)total.load();
 }
 
+// A copy of `src` in memory the kernel may back with 2 MiB pages (madvise; the
+// systems' default "madvise" mode of transparent huge pages honours it). A decode
+// kernel streams each weight once per step: on 4 KiB pages it takes a TLB miss every
+// 4 KiB. Only the whole 2 MiB pieces are advised, so the tail costs no extra memory.
+at::Tensor hugepage_copy(const at::Tensor& src) {
+    TORCH_CHECK(src.is_contiguous() && src.device().is_cpu(), "hugepage_copy: a contiguous CPU tensor");
+    const size_t kHugePage = size_t(2) << 20;
+    const size_t bytes = std::max<size_t>(src.nbytes(), 1);
+    void* memory = nullptr;
+    TORCH_CHECK(posix_memalign(&memory, kHugePage, bytes) == 0, "hugepage_copy: out of memory (", bytes, " bytes)");
+    const size_t whole = bytes / kHugePage * kHugePage;
+    if (whole) madvise(memory, whole, MADV_HUGEPAGE);  // advice only: ignored where unsupported
+    at::Tensor out = at::from_blob(memory, src.sizes(), [](void* p) { free(p); }, src.options());
+    out.copy_(src);
+    return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(vllm_sparse, m) {
@@ -323,6 +342,7 @@ TORCH_LIBRARY_FRAGMENT(vllm_sparse, m) {
     m.def("cpu_nm24_unpack(Tensor blocks, int out_features, int in_features, int isa) -> Tensor");
     m.def("cpu_nm24_supported(int isa) -> bool", &nm24_supported);
     m.def("cpu_stream_read(Tensor data) -> int", &stream_read);
+    m.def("cpu_hugepage_copy(Tensor src) -> Tensor", &hugepage_copy);
 }
 
 TORCH_LIBRARY_IMPL(vllm_sparse, CPU, m) {
