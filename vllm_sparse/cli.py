@@ -182,6 +182,9 @@ def _cmd_calibrate_skip(args: argparse.Namespace) -> int:
 
     if args.target_skip is None and args.max_ppl_increase is None and args.neuron_sparsity is None:
         raise ValueError("give --target-skip, --max-ppl-increase or --neuron-sparsity")
+    if args.max_ppl_increase is not None and args.neuron_sparsity is not None:
+        raise ValueError("--max-ppl-increase chooses the share itself; for neurons give --granularity neuron "
+                         "instead of --neuron-sparsity")
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = load_hf_llama(args.model, torch.float32)
     if args.max_ppl_increase is not None:
@@ -333,7 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="FFN-skip profile (YAML, see configs/); with CUDA graphs on, add --enforce-eager")
     serve.set_defaults(run=_cmd_serve, vllm_args=[])
 
-    cal = commands.add_parser("calibrate-skip", help="choose an FFN-skip profile that reaches a target skip ratio")
+    cal = commands.add_parser("calibrate-skip", help="choose an FFN-skip profile: by a target share of FFN blocks, "
+                                                     "a share of neurons, or a perplexity budget")
     cal.add_argument("model")
     cal.add_argument("--corpus", type=Path, required=True)
     goal = cal.add_mutually_exclusive_group()

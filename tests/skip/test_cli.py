@@ -104,6 +104,8 @@ def test_a_budget_needs_held_out_windows_and_a_sane_percentage(tiny_dir, tmp_pat
     assert "--max-ppl-increase must be a percentage" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # one goal only
         main(common + ["--max-ppl-increase", "5", "--target-skip", "0.2"])
+    assert main(common + ["--max-ppl-increase", "5", "--neuron-sparsity", "0.5", "--count", "2"]) == 2
+    assert "--granularity neuron" in capsys.readouterr().err
 
 
 def test_neuron_level_calibration_drops_the_target_share(tiny_dir, tmp_path):
