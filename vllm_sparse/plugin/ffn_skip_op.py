@@ -30,7 +30,7 @@ from ..kernels import dispatcher
 from ..kernels.cpu import build as cpu_build
 from ..kernels.cpu.skip_mlp import (ROW_COMPUTE, ROW_MAY_SKIP, ROW_UNCOUNTED, Projection, neuron_weights, skip_mlp,
                                     skip_params)
-from ..skip.decision import layer_is_hot
+from ..skip.decision import eligible_rows, layer_is_checked, layer_is_hot
 from ..skip.policy import SkipPolicy
 from . import vllm_internals as vi
 from .batch_rows import append_trace, query_rows_prompt, tracing
@@ -73,15 +73,12 @@ class OpSkip:
         # Neuron-level skipping: per layer, the bf16 weights laid out for the one-row
         # kernel that reads only the active neurons (kernels/cpu/skip_mlp.neuron_weights).
         self.neuron_weights: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        last_hot = num_layers - policy.cold_end - 1
-        checking = policy.enabled and policy.threshold < 1.0
         # Normal tensors, not inference tensors: the op updates them in place in
         # vLLM's forward passes, some of which run outside inference mode.
         with torch.inference_mode(False):
             for index, mlp in mlps.items():
-                # Same rules as skip/decision.py (layer_is_hot, SkipRun.check_matters).
                 params = skip_params(hot=layer_is_hot(policy, index, num_layers),
-                                     check=checking and policy.cold_start - 1 <= index < last_hot,
+                                     check=layer_is_checked(policy, index, num_layers),
                                      threshold=policy.threshold, skip_layers=policy.skip_layers,
                                      neuron_threshold=policy.neuron_threshold(index))
                 mlp.register_buffer("ffn_skip_params", params, persistent=False)
@@ -143,11 +140,7 @@ class OpSkip:
         is_prompt = query_rows_prompt(positions.device)
         if is_prompt is not None:
             real = min(rows, is_prompt.shape[0])
-            may = positions[:real] >= self.policy.warmup_tokens
-            if not self.policy.skip_prompt:
-                may &= ~is_prompt[:real]
-            if not self.policy.enabled:
-                may.zero_()
+            may = eligible_rows(self.policy, positions[:real], is_prompt[:real])
             kind[:real] = torch.where(may, ROW_MAY_SKIP, ROW_COMPUTE).to(torch.int8)
         self.flush_trace()
         if tracing() and is_prompt is not None:

@@ -42,6 +42,15 @@ def layer_is_hot(policy: SkipPolicy, layer: int, num_layers: int) -> bool:
     return policy.cold_start <= layer < num_layers - policy.cold_end
 
 
+def layer_is_checked(policy: SkipPolicy, layer: int, num_layers: int) -> bool:
+    """Does layer ``layer``'s similarity matter? A trigger at layer l only has an
+    effect if layer l + 1 may skip: a computed layer resets the countdown, so a
+    trigger before the last cold layer at the start, or at the last hot layer or
+    later, is forgotten unused."""
+    return (policy.enabled and policy.threshold < 1.0
+            and policy.cold_start - 1 <= layer < num_layers - policy.cold_end - 1)
+
+
 def eligible_rows(policy: SkipPolicy, positions: torch.Tensor, is_prompt: torch.Tensor) -> torch.Tensor:
     """Rows that may ever skip in this forward pass (bool [N])."""
     ok = positions >= policy.warmup_tokens
@@ -96,7 +105,6 @@ class SkipRun:
         self.recorder = recorder
         self.last_skip_rows: list[int] = []  # rows that skipped the last layer run (tests trace it)
         self.mlp_rows: list[int] | None = None  # rows of the last MLP call (None: all); neuron masking reads it
-        self._last_hot = num_layers - policy.cold_end - 1
         self._pending = False  # any countdown > 0
 
     @classmethod
@@ -126,11 +134,7 @@ class SkipRun:
         return [count > 0 for count in self.countdown]
 
     def check_matters(self, layer: int) -> bool:
-        # A trigger at layer l only has an effect if layer l + 1 may skip: a computed
-        # layer resets the countdown, so a trigger before the last cold layer at the
-        # start, or at the last hot layer or later, is forgotten unused.
-        return (self.policy.enabled and self.policy.threshold < 1.0
-                and self.policy.cold_start - 1 <= layer < self._last_hot)
+        return layer_is_checked(self.policy, layer, self.num_layers)
 
     def checked(self, skipping: list[bool] | None) -> list[int]:
         """Candidates that computed the layer (their similarity is what is checked)."""
