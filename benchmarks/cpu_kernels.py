@@ -9,7 +9,8 @@ read-bandwidth test.
     VLLM_SPARSE_CPU_ISA=avx2 python benchmarks/cpu_kernels.py ...   (or --isa avx2,avx512_bf16)
 
 Each case: a random weight [out, in] pruned to the pattern (2:4 and 4:8 by magnitude
-within groups, unstructured by random mask), stored bf16. Every kernel is checked
+within groups, unstructured by random mask), stored bf16 and packed as the plugin packs it at load
+(the streamed tensors on 2 MiB pages). Every kernel is checked
 against the fp32 torch reference first. Timing: calls of dense and sparse alternate
 (so a drift in machine speed weighs on both), each over enough copies of the weight
 that the set is larger than the last-level cache (every layer of a real model comes
@@ -46,7 +47,16 @@ def is_nm24(code: int) -> bool:
 
 
 def pack_for(code: int):
-    return layout24.Cpu24Layout.pack if is_nm24(code) else cpu_kernels.CpuSparseLayout.pack
+    """How the plugin packs a layer for this kernel at load (huge pages included)."""
+    return pack_24 if is_nm24(code) else pack_bitmap
+
+
+def pack_24(weight: torch.Tensor):
+    return layout24.Cpu24Layout.pack(weight).on_huge_pages()
+
+
+def pack_bitmap(weight: torch.Tensor):
+    return cpu_kernels.CpuSparseLayout.pack(weight).on_huge_pages()
 
 LLAMA8B = [(4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336)]
 LLAMA1B = [(3072, 2048), (2048, 2048), (16384, 2048), (2048, 8192)]  # fused qkv, o, gate_up, down

@@ -35,7 +35,7 @@ benchmarking a whole model under each path).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +45,6 @@ from .bitmap_layout import DEFAULT_TILE_K, BitmapLayout
 from .cpu import dispatch as cpu_dispatch
 from .cpu import layout24 as cpu_layout24
 from .cpu.layout import CpuSparseLayout
-from .cpu.hugepages import on_huge_pages
 from .cpu.layout import stored_bytes_for as cpu_stored_bytes_for
 from .nm_layout import NMLayout
 from .patterns import NMPattern, SparseLayoutError, SparsePatternError, WeightAnalysis, find_nm_violation
@@ -272,12 +271,10 @@ def pack_for_path(weight: torch.Tensor, analysis: WeightAnalysis, path: str,
             raise ValueError(f"path {CPU_SPARSE} is not available for this weight (see the log for why)")
         nm24_isa = {name: code for code, name in cpu_dispatch.NM24_PATHS.items()}.get(plan.isa)
         if nm24_isa is not None:
-            layout24 = cpu_layout24.Cpu24Layout.pack(weight)
-            layout24 = replace(layout24, blocks=on_huge_pages(layout24.blocks))
+            layout24 = cpu_layout24.Cpu24Layout.pack(weight).on_huge_pages()
             return PackedWeight(path, shape, weight.dtype, layout=layout24, cpu_isa=nm24_isa,
                                 max_direct_m=plan.max_direct_m)
-        layout = CpuSparseLayout.pack(weight)
-        layout = replace(layout, values=on_huge_pages(layout.values), bitmap=on_huge_pages(layout.bitmap))
+        layout = CpuSparseLayout.pack(weight).on_huge_pages()
         return PackedWeight(path, shape, weight.dtype, layout=layout, cpu_isa=cpu_kernels.isa.CODES[plan.isa],
                             max_direct_m=plan.max_direct_m)
     # TORCH_SEMI_STRUCTURED

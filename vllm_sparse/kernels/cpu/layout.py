@@ -22,12 +22,13 @@ Zeros are found by value, so ``-0.0`` comes back as ``+0.0`` (see ``nm_layout``)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from .. import _bits
 from ..patterns import SparseLayoutError
+from .hugepages import on_huge_pages
 
 VALUE_PADDING = 64
 WORD_BITS = 32
@@ -77,6 +78,10 @@ class CpuSparseLayout:
     @property
     def stored_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.values, self.bitmap, self.row_offsets))
+
+    def on_huge_pages(self) -> "CpuSparseLayout":
+        """The same layout with the streamed tensors (values, bitmap) on 2 MiB pages."""
+        return replace(self, values=on_huge_pages(self.values), bitmap=on_huge_pages(self.bitmap))
 
     @classmethod
     def pack(cls, weight: torch.Tensor) -> "CpuSparseLayout":

@@ -19,13 +19,14 @@ streams per row (measured: decode ~1.2x faster than row-by-row storage).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from .. import _bits
 from ..patterns import NMPattern, SparseLayoutError, find_nm_violation
 from . import isa
+from .hugepages import on_huge_pages
 
 CHUNK = 64
 BLOCK_ROWS = 8
@@ -52,6 +53,10 @@ class Cpu24Layout:
     @property
     def stored_bytes(self) -> int:
         return self.blocks.numel()
+
+    def on_huge_pages(self) -> "Cpu24Layout":
+        """The same layout with its blocks on 2 MiB pages."""
+        return replace(self, blocks=on_huge_pages(self.blocks))
 
     @staticmethod
     def stored_bytes_for(shape: tuple[int, int]) -> int:

@@ -53,21 +53,29 @@ void block(const VsWeight* w, const VsGemm* g, int64_t r0, int64_t m0) {
 // The loop's form is measured too (same machine, 14336x4096 at 70%): int64 word
 // counters made it ~20% slower; without the bitmap prefetch it took 1.5x as long,
 // and with that prefetch hoisted out of the row loop (GCC unswitches it as written)
-// it lost most of the gain.
+// it lost most of the gain. While it multiplies, the next block's values and bitmap
+// rows (up to row `stop`) come into L2 (RegionPrefetch).
 template <int R>
-void decode_block(const VsWeight* w, const VsGemm* g, int64_t r0, int64_t m0) {
+void decode_block(const VsWeight* w, const VsGemm* g, int64_t r0, int64_t stop, int64_t m0) {
     const int words = (int)w->words;
     const uint16_t* x = (const uint16_t*)g->x + m0 * w->words * 32;
+    const uint16_t* values = (const uint16_t*)w->values;
+    const int64_t next_end = r0 + 2 * R < stop ? r0 + 2 * R : stop;
+    const int64_t next_begin = r0 + R < next_end ? r0 + R : next_end;
+    RegionPrefetch next_values(values + w->row_offsets[next_begin], values + w->row_offsets[next_end], words);
+    RegionPrefetch next_bits(w->bitmap + next_begin * w->words, w->bitmap + next_end * w->words, words);
     __m512 acc[R];
     const uint16_t* v[R];
     const uint32_t* bits[R];
     for (int r = 0; r < R; r++) {
         acc[r] = _mm512_setzero_ps();
-        v[r] = (const uint16_t*)w->values + w->row_offsets[r0 + r];
+        v[r] = values + w->row_offsets[r0 + r];
         bits[r] = w->bitmap + (r0 + r) * w->words;
     }
     for (int word = 0; word < words; word++) {
         const __m512i xv = _mm512_loadu_si512(x + word * 32);
+        next_values.advance();
+        next_bits.advance();
         for (int r = 0; r < R; r++) {
             const uint32_t mask = bits[r][word];
             const __m512i wv = _mm512_maskz_expandloadu_epi16(mask, v[r]);
@@ -81,10 +89,10 @@ void decode_block(const VsWeight* w, const VsGemm* g, int64_t r0, int64_t m0) {
 }
 
 template <int R>
-void decode_rows(const VsWeight* w, const VsGemm* g, int64_t begin, int64_t end, int64_t m0) {
+void decode_rows(const VsWeight* w, const VsGemm* g, int64_t begin, int64_t end, int64_t stop, int64_t m0) {
     int64_t r = begin;
-    for (; r + R <= end; r += R) decode_block<R>(w, g, r, m0);
-    for (; r < end; r++) decode_block<1>(w, g, r, m0);
+    for (; r + R <= end; r += R) decode_block<R>(w, g, r, stop, m0);
+    for (; r < end; r++) decode_block<1>(w, g, r, stop, m0);
 }
 
 template <int MB, int R>
@@ -110,6 +118,6 @@ extern "C" void vs_gemm_avx512_bf16(const VsWeight* w, const VsGemm* g, int64_t 
         // than one pass of eight over three weight rows (measured, Llama shapes).
         for (; m0 + 4 <= g->m; m0 += 4) rows<4, 4>(w, g, c0, c1, m0);
         if (m0 + 2 <= g->m) { rows<2, 4>(w, g, c0, c1, m0); m0 += 2; }
-        if (m0 < g->m) decode_rows<16>(w, g, c0, c1, m0);
+        if (m0 < g->m) decode_rows<16>(w, g, c0, c1, row_end, m0);
     }
 }
