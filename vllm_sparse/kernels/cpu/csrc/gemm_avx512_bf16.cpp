@@ -13,7 +13,7 @@ namespace {
 const int64_t kRowChunk = 48;  // a multiple of every row block below
 
 template <int MB, int R>
-void block(const VsWeight* w, const VsGemm* g, int64_t r0, int64_t m0) {
+void block(const VsWeight* w, const VsGemm* g, int64_t r0, int64_t m0, RegionPrefetch* ahead) {
     const int64_t ldx = w->words * 32;
     const uint16_t* x = (const uint16_t*)g->x + m0 * ldx;
     __m512 acc[R][MB];
@@ -28,6 +28,8 @@ void block(const VsWeight* w, const VsGemm* g, int64_t r0, int64_t m0) {
     }
     for (int64_t word = 0; word < w->words; word++) {
         const uint16_t* xw = x + word * 32;
+        ahead[0].advance();
+        ahead[1].advance();
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
             uint32_t mask = bits[r][word];
@@ -96,10 +98,10 @@ void decode_rows(const VsWeight* w, const VsGemm* g, int64_t begin, int64_t end,
 }
 
 template <int MB, int R>
-void rows(const VsWeight* w, const VsGemm* g, int64_t begin, int64_t end, int64_t m0) {
+void rows(const VsWeight* w, const VsGemm* g, int64_t begin, int64_t end, int64_t m0, RegionPrefetch* ahead) {
     int64_t r = begin;
-    for (; r + R <= end; r += R) block<MB, R>(w, g, r, m0);
-    for (; r < end; r++) block<MB, 1>(w, g, r, m0);
+    for (; r + R <= end; r += R) block<MB, R>(w, g, r, m0, ahead);
+    for (; r < end; r++) block<MB, 1>(w, g, r, m0, ahead);
 }
 
 }  // namespace
@@ -114,10 +116,24 @@ extern "C" void vs_gemm_avx512_bf16(const VsWeight* w, const VsGemm* g, int64_t 
     for (int64_t c0 = row_begin; c0 < row_end; c0 += kRowChunk) {
         const int64_t c1 = c0 + kRowChunk < row_end ? c0 + kRowChunk : row_end;
         int64_t m0 = 0;
-        // Passes of four activation rows: at M = 8 two of them ran 1.06-1.13x faster
-        // than one pass of eight over three weight rows (measured, Llama shapes).
-        for (; m0 + 4 <= g->m; m0 += 4) rows<4, 4>(w, g, c0, c1, m0);
-        if (m0 + 2 <= g->m) { rows<2, 4>(w, g, c0, c1, m0); m0 += 2; }
+        // The next chunk comes into L2 over this chunk's passes (RegionPrefetch).
+        const int64_t n1 = c1 + kRowChunk < row_end ? c1 + kRowChunk : row_end;
+        // block() calls below, each `words` steps long (row tails aside).
+        const int64_t chunk_rows = c1 - c0;
+        const int64_t calls = (g->m / 8) * ((chunk_rows + 1) / 2) +
+                              ((g->m % 8) / 4 + (g->m % 4) / 2) * ((chunk_rows + 3) / 4);
+        const int64_t steps = (calls > 0 ? calls : 1) * w->words;
+        RegionPrefetch ahead[2] = {
+            RegionPrefetch((const uint16_t*)w->values + w->row_offsets[c1], (const uint16_t*)w->values + w->row_offsets[n1], steps),
+            RegionPrefetch(w->bitmap + c1 * w->words, w->bitmap + n1 * w->words, steps)};
+        // Passes of eight activation rows over two weight rows: each expand-load (about
+        // 4 cycles per word here) then feeds eight dots. With the next chunk
+        // prefetched, M = 8 ran 1.1-1.5x faster than two passes of four over
+        // four weight rows, and 1.1-1.4x faster than eight over three or six over four
+        // (2-core EPYC, Llama-3-8B shapes, 50% and 70%).
+        for (; m0 + 8 <= g->m; m0 += 8) rows<8, 2>(w, g, c0, c1, m0, ahead);
+        for (; m0 + 4 <= g->m; m0 += 4) rows<4, 4>(w, g, c0, c1, m0, ahead);
+        if (m0 + 2 <= g->m) { rows<2, 4>(w, g, c0, c1, m0, ahead); m0 += 2; }
         if (m0 < g->m) decode_rows<16>(w, g, c0, c1, row_end, m0);
     }
 }
