@@ -10,13 +10,14 @@ speed, nothing is downloaded), and SmolLM2-135M (``vllm-sparse fetch-model``). E
 magnitude-pruned 2:4 and 70% unstructured and written twice: compressed-tensors
 (served by vLLM + vllm-sparse, no flag) and dense with no sparsity declaration (its
 dense twin, served by stock vLLM with plugins off). Every engine runs in its own
-process, so its RSS after load is its own; engines of one comparison start one after
-another in one run.
+process, so its RSS after load is its own.
 
 Decode tokens/s: ``vllm_sparse.serving.decode_speed`` (per batch size, the time of
 generating ``--long`` tokens minus that of ``--short`` tokens, so prefill and start-up
-cancel; median over ``--rounds``; with ``--repeats N``, N engine starts per side,
-dense and sparse alternating, and the median of their figures).
+cancel). The dense and the sparse engine of a comparison are alive together, each in
+its own process, and take turns round by round (``--rounds`` each, the order reversed
+every round), so a drift in machine speed weighs on both; ``--repeats N``: N such
+pairs; tokens/s = the median over every round.
 speedup = sparse tokens/s / dense tokens/s.
 Results: benchmarks/results/cpu_e2e.{md,json}.
 """
@@ -78,10 +79,13 @@ def build_pruned(base: Path, root: Path, pattern: str) -> tuple[Path, Path]:
     return sparse_dir, dense_dir
 
 
-def _median_run(runs: list[dict]) -> dict:
-    """The first engine's result with tokens/s and RSS replaced by medians over ``runs``."""
+def _pooled(runs: list[dict]) -> dict:
+    """The first engine's result with tokens/s the median over every round of every
+    engine in ``runs``, RSS the median over engines."""
     result = dict(runs[0])
-    result["tokens_per_s"] = {b: statistics.median(r["tokens_per_s"][b] for r in runs) for b in runs[0]["tokens_per_s"]}
+    batches = runs[0]["tokens_per_s"]
+    result["rounds"] = {b: [v for r in runs for v in r["round_tokens_per_s"][b]] for b in batches}
+    result["tokens_per_s"] = {b: statistics.median(result["rounds"][b]) for b in batches}
     result["rss_mib"] = statistics.median(r["rss_mib"] for r in runs)
     result["engine_tokens_per_s"] = [r["tokens_per_s"] for r in runs]
     return result
@@ -97,14 +101,15 @@ def main() -> None:
     ap.add_argument("--long", type=int, default=40)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=1,
-                    help="engine starts per side, dense and sparse alternating; tokens/s = median over them")
+                    help="pairs of engines (dense and sparse alive together, rounds alternating); tokens/s = median "
+                         "over every round of every pair")
     ap.add_argument("--workdir", default=str(REPO / "models" / "e2e"))
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "cpu_e2e"))
     args = ap.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]
     from vllm_sparse.checkpoint.default_model import fetch_default_model
     from vllm_sparse.kernels.cpu import build, isa
-    from vllm_sparse.serving.decode_speed import EngineSpec, measure_engine
+    from vllm_sparse.serving.decode_speed import EngineSpec, measure_side_by_side
 
     build.load()
     root = Path(args.workdir)
@@ -122,12 +127,13 @@ def main() -> None:
             sparse_dir, dense_dir = build_pruned(bases[name], root, pattern)
             for mode in args.modes.split(","):
                 runs = {"dense": [], "sparse": []}
-                for _ in range(args.repeats):  # alternating, so a drift in machine speed weighs on both
-                    runs["dense"].append(measure_engine(spec(dense_dir, mode), plugins=False,
-                                                        log_path=root / "engine-dense.log"))
-                    runs["sparse"].append(measure_engine(spec(sparse_dir, mode), plugins=True,
-                                                         log_path=root / "engine-sparse.log"))
-                dense, sparse = (_median_run(runs[side]) for side in ("dense", "sparse"))
+                for _ in range(args.repeats):
+                    pair = measure_side_by_side({"dense": (spec(dense_dir, mode), False),
+                                                 "sparse": (spec(sparse_dir, mode), True)},
+                                                {side: root / f"engine-{side}.log" for side in runs})
+                    for side in runs:
+                        runs[side].append(pair[side])
+                dense, sparse = (_pooled(runs[side]) for side in ("dense", "sparse"))
                 total = [line for line in sparse.get("layer_table", "").splitlines() if line.startswith("total")]
                 dense_bytes, stored_bytes = sparse["linear_dense_bytes"], sparse["linear_stored_bytes"]
                 for batch in args.batches:
@@ -138,6 +144,8 @@ def main() -> None:
                               "engines_per_side": args.repeats,
                               "dense_engines_tokens_per_s": [e[str(batch)] for e in dense["engine_tokens_per_s"]],
                               "sparse_engines_tokens_per_s": [e[str(batch)] for e in sparse["engine_tokens_per_s"]],
+                              "dense_rounds_tokens_per_s": dense["rounds"][str(batch)],
+                              "sparse_rounds_tokens_per_s": sparse["rounds"][str(batch)],
                               "dense_tokens_per_s": d, "sparse_tokens_per_s": s, "speedup": round(s / d, 3),
                               "rss_dense_mib": dense["rss_mib"], "rss_sparse_mib": sparse["rss_mib"],
                               "linear_dense_mib": round(dense_bytes / 2**20, 1),
@@ -167,9 +175,10 @@ def main() -> None:
              f"Machine: {machine['cpu']}, {machine.get('threads')} threads, ISA path {machine['isa_path']}, "
              f"{machine['vllm']}, {machine['date']}. Command: `{machine['command']}`.", "",
              f"Decode tokens/s = batch x ({args.long} - {args.short}) tokens / (time of {args.long}-token minus "
-             f"{args.short}-token generations), median of {args.rounds} rounds; with several engines per side (dense and "
-             "sparse started alternately), the median over engines, each engine's figure listed; RSS after load of the "
-             "engine process.",
+             f"{args.short}-token generations). The dense and the sparse engine of a comparison are alive together, each "
+             f"in its own process, and take turns round by round ({args.rounds} rounds each, order reversed every round); "
+             "tokens/s = median over all rounds of all pairs (`--repeats` pairs), each engine's median listed; RSS after "
+             "load of the engine process.",
              "max_num_seqs: the engines' largest decode batch (the CPU dispatcher keeps a layer dense where its "
              "kernel loses at any batch up to it, or up to 8).",
              "", "| model | pattern | mode | max_num_seqs | batch | dense tok/s | sparse tok/s | speedup | RSS dense MiB | "

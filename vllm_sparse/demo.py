@@ -73,37 +73,28 @@ def make_checkpoints(workdir: Path, calibration: Path | str | None = SELF_CHAT) 
     return sparse_dir, twin_dir
 
 
-def _mean_rates(engines: list[dict]) -> dict:
-    """The first engine's figures (memory, weight bytes) with tokens/s averaged over all."""
-    rates = {batch: sum(e["tokens_per_s"][batch] for e in engines) / len(engines)
-             for batch in engines[0]["tokens_per_s"]}
-    return {**engines[0], "tokens_per_s": rates}
-
-
 def compare_speed(sparse_dir: Path, twin_dir: Path, workdir: Path) -> str:
     from .kernels.cpu import build, isa
-    from .serving.decode_speed import EngineSpec, measure_engine
+    from .serving.decode_speed import EngineSpec, measure_side_by_side
 
-    # Engines in the order dense, sparse, sparse, dense (each in a fresh process): two
-    # engines of the same weights differ by up to ~15% on this shared 2-core machine,
-    # and a drift in its speed then weighs on both sides alike; each side is the mean
-    # of its two engines.
+    # Both engines alive at once, each in a fresh process, taking turns round by round:
+    # engines measured one after another on this shared 2-core machine differed by
+    # more than the effect measured.
     print("measuring decode speed: the dense twin on stock vLLM and the sparse checkpoint on vllm-sparse, "
-          "dense-sparse-sparse-dense ...")
-    runs: dict[str, list[dict]] = {"dense": [], "sparse": []}
-    for index, side in enumerate(("dense", "sparse", "sparse", "dense")):
-        directory = twin_dir if side == "dense" else sparse_dir
-        runs[side].append(measure_engine(EngineSpec(str(directory), batches=[1, 8]), plugins=side == "sparse",
-                                         log_path=workdir / f"{side}{index}.log"))
-    dense, sparse = _mean_rates(runs["dense"]), _mean_rates(runs["sparse"])
+          "side by side, rounds alternating ...")
+    spec = {"dense": EngineSpec(str(twin_dir), batches=[1, 8], rounds=5),
+            "sparse": EngineSpec(str(sparse_dir), batches=[1, 8], rounds=5)}
+    both = measure_side_by_side({side: (spec[side], side == "sparse") for side in spec},
+                                {side: workdir / f"{side}.log" for side in spec})
+    dense, sparse = both["dense"], both["sparse"]
     path = isa.NAMES[isa.default()] if build.load() else f"none ({build.load_error()})"
     mib = 2**20
     lines = [f"decode, vLLM compiled mode, CPU ISA path {path}:",
              f"{'':28}{'dense twin (stock vLLM)':>26}{'sparse (vllm-sparse)':>24}{'ratio':>8}"]
     for batch in ("1", "8"):
         d, s = dense["tokens_per_s"][batch], sparse["tokens_per_s"][batch]
-        each = " / ".join(f"{r['tokens_per_s'][batch]:.0f}" for r in runs["dense"] + runs["sparse"])
-        lines.append(f"{'tokens/s, batch ' + batch:28}{d:>26.1f}{s:>24.1f}{s / d:>7.2f}x   (engines: {each})")
+        rounds = " / ".join(" ".join(f"{v:.0f}" for v in side["round_tokens_per_s"][batch]) for side in (dense, sparse))
+        lines.append(f"{'tokens/s, batch ' + batch:28}{d:>26.1f}{s:>24.1f}{s / d:>7.2f}x   (rounds: {rounds})")
     d_lin, s_lin = sparse.get("linear_dense_bytes", 0) / mib, sparse.get("linear_stored_bytes", 0) / mib
     lines.append(f"{'linear weights, MiB':28}{d_lin:>26.1f}{s_lin:>24.1f}{s_lin / max(d_lin, 1e-9):>7.2f}x")
     lines.append(f"{'process RSS after load, MiB':28}{dense['rss_mib']:>26.0f}{sparse['rss_mib']:>24.0f}"

@@ -132,3 +132,32 @@ def test_perplexity_within_half_a_percent(served, name):
     ppl, ref = ours[name]["perplexity"], stock[name]["perplexity"]
     print(f"{name}: perplexity {ppl:.3f} on the CPU kernels vs {ref:.3f} stock dense ({CORPUS.name}, 8 x 512)")
     assert ppl == pytest.approx(ref, rel=0.005)
+
+
+def test_side_by_side_speed_measurement(base_model, tmp_path):
+    """The demo's and the end-to-end benchmark's measurement: the dense twin (stock
+    vLLM) and the 2:4 checkpoint (vllm-sparse) alive together, each in its own
+    process, taking turns round by round. Each side's RSS, its rate per batch (the
+    median of its rounds) and the sparse side's layer bytes come back; an engine that
+    cannot load fails with its log instead of hanging."""
+    import statistics
+
+    from vllm_sparse.serving.decode_speed import EngineSpec, measure_side_by_side
+
+    compressed, stock = wanda_checkpoint(base_model, "2of4")
+
+    def spec(model):
+        return EngineSpec(str(model), mode="eager", batches=[1, 2], short=2, long=6, rounds=3)
+
+    both = measure_side_by_side({"dense": (spec(stock), False), "sparse": (spec(compressed), True)},
+                                {"dense": tmp_path / "dense.log", "sparse": tmp_path / "sparse.log"})
+    for side in both.values():
+        assert side["rss_mib"] > 100
+        for batch in ("1", "2"):
+            rounds = side["round_tokens_per_s"][batch]
+            assert len(rounds) == 3 and min(rounds) > 0
+            assert side["tokens_per_s"][batch] == pytest.approx(statistics.median(rounds), abs=0.01)
+    assert "layer_table" not in both["dense"]  # stock vLLM: no plugin, no table
+    assert 0 < both["sparse"]["linear_stored_bytes"] < 0.6 * both["sparse"]["linear_dense_bytes"]
+    with pytest.raises(RuntimeError, match="failed or timed out"):
+        measure_side_by_side({"missing": (spec(tmp_path / "no-such-model"), False)})

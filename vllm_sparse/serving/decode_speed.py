@@ -1,15 +1,18 @@
-"""Decode tokens/s and memory of one vLLM engine, measured in a process of its own.
+"""Decode tokens/s and memory of vLLM engines, each measured in a process of its own.
 
 Used by the demo and ``benchmarks/cpu_e2e.py`` to put a sparse checkpoint beside its
 dense twin: each engine runs in a fresh Python process with the model in that process
 (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so its RSS after load is its own, and stock vLLM
-is run with every plugin off (``VLLM_PLUGINS=""``).
+is run with every plugin off (``VLLM_PLUGINS=""``). The engines of a comparison are
+alive together and take turns, round by round (``measure_side_by_side``): on a shared
+machine whose speed drifts by tens of percent from one minute to the next, engines
+measured one after another differed by more than the effect measured.
 
 Decode tokens/s, per batch size: batch x (long - short) tokens over the time of a
 ``long``-token generation minus that of a ``short``-token one (same prompts, greedy,
 ``ignore_eos``), so prefill and per-request overhead cancel; median over rounds.
 
-    python -m vllm_sparse.serving.decode_speed SPEC.json RESULT.json
+    python -m vllm_sparse.serving.decode_speed SPEC.json    (the engine process; stdin: commands)
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,14 +43,18 @@ class EngineSpec:
     prompt_tokens: int = 32
 
 
-def _measure(spec: EngineSpec) -> dict:
+MARK = "@@decode-speed "  # our replies on the engine process's stdout, among vLLM's log lines
+
+
+def _serve(spec: EngineSpec) -> None:
+    """The engine process: load, report RSS, then answer one command per stdin line
+    (``warm`` / ``round`` for a batch size, ``finish``)."""
     import psutil
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
     llm = LLM(model=spec.model, dtype="bfloat16", enforce_eager=spec.mode == "eager", max_model_len=512, seed=0,
               max_num_seqs=max(spec.batches))
-    result: dict = {"rss_mib": round(psutil.Process().memory_info().rss / 2**20, 1), "tokens_per_s": {}}
     rng = random.Random(0)
     prompts = [TokensPrompt(prompt_token_ids=[rng.randrange(100, 20000) for _ in range(spec.prompt_tokens)])
                for _ in range(max(spec.batches))]
@@ -57,44 +65,122 @@ def _measure(spec: EngineSpec) -> dict:
         llm.generate(prompts[:batch], params, use_tqdm=False)
         return time.perf_counter() - start
 
-    for batch in spec.batches:
-        timed(batch, spec.short)  # warm-up: compiled mode compiles this batch's shapes
-        rates = []
-        for _ in range(spec.rounds):
-            t_short, t_long = timed(batch, spec.short), timed(batch, spec.long)
-            rates.append(batch * (spec.long - spec.short) / max(t_long - t_short, 1e-9))
-        result["tokens_per_s"][str(batch)] = round(statistics.median(rates), 2)
+    def reply(message: dict) -> None:
+        print(MARK + json.dumps(message), flush=True)
 
+    reply({"rss_mib": round(psutil.Process().memory_info().rss / 2**20, 1)})
+    for line in sys.stdin:
+        command = json.loads(line)
+        if command["op"] == "warm":  # compiled mode compiles this batch's shapes
+            timed(command["batch"], spec.short)
+            reply({})
+        elif command["op"] == "round":
+            batch = command["batch"]
+            t_short, t_long = timed(batch, spec.short), timed(batch, spec.long)
+            reply({"tokens_per_s": batch * (spec.long - spec.short) / max(t_long - t_short, 1e-9)})
+        elif command["op"] == "finish":
+            reply(_layer_bytes())
+            return
+
+
+def _layer_bytes() -> dict:
     from ..checkpoint.layer_table import format_layer_table
     from ..plugin.run_files import read_layer_table
 
     _, rows = read_layer_table()  # written by the plugin into VLLM_SPARSE_RUN_DIR
-    if rows:
-        result["layer_table"] = format_layer_table(rows)
-        result["linear_dense_bytes"] = sum(r.dense_bytes for r in rows)
-        result["linear_stored_bytes"] = sum(r.stored_bytes for r in rows)
-    return result
+    if not rows:
+        return {}
+    return {"layer_table": format_layer_table(rows), "linear_dense_bytes": sum(r.dense_bytes for r in rows),
+            "linear_stored_bytes": sum(r.stored_bytes for r in rows)}
 
 
-def measure_engine(spec: EngineSpec, plugins: bool, log_path: Path | None = None, timeout: float = 1800) -> dict:
-    """Run ``spec`` in a fresh process (plugins on: vllm-sparse; off: stock vLLM)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
+class EngineProcess:
+    """One engine in a fresh process of its own (plugins on: vllm-sparse; off: stock
+    vLLM), driven one command at a time; ``ready`` holds its RSS after load."""
+
+    def __init__(self, spec: EngineSpec, plugins: bool, log_path: Path | None = None, timeout: float = 1800):
+        self.spec = spec
+        self.timeout = timeout
+        self._work = tempfile.TemporaryDirectory()
+        work = Path(self._work.name)
         (work / "spec.json").write_text(json.dumps(asdict(spec)))
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_HOST_IP": "127.0.0.1", "VLLM_CPU_KVCACHE_SPACE": "1",
                "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CACHE_ROOT": private_vllm_cache(work),
                "VLLM_SPARSE_RUN_DIR": str(work)}
         if not plugins:
             env["VLLM_PLUGINS"] = ""
-        done = subprocess.run([sys.executable, "-m", __name__, str(work / "spec.json"), str(work / "result.json")],
-                              env=env, capture_output=True, text=True, timeout=timeout)
-        if log_path is not None:
-            Path(log_path).write_text(done.stdout + done.stderr)
-        if done.returncode != 0:
-            raise RuntimeError(f"engine for {spec.model} ({spec.mode}) failed:\n{done.stderr[-3000:]}")
-        return json.loads((work / "result.json").read_text())
+        self._log_path = Path(log_path) if log_path is not None else work / "engine.log"
+        self._log = self._log_path.open("w")
+        self._process = subprocess.Popen([sys.executable, "-m", __name__, str(work / "spec.json")], env=env,
+                                         text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log)
+        self.ready = self._reply()
+
+    def _reply(self) -> dict:
+        watchdog = threading.Timer(self.timeout, self._process.kill)  # a hung engine ends the wait
+        watchdog.start()
+        try:
+            for line in self._process.stdout:
+                if line.startswith(MARK):
+                    return json.loads(line[len(MARK):])
+                self._log.write(line)
+        finally:
+            watchdog.cancel()
+        self._log.flush()
+        log_tail = self._log_path.read_text()[-3000:]
+        self.close()
+        raise RuntimeError(f"engine for {self.spec.model} ({self.spec.mode}) failed or timed out:\n{log_tail}")
+
+    def ask(self, **command) -> dict:
+        self._process.stdin.write(json.dumps(command) + "\n")
+        self._process.stdin.flush()
+        return self._reply()
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+        self._process.wait()
+        self._log.close()
+        self._work.cleanup()
+
+
+def measure_engine(spec: EngineSpec, plugins: bool, log_path: Path | None = None, timeout: float = 1800) -> dict:
+    """Decode tokens/s (median over ``spec.rounds`` per batch) and RSS of ``spec`` alone."""
+    return measure_side_by_side({"engine": (spec, plugins)}, {"engine": log_path}, timeout)["engine"]
+
+
+def measure_side_by_side(engines: dict[str, tuple[EngineSpec, bool]], log_paths: dict[str, Path | None] | None = None,
+                         timeout: float = 1800) -> dict[str, dict]:
+    """Several engines (name -> (spec, plugins)) alive together, each in its own
+    process, started one after another; per batch size their rounds alternate, the
+    order reversed each round, so a drift in the machine's speed weighs on all alike.
+    Per engine: RSS after load, ``tokens_per_s`` (median over rounds), every round's
+    figure in ``round_tokens_per_s``, and the layer table's bytes (plugins on)."""
+    log_paths = log_paths or {}
+    running: dict[str, EngineProcess] = {}
+    try:
+        for name, (spec, plugins) in engines.items():
+            running[name] = EngineProcess(spec, plugins, log_paths.get(name), timeout)
+        results = {name: {"rss_mib": engine.ready["rss_mib"], "tokens_per_s": {}, "round_tokens_per_s": {}}
+                   for name, engine in running.items()}
+        specs = [spec for spec, _ in engines.values()]
+        for batch in specs[0].batches:
+            for engine in running.values():
+                engine.ask(op="warm", batch=batch)
+            rates: dict[str, list[float]] = {name: [] for name in running}
+            order = list(running)
+            for index in range(specs[0].rounds):
+                for name in order if index % 2 == 0 else order[::-1]:
+                    rates[name].append(running[name].ask(op="round", batch=batch)["tokens_per_s"])
+            for name, values in rates.items():
+                results[name]["tokens_per_s"][str(batch)] = round(statistics.median(values), 2)
+                results[name]["round_tokens_per_s"][str(batch)] = [round(v, 2) for v in values]
+        for name, engine in running.items():
+            results[name].update(engine.ask(op="finish"))
+        return results
+    finally:
+        for engine in running.values():
+            engine.close()
 
 
 if __name__ == "__main__":
-    spec_file, result_file = sys.argv[1:3]
-    Path(result_file).write_text(json.dumps(_measure(EngineSpec(**json.loads(Path(spec_file).read_text())))))
+    _serve(EngineSpec(**json.loads(Path(sys.argv[1]).read_text())))
