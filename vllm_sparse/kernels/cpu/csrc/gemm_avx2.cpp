@@ -63,7 +63,7 @@ inline float hsum(__m256 v) {
 }
 
 template <int DT, int MB, int R>
-void block(const Tables& t, const VsWeight* w, const VsGemm* g, int64_t r0, int64_t m0) {
+void block(const Tables& t, const VsWeight* w, const VsGemm* g, int64_t r0, int64_t m0, RegionPrefetch* ahead) {
     const int size = DT == VS_F32 ? 4 : 2;
     const int64_t ldx = w->words * 32;
     const float* x = (const float*)g->x + m0 * ldx;
@@ -79,6 +79,8 @@ void block(const Tables& t, const VsWeight* w, const VsGemm* g, int64_t r0, int6
     }
     for (int64_t word = 0; word < w->words; word++) {
         const float* xw = x + word * 32;
+        ahead[0].advance();
+        ahead[1].advance();
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
             uint32_t mask = bits[r][word];
@@ -103,10 +105,11 @@ void block(const Tables& t, const VsWeight* w, const VsGemm* g, int64_t r0, int6
 }
 
 template <int DT, int MB, int R>
-void rows(const Tables& t, const VsWeight* w, const VsGemm* g, int64_t begin, int64_t end, int64_t m0) {
+void rows(const Tables& t, const VsWeight* w, const VsGemm* g, int64_t begin, int64_t end, int64_t m0,
+          RegionPrefetch* ahead) {
     int64_t r = begin;
-    for (; r + R <= end; r += R) block<DT, MB, R>(t, w, g, r, m0);
-    for (; r < end; r++) block<DT, MB, 1>(t, w, g, r, m0);
+    for (; r + R <= end; r += R) block<DT, MB, R>(t, w, g, r, m0, ahead);
+    for (; r < end; r++) block<DT, MB, 1>(t, w, g, r, m0, ahead);
 }
 
 template <int DT>
@@ -116,11 +119,22 @@ void gemm(const VsWeight* w, const VsGemm* g, int64_t begin, int64_t end) {
     // the weight streams from memory once whatever M is.
     for (int64_t c0 = begin; c0 < end; c0 += kRowChunk) {
         const int64_t c1 = c0 + kRowChunk < end ? c0 + kRowChunk : end;
+        // The next chunk comes into L2 over this chunk's block() calls (RegionPrefetch).
+        const int64_t n1 = c1 + kRowChunk < end ? c1 + kRowChunk : end;
+        const int64_t rows_here = c1 - c0;
+        const int64_t calls = (g->m / 8) * rows_here + (g->m % 8) / 4 * ((rows_here + 1) / 2) +
+                              (g->m % 4) / 2 * ((rows_here + 3) / 4) + (g->m % 2) * ((rows_here + 7) / 8);
+        const int64_t steps = (calls > 0 ? calls : 1) * w->words;
+        const int size = DT == VS_F32 ? 4 : 2;
+        const char* values = (const char*)w->values;
+        RegionPrefetch ahead[2] = {
+            RegionPrefetch(values + w->row_offsets[c1] * size, values + w->row_offsets[n1] * size, steps),
+            RegionPrefetch(w->bitmap + c1 * w->words, w->bitmap + n1 * w->words, steps)};
         int64_t m0 = 0;
-        for (; m0 + 8 <= g->m; m0 += 8) rows<DT, 8, 1>(t, w, g, c0, c1, m0);
-        if (m0 + 4 <= g->m) { rows<DT, 4, 2>(t, w, g, c0, c1, m0); m0 += 4; }
-        if (m0 + 2 <= g->m) { rows<DT, 2, 4>(t, w, g, c0, c1, m0); m0 += 2; }
-        if (m0 < g->m) rows<DT, 1, 8>(t, w, g, c0, c1, m0);
+        for (; m0 + 8 <= g->m; m0 += 8) rows<DT, 8, 1>(t, w, g, c0, c1, m0, ahead);
+        if (m0 + 4 <= g->m) { rows<DT, 4, 2>(t, w, g, c0, c1, m0, ahead); m0 += 4; }
+        if (m0 + 2 <= g->m) { rows<DT, 2, 4>(t, w, g, c0, c1, m0, ahead); m0 += 2; }
+        if (m0 < g->m) rows<DT, 1, 8>(t, w, g, c0, c1, m0, ahead);
     }
 }
 
