@@ -33,9 +33,11 @@
 #include <torch/library.h>
 
 #include "neuron_mlp.h"
+#include "silu_mul.h"
 
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 namespace {
@@ -96,11 +98,10 @@ at::Tensor run_linear(const at::Tensor& x, int64_t kind, const std::vector<at::T
 }
 
 // Zero the entries of act (a column slice of [rows, intermediate]) with |value| <=
-// threshold in the rows where drop_rows ([rows, 1] bool) is set. The comparison is
+// threshold in the rows where drop_rows[r] is set. The comparison is
 // made in act's dtype, as ATen compares a tensor with a scalar (the threshold rounded
 // to bf16 for bf16), so the transformers path and the one-row kernel drop the same.
-void drop_neurons(at::Tensor& act, const at::Tensor& drop_rows, double threshold) {
-    const bool* drop = drop_rows.data_ptr<bool>();
+void drop_neurons(at::Tensor& act, const bool* drop, double threshold) {
     const int64_t rows = act.size(0), width = act.size(1), stride = act.stride(0);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, act.scalar_type(), "drop_neurons", [&] {
         const scalar_t limit = static_cast<scalar_t>(threshold);
@@ -124,16 +125,20 @@ struct Projections {
     c10::IntArrayRef down_ints;
 };
 
-// gate_up -> SiLU(gate) * up -> down. The activation uses the same ATen ops as
-// vLLM's SiluAndMul on x86 CPUs (forward_native), so computed rows match it bit for bit.
-// Neuron-level skipping: in the rows where drop_rows (bool [rows]) is set, the
+// gate_up -> SiLU(gate) * up -> down. The activation gives what vLLM's SiluAndMul on
+// x86 CPUs gives (forward_native: ATen's silu and mul), bit for bit: bf16 through one
+// fused pass (silu_mul.cpp), other dtypes through those ATen ops.
+// Neuron-level skipping: in the rows where drop_rows[r] is set (null: none), the
 // neurons with |SiLU(gate)| <= neuron_threshold are zeroed before the multiply.
 at::Tensor run_mlp(const at::Tensor& x, const Projections& p, double neuron_threshold,
-                   const at::Tensor& drop_rows) {
+                   const bool* drop_rows) {
     at::Tensor gate_up = run_linear(x, p.gu_kind, p.gu_t, p.gu_ints);
     const int64_t inter = gate_up.size(1) / 2;
     at::Tensor act = at::empty({gate_up.size(0), inter}, gate_up.options());
-    const bool drop = neuron_threshold > 0 && drop_rows.defined();
+    const bool drop = neuron_threshold > 0 && drop_rows != nullptr;
+    // bf16: one fused pass (silu_mul.cpp), the same values as the ATen ops below.
+    if (silu_mul_bf16(gate_up, act, drop ? drop_rows : nullptr, neuron_threshold))
+        return run_linear(act, p.down_kind, p.down_t, p.down_ints);
     // ATen runs an elementwise op this small on one thread; split the columns over the
     // pool in chunks of whole vectors (the same values as one call: each element is
     // computed alone, and no chunk boundary moves an element off the vector loop).
@@ -221,8 +226,12 @@ std::tuple<at::Tensor, at::Tensor> skip_mlp(
     const int64_t n_computed = static_cast<int64_t>(computed.size());
 
     // Rows that drop neurons (neuron-level skipping): the ones that may skip.
-    at::Tensor may_skip;
-    if (neuron_threshold > 0) may_skip = row_kind.eq(kMaySkip).contiguous();
+    // (Plain arrays, not tensors: an ATen comparison here cost ~17 us a layer.)
+    std::unique_ptr<bool[]> may_skip;
+    if (neuron_threshold > 0) {
+        may_skip.reset(new bool[rows]);
+        for (int64_t r = 0; r < rows; r++) may_skip[r] = kind[r] == kMaySkip;
+    }
 
     // One decoding row that computes and drops neurons: read only its active neurons.
     static const bool neuron_kernel = neuron_mlp_decode_supported();
@@ -234,7 +243,7 @@ std::tuple<at::Tensor, at::Tensor> skip_mlp(
     if (neuron_decode) {
         out = neuron_mlp_decode(x.contiguous(), *neuron_gate, *neuron_up_down, neuron_threshold);
     } else if (n_computed == rows || (n_computed > 0 && rows <= kDecodeRows)) {
-        out = run_mlp(x.contiguous(), proj, neuron_threshold, may_skip);
+        out = run_mlp(x.contiguous(), proj, neuron_threshold, may_skip.get());
         if (n_computed < rows) {  // computed for nothing: a skipped row's output is exactly zero
             const int64_t row_bytes = out.size(1) * out.element_size();
             char* base = static_cast<char*>(out.data_ptr());
@@ -245,8 +254,12 @@ std::tuple<at::Tensor, at::Tensor> skip_mlp(
         out = at::zeros_like(x);
         if (n_computed > 0) {
             at::Tensor index = at::tensor(computed, at::TensorOptions().dtype(at::kLong));
-            at::Tensor drop_rows = may_skip.defined() ? may_skip.index_select(0, index) : may_skip;
-            out.index_copy_(0, index, run_mlp(x.index_select(0, index), proj, neuron_threshold, drop_rows));
+            std::unique_ptr<bool[]> drop_rows;
+            if (may_skip) {
+                drop_rows.reset(new bool[n_computed]);
+                for (int64_t i = 0; i < n_computed; i++) drop_rows[i] = may_skip[computed[i]];
+            }
+            out.index_copy_(0, index, run_mlp(x.index_select(0, index), proj, neuron_threshold, drop_rows.get()));
         }
     }
 
