@@ -3,9 +3,10 @@
     python benchmarks/ffn_skip_throughput.py [--model models/smollm2-135m]
         [--profile configs/ffn_skip_25.yaml] [--out benchmarks/results/ffn_skip_throughput.md]
 
-Two engines live in this one process (vLLM in-process mode, eager, bf16): one with
-the off profile, one with the skip profile. Rounds alternate between them so load
-from other processes on the machine hits both alike. Decode throughput is
+Two engines live in this one process (vLLM in-process mode, eager or ``--compiled``,
+bf16): one with the off profile, one with the skip profile. They take turns, the
+order flipped every round, so load from other processes on the machine hits both
+alike. Decode throughput is
 B x (N - 1) / (t(N tokens) - t(1 token)): the prompt pass is subtracted. Prompts
 are 40 corpus tokens (past the warm-up, so generated tokens may skip; prompt tokens
 never do). Then one more pass per engine with timing hooks on the model's modules
@@ -73,7 +74,8 @@ def _decode_skip_share(llm, prompts, tokens: int) -> float:
     _generate_time(llm, prompts, tokens)
     after = ffn_block_totals()
     skipped = sum(s - before.get(k, (0, 0))[0] for k, (s, _) in after.items())
-    return skipped / (len(prompts) * (tokens - 1) * len(after))
+    # No layer counted anything: a profile that never skips (an A/A run of two off engines).
+    return skipped / (len(prompts) * (tokens - 1) * len(after)) if after else 0.0
 
 
 class _Timer:
@@ -122,7 +124,8 @@ def main() -> None:
     parser.add_argument("--off", type=Path, default=ROOT / "configs/ffn_skip_off.yaml")
     parser.add_argument("--profile", type=Path, default=ROOT / "configs/ffn_skip_25.yaml")
     parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--batches", type=lambda text: [int(b) for b in text.split(",")], default=[1, 8])
     parser.add_argument("--compiled", action="store_true",
                         help="vLLM's compiled mode (torch.compile, no CUDA graphs) instead of eager; the timing "
                              "hooks of the breakdown do not fire inside a compiled graph, so it is left out")
@@ -143,12 +146,15 @@ def main() -> None:
     args.layers = engines["off"].llm_engine.model_config.hf_config.num_hidden_layers
     rates: dict[tuple[str, int], list[float]] = defaultdict(list)
     ratios = {}
-    for batch in (1, 8):
+    for batch in args.batches:
         prompts = _prompts(engines["off"], batch)
         for llm in engines.values():  # warm-up
             _generate_time(llm, prompts, 8)
-        for _ in range(args.rounds):
-            for name, llm in engines.items():
+        for round_index in range(args.rounds):
+            # The order flips every round (off, on, on, off, ...): a machine whose speed
+            # drifts over a round weighs on both engines alike.
+            order = list(engines.items()) if round_index % 2 == 0 else list(engines.items())[::-1]
+            for name, llm in order:
                 rates[(name, batch)].append(_decode_rate(llm, prompts, args.tokens))
                 print(f"batch {batch} {name}: {rates[(name, batch)][-1]:.2f} tok/s", flush=True)
         ratios[batch] = _decode_skip_share(engines["on"], prompts, args.tokens)
@@ -168,7 +174,7 @@ def _report(args, rates, ratios, breakdown) -> str:
         f"VLLM_CPU_OMP_THREADS_BIND={os.environ.get('VLLM_CPU_OMP_THREADS_BIND', 'auto')}, "
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}.",
         f"Model {Path(args.model).name}; skip profile `{_shown(args.profile)}`; {args.tokens} new tokens "
-        f"after 40-token prompts; median of {args.rounds} alternating rounds. "
+        f"after 40-token prompts; median of {args.rounds} rounds, the engines' order flipped every round. "
         f"Command: `python {' '.join(sys.argv)}`.",
         "",
         "| batch | off (tok/s) | on (tok/s) | on / off | decode FFN blocks skipped |",
