@@ -10,6 +10,8 @@
 // differ, so results agree to rounding, not bit for bit.
 #include "neuron_mlp.h"
 
+#include "bf16.h"
+
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
@@ -21,22 +23,6 @@ namespace {
 
 typedef uint16_t bf16_t;
 
-inline float bf16_to_float(bf16_t v) {
-    uint32_t bits = static_cast<uint32_t>(v) << 16;
-    float f;
-    std::memcpy(&f, &bits, 4);
-    return f;
-}
-
-inline bf16_t float_to_bf16(float f) {  // round to nearest even, as ATen does
-    uint32_t bits;
-    std::memcpy(&bits, &f, 4);
-    if (std::isnan(f)) return 0x7fc0;
-    bits += 0x7fff + ((bits >> 16) & 1);
-    return static_cast<bf16_t>(bits >> 16);
-}
-
-inline float round_bf16(float f) { return bf16_to_float(float_to_bf16(f)); }
 
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) float dot_bf16(const bf16_t* w, const bf16_t* x,
                                                                        int64_t n) {
@@ -105,7 +91,7 @@ at::Tensor neuron_mlp_decode(const at::Tensor& x, const at::Tensor& gate, const 
 
     // Compared in bf16, as the masked path's ATen comparison of a bf16 tensor with the
     // threshold does (the threshold rounded to bf16).
-    const float limit = round_bf16(static_cast<float>(threshold));
+    const float limit = vs_round_bf16(static_cast<float>(threshold));
     // One parallel region: each task takes a range of neurons, reads their gate rows,
     // then the up rows and down columns of the active ones among them, and sums into
     // its own fp32 row; the rows are added at the end.
@@ -117,7 +103,7 @@ at::Tensor neuron_mlp_decode(const at::Tensor& x, const at::Tensor& gate, const 
             std::vector<std::pair<int64_t, float>> active;  // (neuron, SiLU(gate))
             active.reserve(last - first);
             for (int64_t j = first; j < last; j++) {
-                const float act = round_bf16(silu(round_bf16(dot_bf16(wg + j * hidden, xp, hidden))));
+                const float act = vs_round_bf16(silu(vs_round_bf16(dot_bf16(wg + j * hidden, xp, hidden))));
                 if (std::fabs(act) > limit) active.emplace_back(j, act);
             }
             float* acc = partial.data() + t * hidden;
@@ -128,8 +114,8 @@ at::Tensor neuron_mlp_decode(const at::Tensor& x, const at::Tensor& gate, const 
                 if (i + kAhead < active.size())  // rows of scattered neurons: fetch them early
                     prefetch_row(wud + active[i + kAhead].first * 2 * hidden, 2 * hidden);
                 const bf16_t* row = wud + active[i].first * 2 * hidden;  // [up_j | down column j]
-                const float up = round_bf16(dot_bf16(row, xp, hidden));
-                scale[count] = round_bf16(active[i].second * up);
+                const float up = vs_round_bf16(dot_bf16(row, xp, hidden));
+                scale[count] = vs_round_bf16(active[i].second * up);
                 rows[count++] = row + hidden;
                 if (count == 4) {  // four down columns added in one pass over the sums
                     axpy_bf16(acc, rows, scale, count, hidden);
@@ -144,7 +130,7 @@ at::Tensor neuron_mlp_decode(const at::Tensor& x, const at::Tensor& gate, const 
     for (int64_t k = 0; k < hidden; k++) {
         float sum = 0;
         for (int t = 0; t < tasks; t++) sum += partial[static_cast<size_t>(t) * hidden + k];
-        op[k] = float_to_bf16(sum);
+        op[k] = vs_float_to_bf16(sum);
     }
     return out;
 }

@@ -13,6 +13,8 @@
 // with a scalar; a NaN is kept) becomes zero before the multiply.
 #include "silu_mul.h"
 
+#include "bf16.h"
+
 #include <ATen/Parallel.h>
 #include <ATen/Version.h>
 #include <torch/library.h>
@@ -30,27 +32,12 @@ __attribute__((target("avx2"))) __m256 Sleef_expf8_u10(__m256);
 
 namespace {
 
-inline float bf16_to_float(uint16_t v) {
-    const uint32_t bits = static_cast<uint32_t>(v) << 16;
-    float f;
-    std::memcpy(&f, &bits, 4);
-    return f;
-}
-
-inline uint16_t float_to_bf16(float f) {  // round to nearest even, NaN kept a NaN (as c10::BFloat16)
-    uint32_t bits;
-    std::memcpy(&bits, &f, 4);
-    if (std::isnan(f)) return 0x7fc0;
-    bits += 0x7fff + ((bits >> 16) & 1);
-    return static_cast<uint16_t>(bits >> 16);
-}
-
 // One element as ATen's scalar loop computes it.
 inline uint16_t silu_mul_one(uint16_t g, uint16_t u, bool drop, float bound) {
-    const float x = bf16_to_float(g);
-    float s = bf16_to_float(float_to_bf16(x / (1.0f + std::exp(-x))));
+    const float x = vs_bf16_to_float(g);
+    float s = vs_round_bf16(x / (1.0f + std::exp(-x)));
     if (drop && std::fabs(s) <= bound) s = 0.0f;
-    return float_to_bf16(s * bf16_to_float(u));
+    return vs_float_to_bf16(s * vs_bf16_to_float(u));
 }
 
 void row_scalar(const uint16_t* g, const uint16_t* u, uint16_t* out, int64_t n, bool drop, float bound) {
@@ -146,7 +133,7 @@ bool silu_mul_bf16(const at::Tensor& gate_up, at::Tensor& act, const bool* drop_
     const uint16_t* base = reinterpret_cast<const uint16_t*>(gate_up.data_ptr());
     uint16_t* out = reinterpret_cast<uint16_t*>(act.data_ptr());
     // The threshold rounded to bf16, as ATen's comparison of a bf16 tensor with it.
-    const float bound = bf16_to_float(float_to_bf16(static_cast<float>(threshold)));
+    const float bound = vs_round_bf16(static_cast<float>(threshold));
     // Rows go to threads whole; one thread below ~32K elements, where waking the
     // others costs more than it saves (ATen's grain for these ops is 32768 too).
     const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(inter, 1));
