@@ -14,4 +14,5 @@ fi
 # Optional reference stack for the live byte-compatibility check against
 # compressed-tensors 0.14.0.1 (the committed fixtures are checked regardless).
 bash scripts/ct014_venv.sh >/dev/null 2>&1 || echo "note: .venv-ct014 could not be built; live compressed-tensors 0.14 check skipped"
-exec .venv/bin/python -m pytest -q -ra "$@"
+# The slowest tests are listed at the end, to keep the run under its time budget.
+exec .venv/bin/python -m pytest -q -ra --durations=15 "$@"
