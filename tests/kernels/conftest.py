@@ -62,3 +62,24 @@ TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 @pytest.fixture
 def interp_only():
     assert INTERPRET, "kernel tests need TRITON_INTERPRET=1 before triton is imported"
+
+
+class LoadRecorder:
+    """Records every address the interpreter loads (masked-off lanes excluded)."""
+
+    def __init__(self, monkeypatch):
+        from triton.runtime import interpreter
+
+        self.addresses = []
+        builder = interpreter.interpreter_builder
+        original = builder.create_masked_load
+
+        def recording(ptrs, mask, *args, **kwargs):
+            self.addresses.append(ptrs.data[mask.data.astype(bool)].copy())
+            return original(ptrs, mask, *args, **kwargs)
+
+        monkeypatch.setattr(builder, "create_masked_load", recording)
+
+    def touched(self, t: torch.Tensor) -> int:
+        lo, hi = t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()
+        return sum(int(((a >= lo) & (a < hi)).sum()) for a in self.addresses)

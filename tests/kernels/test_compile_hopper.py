@@ -20,7 +20,7 @@ def test_all_kernels_compile_for_sm90():
     failures = [r for r in results if not r["ok"]]
     assert not failures, json.dumps(failures, indent=1)[:5000]
     kernels = {r["kernel"].split()[0] for r in results}
-    assert kernels == {"nm_matmul", "bitmap_gemm", "skip_mlp", "unpack"}
+    assert kernels == {"nm_matmul", "bitmap_gemm", "skip_mlp", "neuron_mlp", "unpack"}
     assert len(results) >= 30
     assert all(0 < r["shared_bytes"] <= H100_MAX_SHARED_PER_BLOCK for r in results)
     assert proc.returncode == 0

@@ -5,7 +5,7 @@ included), fresh random data per case, NaN-poisoned outputs, relative error."""
 import pytest
 import torch
 
-from conftest import TOL, prune_nm, prune_random, rel_err
+from conftest import TOL, LoadRecorder, prune_nm, prune_random, rel_err
 from vllm_sparse.kernels import pack_bitmap, pack_nm
 from vllm_sparse.kernels._bits import int_view
 from vllm_sparse.kernels._launch import BlockConfig
@@ -133,27 +133,6 @@ def test_skip_mlp_matches_reference(fmt, dtype):
     assert rel_err(one, ref[:1]) < TOL[dtype]
 
 
-class _LoadRecorder:
-    """Records every address the interpreter loads (masked-off lanes excluded)."""
-
-    def __init__(self, monkeypatch):
-        from triton.runtime import interpreter
-
-        self.addresses = []
-        builder = interpreter.interpreter_builder
-        original = builder.create_masked_load
-
-        def recording(ptrs, mask, *args, **kwargs):
-            self.addresses.append(ptrs.data[mask.data.astype(bool)].copy())
-            return original(ptrs, mask, *args, **kwargs)
-
-        monkeypatch.setattr(builder, "create_masked_load", recording)
-
-    def touched(self, t: torch.Tensor) -> int:
-        lo, hi = t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()
-        return sum(int(((a >= lo) & (a < hi)).sum()) for a in self.addresses)
-
-
 @pytest.mark.parametrize("fmt", [0, 2])
 def test_skip_mlp_all_skipped_tile_reads_no_weights(fmt, monkeypatch):
     from vllm_sparse.kernels.triton_skip_mlp import MLPConfig, skip_mlp
@@ -165,7 +144,7 @@ def test_skip_mlp_all_skipped_tile_reads_no_weights(fmt, monkeypatch):
     skip = torch.ones(rows, dtype=torch.bool)
     skip[16:32] = False  # only the second block of 16 rows is active
     cfg = MLPConfig(block_m=16, block_i=64, block_k=64, block_h=64)
-    rec = _LoadRecorder(monkeypatch)
+    rec = LoadRecorder(monkeypatch)
     y = skip_mlp(x, skip, *ws, fmt, inter, (2, 4), 64, config=cfg)
     weight_tensors = [t for w in ws for t in (w.values, w.bitmap, w.tile_offsets) if t is not None]
     reads_one_block = sum(rec.touched(t) for t in weight_tensors)
@@ -185,7 +164,7 @@ def test_nm_kernel_reads_only_stored_values(monkeypatch):
     gen = _gen()
     w = prune_random(prune_nm(torch.randn(32, 64, generator=gen).half(), 2, 4), 0.3, gen)
     lay = pack_nm(w, "2:4")
-    rec = _LoadRecorder(monkeypatch)
+    rec = LoadRecorder(monkeypatch)
     nm_matmul(torch.randn(1, 64, generator=gen).half(), lay.values, lay.bitmap, 2, 4, 64, None,
               BlockConfig(16, 32, 64))
     # One load per stored non-zero: empty slots and zero entries cost no value reads.

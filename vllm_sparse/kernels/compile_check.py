@@ -38,6 +38,7 @@ def _compile(fn, signature: dict, constexprs: dict, num_warps: int, num_stages: 
 def variants():
     """(name, fn, signature, constexprs, num_warps, num_stages) for each real configuration."""
     from . import triton_bitmap_gemv as bg
+    from . import triton_neuron_mlp as nrn
     from . import triton_nm_matmul as nmm
     from . import triton_skip_mlp as sm
     from . import triton_unpack as up
@@ -84,6 +85,16 @@ def variants():
                          "BLOCK_I": cfg.block_i, "BLOCK_K": cfg.block_k, "BLOCK_H": cfg.block_h}
                 out.append((f"skip_mlp {t} {fmt_name} M={rows} {cfg}", sm.skip_mlp_kernel, sig, const,
                             cfg.num_warps, cfg.num_stages))
+        for rows in (1, 64):
+            cfg = nrn.pick_config(rows)
+            sig = {"x_ptr": f"*{t}", "mode_ptr": "*i8", "gate_ptr": f"*{t}", "up_ptr": f"*{t}",
+                   "down_t_ptr": f"*{t}", "out_ptr": "*fp32", "dropped_ptr": "*i32", "threshold": "fp32",
+                   "M": "i32", "H": "i32", "I": "i32", "stride_xm": "i32", "stride_om": "i32",
+                   "stride_g": "i32", "stride_u": "i32", "stride_d": "i32"}
+            const = {"UPCAST": upcast_in_kernel(dtype), "DOT_PRECISION": dot_precision(dtype),
+                     "BLOCK_M": cfg.block_m, "BLOCK_I": cfg.block_i, "BLOCK_K": cfg.block_k, "BLOCK_H": cfg.block_h}
+            out.append((f"neuron_mlp {t} M={rows} {cfg}", nrn.neuron_mlp_kernel, sig, const,
+                        cfg.num_warps, cfg.num_stages))
         for fmt, fmt_name in ((1, "2:4"), (1, "4:8"), (2, "bitmap")):
             n, m = (4, 8) if fmt_name == "4:8" else (2, 4)
             sig = {"values_ptr": "*i16", "bitmap_ptr": "*u8", "offsets_ptr": "*i32", "out_ptr": "*i16",

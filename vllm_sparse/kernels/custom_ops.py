@@ -135,3 +135,23 @@ def skip_mlp(x: torch.Tensor, skip: torch.Tensor, fmt: int, n: int, m: int, tile
 @skip_mlp.register_fake
 def _(x, skip, fmt, n, m, tile_k, intermediate, *weights):
     return torch.empty_like(x)
+
+
+@torch.library.custom_op("vllm_sparse::neuron_mlp", mutates_args=())
+def neuron_mlp(x: torch.Tensor, row_mode: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, down_t: torch.Tensor,
+               threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gated MLP with neuron-level skipping (triton_neuron_mlp), weights as its
+    NeuronLayout (gate, up, down_t: [I, H] each): (output, neurons dropped per row)."""
+    if kernels_can_run(x.device):
+        from .triton_neuron_mlp import NeuronLayout
+        from .triton_neuron_mlp import neuron_mlp as triton_neuron_mlp
+
+        return triton_neuron_mlp(x, row_mode, NeuronLayout(gate, up, down_t), threshold)
+    from .reference import neuron_mlp_ref
+
+    return neuron_mlp_ref(x, row_mode, gate, up, down_t.t(), threshold)
+
+
+@neuron_mlp.register_fake
+def _(x, row_mode, gate, up, down_t, threshold):
+    return torch.empty_like(x), x.new_empty(x.shape[0], dtype=torch.int32)

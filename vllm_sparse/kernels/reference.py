@@ -54,3 +54,21 @@ def skip_mlp_ref(
     y = F.linear(h, dense_weight(down).float())
     y[skip.bool()] = 0
     return y.to(x.dtype)
+
+
+def neuron_mlp_ref(x: torch.Tensor, row_mode: torch.Tensor, gate: torch.Tensor, up: torch.Tensor,
+                   down: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gated MLP with neuron-level skipping (triton_neuron_mlp): per row mode 0 all
+    neurons, 1 those with |SiLU(gate)| <= threshold dropped, 2 exact zeros. Each
+    intermediate is rounded to x.dtype as an unfused MLP writes it. Returns (output,
+    neurons dropped per row, int32)."""
+    xf = x.float()
+    g = F.linear(xf, gate.float()).to(x.dtype)
+    act = F.silu(g.float()).to(x.dtype).float()
+    u = F.linear(xf, up.float()).to(x.dtype).float()
+    mode = row_mode.long()
+    dropped = (mode == 1)[:, None] & (act.abs() <= threshold)
+    h = torch.where(dropped, 0.0, act * u).to(x.dtype).float()
+    y = F.linear(h, down.float())
+    y[mode == 2] = 0
+    return y.to(x.dtype), dropped.sum(dim=1, dtype=torch.int32)
