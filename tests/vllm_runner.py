@@ -20,6 +20,7 @@ from pathlib import Path
 from vllm_sparse.runtime import private_vllm_cache
 
 RUNNER = Path(__file__).resolve()
+_RESOLVE: dict = {}  # ffn_skip_op.OpSkip.resolve as the plugin has it, once a job has replaced it
 
 
 def run_engines(jobs: list[dict], workdir: Path, *, plugins: bool = True, timeout: float = 900,
@@ -29,6 +30,7 @@ def run_engines(jobs: list[dict], workdir: Path, *, plugins: bool = True, timeou
     True), ``max_num_batched_tokens``, ``max_model_len``, ``skip_tokenizer_init``
     (then prompts are lists of token ids), ``tensor_parallel_size``,
     ``pipeline_parallel_size``; FFN-skip keys: ``ffn_skip`` (a profile path,
+    ``ffn_python_step`` (run the Python skip step, not the C++ op),
     put in ``VLLM_SPARSE_FFN_SKIP`` before the engine starts; it must be set in the
     first job of a call for any job of that call to skip, since plugins register
     once per process) and ``ffn_trace`` (return the per-layer decisions). Returns one result per job:
@@ -72,6 +74,10 @@ def _run_job(job: dict) -> dict:
         from vllm_sparse.plugin import ffn_skip_op
 
         one_op_models = len(ffn_skip_op.MODELS)
+        # The Python step, as where the op cannot run (CUDA, quantized, sharded layers).
+        _RESOLVE.setdefault("op", ffn_skip_op.OpSkip.resolve)
+        refuse = lambda mlps: (None, "the test asks for the Python step")  # noqa: E731
+        ffn_skip_op.OpSkip.resolve = staticmethod(refuse if job.get("ffn_python_step") else _RESOLVE["op"])
     try:
         llm = LLM(
             model=job["model"], quantization=job.get("quantization"), dtype=job.get("dtype", "bfloat16"),

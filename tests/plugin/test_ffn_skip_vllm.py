@@ -2,7 +2,8 @@
 off is token-identical to the plugin without the feature, threshold 1.0 skips
 nothing, with skipping on (block and neuron-level together) vLLM's per-token
 decisions equal the transformers path's on the same model and tokens, and compiled mode (torch.compile) decides and
-generates exactly as eager mode does; both run the C++ skip step (one op per layer).
+generates exactly as eager mode does; both run the C++ skip step (one op per layer),
+and the Python step (the fallback where the op cannot run) decides as the op does.
 
 Tolerance for the cross-path check: none (exact), in fp32. In bf16, vLLM's
 kernels and transformers' round differently, so a similarity within rounding of
@@ -68,10 +69,12 @@ def engines(base_model, tmp_path_factory):
         {**job, "ffn_skip": both, "dtype": "float32", "ffn_trace": True},
         {**job, "ffn_skip": _profile(work, "bad", threshold=1.5)},
         {**job, "ffn_skip": both, "dtype": "float32", "ffn_trace": True, "enforce_eager": False},
+        {**job, "ffn_skip": both, "dtype": "float32", "ffn_trace": True, "ffn_python_step": True},
     ]
-    off, threshold1, on, bad, compiled = run_engines(jobs, work / "with-feature")
+    off, threshold1, on, bad, compiled, python_step = run_engines(jobs, work / "with-feature")
     on["profile"] = compiled["profile"] = both
-    return {"baseline": baseline, "off": off, "threshold1": threshold1, "on": on, "bad": bad, "compiled": compiled}
+    return {"baseline": baseline, "off": off, "threshold1": threshold1, "on": on, "bad": bad, "compiled": compiled,
+            "python_step": python_step}
 
 
 def test_off_is_token_identical_to_the_plugin_without_the_feature(engines):
@@ -130,6 +133,18 @@ def test_compiled_mode_decides_and_generates_as_eager(engines):
     assert compiled["tokens"] == eager["tokens"]
     assert compiled["ffn_totals"] == eager["ffn_totals"]
     assert Counter(map(tuple, compiled["ffn_trace"])) == Counter(map(tuple, eager["ffn_trace"]))
+
+
+def test_python_step_decides_and_generates_as_the_op(engines):
+    """The Python skip step (what runs where the C++ op cannot: CUDA, quantized or
+    sharded layers) applies both granularities as the op does: same tokens, same
+    per-(layer, position) decisions, in fp32."""
+    python_step, op = engines["python_step"], engines["on"]
+    assert "error" not in python_step, python_step.get("error")
+    assert not python_step["ffn_skip_one_op"]
+    assert python_step["tokens"] == op["tokens"]
+    assert python_step["ffn_totals"] == op["ffn_totals"]
+    assert Counter(map(tuple, python_step["ffn_trace"])) == Counter(map(tuple, op["ffn_trace"]))
 
 
 def test_cuda_graphs_are_refused_with_a_clear_message(monkeypatch):

@@ -34,8 +34,7 @@ import triton.language as tl
 
 from ._launch import ACT_DTYPES, dot_precision, upcast_in_kernel
 from ._triton_mode import INTERPRET, check_device, jit
-
-ROW_FULL, ROW_DROP_NEURONS, ROW_SKIPPED = 0, 1, 2
+from .custom_ops import ROW_DROP_NEURONS, ROW_FULL, ROW_SKIPPED  # noqa: F401 - ROW_FULL: for callers
 _DROP: tl.constexpr = tl.constexpr(ROW_DROP_NEURONS)  # the same values, readable inside the kernel
 _SKIPPED: tl.constexpr = tl.constexpr(ROW_SKIPPED)
 

@@ -27,7 +27,7 @@ read back to Python per layer. Where the op cannot run a projection (CUDA, quant
 layers, tensor parallelism) the Python step below runs instead: eager, as plain
 Python; compiled, inside the opaque custom op ``vllm_sparse::ffn_skip_step`` (same
 decisions and tokens as eager, but its host-side decisions cost more than a skipped
-FFN saves). CUDA graphs are refused at start-up: a captured graph would replay one
+FFN saves). Its neuron-level skipping is ffn_skip_neuron.py. CUDA graphs are refused at start-up: a captured graph would replay one
 batch's host-side decisions for every batch.
 """
 
@@ -44,6 +44,7 @@ from ..skip.policy import ENV_VAR, SkipPolicy, SkipPolicyError, policy_from_env
 from . import batch_rows, ffn_skip_op
 from . import vllm_internals as vi
 from .batch_rows import enable_trace, query_rows_prompt  # noqa: F401  (enable_trace: the test hook)
+from .ffn_skip_neuron import NeuronMLP
 from .worker_metrics import record_ffn_blocks
 
 logger = logging.getLogger(vi.LOGGER_NAME)
@@ -156,7 +157,12 @@ def _patch_layer(state: _ModelSkip, op_state: ffn_skip_op.OpSkip | None, index: 
     opaque ``vllm_sparse::ffn_skip_step`` op."""
     layer_forward = layer.forward
     norm_forward = layer.post_attention_layernorm.forward
-    state.mlps[index] = (layer.mlp.forward, _fused_mlp(layer.mlp))
+    threshold = state.policy.neuron_threshold(index)
+    if threshold > 0:  # neuron-level skipping in the Python step (the C++ op has its own)
+        neuron = NeuronMLP(layer.mlp, threshold, lambda: state.run.may_skip_rows())
+        state.mlps[index] = (neuron, neuron.fused)
+    else:
+        state.mlps[index] = (layer.mlp.forward, _fused_mlp(layer.mlp))
 
     def forward(positions, *args, **kwargs):
         state.layer_positions = positions
