@@ -35,6 +35,8 @@ import triton.language as tl
 from ._launch import ACT_DTYPES, dot_precision, upcast_in_kernel
 from ._triton_mode import INTERPRET, check_device, jit
 from .custom_ops import ROW_DROP_NEURONS, ROW_FULL, ROW_SKIPPED  # noqa: F401 - ROW_FULL: for callers
+from .triton_skip_mlp import MLPConfig  # the same four block sizes
+
 _DROP: tl.constexpr = tl.constexpr(ROW_DROP_NEURONS)  # the same values, readable inside the kernel
 _SKIPPED: tl.constexpr = tl.constexpr(ROW_SKIPPED)
 
@@ -115,23 +117,13 @@ def neuron_mlp_kernel(
                               mask=rows_on[:, None] & h_ok[None, :])
 
 
-@dataclass(frozen=True)
-class NeuronMLPConfig:
-    block_m: int
-    block_i: int
-    block_k: int
-    block_h: int
-    num_warps: int = 4
-    num_stages: int = 2
-
-
-def pick_config(m: int) -> NeuronMLPConfig:
+def pick_config(m: int) -> MLPConfig:
     """BLOCK_I neurons share one keep decision per load; smaller blocks skip more
     reads at a given sparsity (a block is read if any of its neurons is kept), larger
     ones give longer contiguous runs. 32 neurons is 64 B of each row per lane group."""
     if INTERPRET:
-        return NeuronMLPConfig(block_m=16, block_i=32, block_k=32, block_h=32)
-    return NeuronMLPConfig(block_m=16 if m <= 16 else 32, block_i=32, block_k=128, block_h=128)
+        return MLPConfig(block_m=16, block_i=32, block_k=32, block_h=32)
+    return MLPConfig(block_m=16 if m <= 16 else 32, block_i=32, block_k=128, block_h=128)
 
 
 @dataclass(frozen=True)
@@ -175,7 +167,7 @@ class NeuronLayout:
 
 
 def neuron_mlp(x: torch.Tensor, row_mode: torch.Tensor, layout: NeuronLayout, threshold: float,
-               config: NeuronMLPConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               config: MLPConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(MLP output [M, H] in x's dtype, neurons dropped per row int32 [M])."""
     if x.dim() != 2 or x.dtype not in ACT_DTYPES:
         raise ValueError(f"x must be a 2-D fp16/bf16/fp32 tensor, got {x.dtype} {tuple(x.shape)}")
