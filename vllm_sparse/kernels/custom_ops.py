@@ -21,9 +21,6 @@ NM_DIRECT_MAX_M = 256  # above: unpack to dense once, then the vendor dense GEMM
 BITMAP_DIRECT_MAX_M = 64
 
 FMT_DENSE, FMT_NM, FMT_BITMAP = 0, 1, 2
-# Row modes of vllm_sparse::neuron_mlp (int8): every neuron, drop those under the
-# threshold, or skip the whole row (exact zeros).
-ROW_FULL, ROW_DROP_NEURONS, ROW_SKIPPED = 0, 1, 2
 
 
 def kernels_can_run(device: torch.device) -> bool:

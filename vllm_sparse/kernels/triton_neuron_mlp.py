@@ -34,7 +34,7 @@ import triton.language as tl
 
 from ._launch import ACT_DTYPES, dot_precision, upcast_in_kernel
 from ._triton_mode import INTERPRET, check_device, jit
-from .custom_ops import ROW_DROP_NEURONS, ROW_FULL, ROW_SKIPPED  # noqa: F401 - ROW_FULL: for callers
+from .row_modes import ROW_DROP_NEURONS, ROW_FULL, ROW_SKIPPED  # noqa: F401 - ROW_FULL: for callers
 from .triton_skip_mlp import MLPConfig  # the same four block sizes
 
 _DROP: tl.constexpr = tl.constexpr(ROW_DROP_NEURONS)  # the same values, readable inside the kernel

@@ -21,7 +21,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ..kernels.custom_ops import ROW_DROP_NEURONS, ROW_FULL, ROW_SKIPPED, neuron_mlp
+from ..kernels.custom_ops import neuron_mlp
+from ..kernels.row_modes import ROW_DROP_NEURONS, ROW_FULL, ROW_SKIPPED
 from . import vllm_internals as vi
 
 logger = logging.getLogger(vi.LOGGER_NAME)
