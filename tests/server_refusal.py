@@ -1,5 +1,5 @@
 """Start vLLM's OpenAI server (plugin installed) on checkpoints that must be refused,
-one at a time or several side by side."""
+several side by side."""
 
 from __future__ import annotations
 
@@ -7,24 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 from net import free_port
 from vllm_sparse.serving.server_process import OpenAIServer, ServerFailed
-
-
-def expect_refused(checkpoint: Path, tmp_path: Path, *expected: str, extra_args: list[str] = ()) -> str:
-    """The server exits non-zero before serving, and its log holds every ``expected``
-    text; returns the log."""
-    server = OpenAIServer(checkpoint, free_port(), tmp_path / "server.log", extra_args=list(extra_args),
-                          startup_timeout=240)
-    with pytest.raises(ServerFailed, match="exited with"):
-        server.start()
-    assert server.process.returncode != 0
-    log = server.log_text()
-    for text in expected:
-        assert text in log, f"{text!r} not in the server log {tmp_path / 'server.log'}"
-    return log
 
 
 @dataclass
@@ -62,17 +46,3 @@ def start_side_by_side(checkpoints: dict[str, Path], tmp_path: Path, extra_args:
         server.stop()
         starts[name] = Start(failure, server.process.returncode, server.log_path)
     return starts
-
-
-def expect_all_refused(cases: dict[str, tuple[Path, tuple[str, ...]]], tmp_path: Path,
-                       extra_args: list[str] = ()) -> None:
-    """``expect_refused`` for each case (name -> checkpoint, expected texts), the
-    servers started side by side; every case is checked before anything fails."""
-    starts = start_side_by_side({name: path for name, (path, _) in cases.items()}, tmp_path, extra_args)
-    problems = []
-    for name, (_, expected) in cases.items():
-        try:
-            starts[name].assert_refused(*expected)
-        except AssertionError as error:
-            problems.append(f"{name}: {error}")
-    assert not problems, "\n".join(problems)

@@ -1,6 +1,10 @@
-"""Broken checkpoints never get served: vLLM's OpenAI server (normal multi-process
-mode, plugin installed) exits non-zero before accepting a request, and its log names
-the file, tensor or key at fault."""
+"""Broken checkpoints never get served: vLLM's engine (plugin installed) refuses each
+at start-up with an error naming the file, tensor or key at fault, and vLLM's OpenAI
+server (normal multi-process mode) exits non-zero before accepting a request with
+that error in its log. The server is started on one case of each stage that refuses
+(the API server's config check, the engine core's weight loading); the engine is
+started on every case, all in one process (a server start costs ~30 s of CPU, an
+engine start in a process that has imported vLLM a few)."""
 
 from __future__ import annotations
 
@@ -13,7 +17,8 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from checkpoints import CASES, MODELS, build_case
-from server_refusal import expect_refused, start_side_by_side
+from server_refusal import start_side_by_side
+from vllm_runner import run_engines
 
 pytestmark = pytest.mark.vllm
 
@@ -43,9 +48,6 @@ def _edit_config(checkpoint: Path, edit) -> None:
     path.write_text(json.dumps(config))
 
 
-# The three broken checkpoints below are refused only while the engine loads the
-# weights (the others fail in the API server's config check, in seconds): their
-# servers start side by side, once for the module.
 TWO_OF_FOUR_WEIGHT = "model.layers.3.mlp.up_proj.weight"
 POPCOUNT_PREFIX = "model.layers.2.self_attn.o_proj"
 
@@ -63,50 +65,84 @@ def _one_more_bit(tensors) -> None:
     row0[byte] = int(row0[byte]) | (1 << free_bit)
 
 
+def _truncate(checkpoint: Path) -> None:
+    weights = checkpoint / "model.safetensors"
+    with weights.open("r+b") as handle:
+        handle.truncate(weights.stat().st_size // 2)
+
+
+def _unknown_format(config: dict) -> None:
+    config["quantization_config"]["sparsity_config"].update(format="sparse-32-bitmask")
+
+
+# One case per stage that refuses: the server must exit with the error in its log.
+THROUGH_THE_SERVER = ("unknown-format", "three-nonzeros")
+
+
 @pytest.fixture(scope="module")
-def load_time_refusals(cases, tmp_path_factory):
-    work = tmp_path_factory.mktemp("refused-at-load")
-    broken = {"three-nonzeros": _copy(cases["2of4"].dense, work / "three-nonzeros"),
-              "popcount": _copy(cases["unstructured50"].compressed, work / "popcount"),
-              "config-shape": _copy(cases["4of8"].compressed, work / "config-shape")}
+def refusals(cases, tmp_path_factory):
+    """name -> (the engine's start-up error, how the server start ended or None, the
+    broken checkpoint)."""
+    work = tmp_path_factory.mktemp("refused")
+    broken = {name: _copy(cases[source].dense if name == "three-nonzeros" else cases[source].compressed, work / name)
+              for name, source in (("three-nonzeros", "2of4"), ("popcount", "unstructured50"),
+                                   ("config-shape", "4of8"), ("truncated", "2of4"), ("unknown-format", "2of4"),
+                                   ("missing-part", "2of4"))}
     _edit_tensors(broken["three-nonzeros"], _third_nonzero)
     _edit_tensors(broken["popcount"], _one_more_bit)
     _edit_config(broken["config-shape"], lambda config: config.update(intermediate_size=1280))
-    return start_side_by_side(broken, work)
+    _truncate(broken["truncated"])
+    _edit_config(broken["unknown-format"], _unknown_format)
+    _edit_tensors(broken["missing-part"], lambda tensors: tensors.pop("model.layers.5.mlp.down_proj.bitmask"))
+    engines = run_engines([{"model": str(path), "prompts": ["Hello"], "max_tokens": 2} for path in broken.values()],
+                          work / "engines")
+    servers = start_side_by_side({name: broken[name] for name in THROUGH_THE_SERVER}, work)
+    return {name: (result.get("error", ""), servers.get(name), path)
+            for (name, path), result in zip(broken.items(), engines)}
 
 
-def test_declared_2of4_with_three_nonzeros_in_a_group(load_time_refusals):
-    load_time_refusals["three-nonzeros"].assert_refused(f"{TWO_OF_FOUR_WEIGHT}: declared 2:4",
-                                                        "row 7, columns 8..11 hold 3 non-zeros")
+def _assert_refused(refusals, name: str, *expected: str) -> str:
+    """Every ``expected`` text is in the engine's error (and, where the server was
+    started on the case, the server exited non-zero with them in its log); returns the
+    engine's error."""
+    error, server, _ = refusals[name]
+    assert error, f"{name}: the engine started"
+    for text in expected:
+        assert text in error, f"{text!r} not in the engine's error: {error[:2000]}"
+    if server is not None:
+        server.assert_refused(*expected)
+    return error
 
 
-def test_bitmask_popcount_differs_from_stored_values(load_time_refusals):
+def test_the_server_is_started_on_each_stage_that_refuses(refusals):
+    assert all(refusals[name][1] is not None for name in THROUGH_THE_SERVER)
+
+
+def test_declared_2of4_with_three_nonzeros_in_a_group(refusals):
+    _assert_refused(refusals, "three-nonzeros", f"{TWO_OF_FOUR_WEIGHT}: declared 2:4",
+                    "row 7, columns 8..11 hold 3 non-zeros")
+
+
+def test_bitmask_popcount_differs_from_stored_values(refusals):
     prefix = POPCOUNT_PREFIX
-    load_time_refusals["popcount"].assert_refused(f"{prefix}.bitmask:", "bits set but", f"{prefix}.compressed holds")
+    _assert_refused(refusals, "popcount", f"{prefix}.bitmask:", "bits set but", f"{prefix}.compressed holds")
 
 
-def test_truncated_safetensors_file(cases, tmp_path):
-    broken = _copy(cases["2of4"].compressed, tmp_path / "ckpt")
-    weights = broken / "model.safetensors"
-    with weights.open("r+b") as handle:
-        handle.truncate(weights.stat().st_size // 2)
-    expect_refused(broken, tmp_path, f"{weights}: truncated safetensors file")
+def test_truncated_safetensors_file(refusals):
+    checkpoint = refusals["truncated"][2]
+    _assert_refused(refusals, "truncated", f"{checkpoint / 'model.safetensors'}: truncated safetensors file")
 
 
-def test_unknown_sparsity_format(cases, tmp_path):
-    broken = _copy(cases["2of4"].compressed, tmp_path / "ckpt")
-    _edit_config(broken, lambda config: config["quantization_config"]["sparsity_config"].update(format="sparse-32-bitmask"))
-    expect_refused(broken, tmp_path, "quantization_config.sparsity_config.format", "'sparse-32-bitmask'")
+def test_unknown_sparsity_format(refusals):
+    _assert_refused(refusals, "unknown-format", "quantization_config.sparsity_config.format", "'sparse-32-bitmask'")
 
 
-def test_config_shape_disagrees_with_weights(load_time_refusals):
-    log = load_time_refusals["config-shape"].assert_refused("does not match the model config (config.json)")
+def test_config_shape_disagrees_with_weights(refusals):
+    error = _assert_refused(refusals, "config-shape", "does not match the model config (config.json)")
     # whichever MLP weight is read first is named, with both shapes
-    assert re.search(r"model\.layers\.0\.mlp\.(gate|up|down)_proj \(decompressed from .*\): shape \[", log)
-    assert "[576, 1280]" in log or "[1280, 576]" in log
+    assert re.search(r"model\.layers\.0\.mlp\.(gate|up|down)_proj \(decompressed from .*\): shape \[", error)
+    assert "[576, 1280]" in error or "[1280, 576]" in error
 
 
-def test_compressed_weight_missing_a_part(cases, tmp_path):
-    broken = _copy(cases["2of4"].compressed, tmp_path / "ckpt")
-    _edit_tensors(broken, lambda tensors: tensors.pop("model.layers.5.mlp.down_proj.bitmask"))
-    expect_refused(broken, tmp_path, "model.layers.5.mlp.down_proj", "bitmask")
+def test_compressed_weight_missing_a_part(refusals):
+    _assert_refused(refusals, "missing-part", "model.layers.5.mlp.down_proj", "bitmask")
