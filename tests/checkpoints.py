@@ -88,3 +88,8 @@ def tiny_llama(directory: Path, num_key_value_heads: int = 2, intermediate_size:
         model.lm_head.weight.mul_(10)
     model.save_pretrained(directory, safe_serialization=True)
     return directory
+
+
+def layer_rows(table: str) -> list[list[str]]:
+    """The per-layer rows of a vllm-sparse layer table, split into their columns."""
+    return [line.split() for line in table.splitlines() if line.startswith("model.layers.")]

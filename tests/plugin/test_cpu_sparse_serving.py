@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import pytest
 
-from checkpoints import MODELS, REPO
+from checkpoints import MODELS, REPO, layer_rows
 from vllm_runner import run_engines
 from vllm_sparse.demo import extract_layer_table
 from vllm_sparse.quality.prompts import GREEDY_PROMPTS
@@ -77,10 +77,6 @@ def served(base_model, tmp_path_factory):
     return dict(zip(names, stock)), dict(zip(names, ours)), tables
 
 
-def _rows(table: str) -> list[list[str]]:
-    return [line.split() for line in table.splitlines() if line.startswith("model.layers.")]
-
-
 def test_layers_take_the_measured_path_and_keep_only_compressed_weights(served):
     """Each layer's kernel is what the committed table says for its shape and sparsity
     on this CPU; every 2:4 layer is on the CPU kernels and stores ~56% of dense."""
@@ -93,7 +89,7 @@ def test_layers_take_the_measured_path_and_keep_only_compressed_weights(served):
     isa_name = isa.NAMES[isa.default()]
     nm24_isa = layout24.kernel_isa()
     for name, table in zip([*CHECKPOINTS, "2of4-compiled"], tables):
-        rows = _rows(table)
+        rows = layer_rows(table)
         assert len(rows) == 120
         for row in rows:
             shape = tuple(int(v) for v in row[1].split("x"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from checkpoints import CASES, MODELS, build_case
+from checkpoints import CASES, MODELS, build_case, layer_rows
 from vllm_runner import run_engines
 from vllm_sparse.demo import extract_layer_table
 from vllm_sparse.quality.prompts import GREEDY_PROMPTS
@@ -88,7 +88,7 @@ def test_layer_tables_name_every_pattern(served):
     assert len(tables) == len(KEYS)
     expected = {"unstructured50": {"unstructured"}, "2of4": {"2:4"}, "4of8": {"4:8"}, "per_layer": {"unstructured"}}
     for (name, storage), table in zip(KEYS, tables):
-        rows = _rows(table)
+        rows = layer_rows(table)
         assert len(rows) == 120, (name, storage)
         assert {row[2] for row in rows} == expected[name], (name, storage)
         assert "total (120 layers)" in table
@@ -97,13 +97,9 @@ def test_layer_tables_name_every_pattern(served):
 def test_per_layer_sparsity_is_detected_per_layer(served):
     _, _, tables = served
     for storage in ("dense", "compressed", "opt-in flag"):
-        rows = _rows(tables[KEYS.index(("per_layer", storage))])
+        rows = layer_rows(tables[KEYS.index(("per_layer", storage))])
         by_layer = {}
         for row in rows:
             by_layer.setdefault(int(row[0].split(".")[2]), float(row[3].rstrip("%")))
         for layer in (0, 15, 29):
             assert by_layer[layer] == pytest.approx(100 * (0.3 + 0.4 * layer / 29), abs=0.2), (storage, layer)
-
-
-def _rows(table: str) -> list[list[str]]:
-    return [line.split() for line in table.splitlines() if line.startswith("model.layers.")]

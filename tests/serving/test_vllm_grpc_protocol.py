@@ -23,7 +23,7 @@ import pytest
 from smg_grpc_proto import vllm_engine_pb2 as ve
 from smg_grpc_proto import vllm_engine_pb2_grpc as ve_grpc
 
-from checkpoints import CASES, MODELS, build_case
+from checkpoints import CASES, MODELS, build_case, layer_rows
 from grpc_helpers import free_port, generate_request, prometheus_value, stub, vllm_engine_stream
 from vllm_runner import run_engines
 from vllm_sparse.cli import main as cli_main
@@ -84,8 +84,7 @@ def test_stock_launcher_serves_the_compressed_checkpoint_through_the_plugin(chec
     launcher = VllmGrpcLauncher(checkpoint, free_port(), tmp_path / "server.log", env=STOCK_ENV)
     with launcher:
         # Our loader ran inside stock vLLM's engine process, recognising 2:4 in every layer.
-        rows = [line.split() for line in extract_layer_table(launcher.log_text()).splitlines()
-                if line.startswith("model.layers.")]
+        rows = layer_rows(extract_layer_table(launcher.log_text()))
         assert len(rows) == 120 and {row[2] for row in rows} == {"2:4"}
         channel, client = _client(launcher.port)
         with channel:
