@@ -115,6 +115,32 @@ def test_tiled_large_m_path_and_unpack(code, dtype):
         assert torch.allclose(y.float(), F.linear(x, w, bias).float(), rtol=1e-2, atol=1e-2 * x.shape[1] ** 0.5)
 
 
+def test_panel_gemm_of_the_large_m_path_is_exact_to_fp32_accumulation():
+    """bf16 on the AVX-512 BF16 path: the large-M path multiplies its decompressed
+    panels itself (gemm_tile_bf16.cpp), accumulating in fp32 and rounding once, so it
+    is held to the direct kernel's bound. Rows not a multiple of the 32-row panel,
+    pairs not a multiple of the 16-pair transpose, M across the 12-row blocks; both
+    layouts; every output poisoned beforehand."""
+    if isa.AVX512_BF16 not in isa.supported():
+        pytest.skip("this CPU has no AVX-512 BF16 path")
+    from vllm_sparse.kernels.cpu import layout24
+
+    gen = _gen(77)
+    cases = [(shape, None) for shape in [(1, 70), (37, 70), (33, 1000), (130, 96)]]
+    cases += [(shape, (2, 4)) for shape in [(37, 576), (64, 128)]]
+    for shape, pattern in cases:
+        w = _pruned(shape, 0.6, torch.bfloat16, gen, pattern)
+        for m in [13, 24, 25, 40, 70]:
+            x = torch.randn(m, shape[1], generator=gen).bfloat16()
+            bias = torch.randn(shape[0], generator=gen).bfloat16() if m % 2 else None
+            _poison_allocator(m * shape[0], torch.bfloat16)
+            if pattern is None:
+                y = cpu_kernels.linear(x, CpuSparseLayout.pack(w), bias, isa.AVX512_BF16, max_direct_m=8)
+            else:
+                y = layout24.linear(x, layout24.Cpu24Layout.pack(w), bias, max_direct_m=8, isa_code=isa.AVX512_BF16)
+            _check(y, x, w, bias, torch.bfloat16)
+
+
 def test_tiled_path_inside_and_outside_inference_mode():
     """vLLM runs the model under torch.inference_mode (its warm-up too): the tiled path's
     worker threads must see the caller's mode, whichever it is."""

@@ -128,15 +128,77 @@ at::Tensor tile_buffer(int64_t numel, const at::TensorOptions& options) {
     return buffer.narrow(0, 0, numel);
 }
 
-// Large M: each thread decompresses a tile of rows into its own cache-resident
-// buffer and multiplies it with torch's dense GEMM (the one dense layers use; inside
-// the parallel region it runs on the calling thread); the dense weight never exists
-// whole and a tile goes from decompression to GEMM without leaving the core's cache.
-// ``unpack_rows(r0, r1, dst)`` writes dense rows [r0, r1) of the weight into dst.
-template <class UnpackRows>
+// Whether the large-M path multiplies its tiles with gemm_tile_bf16.cpp (bf16 on the
+// AVX-512 BF16 path; VLLM_SPARSE_CPU_TILE_GEMM=torch forces torch's GEMM, for
+// comparison) rather than torch's GEMM.
+bool own_tile_gemm(int64_t isa, at::ScalarType dtype, int64_t k) {
+    static const bool torch_forced = [] {
+        const char* env = getenv("VLLM_SPARSE_CPU_TILE_GEMM");
+        return env && strcmp(env, "torch") == 0;
+    }();
+    return !torch_forced && isa == VS_AVX512_BF16 && dtype == at::kBFloat16 && k % 2 == 0;
+}
+
+// Large M with gemm_tile_bf16.cpp: the activations are packed once (split over the
+// threads), then each thread decompresses panels of 32 rows into its own buffers and
+// multiplies each with every activation row while it is in the core's cache.
+// ``regions_of(r0, r1, out)`` names the compressed bytes of rows [r0, r1) (at most
+// two ranges) and returns how many.
+template <class UnpackRows, class RegionsOf>
+at::Tensor own_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const UnpackRows& unpack_rows,
+                            const RegionsOf& regions_of, const c10::optional<at::Tensor>& bias) {
+    const int64_t m = x.size(0);
+    const int64_t pairs = k / 2;
+    at::Tensor xa = at::empty({m * pairs}, x.options().dtype(at::kInt));
+    const uint16_t* x16 = reinterpret_cast<const uint16_t*>(x.data_ptr());
+    uint32_t* xa32 = reinterpret_cast<uint32_t*>(xa.data_ptr<int32_t>());
+    at::parallel_for(0, pairs, share(pairs, 64), [&](int64_t p0, int64_t p1) {
+        vs_pack_activations(x16, m, k, p0, p1, xa32);
+    });
+    at::Tensor bias_f;
+    if (bias.has_value() && bias->defined()) bias_f = bias->to(at::kFloat).contiguous();
+    at::Tensor y = at::empty({m, n}, x.options());
+    VsGemm g;
+    g.x = x16;
+    g.m = m;
+    g.bias = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
+    g.y = y.data_ptr();
+    g.ldy = n;
+    g.out_dtype = VS_BF16;
+    const int64_t tile = VS_TILE_PANEL_ROWS;
+    const int64_t tiles = (n + tile - 1) / tile;
+    at::parallel_for(0, tiles, 1, [&](int64_t first, int64_t last) {
+        // One buffer per thread: the decompressed rows, then the panel.
+        at::Tensor buffer = tile_buffer(2 * tile * k, x.options());
+        uint16_t* rows_dense = reinterpret_cast<uint16_t*>(buffer.data_ptr());
+        uint32_t* panel = reinterpret_cast<uint32_t*>(rows_dense + tile * k);
+        for (int64_t t = first; t < last; t++) {
+            const int64_t r0 = t * tile;
+            const int64_t rows = std::min(tile, n - r0);
+            unpack_rows(r0, r0 + rows, rows_dense);
+            if (rows < tile) memset(rows_dense + rows * k, 0, (tile - rows) * k * sizeof(uint16_t));
+            VsRegion next[2];
+            const int regions = t + 1 < last ? regions_of(r0 + tile, std::min(n, r0 + 2 * tile), next) : 0;
+            vs_panel_gemm_bf16(rows_dense, rows, k, panel, xa32, m, &g, r0, next, regions);
+        }
+    });
+    return y;
+}
+
+// Large M elsewhere: each thread decompresses a tile of rows into its own
+// cache-resident buffer and multiplies it with torch's dense GEMM (the one dense
+// layers use; inside the parallel region it runs on the calling thread); the dense
+// weight never exists whole and a tile goes from decompression to GEMM without
+// leaving the core's cache. ``unpack_rows(r0, r1, dst)`` writes dense rows [r0, r1)
+// of the weight into dst.
+template <class UnpackRows, class RegionsOf>
 at::Tensor tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const at::TensorOptions& weight_options,
-                        const UnpackRows& unpack_rows, const c10::optional<at::Tensor>& bias) {
-    const int64_t es = c10::elementSize(weight_options.dtype().toScalarType());
+                        int64_t isa, const UnpackRows& unpack_rows, const RegionsOf& regions_of,
+                        const c10::optional<at::Tensor>& bias) {
+    const at::ScalarType dtype = weight_options.dtype().toScalarType();
+    if (x.scalar_type() == dtype && own_tile_gemm(isa, dtype, k))
+        return own_tiled_linear(x, n, k, unpack_rows, regions_of, bias);
+    const int64_t es = c10::elementSize(dtype);
     const int64_t tile = std::min(n, std::max<int64_t>(16, tile_bytes() / (k * es) / 16 * 16));
     const int64_t tiles = (n + tile - 1) / tile;
     at::Tensor y = at::empty({x.size(0), n}, x.options());
@@ -173,7 +235,14 @@ at::Tensor sparse_linear(const at::Tensor& x_in, const at::Tensor& values, const
     if (m == 0) return at::empty({0, w.n}, x.options());
     if (m > max_direct_m) {
         auto unpack_rows = [&](int64_t r0, int64_t r1, void* dst) { kUnpack[isa](&w, r0, r1, dst); };
-        return tiled_linear(x, w.n, w.k, values.options(), unpack_rows, bias);
+        const int64_t es = values.element_size();
+        auto regions_of = [&](int64_t r0, int64_t r1, VsRegion* out) {
+            const char* v = static_cast<const char*>(w.values);
+            out[0] = {v + w.row_offsets[r0] * es, v + w.row_offsets[r1] * es};
+            out[1] = {w.bitmap + r0 * w.words, w.bitmap + r1 * w.words};
+            return 2;
+        };
+        return tiled_linear(x, w.n, w.k, values.options(), isa, unpack_rows, regions_of, bias);
     }
 
     // The kernels read whole 32-column words: pad the activations with zeros, in
@@ -267,7 +336,14 @@ at::Tensor nm24_linear(const at::Tensor& x_in, const at::Tensor& blocks, int64_t
         auto unpack_rows = [&](int64_t r0, int64_t r1, void* dst) {
             unpack_nm24_rows(w, isa, r0, r1, static_cast<uint16_t*>(dst));
         };
-        return tiled_linear(x, w.n, w.k, x.options(), unpack_rows, bias);
+        // Panels are whole 8-row blocks (32 rows): their records are one range.
+        auto regions_of = [&](int64_t r0, int64_t r1, VsRegion* out) {
+            const int64_t record_bytes = (w.k / 64) * VS_NM24_RECORD_BYTES;
+            const int64_t b1 = (r1 + VS_NM24_BLOCK_ROWS - 1) / VS_NM24_BLOCK_ROWS;
+            out[0] = {w.blocks + r0 / VS_NM24_BLOCK_ROWS * record_bytes, w.blocks + b1 * record_bytes};
+            return 1;
+        };
+        return tiled_linear(x, w.n, w.k, x.options(), isa, unpack_rows, regions_of, bias);
     }
     // The AVX2 kernel multiplies in fp32: widen the (few) activation rows once.
     at::Tensor xk = isa == VS_AVX512_BF16 ? x : x.to(at::kFloat);

@@ -67,6 +67,21 @@ void vs_gemm_avx512_bf16(const VsWeight* w, const VsGemm* g, int64_t row_begin, 
 void vs_unpack_scalar(const VsWeight* w, int64_t row_begin, int64_t row_end, void* dst);
 void vs_unpack_avx2(const VsWeight* w, int64_t row_begin, int64_t row_end, void* dst);
 void vs_unpack_avx512(const VsWeight* w, int64_t row_begin, int64_t row_end, void* dst);
+
+// Large M on AVX-512 BF16 (gemm_tile_bf16.cpp), bf16 only, k even. The activations
+// x [m, k] are packed once per call by column pair in blocks of VS_TILE_BLOCK_M rows:
+// block j (rows from m0 = j * VS_TILE_BLOCK_M, `width` of them) starts at xa[m0 * k / 2]
+// and holds xa[m0 * k / 2 + p * width + i] = (x[m0 + i, 2p], x[m0 + i, 2p + 1]);
+// vs_pack_activations writes pairs [p_begin, p_end) of every block.
+enum { VS_TILE_PANEL_ROWS = 32, VS_TILE_BLOCK_M = 12 };
+void vs_pack_activations(const uint16_t* x, int64_t m, int64_t k, int64_t p_begin, int64_t p_end, uint32_t* xa);
+// y[:, row0 .. row0 + rows) from a dense bf16 tile [VS_TILE_PANEL_ROWS, k] (row-major,
+// rows past `rows` zero), laid out first into `panel` (k / 2 * VS_TILE_PANEL_ROWS words).
+// Meanwhile the `regions` memory ranges in `next` (the next panel's compressed bytes)
+// are brought into L2.
+typedef struct { const void* begin; const void* end; } VsRegion;
+void vs_panel_gemm_bf16(const uint16_t* tile, int64_t rows, int64_t k, uint32_t* panel, const uint32_t* xa,
+                        int64_t m, const VsGemm* g, int64_t row0, const VsRegion* next, int regions);
 #ifdef __cplusplus
 }
 #endif
