@@ -18,7 +18,9 @@ cancel). The dense and the sparse engine of a comparison are alive together, eac
 its own process, and take turns round by round (``--rounds`` each, the order reversed
 every round), so a drift in machine speed weighs on both; ``--repeats N``: N such
 pairs; tokens/s = the median over every round.
-speedup = sparse tokens/s / dense tokens/s.
+speedup = sparse tokens/s / dense tokens/s. Prefill (``--prefill N``, default 256):
+one N-token prompt to its first token, rounds alternating the same way;
+prefill_speedup = dense time / sparse time (the sparse layers' large-M path).
 Results: benchmarks/results/cpu_e2e.{md,json}.
 """
 
@@ -88,6 +90,9 @@ def _pooled(runs: list[dict]) -> dict:
     result["tokens_per_s"] = {b: statistics.median(result["rounds"][b]) for b in batches}
     result["rss_mib"] = statistics.median(r["rss_mib"] for r in runs)
     result["engine_tokens_per_s"] = [r["tokens_per_s"] for r in runs]
+    if "round_prefill_s" in runs[0]:
+        result["round_prefill_s"] = [v for r in runs for v in r["round_prefill_s"]]
+        result["prefill_s"] = statistics.median(result["round_prefill_s"])
     return result
 
 
@@ -100,6 +105,7 @@ def main() -> None:
     ap.add_argument("--short", type=int, default=8)
     ap.add_argument("--long", type=int, default=40)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--prefill", type=int, default=256, help="prompt tokens of the prefill timing (0: none)")
     ap.add_argument("--repeats", type=int, default=1,
                     help="pairs of engines (dense and sparse alive together, rounds alternating); tokens/s = median "
                          "over every round of every pair")
@@ -119,7 +125,8 @@ def main() -> None:
     if "llama1b" in args.models:
         bases["llama1b"] = build_random_llama(root / "llama1b-random", smollm2)
     def spec(model: Path, mode: str) -> EngineSpec:
-        return EngineSpec(str(model), mode, args.batches, args.short, args.long, args.rounds)
+        return EngineSpec(str(model), mode, args.batches, args.short, args.long, args.rounds,
+                          prefill_tokens=args.prefill)
 
     records = []
     for name in args.models.split(","):
@@ -152,6 +159,10 @@ def main() -> None:
                               "linear_stored_mib": round(stored_bytes / 2**20, 1),
                               "rss_saved_share_of_linear_saving": round(
                                   (dense["rss_mib"] - sparse["rss_mib"]) / saved_mib, 3) if saved_mib else None}
+                    if "prefill_s" in sparse:
+                        record.update(prefill_tokens=args.prefill, dense_prefill_s=dense["prefill_s"],
+                                      sparse_prefill_s=sparse["prefill_s"],
+                                      prefill_speedup=round(dense["prefill_s"] / sparse["prefill_s"], 3))
                     records.append(record)
                     print(json.dumps(record), flush=True)
     machine = {**isa.cpu_description(), "isa_path": isa.NAMES[isa.default()], "date": datetime.date.today().isoformat(),
@@ -181,9 +192,12 @@ def main() -> None:
              "load of the engine process.",
              "max_num_seqs: the engines' largest decode batch (the CPU dispatcher keeps a layer dense where its "
              "kernel loses at any batch up to it, or up to 8).",
+             "Prefill: one prompt of `prefill tokens` to its first token (in-process, median over the same "
+             "alternating rounds); prefill speedup = dense time / sparse time.",
              "", "| model | pattern | mode | max_num_seqs | batch | dense tok/s | sparse tok/s | speedup | RSS dense MiB | "
-             "RSS sparse MiB | linear MiB dense -> stored | RSS saved / linear bytes saved | engines (dense / sparse) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "RSS sparse MiB | linear MiB dense -> stored | RSS saved / linear bytes saved | engines (dense / sparse) | "
+             "prefill tokens: dense / sparse s | prefill speedup |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         lines.append(f"| {r['model']} | {r['pattern']} | {r['mode']} | {r.get('max_num_seqs', 8)} | {r['batch']} | "
                      f"{r['dense_tokens_per_s']:.1f} | "
@@ -191,7 +205,9 @@ def main() -> None:
                      f"{r['rss_sparse_mib']:.0f} | {r['linear_dense_mib']:.0f} -> {r['linear_stored_mib']:.0f} | "
                      f"{r['rss_saved_share_of_linear_saving']} | "
                      f"{' '.join(map(str, r.get('dense_engines_tokens_per_s', [])))} / "
-                     f"{' '.join(map(str, r.get('sparse_engines_tokens_per_s', [])))} |")
+                     f"{' '.join(map(str, r.get('sparse_engines_tokens_per_s', [])))} | "
+                     + (f"{r['prefill_tokens']}: {r['dense_prefill_s']:.3f} / {r['sparse_prefill_s']:.3f} | "
+                        f"{r['prefill_speedup']:.2f}x |" if "prefill_speedup" in r else "n/a | n/a |"))
     totals = {(r["model"], r["pattern"], r.get("max_num_seqs", 8)): r.get("layer_table_total") for r in records}
     for (model, pattern, max_num_seqs), total in totals.items():
         lines += ["", f"Layer table total, {model} {pattern}, max_num_seqs {max_num_seqs}: `{total or 'n/a'}`"]

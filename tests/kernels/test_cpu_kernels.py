@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from vllm_sparse.kernels import CPU_SPARSE, DENSE, WeightAnalysis, analyze_weight, pack_for_path, select_path
-from vllm_sparse.kernels import SparseLayoutError, sparse_linear
+from vllm_sparse.kernels import SparseLayoutError, sparse_linear, stored_bytes_for_path
 from vllm_sparse.kernels import cpu as cpu_kernels
 from vllm_sparse.kernels.cpu import dispatch, isa
 from vllm_sparse.kernels.cpu.layout import VALUE_PADDING, CpuSparseLayout
@@ -291,12 +291,14 @@ def test_dispatcher_runs_the_cpu_path_through_sparse_linear(monkeypatch):
 
 
 RECORDS = tuple(
-    {"isa": "avx2", "dtype": "bf16", "shape": shape, "sparsity": s, "pattern": "x", "m": m, "direct": d, "tiled": t}
-    for shape, s, table in [
-        ("4096x4096", 0.5, {1: 1.6, 8: 1.1, 16: 0.9, 64: 0.5, 512: 0.0}),
-        ("2048x2048", 0.5, {1: 1.3, 8: 0.9, 16: 0.8, 64: 0.5, 512: 0.0}),  # batched decode loses
-        ("4096x4096", 0.7, {1: 2.0, 8: 1.2, 16: 1.0, 64: 0.6, 512: 0.0}),
-        ("576x576", 0.5, {1: 1.02, 8: 0.9, 16: 0.8, 64: 0.5, 512: 0.0}),
+    {"isa": "avx2", "dtype": "bf16", "shape": shape, "sparsity": s, "pattern": pattern, "m": m, "direct": d, "tiled": t}
+    for shape, s, pattern, table in [
+        ("4096x4096", 0.5, "50%", {1: 1.6, 8: 1.1, 16: 0.9, 64: 0.5, 512: 0.0}),
+        ("2048x2048", 0.5, "50%", {1: 1.3, 8: 0.9, 16: 0.8, 64: 0.5, 512: 0.0}),  # batched decode loses
+        ("4096x4096", 0.7, "70%", {1: 2.0, 8: 1.2, 16: 1.0, 64: 0.6, 512: 0.0}),
+        ("576x576", 0.5, "50%", {1: 1.02, 8: 0.9, 16: 0.8, 64: 0.5, 512: 0.0}),
+        # The same sparsity in another order: listed last, it must not stand in for 50%.
+        ("4096x4096", 0.5, "4:8", {1: 1.4, 8: 1.1, 16: 0.9, 64: 0.5, 512: 0.0}),
     ]
     for m, d in table.items()
     for t in [{1: 0.0, 8: 0.6, 16: 0.95, 64: 0.9, 512: 0.97}[m]]
@@ -304,9 +306,11 @@ RECORDS = tuple(
 
 
 def test_dispatcher_sends_2of4_bf16_to_the_gather_kernel(monkeypatch):
+    """With nothing measured (forced sparse), a 2:4 bf16 weight takes the 2:4 kernel."""
     _nm24_or_skip()
     monkeypatch.setenv("VLLM_SPARSE_PATH", CPU_SPARSE)
     monkeypatch.delenv("VLLM_SPARSE_CPU_ISA", raising=False)
+    monkeypatch.setattr(dispatch, "load_table", lambda: ())
     w = _pruned((40, 128), None, torch.bfloat16, _gen(25), (2, 4))
     packed = pack_for_path(w, analyze_weight(w), CPU_SPARSE)
     best = max(code for code in dispatch.NM24_PATHS if torch.ops.vllm_sparse.cpu_nm24_supported(code))
@@ -319,6 +323,37 @@ def test_dispatcher_sends_2of4_bf16_to_the_gather_kernel(monkeypatch):
     _check(sparse_linear(x, packed), x, w, None, torch.bfloat16)
     monkeypatch.setenv("VLLM_SPARSE_CPU_ISA", "scalar")  # no 2:4 kernel there: the bitmap kernel
     assert pack_for_path(w, analyze_weight(w), CPU_SPARSE).kernel_name == "cpu_sparse/scalar"
+
+
+def test_a_2of4_weight_takes_the_kernel_measured_faster(monkeypatch):
+    """A 2:4 bf16 weight can run on the 2:4 kernel or the bitmap kernel: the table
+    decides, by the speed-up at M = 1 for its shape."""
+    layout24 = _nm24_or_skip()
+    from vllm_sparse.kernels.dispatcher import cpu_plan
+
+    monkeypatch.delenv("VLLM_SPARSE_PATH", raising=False)
+    monkeypatch.delenv("VLLM_SPARSE_CPU_ISA", raising=False)
+    nm24_name = dispatch.NM24_PATHS[layout24.kernel_isa()]
+    bitmap_name = isa.NAMES[isa.default()]
+    w = _pruned((64, 128), None, torch.bfloat16, _gen(26), (2, 4))
+    analysis = analyze_weight(w)
+
+    def table(nm24_gain, bitmap_gain):
+        return tuple({"isa": name, "dtype": "bf16", "shape": "64x128", "sparsity": 0.5, "pattern": "2:4", "m": m,
+                      "direct": gain, "tiled": 0.5} for name, gain in ((nm24_name, nm24_gain), (bitmap_name, bitmap_gain))
+                     for m in (1, 8))
+
+    for nm24_gain, bitmap_gain, expected in ((1.5, 1.2, nm24_name), (1.2, 1.5, bitmap_name), (1.0, 1.0, None)):
+        monkeypatch.setattr(dispatch, "load_table", lambda t=table(nm24_gain, bitmap_gain): t)
+        plan = cpu_plan(analysis, torch.bfloat16)
+        assert (plan and plan.isa) == expected
+        if expected is None:
+            continue
+        packed = pack_for_path(w, analysis, CPU_SPARSE)
+        assert packed.kernel_name == f"cpu_sparse/{expected}"
+        assert packed.stored_bytes == stored_bytes_for_path(analysis, torch.bfloat16, CPU_SPARSE)
+        x = torch.randn(3, 128).bfloat16()
+        _check(sparse_linear(x, packed), x, w, None, torch.bfloat16)
 
 
 def test_dispatch_rule_from_a_table():
@@ -335,6 +370,11 @@ def test_dispatch_rule_from_a_table():
     one_at_a_time = choose((2048, 2048), 0.5, torch.bfloat16, "avx2", RECORDS, max_batch=1)
     assert one_at_a_time is not None and one_at_a_time.decode_speedup == 1.3  # engine never batches decode
     assert choose((4096, 4096), 0.5, torch.bfloat16, "avx512_bf16", RECORDS) is None  # ISA never measured
+    # Records by kind of pattern: a 4:8 layer its own, a 2:4 one (never measured on
+    # this path) and an unstructured one the unstructured records.
+    assert choose((4096, 4096), 0.5, torch.bfloat16, "avx2", RECORDS, pattern="4:8").decode_speedup == 1.4
+    assert choose((4096, 4096), 0.5, torch.bfloat16, "avx2", RECORDS, pattern="2:4").decode_speedup == 1.6
+    assert choose((4096, 4096), 0.5, torch.bfloat16, "avx2", RECORDS).decode_speedup == 1.6
 
 
 def test_committed_table_covers_this_host_class():

@@ -82,21 +82,20 @@ def test_layers_take_the_measured_path_and_keep_only_compressed_weights(served):
     on this CPU; every 2:4 layer is on the CPU kernels and stores ~56% of dense."""
     import torch
 
-    from vllm_sparse.kernels.cpu import build, dispatch, isa, layout24
+    from vllm_sparse.kernels.cpu import build, isa
+    from vllm_sparse.kernels.dispatcher import cpu_plan
+    from vllm_sparse.kernels.patterns import NMPattern, WeightAnalysis
 
     _, _, tables = served
     assert len(tables) == 2 and build.load()
     isa_name = isa.NAMES[isa.default()]
-    nm24_isa = layout24.kernel_isa()
     for name, table in zip([*CHECKPOINTS, "2of4-compiled"], tables):
         rows = layer_rows(table)
         assert len(rows) == 120
         for row in rows:
             shape = tuple(int(v) for v in row[1].split("x"))
-            layer_isa = isa_name
-            if row[2] == "2:4" and nm24_isa is not None:
-                layer_isa = dispatch.NM24_PATHS[nm24_isa]
-            plan = dispatch.choose(shape, float(row[3].rstrip("%")) / 100, torch.bfloat16, layer_isa)
+            nm = NMPattern(*(int(v) for v in row[2].split(":"))) if ":" in row[2] else None
+            plan = cpu_plan(WeightAnalysis(shape, float(row[3].rstrip("%")) / 100, nm), torch.bfloat16)
             assert row[4] == ("dense" if plan is None else f"cpu_sparse/{plan.isa}"), (name, row)
             if row[4] != "dense":
                 assert float(row[6]) < 0.6 * float(row[5]), row  # stored MiB vs dense MiB
@@ -134,8 +133,8 @@ def test_side_by_side_speed_measurement(base_model, tmp_path):
     """The demo's and the end-to-end benchmark's measurement: the dense twin (stock
     vLLM) and the 2:4 checkpoint (vllm-sparse) alive together, each in its own
     process, taking turns round by round. Each side's RSS, its rate per batch (the
-    median of its rounds) and the sparse side's layer bytes come back; an engine that
-    cannot load fails with its log instead of hanging."""
+    median of its rounds), its prefill time and the sparse side's layer bytes come
+    back; an engine that cannot load fails with its log instead of hanging."""
     import statistics
 
     from vllm_sparse.serving.decode_speed import EngineSpec, measure_side_by_side
@@ -143,7 +142,7 @@ def test_side_by_side_speed_measurement(base_model, tmp_path):
     compressed, stock = wanda_checkpoint(base_model, "2of4")
 
     def spec(model):
-        return EngineSpec(str(model), mode="eager", batches=[1, 2], short=2, long=6, rounds=3)
+        return EngineSpec(str(model), mode="eager", batches=[1, 2], short=2, long=6, rounds=3, prefill_tokens=64)
 
     both = measure_side_by_side({"dense": (spec(stock), False), "sparse": (spec(compressed), True)},
                                 {"dense": tmp_path / "dense.log", "sparse": tmp_path / "sparse.log"})
@@ -153,6 +152,8 @@ def test_side_by_side_speed_measurement(base_model, tmp_path):
             rounds = side["round_tokens_per_s"][batch]
             assert len(rounds) == 3 and min(rounds) > 0
             assert side["tokens_per_s"][batch] == pytest.approx(statistics.median(rounds), abs=0.01)
+        assert len(side["round_prefill_s"]) == 3 and min(side["round_prefill_s"]) > 0
+        assert side["prefill_s"] == pytest.approx(statistics.median(side["round_prefill_s"]), abs=1e-4)
     assert "layer_table" not in both["dense"]  # stock vLLM: no plugin, no table
     assert 0 < both["sparse"]["linear_stored_bytes"] < 0.6 * both["sparse"]["linear_dense_bytes"]
     with pytest.raises(RuntimeError, match="failed or timed out"):

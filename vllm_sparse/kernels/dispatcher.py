@@ -111,23 +111,29 @@ def cpu_plan(analysis: WeightAnalysis, dtype: torch.dtype,
         return None
     if not cpu_kernels.build.load():
         return None
-    isa_name = _cpu_path_name(analysis, dtype)
-    choice = cpu_dispatch.choose(_as_2d(analysis.shape), analysis.sparsity, dtype, isa_name, max_batch=max_batch)
+    pattern = None if analysis.nm is None else str(analysis.nm)
+    candidates = _cpu_path_names(analysis, dtype)
+    # A 2:4 weight can take the 2:4 kernel or the bitmap kernel (same bytes): the one
+    # measured faster at decode for its shape.
+    choices = [cpu_dispatch.choose(_as_2d(analysis.shape), analysis.sparsity, dtype, name, max_batch=max_batch,
+                                   pattern=pattern) for name in candidates]
+    choice = max((c for c in choices if c is not None), key=lambda c: c.decode_speedup, default=None)
     if choice is None and forced == CPU_SPARSE:
-        choice = cpu_dispatch.CpuChoice(isa_name, cpu_kernels.DEFAULT_MAX_DIRECT_M, float("nan"), float("nan"), 0)
+        choice = cpu_dispatch.CpuChoice(candidates[0], cpu_kernels.DEFAULT_MAX_DIRECT_M, float("nan"), float("nan"), 0)
     return choice
 
 
-def _cpu_path_name(analysis: WeightAnalysis, dtype: torch.dtype) -> str:
-    """The CPU kernel path a weight would take (the kernels must be loaded): a 2:4
-    kernel for 2:4 bf16 weights (AVX-512 VBMI+BF16 or AVX2), else the bitmap kernel,
-    on the default ISA path."""
+def _cpu_path_names(analysis: WeightAnalysis, dtype: torch.dtype) -> list[str]:
+    """The CPU kernel paths a weight can take (the kernels must be loaded), preferred
+    first: the 2:4 kernel for 2:4 bf16 weights (AVX-512 VBMI+BF16 or AVX2), and the
+    bitmap kernel, on the default ISA path."""
     isa_code = cpu_kernels.isa.default()
+    bitmap = cpu_kernels.isa.NAMES[isa_code]
     if analysis.nm == NMPattern(2, 4) and cpu_layout24.eligible(_as_2d(analysis.shape), dtype):
         nm24_isa = cpu_layout24.kernel_isa(isa_code)
         if nm24_isa is not None:
-            return cpu_dispatch.NM24_PATHS[nm24_isa]
-    return cpu_kernels.isa.NAMES[isa_code]
+            return [cpu_dispatch.NM24_PATHS[nm24_isa], bitmap]
+    return [bitmap]
 
 
 def _forced_path() -> str | None:
@@ -180,7 +186,8 @@ def stored_bytes_for_path(analysis: WeightAnalysis, dtype: torch.dtype, path: st
         return dense_bytes(analysis, dtype)
     if path == CPU_SPARSE:
         shape = _as_2d(analysis.shape)
-        if cpu_kernels.build.load() and _cpu_path_name(analysis, dtype) in cpu_dispatch.NM24_PATHS.values():
+        plan = cpu_plan(analysis, dtype)
+        if plan is not None and plan.isa in cpu_dispatch.NM24_PATHS.values():
             return cpu_layout24.Cpu24Layout.stored_bytes_for(shape)
         return cpu_stored_bytes_for(shape, round((1.0 - analysis.sparsity) * _numel(shape)), dtype)
     return compressed_bytes(analysis, dtype)

@@ -11,6 +11,9 @@ measured one after another differed by more than the effect measured.
 Decode tokens/s, per batch size: batch x (long - short) tokens over the time of a
 ``long``-token generation minus that of a ``short``-token one (same prompts, greedy,
 ``ignore_eos``), so prefill and per-request overhead cancel; median over rounds.
+Prefill, where ``prefill_tokens`` is set: the time of one request with a prompt that
+long and one output token (time to first token, in-process: no server), median over
+rounds.
 
     python -m vllm_sparse.serving.decode_speed SPEC.json    (the engine process; stdin: commands)
 """
@@ -41,6 +44,7 @@ class EngineSpec:
     long: int = 40
     rounds: int = 3
     prompt_tokens: int = 32
+    prefill_tokens: int = 0  # > 0: also time a prompt this long to its first token
 
 
 MARK = "@@decode-speed "  # our replies on the engine process's stdout, among vLLM's log lines
@@ -58,6 +62,7 @@ def _serve(spec: EngineSpec) -> None:
     rng = random.Random(0)
     prompts = [TokensPrompt(prompt_token_ids=[rng.randrange(100, 20000) for _ in range(spec.prompt_tokens)])
                for _ in range(max(spec.batches))]
+    long_prompt = TokensPrompt(prompt_token_ids=[rng.randrange(100, 20000) for _ in range(spec.prefill_tokens)])
 
     def timed(batch: int, tokens: int) -> float:
         params = SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=True)
@@ -78,6 +83,11 @@ def _serve(spec: EngineSpec) -> None:
             batch = command["batch"]
             t_short, t_long = timed(batch, spec.short), timed(batch, spec.long)
             reply({"tokens_per_s": batch * (spec.long - spec.short) / max(t_long - t_short, 1e-9)})
+        elif command["op"] == "prefill":
+            params = SamplingParams(max_tokens=1, temperature=0.0)
+            start = time.perf_counter()
+            llm.generate([long_prompt], params, use_tqdm=False)
+            reply({"prefill_s": time.perf_counter() - start})
         elif command["op"] == "finish":
             reply(_layer_bytes())
             return
@@ -154,7 +164,9 @@ def measure_side_by_side(engines: dict[str, tuple[EngineSpec, bool]], log_paths:
     process, started one after another; per batch size their rounds alternate, the
     order reversed each round, so a drift in the machine's speed weighs on all alike.
     Per engine: RSS after load, ``tokens_per_s`` (median over rounds), every round's
-    figure in ``round_tokens_per_s``, and the layer table's bytes (plugins on)."""
+    figure in ``round_tokens_per_s``, ``prefill_s`` and ``round_prefill_s`` where the
+    spec asks for prefill (rounds alternating the same way), and the layer table's
+    bytes (plugins on)."""
     log_paths = log_paths or {}
     running: dict[str, EngineProcess] = {}
     try:
@@ -163,17 +175,27 @@ def measure_side_by_side(engines: dict[str, tuple[EngineSpec, bool]], log_paths:
         results = {name: {"rss_mib": engine.ready["rss_mib"], "tokens_per_s": {}, "round_tokens_per_s": {}}
                    for name, engine in running.items()}
         specs = [spec for spec, _ in engines.values()]
+        order = list(running)
         for batch in specs[0].batches:
             for engine in running.values():
                 engine.ask(op="warm", batch=batch)
             rates: dict[str, list[float]] = {name: [] for name in running}
-            order = list(running)
             for index in range(specs[0].rounds):
                 for name in order if index % 2 == 0 else order[::-1]:
                     rates[name].append(running[name].ask(op="round", batch=batch)["tokens_per_s"])
             for name, values in rates.items():
                 results[name]["tokens_per_s"][str(batch)] = round(statistics.median(values), 2)
                 results[name]["round_tokens_per_s"][str(batch)] = [round(v, 2) for v in values]
+        if specs[0].prefill_tokens:
+            for engine in running.values():
+                engine.ask(op="prefill")  # compiled mode: this prompt length's first run
+            times: dict[str, list[float]] = {name: [] for name in running}
+            for index in range(specs[0].rounds):
+                for name in order if index % 2 == 0 else order[::-1]:
+                    times[name].append(running[name].ask(op="prefill")["prefill_s"])
+            for name, values in times.items():
+                results[name]["prefill_s"] = round(statistics.median(values), 4)
+                results[name]["round_prefill_s"] = [round(v, 4) for v in values]
         for name, engine in running.items():
             results[name].update(engine.ask(op="finish"))
         return results

@@ -5,8 +5,10 @@ holds same-run speed-ups over torch's dense ``F.linear`` for the direct kernel a
 tiled large-M path, per ISA path, dtype, shape, sparsity and M, as written by
 ``python benchmarks/cpu_kernels.py --write-table`` on a host of the class we serve on.
 
-For a layer, the records of its ISA path and dtype at the highest measured sparsity
-not above the layer's (conservative: more zeros only help) and the nearest measured
+For a layer, the records of its ISA path, dtype and kind of pattern (its own N:M
+pattern where measured, else the unstructured ones: a 4:8 layer and a 50% one read
+the same bytes but not in the same order), at the highest measured sparsity not
+above the layer's (conservative: more zeros only help) and the nearest measured
 shape (by weight size, then in_features) give its expected speed-up per M:
 
 * sparse only where the direct kernel beats dense at M = 1 by ``MIN_DECODE_GAIN``
@@ -67,13 +69,25 @@ def _shape_distance(record: dict, n: int, k: int) -> tuple[float, float]:
     return abs(math.log(rn * rk) - math.log(n * k)), abs(math.log(rk) - math.log(k))
 
 
+def _same_kind(records: list[dict], pattern: str | None) -> list[dict]:
+    """The records measured on the layer's kind of pattern: its N:M pattern ("2:4",
+    "4:8") where there are any, else the unstructured ones ("50%", ...)."""
+    if pattern is not None:
+        exact = [r for r in records if r.get("pattern") == pattern]
+        if exact:
+            return exact
+    return [r for r in records if str(r.get("pattern", "")).endswith("%")]
+
+
 def choose(shape: tuple[int, int], sparsity: float, dtype: torch.dtype, isa: str,
-           records: tuple[dict, ...] | None = None, max_batch: int | None = None) -> CpuChoice | None:
+           records: tuple[dict, ...] | None = None, max_batch: int | None = None,
+           pattern: str | None = None) -> CpuChoice | None:
     """The CPU sparse plan for one weight, or None to keep it dense. ``max_batch``:
-    the largest decode batch the engine runs (None: unknown)."""
+    the largest decode batch the engine runs (None: unknown); ``pattern``: the
+    weight's N:M pattern ("2:4"), None for unstructured."""
     records = load_table() if records is None else records
     dtype_name = DTYPE_NAMES.get(dtype)
-    mine = [r for r in records if r["isa"] == isa and r["dtype"] == dtype_name]
+    mine = _same_kind([r for r in records if r["isa"] == isa and r["dtype"] == dtype_name], pattern)
     measured = sorted({r["sparsity"] for r in mine if r["sparsity"] <= sparsity + 1e-6})
     if not measured:
         return None
