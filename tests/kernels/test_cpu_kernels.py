@@ -327,7 +327,8 @@ def test_dispatcher_sends_2of4_bf16_to_the_gather_kernel(monkeypatch):
 
 def test_a_2of4_weight_takes_the_kernel_measured_faster(monkeypatch):
     """A 2:4 bf16 weight can run on the 2:4 kernel or the bitmap kernel: the table
-    decides, by the speed-up at M = 1 for its shape."""
+    decides, by the geometric mean of the speed-ups over the decode batches the
+    engine runs (M = 1 up to its largest batch, at most 8)."""
     layout24 = _nm24_or_skip()
     from vllm_sparse.kernels.dispatcher import cpu_plan
 
@@ -338,20 +339,27 @@ def test_a_2of4_weight_takes_the_kernel_measured_faster(monkeypatch):
     w = _pruned((64, 128), None, torch.bfloat16, _gen(26), (2, 4))
     analysis = analyze_weight(w)
 
-    def table(nm24_gain, bitmap_gain):
+    def table(nm24_gains, bitmap_gains):  # speed-ups at M = 1 and M = 8
         return tuple({"isa": name, "dtype": "bf16", "shape": "64x128", "sparsity": 0.5, "pattern": "2:4", "m": m,
-                      "direct": gain, "tiled": 0.5} for name, gain in ((nm24_name, nm24_gain), (bitmap_name, bitmap_gain))
-                     for m in (1, 8))
+                      "direct": gain, "tiled": 0.5}
+                     for name, gains in ((nm24_name, nm24_gains), (bitmap_name, bitmap_gains))
+                     for m, gain in zip((1, 8), gains))
 
-    for nm24_gain, bitmap_gain, expected in ((1.5, 1.2, nm24_name), (1.2, 1.5, bitmap_name), (1.0, 1.0, None)):
-        monkeypatch.setattr(dispatch, "load_table", lambda t=table(nm24_gain, bitmap_gain): t)
-        plan = cpu_plan(analysis, torch.bfloat16)
-        assert (plan and plan.isa) == expected
+    cases = [((1.5, 1.2), (1.2, 1.2), None, nm24_name),
+             ((1.2, 1.2), (1.5, 1.2), None, bitmap_name),
+             ((1.8, 1.0), (1.5, 1.3), None, bitmap_name),  # faster at M = 1, slower over the batches
+             ((1.8, 1.0), (1.5, 1.3), 1, nm24_name),  # an engine that never batches decode
+             ((1.0, 1.0), (1.0, 1.0), None, None)]
+    for nm24_gains, bitmap_gains, max_batch, expected in cases:
+        monkeypatch.setattr(dispatch, "load_table", lambda t=table(nm24_gains, bitmap_gains): t)
+        plan = cpu_plan(analysis, torch.bfloat16, max_batch)
+        assert (plan and plan.isa) == expected, (nm24_gains, bitmap_gains, max_batch)
         if expected is None:
             continue
-        packed = pack_for_path(w, analysis, CPU_SPARSE)
+        packed = pack_for_path(w, analysis, CPU_SPARSE, max_batch)
         assert packed.kernel_name == f"cpu_sparse/{expected}"
-        assert packed.stored_bytes == stored_bytes_for_path(analysis, torch.bfloat16, CPU_SPARSE)
+        if max_batch is None:
+            assert packed.stored_bytes == stored_bytes_for_path(analysis, torch.bfloat16, CPU_SPARSE)
         x = torch.randn(3, 128).bfloat16()
         _check(sparse_linear(x, packed), x, w, None, torch.bfloat16)
 

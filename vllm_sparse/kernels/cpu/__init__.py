@@ -12,9 +12,10 @@ import torch
 from . import build, isa
 from .layout import CpuSparseLayout
 
-# Activation rows up to which the direct sparse kernel runs; above, cache-sized tiles
-# of the weight are decompressed into torch's dense GEMM (see csrc/ops.cpp). The
-# dispatcher sets it per layer from measurements.
+# Activation rows up to which the direct sparse kernel runs; above, the large-M path:
+# the weight decompressed a cache-sized piece at a time into our panel GEMM (AVX-512
+# BF16, csrc/gemm_tile_bf16.cpp) or torch's dense GEMM (csrc/ops.cpp). The dispatcher
+# sets it per layer from measurements.
 DEFAULT_MAX_DIRECT_M = 16
 
 
