@@ -114,11 +114,12 @@ def cpu_plan(analysis: WeightAnalysis, dtype: torch.dtype,
     pattern = None if analysis.nm is None else str(analysis.nm)
     candidates = _cpu_path_names(analysis, dtype)
     # A 2:4 weight can take the 2:4 kernel or the bitmap kernel (same bytes): the one
-    # measured faster over the decode batches the engine runs (on this machine the 2:4
-    # kernel tends to win at M = 1 and the bitmap kernel at M = 4..8).
+    # measured faster at M = 1. (Choosing by the geometric mean over M = 1..8, where
+    # the bitmap kernel often leads, was measured end to end and lost: Llama-1B 2:4
+    # decoded 1.34x instead of 1.82x at batch 1 and gained nothing clear at batch 8.)
     choices = [cpu_dispatch.choose(_as_2d(analysis.shape), analysis.sparsity, dtype, name, max_batch=max_batch,
                                    pattern=pattern) for name in candidates]
-    choice = max((c for c in choices if c is not None), key=lambda c: c.decode_mean, default=None)
+    choice = max((c for c in choices if c is not None), key=lambda c: c.decode_speedup, default=None)
     if choice is None and forced == CPU_SPARSE:
         choice = cpu_dispatch.CpuChoice(candidates[0], cpu_kernels.DEFAULT_MAX_DIRECT_M, float("nan"), float("nan"), 0)
     return choice

@@ -55,10 +55,6 @@ class CpuChoice:
     decode_speedup: float  # expected at M = 1, from the table
     worst_speedup: float  # lowest over the measured M of the path the op will run
     worst_m: int
-    # Geometric mean over the measured decode batches the engine runs (M = 1 up to
-    # its largest decode batch, at most DECODE_MAX_M): how two kernels that could
-    # serve a layer are compared.
-    decode_mean: float = float("nan")
 
 
 @lru_cache(maxsize=4)
@@ -113,6 +109,4 @@ def choose(shape: tuple[int, int], sparsity: float, dtype: torch.dtype, isa: str
     if any(speedup < 1.0 - MAX_DECODE_LOSS for m, speedup in run.items() if m <= decode_max_m):
         return None
     worst_m = min(run, key=run.get)
-    decode = [run[m] for m in run if m <= decode_max_m]
-    decode_mean = math.exp(sum(math.log(max(v, 1e-9)) for v in decode) / len(decode))
-    return CpuChoice(isa, max_direct, by_m[1]["direct"], run[worst_m], worst_m, decode_mean)
+    return CpuChoice(isa, max_direct, by_m[1]["direct"], run[worst_m], worst_m)
