@@ -158,6 +158,16 @@ def measure_engine(spec: EngineSpec, plugins: bool, log_path: Path | None = None
     return measure_side_by_side({"engine": (spec, plugins)}, {"engine": log_path}, timeout)["engine"]
 
 
+def _alternating(running: dict[str, "EngineProcess"], rounds: int, measure) -> dict[str, list[float]]:
+    """``measure(engine)`` for every engine, ``rounds`` times, the order reversed each round."""
+    order = list(running)
+    values: dict[str, list[float]] = {name: [] for name in running}
+    for index in range(rounds):
+        for name in order if index % 2 == 0 else order[::-1]:
+            values[name].append(measure(running[name]))
+    return values
+
+
 def measure_side_by_side(engines: dict[str, tuple[EngineSpec, bool]], log_paths: dict[str, Path | None] | None = None,
                          timeout: float = 1800) -> dict[str, dict]:
     """Several engines (name -> (spec, plugins)) alive together, each in its own
@@ -175,24 +185,18 @@ def measure_side_by_side(engines: dict[str, tuple[EngineSpec, bool]], log_paths:
         results = {name: {"rss_mib": engine.ready["rss_mib"], "tokens_per_s": {}, "round_tokens_per_s": {}}
                    for name, engine in running.items()}
         specs = [spec for spec, _ in engines.values()]
-        order = list(running)
         for batch in specs[0].batches:
             for engine in running.values():
                 engine.ask(op="warm", batch=batch)
-            rates: dict[str, list[float]] = {name: [] for name in running}
-            for index in range(specs[0].rounds):
-                for name in order if index % 2 == 0 else order[::-1]:
-                    rates[name].append(running[name].ask(op="round", batch=batch)["tokens_per_s"])
+            rates = _alternating(running, specs[0].rounds, lambda engine: engine.ask(op="round", batch=batch)
+                                 ["tokens_per_s"])
             for name, values in rates.items():
                 results[name]["tokens_per_s"][str(batch)] = round(statistics.median(values), 2)
                 results[name]["round_tokens_per_s"][str(batch)] = [round(v, 2) for v in values]
         if specs[0].prefill_tokens:
             for engine in running.values():
                 engine.ask(op="prefill")  # compiled mode: this prompt length's first run
-            times: dict[str, list[float]] = {name: [] for name in running}
-            for index in range(specs[0].rounds):
-                for name in order if index % 2 == 0 else order[::-1]:
-                    times[name].append(running[name].ask(op="prefill")["prefill_s"])
+            times = _alternating(running, specs[0].rounds, lambda engine: engine.ask(op="prefill")["prefill_s"])
             for name, values in times.items():
                 results[name]["prefill_s"] = round(statistics.median(values), 4)
                 results[name]["round_prefill_s"] = [round(v, 4) for v in values]
