@@ -197,32 +197,24 @@ def run_case(shape, pattern, dtype, ms, codes, gen, budget_s, log):
 
 
 def annotate(records, read_gbps):
-    """Add what the dispatcher would do with each record's case (from this run). A 2:4
-    weight may run on the 2:4 kernel or the bitmap kernel of the same ISA path: as in
-    ``dispatcher.cpu_plan``, the one faster at M = 1 is chosen (the 2:4 kernel on a tie)."""
+    """Add what the dispatcher would do with each record's case, from this run's
+    records (``dispatch.choose_among``, as ``dispatcher.cpu_plan`` does from the
+    committed table): a 2:4 weight may run on the 2:4 kernel or the bitmap kernel of
+    the same ISA path, whichever is faster at M = 1 (the 2:4 kernel on a tie)."""
     nm24_to_bitmap = {nm24: isa.NAMES[code] for code, nm24 in dispatch.NM24_PATHS.items()}
     bitmap_to_nm24 = {bitmap: nm24 for nm24, bitmap in nm24_to_bitmap.items()}
     for r in records:
         r["read_gbps"] = round(read_gbps, 2)
         n, k = (int(v) for v in r["shape"].split("x"))
         pattern = r["pattern"] if ":" in r["pattern"] else None
-
-        def plan(isa_name):
-            return dispatch.choose((n, k), r["sparsity"], DTYPES[r["dtype"]], isa_name, tuple(records),
-                                   pattern=pattern)
-
-        choice, other_kernel = plan(r["isa"]), False
-        if choice is not None and pattern == "2:4":
-            if r["isa"] in nm24_to_bitmap:
-                rival = plan(nm24_to_bitmap[r["isa"]])
-                if rival is not None and rival.decode_speedup > choice.decode_speedup:
-                    choice, other_kernel = None, True
-            elif r["isa"] in bitmap_to_nm24:
-                rival = plan(bitmap_to_nm24[r["isa"]])
-                if rival is not None and rival.decode_speedup >= choice.decode_speedup:
-                    choice, other_kernel = None, True
-        if choice is None:
-            r["path"], r["chosen"] = "other 2:4 kernel" if other_kernel else "dense", False
+        paths = [r["isa"]]
+        if pattern == "2:4":
+            bitmap = nm24_to_bitmap.get(r["isa"], r["isa"])
+            paths = [bitmap_to_nm24[bitmap], bitmap] if bitmap in bitmap_to_nm24 else [bitmap]
+        choice = dispatch.choose_among(paths, (n, k), r["sparsity"], DTYPES[r["dtype"]], tuple(records),
+                                       pattern=pattern)
+        if choice is None or choice.isa != r["isa"]:
+            r["path"], r["chosen"] = "dense" if choice is None else "other 2:4 kernel", False
         else:
             r["path"] = "direct" if r["m"] <= choice.max_direct_m else "tiled"
             r["chosen"] = True

@@ -113,14 +113,8 @@ def cpu_plan(analysis: WeightAnalysis, dtype: torch.dtype,
         return None
     pattern = None if analysis.nm is None else str(analysis.nm)
     candidates = _cpu_path_names(analysis, dtype)
-    # A 2:4 weight can take the 2:4 kernel or the bitmap kernel (same bytes): the one
-    # measured faster at M = 1. (Choosing by the geometric mean over M = 1..8, where
-    # the bitmap kernel often leads, did no better end to end: Llama-1B 2:4 decoded
-    # 1.34x / 0.89x at batch 1 / 8, against 1.82x / 0.84x and 1.52x / 1.03x in two
-    # runs of this rule; benchmarks/results/cpu_e2e*.md.)
-    choices = [cpu_dispatch.choose(_as_2d(analysis.shape), analysis.sparsity, dtype, name, max_batch=max_batch,
-                                   pattern=pattern) for name in candidates]
-    choice = max((c for c in choices if c is not None), key=lambda c: c.decode_speedup, default=None)
+    choice = cpu_dispatch.choose_among(candidates, _as_2d(analysis.shape), analysis.sparsity, dtype,
+                                       max_batch=max_batch, pattern=pattern)
     if choice is None and forced == CPU_SPARSE:
         choice = cpu_dispatch.CpuChoice(candidates[0], cpu_kernels.DEFAULT_MAX_DIRECT_M, float("nan"), float("nan"), 0)
     return choice

@@ -110,3 +110,18 @@ def choose(shape: tuple[int, int], sparsity: float, dtype: torch.dtype, isa: str
         return None
     worst_m = min(run, key=run.get)
     return CpuChoice(isa, max_direct, by_m[1]["direct"], run[worst_m], worst_m)
+
+
+def choose_among(paths: list[str], shape: tuple[int, int], sparsity: float, dtype: torch.dtype,
+                 records: tuple[dict, ...] | None = None, max_batch: int | None = None,
+                 pattern: str | None = None) -> CpuChoice | None:
+    """The plan of whichever kernel path in ``paths`` (preferred first) is measured
+    fastest at M = 1, or None where none is taken (see ``choose``). A 2:4 weight can
+    run on the 2:4 kernel or the bitmap kernel of its ISA path (same bytes). Choosing
+    by the geometric mean over M = 1..8 instead, where the bitmap kernel often leads,
+    did no better end to end: Llama-1B 2:4 decoded 1.34x / 0.89x at batch 1 / 8,
+    against 1.82x / 0.84x and 1.52x / 1.03x in two runs of this rule
+    (benchmarks/results/cpu_e2e*.md)."""
+    choices = [choose(shape, sparsity, dtype, path, records, max_batch, pattern) for path in paths]
+    return max((c for c in choices if c is not None), key=lambda c: c.decode_speedup, default=None)
+
