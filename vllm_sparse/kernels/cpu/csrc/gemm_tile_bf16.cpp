@@ -8,10 +8,16 @@
 // multiplies a broadcast activation pair with the same pair of 16 weight rows. The
 // activations are packed once per call the same way (blocks of kMR rows by column
 // pair) and shared by every panel and thread.
+//
+// A panel is filled straight from the compressed weight: sixteen rows' expanded
+// 32-column words, transposed in registers, are sixteen column pairs of the panel.
+// (Decompressing rows into a row-major tile first, then transposing it into the
+// panel, wrote and read every weight twice more and kept a second tile-sized buffer
+// in L2.)
 #include <immintrin.h>
 #include "store.h"
 
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi2,avx512bf16,popcnt")
 
 namespace {
 
@@ -20,10 +26,11 @@ namespace {
 const int kNR = VS_TILE_PANEL_ROWS;
 const int kMR = VS_TILE_BLOCK_M;
 
-// dst[j * dst_ld + i] = src[i * src_ld + j] for a 16 x 16 block of 32-bit words.
-inline void transpose16(const uint32_t* src, int64_t src_ld, uint32_t* dst, int64_t dst_ld) {
-    __m512i r[16], t[16];
-    for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_si512(src + i * src_ld);
+#include "nm24_records.h"
+
+// r[j] lane i <- r[i] lane j: a 16 x 16 block of 32-bit words transposed in registers.
+inline void transpose16(__m512i r[16]) {
+    __m512i t[16];
     for (int i = 0; i < 16; i += 2) {  // lane L: words 4L.. of rows i, i + 1 interleaved
         t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
         t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
@@ -43,7 +50,13 @@ inline void transpose16(const uint32_t* src, int64_t src_ld, uint32_t* dst, int6
         r[c] = _mm512_shuffle_i32x4(t[c], t[8 + c], 0x88);
         r[8 + c] = _mm512_shuffle_i32x4(t[c], t[8 + c], 0xdd);
     }
-    for (int j = 0; j < 16; j++) _mm512_storeu_si512(dst + j * dst_ld, r[j]);
+}
+
+// Sixteen panel rows' 32 columns from pair p on (r[i]: row i's 16 pairs), into the
+// panel half whose first row is `half_row` (0 or 16).
+inline void store_pairs(__m512i r[16], uint32_t* panel, int64_t p, int half_row) {
+    transpose16(r);
+    for (int j = 0; j < 16; j++) _mm512_storeu_si512(panel + (p + j) * kNR + half_row, r[j]);
 }
 
 // MR activation rows x the panel's 32 weight rows, accumulated over every pair.
@@ -100,26 +113,79 @@ extern "C" void vs_pack_activations(const uint16_t* x, int64_t m, int64_t k, int
     }
 }
 
-extern "C" void vs_panel_gemm_bf16(const uint16_t* tile, int64_t rows, int64_t k, uint32_t* panel,
-                                   const uint32_t* xa, int64_t m, const VsGemm* g, int64_t row0,
-                                   const VsRegion* next, int regions) {
+extern "C" void vs_panel_from_bitmap(const VsWeight* w, int64_t row0, int64_t rows, uint32_t* panel) {
+    for (int half = 0; half < 2; half++) {
+        const int64_t first = row0 + 16 * half;
+        const int64_t live = rows - 16 * half < 0 ? 0 : rows - 16 * half < 16 ? rows - 16 * half : 16;
+        const uint16_t* v[16];
+        const uint32_t* bits[16];
+        for (int i = 0; i < 16; i++) {
+            const int64_t row = i < live ? first + i : row0;  // rows past the weight: zeros, below
+            v[i] = (const uint16_t*)w->values + w->row_offsets[row];
+            bits[i] = w->bitmap + row * w->words;
+        }
+        for (int64_t word = 0; word < w->words; word++) {
+            __m512i r[16];
+            for (int i = 0; i < 16; i++) {
+                const uint32_t mask = i < live ? bits[i][word] : 0;
+                r[i] = _mm512_maskz_expandloadu_epi16((__mmask32)mask, v[i]);
+                v[i] += _mm_popcnt_u32(mask);
+            }
+            store_pairs(r, panel, word * 16, 16 * half);
+        }
+    }
+}
+
+extern "C" void vs_panel_from_nm24(const VsNM24Weight* w, int64_t row0, int64_t rows, uint32_t* panel) {
+    // Each byte of a selector word holds the four selectors of two groups: a
+    // 256-entry table turns it into the 8-column mask of those groups.
+    static const struct Table {
+        uint8_t mask[256];
+        Table() {
+            for (int b = 0; b < 256; b++)
+                mask[b] = (uint8_t)((1 << (b & 3)) | (1 << ((b >> 2) & 3)) | (16 << ((b >> 4) & 3)) | (16 << (b >> 6)));
+        }
+    } table;
+    const int64_t chunks = w->k / 64;
+    const int64_t blocks = (w->n + kRows - 1) / kRows;
+    for (int half = 0; half < 2; half++) {
+        const int64_t first = row0 + 16 * half;
+        const uint8_t* record[2];
+        bool present[2];
+        for (int b = 0; b < 2; b++) {
+            const int64_t block = first / kRows + b;
+            present[b] = first - row0 < rows && block < blocks;
+            record[b] = block_records(w, present[b] ? block : 0);
+        }
+        for (int64_t c = 0; c < chunks; c++) {
+            uint64_t masks[16];
+            for (int i = 0; i < 16; i++) {
+                const uint64_t selectors = present[i / kRows] ? record_selectors(record[i / kRows], i % kRows) : 0;
+                uint64_t mask = 0;
+                for (int j = 0; j < 8; j++) mask |= (uint64_t)table.mask[(selectors >> (8 * j)) & 0xff] << (8 * j);
+                masks[i] = present[i / kRows] ? mask : 0;
+            }
+            for (int part = 0; part < 2; part++) {  // columns 0-31, then 32-63 of the chunk
+                __m512i r[16];
+                for (int i = 0; i < 16; i++)
+                    r[i] = _mm512_maskz_expandloadu_epi16((__mmask32)(uint32_t)(masks[i] >> (32 * part)),
+                                                          record_values(record[i / kRows], i % kRows) + 16 * part);
+                store_pairs(r, panel, c * 32 + 16 * part, 16 * half);
+            }
+            record[0] += kRecord;
+            record[1] += kRecord;
+        }
+    }
+}
+
+extern "C" void vs_panel_multiply(const uint32_t* panel, int64_t rows, int64_t k, const uint32_t* xa, int64_t m,
+                                  const VsGemm* g, int64_t row0, const VsRegion* next, int regions) {
     const int64_t pairs = k / 2;
     // The next panel's compressed bytes come into L2 over this panel's steps (one per
-    // transposed block and one per 64 pairs of each activation block): decompressing
-    // them later then reads no memory.
-    const int64_t steps = pairs / 16 + (pairs / 64 + 1) * ((m + kMR - 1) / kMR);
+    // 64 pairs of each activation block): filling the next panel then reads no memory.
+    const int64_t steps = (pairs / 64 + 1) * ((m + kMR - 1) / kMR);
     RegionPrefetch ahead[2] = {RegionPrefetch(nullptr, nullptr, 1), RegionPrefetch(nullptr, nullptr, 1)};
     for (int i = 0; i < regions && i < 2; i++) ahead[i] = RegionPrefetch(next[i].begin, next[i].end, steps);
-    const uint32_t* t32 = (const uint32_t*)tile;  // row n's pair p is word n * pairs + p
-    int64_t p = 0;
-    for (; p + 16 <= pairs; p += 16) {
-        ahead[0].advance();
-        ahead[1].advance();
-        transpose16(t32 + p, pairs, panel + p * kNR, kNR);
-        transpose16(t32 + 16 * pairs + p, pairs, panel + p * kNR + 16, kNR);
-    }
-    for (; p < pairs; p++)
-        for (int n = 0; n < kNR; n++) panel[p * kNR + n] = t32[n * pairs + p];
     for (int64_t m0 = 0; m0 < m; m0 += kMR) {
         const int64_t width = m - m0 < kMR ? m - m0 : kMR;
         kPanelBlock[width](xa + m0 * pairs, panel, pairs, m0, row0, rows, g, ahead);

@@ -140,12 +140,12 @@ bool own_tile_gemm(int64_t isa, at::ScalarType dtype, int64_t k) {
 }
 
 // Large M with gemm_tile_bf16.cpp: the activations are packed once (split over the
-// threads), then each thread decompresses panels of 32 rows into its own buffers and
-// multiplies each with every activation row while it is in the core's cache.
-// ``regions_of(r0, r1, out)`` names the compressed bytes of rows [r0, r1) (at most
-// two ranges) and returns how many.
-template <class UnpackRows, class RegionsOf>
-at::Tensor own_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const UnpackRows& unpack_rows,
+// threads), then each thread fills panels of 32 rows from the compressed weight
+// (``fill_panel(r0, rows, panel)``) into its own buffer and multiplies each with every
+// activation row while it is in the core's cache. ``regions_of(r0, r1, out)`` names
+// the compressed bytes of rows [r0, r1) (at most two ranges) and returns how many.
+template <class FillPanel, class RegionsOf>
+at::Tensor own_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const FillPanel& fill_panel,
                             const RegionsOf& regions_of, const c10::optional<at::Tensor>& bias) {
     const int64_t m = x.size(0);
     const int64_t pairs = k / 2;
@@ -167,19 +167,18 @@ at::Tensor own_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const Unp
     g.out_dtype = VS_BF16;
     const int64_t tile = VS_TILE_PANEL_ROWS;
     const int64_t tiles = (n + tile - 1) / tile;
+    // A fill writes whole 32-column words of pairs: up to 15 pairs past k / 2.
+    const int64_t panel_words = (pairs + 16) * tile;
     at::parallel_for(0, tiles, 1, [&](int64_t first, int64_t last) {
-        // One buffer per thread: the decompressed rows, then the panel.
-        at::Tensor buffer = tile_buffer(2 * tile * k, x.options());
-        uint16_t* rows_dense = reinterpret_cast<uint16_t*>(buffer.data_ptr());
-        uint32_t* panel = reinterpret_cast<uint32_t*>(rows_dense + tile * k);
+        at::Tensor buffer = tile_buffer(panel_words, x.options().dtype(at::kInt));
+        uint32_t* panel = reinterpret_cast<uint32_t*>(buffer.data_ptr<int32_t>());
         for (int64_t t = first; t < last; t++) {
             const int64_t r0 = t * tile;
             const int64_t rows = std::min(tile, n - r0);
-            unpack_rows(r0, r0 + rows, rows_dense);
-            if (rows < tile) memset(rows_dense + rows * k, 0, (tile - rows) * k * sizeof(uint16_t));
+            fill_panel(r0, rows, panel);
             VsRegion next[2];
             const int regions = t + 1 < last ? regions_of(r0 + tile, std::min(n, r0 + 2 * tile), next) : 0;
-            vs_panel_gemm_bf16(rows_dense, rows, k, panel, xa32, m, &g, r0, next, regions);
+            vs_panel_multiply(panel, rows, k, xa32, m, &g, r0, next, regions);
         }
     });
     return y;
@@ -191,13 +190,13 @@ at::Tensor own_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const Unp
 // weight never exists whole and a tile goes from decompression to GEMM without
 // leaving the core's cache. ``unpack_rows(r0, r1, dst)`` writes dense rows [r0, r1)
 // of the weight into dst.
-template <class UnpackRows, class RegionsOf>
+template <class UnpackRows, class FillPanel, class RegionsOf>
 at::Tensor tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const at::TensorOptions& weight_options,
-                        int64_t isa, const UnpackRows& unpack_rows, const RegionsOf& regions_of,
-                        const c10::optional<at::Tensor>& bias) {
+                        int64_t isa, const UnpackRows& unpack_rows, const FillPanel& fill_panel,
+                        const RegionsOf& regions_of, const c10::optional<at::Tensor>& bias) {
     const at::ScalarType dtype = weight_options.dtype().toScalarType();
     if (x.scalar_type() == dtype && own_tile_gemm(isa, dtype, k))
-        return own_tiled_linear(x, n, k, unpack_rows, regions_of, bias);
+        return own_tiled_linear(x, n, k, fill_panel, regions_of, bias);
     const int64_t es = c10::elementSize(dtype);
     const int64_t tile = std::min(n, std::max<int64_t>(16, tile_bytes() / (k * es) / 16 * 16));
     const int64_t tiles = (n + tile - 1) / tile;
@@ -242,7 +241,8 @@ at::Tensor sparse_linear(const at::Tensor& x_in, const at::Tensor& values, const
             out[1] = {w.bitmap + r0 * w.words, w.bitmap + r1 * w.words};
             return 2;
         };
-        return tiled_linear(x, w.n, w.k, values.options(), isa, unpack_rows, regions_of, bias);
+        auto fill_panel = [&](int64_t r0, int64_t rows, uint32_t* panel) { vs_panel_from_bitmap(&w, r0, rows, panel); };
+        return tiled_linear(x, w.n, w.k, values.options(), isa, unpack_rows, fill_panel, regions_of, bias);
     }
 
     // The kernels read whole 32-column words: pad the activations with zeros, in
@@ -343,7 +343,8 @@ at::Tensor nm24_linear(const at::Tensor& x_in, const at::Tensor& blocks, int64_t
             out[0] = {w.blocks + r0 / VS_NM24_BLOCK_ROWS * record_bytes, w.blocks + b1 * record_bytes};
             return 1;
         };
-        return tiled_linear(x, w.n, w.k, x.options(), isa, unpack_rows, regions_of, bias);
+        auto fill_panel = [&](int64_t r0, int64_t rows, uint32_t* panel) { vs_panel_from_nm24(&w, r0, rows, panel); };
+        return tiled_linear(x, w.n, w.k, x.options(), isa, unpack_rows, fill_panel, regions_of, bias);
     }
     // The AVX2 kernel multiplies in fp32: widen the (few) activation rows once.
     at::Tensor xk = isa == VS_AVX512_BF16 ? x : x.to(at::kFloat);

@@ -75,13 +75,17 @@ void vs_unpack_avx512(const VsWeight* w, int64_t row_begin, int64_t row_end, voi
 // vs_pack_activations writes pairs [p_begin, p_end) of every block.
 enum { VS_TILE_PANEL_ROWS = 32, VS_TILE_BLOCK_M = 12 };
 void vs_pack_activations(const uint16_t* x, int64_t m, int64_t k, int64_t p_begin, int64_t p_end, uint32_t* xa);
-// y[:, row0 .. row0 + rows) from a dense bf16 tile [VS_TILE_PANEL_ROWS, k] (row-major,
-// rows past `rows` zero), laid out first into `panel` (k / 2 * VS_TILE_PANEL_ROWS words).
-// Meanwhile the `regions` memory ranges in `next` (the next panel's compressed bytes)
-// are brought into L2.
+// A panel of VS_TILE_PANEL_ROWS weight rows from row0 (`rows` of them; the rest
+// zero) laid out by column pair: panel[p * VS_TILE_PANEL_ROWS + n] = (W[row0 + n, 2p],
+// W[row0 + n, 2p + 1]). The bitmap fill writes words * 16 pairs, the 2:4 fill k / 2.
+void vs_panel_from_bitmap(const VsWeight* w, int64_t row0, int64_t rows, uint32_t* panel);
+void vs_panel_from_nm24(const VsNM24Weight* w, int64_t row0, int64_t rows, uint32_t* panel);
+// y[:, row0 .. row0 + rows) = x W[row0 .. row0 + rows)^T (+ bias) from a filled panel
+// and the packed activations xa. Meanwhile the `regions` memory ranges in `next` (the
+// next panel's compressed bytes) are brought into L2.
 typedef struct { const void* begin; const void* end; } VsRegion;
-void vs_panel_gemm_bf16(const uint16_t* tile, int64_t rows, int64_t k, uint32_t* panel, const uint32_t* xa,
-                        int64_t m, const VsGemm* g, int64_t row0, const VsRegion* next, int regions);
+void vs_panel_multiply(const uint32_t* panel, int64_t rows, int64_t k, const uint32_t* xa, int64_t m,
+                       const VsGemm* g, int64_t row0, const VsRegion* next, int regions);
 #ifdef __cplusplus
 }
 #endif
