@@ -15,4 +15,15 @@ fi
 # compressed-tensors 0.14.0.1 (the committed fixtures are checked regardless).
 bash scripts/ct014_venv.sh >/dev/null 2>&1 || echo "note: .venv-ct014 could not be built; live compressed-tensors 0.14 check skipped"
 # The slowest tests are listed at the end, to keep the run under its time budget.
-exec .venv/bin/python -m pytest -q -ra --durations=15 "$@"
+pytest=(.venv/bin/python -m pytest -q -ra --durations=15)
+if [ "$#" -gt 0 ]; then
+    exec "${pytest[@]}" "$@"
+fi
+# Most of the suite's time is spent starting vLLM engines in child processes, much
+# of it single-threaded, so two pytest workers (whole modules each) share the two
+# cores. Tests marked `alone` compare our speed with vLLM's and would be skewed by
+# the other worker: they run afterwards, with the machine to themselves.
+status=0
+"${pytest[@]}" -n 2 --dist loadfile -m "not alone" || status=$?
+"${pytest[@]}" -m alone || status=$((status ? status : $?))
+exit "$status"

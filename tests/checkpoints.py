@@ -4,8 +4,10 @@ compressed-tensors sparse format, and as a plain dense checkpoint for stock vLLM
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +53,23 @@ class CaseDirs:
     stock: Path  # the dense weights with no declaration: what stock vLLM serves
 
 
+@contextmanager
+def made_once(name: str):
+    """Held while a checkpoint shared by several test modules is made: the suite runs
+    in two worker processes (scripts/test.sh), and the second one to need it waits,
+    then finds it made."""
+    MODELS.mkdir(parents=True, exist_ok=True)
+    with open(MODELS / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def build_case(base_model: Path, root: Path, case: Case) -> CaseDirs:
+    with made_once(f"case-{case.name}"):
+        return _build_case(base_model, root, case)
+
+
+def _build_case(base_model: Path, root: Path, case: Case) -> CaseDirs:
     dirs = CaseDirs(root / f"{case.name}-dense", root / f"{case.name}-{case.compressed_format}", root / f"{case.name}-stock")
     if all((d / "config.json").exists() for d in (dirs.dense, dirs.compressed, dirs.stock)):
         return dirs

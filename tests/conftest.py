@@ -10,11 +10,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from checkpoints import MODELS  # noqa: E402
+from checkpoints import MODELS, made_once  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def base_model() -> Path:
     from vllm_sparse.checkpoint.default_model import fetch_default_model
 
-    return fetch_default_model(MODELS / "smollm2-135m")
+    with made_once("smollm2-135m"):
+        return fetch_default_model(MODELS / "smollm2-135m")

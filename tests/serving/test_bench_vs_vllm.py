@@ -47,7 +47,7 @@ from net import free_port
 from vllm_sparse.runtime import private_vllm_cache
 from vllm_sparse.serving.server_process import OpenAIServer
 
-pytestmark = pytest.mark.vllm
+pytestmark = [pytest.mark.vllm, pytest.mark.alone]
 
 INPUT_LEN, OUTPUT_LEN = 64, 32
 # (number of requests, concurrency) and the figures compared on each.

@@ -30,7 +30,7 @@ from vllm_sparse.cli import main as cli_main
 from vllm_sparse.demo import extract_layer_table
 from vllm_sparse.serving.server_process import SparseServer, VllmGrpcLauncher
 
-pytestmark = pytest.mark.vllm
+pytestmark = [pytest.mark.vllm, pytest.mark.alone]
 
 PROMPT_IDS = [504, 3575, 282, 4649, 314]  # "The capital of France is" in SmolLM2's vocabulary
 MAX_INFLIGHT = 6  # ours: the 7th concurrent stream is refused
