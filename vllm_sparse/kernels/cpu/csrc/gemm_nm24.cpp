@@ -82,20 +82,11 @@ extern "C" void vs_gemm_nm24_avx512(const VsNM24Weight* w, const VsGemm* g, int6
     }
 }
 
-// Dense rows of a 2:4 weight (the large-M path): each byte of a selector word holds
-// the four selectors of two groups, so a 256-entry table turns it into the 8-column
-// mask of those groups, and two masked expand-loads place a chunk's 32 values.
+// Dense rows of a 2:4 weight (the large-M path off the AVX-512 BF16 panels): two
+// masked expand-loads place a record row's 32 values among its 64 columns.
 extern "C" void vs_unpack_nm24_avx512(const VsNM24Weight* w, int64_t row_begin, int64_t row_end, uint16_t* dst) {
-    static const struct Table {
-        uint8_t mask[256];
-        Table() {
-            for (int b = 0; b < 256; b++)
-                mask[b] = (uint8_t)((1 << (b & 3)) | (1 << ((b >> 2) & 3)) | (16 << ((b >> 4) & 3)) | (16 << (b >> 6)));
-        }
-    } table;
     unpack_rows(w, row_begin, row_end, dst, [](uint64_t selectors, const uint16_t* v, uint16_t* out) {
-        uint64_t mask = 0;
-        for (int j = 0; j < 8; j++) mask |= (uint64_t)table.mask[(selectors >> (8 * j)) & 0xff] << (8 * j);
+        const uint64_t mask = selector_mask(selectors);
         _mm512_storeu_si512(out, _mm512_maskz_expandloadu_epi16((__mmask32)(uint32_t)mask, v));
         _mm512_storeu_si512(out + 32, _mm512_maskz_expandloadu_epi16((__mmask32)(uint32_t)(mask >> 32), v + 16));
     });

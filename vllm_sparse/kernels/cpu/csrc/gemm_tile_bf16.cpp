@@ -151,15 +151,6 @@ extern "C" void vs_panel_from_bitmap(const VsWeight* w, int64_t row0, int64_t ro
 
 extern "C" void vs_panel_from_nm24(const VsNM24Weight* w, int64_t row0, int64_t rows, int64_t chunk_begin,
                                    int64_t chunk_end, uint32_t* panel) {
-    // Each byte of a selector word holds the four selectors of two groups: a
-    // 256-entry table turns it into the 8-column mask of those groups.
-    static const struct Table {
-        uint8_t mask[256];
-        Table() {
-            for (int b = 0; b < 256; b++)
-                mask[b] = (uint8_t)((1 << (b & 3)) | (1 << ((b >> 2) & 3)) | (16 << ((b >> 4) & 3)) | (16 << (b >> 6)));
-        }
-    } table;
     const int64_t blocks = (w->n + kRows - 1) / kRows;
     for (int half = 0; half < 2; half++) {
         const int64_t first = row0 + 16 * half;
@@ -173,10 +164,7 @@ extern "C" void vs_panel_from_nm24(const VsNM24Weight* w, int64_t row0, int64_t 
         for (int64_t c = chunk_begin; c < chunk_end; c++) {
             uint64_t masks[16];
             for (int i = 0; i < 16; i++) {
-                const uint64_t selectors = present[i / kRows] ? record_selectors(record[i / kRows], i % kRows) : 0;
-                uint64_t mask = 0;
-                for (int j = 0; j < 8; j++) mask |= (uint64_t)table.mask[(selectors >> (8 * j)) & 0xff] << (8 * j);
-                masks[i] = present[i / kRows] ? mask : 0;
+                masks[i] = present[i / kRows] ? selector_mask(record_selectors(record[i / kRows], i % kRows)) : 0;
             }
             for (int part = 0; part < 2; part++) {  // columns 0-31, then 32-63 of the chunk
                 __m512i r[16];

@@ -25,6 +25,22 @@ inline const uint16_t* record_values(const uint8_t* record, int row) {
     return (const uint16_t*)(record + 64) + row * 32;
 }
 
+// Where a record row's 32 values go among its 64 columns, as a mask: each byte of
+// the selector word holds the four selectors of two groups, and a 256-entry table
+// turns it into the 8-column mask of those groups.
+inline uint64_t selector_mask(uint64_t selectors) {
+    static const struct Table {
+        uint8_t mask[256];
+        Table() {
+            for (int b = 0; b < 256; b++)
+                mask[b] = (uint8_t)((1 << (b & 3)) | (1 << ((b >> 2) & 3)) | (16 << ((b >> 4) & 3)) | (16 << (b >> 6)));
+        }
+    } table;
+    uint64_t mask = 0;
+    for (int j = 0; j < 8; j++) mask |= (uint64_t)table.mask[(selectors >> (8 * j)) & 0xff] << (8 * j);
+    return mask;
+}
+
 // Dense rows [row_begin, row_end) into dst [row_end - row_begin, k]: place(selectors,
 // values, out) writes one row's 64 columns of one record.
 template <class Place>
