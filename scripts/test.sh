@@ -2,6 +2,11 @@
 # Installs what is missing, then runs the whole test suite (real vLLM on CPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Optional reference stack for the live byte-compatibility check against
+# compressed-tensors 0.14.0.1 (the committed fixtures are checked regardless), built
+# beside the main install.
+bash scripts/ct014_venv.sh >/dev/null 2>&1 &
+ct014=$!
 bash scripts/install.sh
 # A real Prometheus server scrapes our /metrics in the tests (Debian's package).
 if ! command -v prometheus >/dev/null; then
@@ -11,9 +16,7 @@ if ! command -v prometheus >/dev/null; then
         sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
     fi
 fi
-# Optional reference stack for the live byte-compatibility check against
-# compressed-tensors 0.14.0.1 (the committed fixtures are checked regardless).
-bash scripts/ct014_venv.sh >/dev/null 2>&1 || echo "note: .venv-ct014 could not be built; live compressed-tensors 0.14 check skipped"
+wait "$ct014" || echo "note: .venv-ct014 could not be built; live compressed-tensors 0.14 check skipped"
 # The slowest tests are listed at the end, to keep the run under its time budget.
 pytest=(.venv/bin/python -m pytest -q -ra --durations=15)
 if [ "$#" -gt 0 ]; then
@@ -24,6 +27,8 @@ fi
 # cores. Tests marked `alone` compare our speed with vLLM's and would be skewed by
 # the other worker: they run afterwards, with the machine to themselves.
 status=0
-"${pytest[@]}" -n 2 --dist loadfile -m "not alone" || status=$?
+# Modules go to the workers in collection order (tests/conftest.py puts the slow
+# ones first), not xdist's default of most tests first.
+"${pytest[@]}" -n 2 --dist loadfile --no-loadscope-reorder -m "not alone" || status=$?
 "${pytest[@]}" -m alone || status=$((status ? status : $?))
 exit "$status"

@@ -30,7 +30,10 @@ from vllm_sparse.cli import main as cli_main
 from vllm_sparse.demo import extract_layer_table
 from vllm_sparse.serving.server_process import SparseServer, VllmGrpcLauncher
 
-pytestmark = [pytest.mark.vllm, pytest.mark.alone]
+pytestmark = pytest.mark.vllm
+# The tests that use the two long-lived servers run in scripts/test.sh's `alone` part:
+# one of them compares their speeds, and the servers then start once.
+alone = pytest.mark.alone
 
 PROMPT_IDS = [504, 3575, 282, 4649, 314]  # "The capital of France is" in SmolLM2's vocabulary
 MAX_INFLIGHT = 6  # ours: the 7th concurrent stream is refused
@@ -133,6 +136,7 @@ def _bench(target: str, workload: str, seed: int, out) -> dict:
             "itl_p50_ms": data["itl_ms"]["p50"]}
 
 
+@alone
 def test_bench_vllm_grpc_agrees_between_stock_launcher_and_ours_on_the_dense_model(stock, ours, tmp_path):
     targets = {"stock": stock.target, "ours": f"127.0.0.1:{ours.grpc_port}"}
     results = {(server, workload): [] for server in targets for workload in WORKLOADS}
@@ -164,6 +168,7 @@ def test_bench_vllm_grpc_agrees_between_stock_launcher_and_ours_on_the_dense_mod
 # ---------------------------------------------------------------- every status, on purpose, on ours
 
 
+@alone
 def test_requests_vllm_refuses_are_invalid_argument(ours):
     channel, client = _client(ours.grpc_port)
     with channel:
@@ -179,6 +184,7 @@ def test_requests_vllm_refuses_are_invalid_argument(ours):
                             method="VllmEngine.Generate", code="INVALID_ARGUMENT") == 3
 
 
+@alone
 def test_streams_past_the_limit_are_resource_exhausted_on_both_protocols(ours):
     channel, client = _client(ours.grpc_port)
     with channel:
@@ -197,6 +203,7 @@ def test_streams_past_the_limit_are_resource_exhausted_on_both_protocols(ours):
     _wait_until_counted(ours, "Generate", "CANCELLED", MAX_INFLIGHT // 2)
 
 
+@alone
 def test_deadline_and_cancel_are_counted_by_cause(ours):
     channel, client = _client(ours.grpc_port)
     with channel:
@@ -226,6 +233,7 @@ def _running(pid: int) -> bool:
         return False
 
 
+@alone
 def test_engine_death_ends_streams_internal_with_the_cause_logged(ours):
     engine_cores = [p for p in psutil.Process(ours.process.pid).children(recursive=True)
                     if "EngineCore" in p.name() or "EngineCore" in " ".join(p.cmdline())]
