@@ -120,17 +120,15 @@ def test_panel_gemm_of_the_large_m_path_is_exact_to_fp32_accumulation():
     the compressed weight and multiplies them itself (gemm_tile_bf16.cpp), accumulating
     in fp32 and rounding once, so it is held to the direct kernel's bound. Rows not a
     multiple of the 32-row panel (2:4: the last panel's second half partly or wholly
-    past the weight's 8-row blocks), pairs not a multiple of the 16-pair transpose,
-    in_features over one K chunk of the panel (fp32 partial sums carried between
-    chunks), M across the 12-row blocks; both layouts; every output poisoned
-    beforehand."""
+    past the weight's 8-row blocks), pairs not a multiple of the 16-pair transpose, M
+    across the 12-row blocks; both layouts; every output poisoned beforehand."""
     if isa.AVX512_BF16 not in isa.supported():
         pytest.skip("this CPU has no AVX-512 BF16 path")
     from vllm_sparse.kernels.cpu import layout24
 
     gen = _gen(77)
-    cases = [(shape, None) for shape in [(1, 70), (37, 70), (33, 1000), (130, 96), (37, 4200)]]
-    cases += [(shape, (2, 4)) for shape in [(37, 576), (64, 128), (90, 128), (40, 4224)]]
+    cases = [(shape, None) for shape in [(1, 70), (37, 70), (33, 1000), (130, 96)]]
+    cases += [(shape, (2, 4)) for shape in [(37, 576), (64, 128), (90, 128)]]
     for shape, pattern in cases:
         w = _pruned(shape, 0.6, torch.bfloat16, gen, pattern)
         for m in [13, 24, 25, 40, 70]:

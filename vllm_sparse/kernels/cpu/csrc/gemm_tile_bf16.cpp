@@ -59,19 +59,14 @@ inline void store_pairs(__m512i r[16], uint32_t* panel, int64_t p, int half_row)
     for (int j = 0; j < 16; j++) _mm512_storeu_si512(panel + (p + j) * kNR + half_row, r[j]);
 }
 
-// MR activation rows x the panel's 32 weight rows over `count` pairs: a K chunk.
-// The first chunk starts from zero, later ones from the fp32 partial sums the one
-// before left in `partial` (MR x 32); the last adds the bias and writes y in bf16.
+// MR activation rows x the panel's 32 weight rows, accumulated over every pair.
 // `ahead` advances every 64 pairs.
 template <int MR>
-void panel_block(const uint32_t* a, const uint32_t* panel, int64_t count, bool first, bool last, float* partial,
-                 int64_t m0, int64_t row0, int64_t rows, const VsGemm* g, RegionPrefetch* ahead) {
+void panel_block(const uint32_t* a, const uint32_t* panel, int64_t pairs, int64_t m0, int64_t row0, int64_t rows,
+                 const VsGemm* g, RegionPrefetch* ahead) {
     __m512 acc[MR][2];
-    for (int i = 0; i < MR; i++) {
-        acc[i][0] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(partial + i * kNR);
-        acc[i][1] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(partial + i * kNR + 16);
-    }
-    for (int64_t p = 0; p < count; p++, a += MR, panel += kNR) {
+    for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    for (int64_t p = 0; p < pairs; p++, a += MR, panel += kNR) {
         if ((p & 63) == 0) {
             ahead[0].advance();
             ahead[1].advance();
@@ -83,13 +78,6 @@ void panel_block(const uint32_t* a, const uint32_t* panel, int64_t count, bool f
             acc[i][0] = _mm512_dpbf16_ps(acc[i][0], xv, w0);
             acc[i][1] = _mm512_dpbf16_ps(acc[i][1], xv, w1);
         }
-    }
-    if (!last) {
-        for (int i = 0; i < MR; i++) {
-            _mm512_storeu_ps(partial + i * kNR, acc[i][0]);
-            _mm512_storeu_ps(partial + i * kNR + 16, acc[i][1]);
-        }
-        return;
     }
     const __mmask16 valid0 = rows >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << rows) - 1);
     const __mmask16 valid1 = rows >= 32 ? (__mmask16)0xffff : rows <= 16 ? 0 : (__mmask16)((1u << (rows - 16)) - 1);
@@ -105,8 +93,8 @@ void panel_block(const uint32_t* a, const uint32_t* panel, int64_t count, bool f
     }
 }
 
-typedef void (*PanelBlockFn)(const uint32_t*, const uint32_t*, int64_t, bool, bool, float*, int64_t, int64_t,
-                             int64_t, const VsGemm*, RegionPrefetch*);
+typedef void (*PanelBlockFn)(const uint32_t*, const uint32_t*, int64_t, int64_t, int64_t, int64_t, const VsGemm*,
+                             RegionPrefetch*);
 const PanelBlockFn kPanelBlock[kMR + 1] = {
     nullptr,          panel_block<1>, panel_block<2>, panel_block<3>,  panel_block<4>,  panel_block<5>, panel_block<6>,
     panel_block<7>,   panel_block<8>, panel_block<9>, panel_block<10>, panel_block<11>, panel_block<12>};
@@ -125,32 +113,31 @@ extern "C" void vs_pack_activations(const uint16_t* x, int64_t m, int64_t k, int
     }
 }
 
-extern "C" void vs_panel_from_bitmap(const VsWeight* w, int64_t row0, int64_t rows, int64_t word_begin,
-                                     int64_t word_end, const void** cursor, uint32_t* panel) {
+extern "C" void vs_panel_from_bitmap(const VsWeight* w, int64_t row0, int64_t rows, uint32_t* panel) {
     for (int half = 0; half < 2; half++) {
         const int64_t first = row0 + 16 * half;
         const int64_t live = rows - 16 * half < 0 ? 0 : rows - 16 * half < 16 ? rows - 16 * half : 16;
-        const uint16_t** v = (const uint16_t**)cursor + 16 * half;
+        const uint16_t* v[16];
         const uint32_t* bits[16];
         for (int i = 0; i < 16; i++) {
             const int64_t row = i < live ? first + i : row0;  // rows past the weight: zeros, below
-            if (word_begin == 0) v[i] = (const uint16_t*)w->values + w->row_offsets[row];
+            v[i] = (const uint16_t*)w->values + w->row_offsets[row];
             bits[i] = w->bitmap + row * w->words;
         }
-        for (int64_t word = word_begin; word < word_end; word++) {
+        for (int64_t word = 0; word < w->words; word++) {
             __m512i r[16];
             for (int i = 0; i < 16; i++) {
                 const uint32_t mask = i < live ? bits[i][word] : 0;
                 r[i] = _mm512_maskz_expandloadu_epi16((__mmask32)mask, v[i]);
                 v[i] += _mm_popcnt_u32(mask);
             }
-            store_pairs(r, panel, (word - word_begin) * 16, 16 * half);
+            store_pairs(r, panel, word * 16, 16 * half);
         }
     }
 }
 
-extern "C" void vs_panel_from_nm24(const VsNM24Weight* w, int64_t row0, int64_t rows, int64_t chunk_begin,
-                                   int64_t chunk_end, uint32_t* panel) {
+extern "C" void vs_panel_from_nm24(const VsNM24Weight* w, int64_t row0, int64_t rows, uint32_t* panel) {
+    const int64_t chunks = w->k / 64;
     const int64_t blocks = (w->n + kRows - 1) / kRows;
     for (int half = 0; half < 2; half++) {
         const int64_t first = row0 + 16 * half;
@@ -159,9 +146,9 @@ extern "C" void vs_panel_from_nm24(const VsNM24Weight* w, int64_t row0, int64_t 
         for (int b = 0; b < 2; b++) {
             const int64_t block = first / kRows + b;
             present[b] = first - row0 < rows && block < blocks;
-            record[b] = block_records(w, present[b] ? block : 0) + chunk_begin * kRecord;
+            record[b] = block_records(w, present[b] ? block : 0);
         }
-        for (int64_t c = chunk_begin; c < chunk_end; c++) {
+        for (int64_t c = 0; c < chunks; c++) {
             uint64_t masks[16];
             for (int i = 0; i < 16; i++) {
                 masks[i] = present[i / kRows] ? selector_mask(record_selectors(record[i / kRows], i % kRows)) : 0;
@@ -171,7 +158,7 @@ extern "C" void vs_panel_from_nm24(const VsNM24Weight* w, int64_t row0, int64_t 
                 for (int i = 0; i < 16; i++)
                     r[i] = _mm512_maskz_expandloadu_epi16((__mmask32)(uint32_t)(masks[i] >> (32 * part)),
                                                           record_values(record[i / kRows], i % kRows) + 16 * part);
-                store_pairs(r, panel, (c - chunk_begin) * 32 + 16 * part, 16 * half);
+                store_pairs(r, panel, c * 32 + 16 * part, 16 * half);
             }
             record[0] += kRecord;
             record[1] += kRecord;
@@ -179,19 +166,16 @@ extern "C" void vs_panel_from_nm24(const VsNM24Weight* w, int64_t row0, int64_t 
     }
 }
 
-extern "C" void vs_panel_multiply(const uint32_t* panel, int64_t rows, int64_t pair_begin, int64_t pair_end,
-                                  int64_t pairs, const uint32_t* xa, int64_t m, const VsGemm* g, int64_t row0,
-                                  float* partial, const VsRegion* next, int regions) {
-    const int64_t count = pair_end - pair_begin;
-    // The next panel's compressed bytes (this chunk's share of them) come into L2 over
-    // this chunk's steps (one per 64 pairs of each activation block): filling the next
-    // panel then reads no memory.
-    const int64_t steps = (count / 64 + 1) * ((m + kMR - 1) / kMR);
+extern "C" void vs_panel_multiply(const uint32_t* panel, int64_t rows, int64_t k, const uint32_t* xa, int64_t m,
+                                  const VsGemm* g, int64_t row0, const VsRegion* next, int regions) {
+    const int64_t pairs = k / 2;
+    // The next panel's compressed bytes come into L2 over this panel's steps (one per
+    // 64 pairs of each activation block): filling the next panel then reads no memory.
+    const int64_t steps = (pairs / 64 + 1) * ((m + kMR - 1) / kMR);
     RegionPrefetch ahead[2] = {RegionPrefetch(nullptr, nullptr, 1), RegionPrefetch(nullptr, nullptr, 1)};
     for (int i = 0; i < regions && i < 2; i++) ahead[i] = RegionPrefetch(next[i].begin, next[i].end, steps);
     for (int64_t m0 = 0; m0 < m; m0 += kMR) {
         const int64_t width = m - m0 < kMR ? m - m0 : kMR;
-        kPanelBlock[width](xa + m0 * pairs + pair_begin * width, panel, count, pair_begin == 0, pair_end == pairs,
-                           partial + m0 * kNR, m0, row0, rows, g, ahead);
+        kPanelBlock[width](xa + m0 * pairs, panel, pairs, m0, row0, rows, g, ahead);
     }
 }

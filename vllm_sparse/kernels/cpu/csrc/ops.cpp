@@ -140,12 +140,10 @@ bool own_tile_gemm(int64_t isa, at::ScalarType dtype, int64_t k) {
 }
 
 // Large M with gemm_tile_bf16.cpp: the activations are packed once (split over the
-// threads), then each thread fills panels of 32 rows, a K chunk at a time, from the
-// compressed weight (``fill_panel(r0, rows, p0, p1, panel, cursor)``: pairs [p0, p1)) into its
-// own buffer and multiplies each chunk with every activation row while it is in the
-// core's cache. ``regions_of(r0, r1, out)`` names the compressed bytes of rows
-// [r0, r1) (at most two ranges) and returns how many: the next panel's come into L2,
-// a share per chunk, while this one is multiplied.
+// threads), then each thread fills panels of 32 rows from the compressed weight
+// (``fill_panel(r0, rows, panel)``) into its own buffer and multiplies each with every
+// activation row while it is in the core's cache. ``regions_of(r0, r1, out)`` names
+// the compressed bytes of rows [r0, r1) (at most two ranges) and returns how many.
 template <class FillPanel, class RegionsOf>
 at::Tensor own_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const FillPanel& fill_panel,
                             const RegionsOf& regions_of, const c10::optional<at::Tensor>& bias) {
@@ -169,32 +167,18 @@ at::Tensor own_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const Fil
     g.out_dtype = VS_BF16;
     const int64_t tile = VS_TILE_PANEL_ROWS;
     const int64_t tiles = (n + tile - 1) / tile;
-    const int64_t chunk = VS_TILE_CHUNK_PAIRS;
-    const int64_t chunks = (pairs + chunk - 1) / chunk;
-    // A fill writes whole 32-column words of pairs: up to 15 pairs past the chunk.
-    const int64_t panel_words = (std::min(chunk, pairs) + 16) * tile;
+    // A fill writes whole 32-column words of pairs: up to 15 pairs past k / 2.
+    const int64_t panel_words = (pairs + 16) * tile;
     at::parallel_for(0, tiles, 1, [&](int64_t first, int64_t last) {
-        // Per thread: the panel chunk, then the fp32 partial sums (m x 32).
-        at::Tensor buffer = tile_buffer(panel_words + m * tile, x.options().dtype(at::kInt));
+        at::Tensor buffer = tile_buffer(panel_words, x.options().dtype(at::kInt));
         uint32_t* panel = reinterpret_cast<uint32_t*>(buffer.data_ptr<int32_t>());
-        float* partial = reinterpret_cast<float*>(panel + panel_words);
-        const void* cursor[VS_TILE_PANEL_ROWS];  // the bitmap fill's place in each row, across chunks
         for (int64_t t = first; t < last; t++) {
             const int64_t r0 = t * tile;
             const int64_t rows = std::min(tile, n - r0);
+            fill_panel(r0, rows, panel);
             VsRegion next[2];
             const int regions = t + 1 < last ? regions_of(r0 + tile, std::min(n, r0 + 2 * tile), next) : 0;
-            for (int64_t c = 0; c < chunks; c++) {
-                const int64_t p0 = c * chunk, p1 = std::min(pairs, p0 + chunk);
-                fill_panel(r0, rows, p0, p1, panel, cursor);
-                VsRegion share_of_next[2];
-                for (int i = 0; i < regions; i++) {
-                    const char* b = static_cast<const char*>(next[i].begin);
-                    const int64_t bytes = static_cast<const char*>(next[i].end) - b;
-                    share_of_next[i] = {b + bytes * c / chunks, b + bytes * (c + 1) / chunks};
-                }
-                vs_panel_multiply(panel, rows, p0, p1, pairs, xa32, m, &g, r0, partial, share_of_next, regions);
-            }
+            vs_panel_multiply(panel, rows, k, xa32, m, &g, r0, next, regions);
         }
     });
     return y;
@@ -257,11 +241,7 @@ at::Tensor sparse_linear(const at::Tensor& x_in, const at::Tensor& values, const
             out[1] = {w.bitmap + r0 * w.words, w.bitmap + r1 * w.words};
             return 2;
         };
-        // Pairs [p0, p1) as 16-pair words; the last chunk takes the row's last word whole.
-        auto fill_panel = [&](int64_t r0, int64_t rows, int64_t p0, int64_t p1, uint32_t* panel, const void** cursor) {
-            const int64_t word_end = p1 * 2 >= w.k ? w.words : p1 / 16;
-            vs_panel_from_bitmap(&w, r0, rows, p0 / 16, word_end, cursor, panel);
-        };
+        auto fill_panel = [&](int64_t r0, int64_t rows, uint32_t* panel) { vs_panel_from_bitmap(&w, r0, rows, panel); };
         return tiled_linear(x, w.n, w.k, values.options(), isa, unpack_rows, fill_panel, regions_of, bias);
     }
 
@@ -363,9 +343,7 @@ at::Tensor nm24_linear(const at::Tensor& x_in, const at::Tensor& blocks, int64_t
             out[0] = {w.blocks + r0 / VS_NM24_BLOCK_ROWS * record_bytes, w.blocks + b1 * record_bytes};
             return 1;
         };
-        auto fill_panel = [&](int64_t r0, int64_t rows, int64_t p0, int64_t p1, uint32_t* panel, const void**) {
-            vs_panel_from_nm24(&w, r0, rows, p0 / 32, p1 / 32, panel);
-        };
+        auto fill_panel = [&](int64_t r0, int64_t rows, uint32_t* panel) { vs_panel_from_nm24(&w, r0, rows, panel); };
         return tiled_linear(x, w.n, w.k, x.options(), isa, unpack_rows, fill_panel, regions_of, bias);
     }
     // The AVX2 kernel multiplies in fp32: widen the (few) activation rows once.

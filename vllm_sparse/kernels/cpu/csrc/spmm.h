@@ -75,29 +75,17 @@ void vs_unpack_avx512(const VsWeight* w, int64_t row_begin, int64_t row_end, voi
 // vs_pack_activations writes pairs [p_begin, p_end) of every block.
 enum { VS_TILE_PANEL_ROWS = 32, VS_TILE_BLOCK_M = 12 };
 void vs_pack_activations(const uint16_t* x, int64_t m, int64_t k, int64_t p_begin, int64_t p_end, uint32_t* xa);
-// The panel holds VS_TILE_CHUNK_PAIRS column pairs of VS_TILE_PANEL_ROWS weight rows
-// at a time (a K chunk: 256 KiB, so that it stays in L2 with the next panel's
-// compressed bytes and the activations passing through, whatever K is).
-enum { VS_TILE_CHUNK_PAIRS = 2048 };
-// Pairs [p_begin, p_end) of the rows from row0 (`rows` of them; the rest zero), laid
-// out by column pair: panel[(p - p_begin) * VS_TILE_PANEL_ROWS + n] = (W[row0 + n, 2p],
-// W[row0 + n, 2p + 1]). The bitmap fill takes 32-column words [word_begin, word_end)
-// (16 pairs each) and keeps each row's place in its values in `cursor` (32 pointers,
-// set when word_begin is 0) from one chunk to the next; the 2:4 fill takes 64-column
-// records [chunk_begin, chunk_end).
-void vs_panel_from_bitmap(const VsWeight* w, int64_t row0, int64_t rows, int64_t word_begin, int64_t word_end,
-                          const void** cursor, uint32_t* panel);
-void vs_panel_from_nm24(const VsNM24Weight* w, int64_t row0, int64_t rows, int64_t chunk_begin, int64_t chunk_end,
-                        uint32_t* panel);
-// y[:, row0 .. row0 + rows) += x[:, pairs [pair_begin, pair_end)] times the panel (of
-// `pairs` in all), from the packed activations xa: the first chunk starts from zero,
-// each later one from the fp32 sums in `partial` (m x VS_TILE_PANEL_ROWS), the last
-// adds the bias and writes y. Meanwhile the `regions` memory ranges in `next` are
-// brought into L2.
+// A panel of VS_TILE_PANEL_ROWS weight rows from row0 (`rows` of them; the rest
+// zero) laid out by column pair: panel[p * VS_TILE_PANEL_ROWS + n] = (W[row0 + n, 2p],
+// W[row0 + n, 2p + 1]). The bitmap fill writes words * 16 pairs, the 2:4 fill k / 2.
+void vs_panel_from_bitmap(const VsWeight* w, int64_t row0, int64_t rows, uint32_t* panel);
+void vs_panel_from_nm24(const VsNM24Weight* w, int64_t row0, int64_t rows, uint32_t* panel);
+// y[:, row0 .. row0 + rows) = x W[row0 .. row0 + rows)^T (+ bias) from a filled panel
+// and the packed activations xa. Meanwhile the `regions` memory ranges in `next` (the
+// next panel's compressed bytes) are brought into L2.
 typedef struct { const void* begin; const void* end; } VsRegion;
-void vs_panel_multiply(const uint32_t* panel, int64_t rows, int64_t pair_begin, int64_t pair_end, int64_t pairs,
-                       const uint32_t* xa, int64_t m, const VsGemm* g, int64_t row0, float* partial,
-                       const VsRegion* next, int regions);
+void vs_panel_multiply(const uint32_t* panel, int64_t rows, int64_t k, const uint32_t* xa, int64_t m,
+                       const VsGemm* g, int64_t row0, const VsRegion* next, int regions);
 #ifdef __cplusplus
 }
 #endif
