@@ -188,8 +188,8 @@ def measure_side_by_side(engines: dict[str, tuple[EngineSpec, bool]], log_paths:
         for batch in specs[0].batches:
             for engine in running.values():
                 engine.ask(op="warm", batch=batch)
-            rates = _alternating(running, specs[0].rounds, lambda engine: engine.ask(op="round", batch=batch)
-                                 ["tokens_per_s"])
+            rates = _alternating(running, specs[0].rounds,
+                                 lambda engine: engine.ask(op="round", batch=batch)["tokens_per_s"])
             for name, values in rates.items():
                 results[name]["tokens_per_s"][str(batch)] = round(statistics.median(values), 2)
                 results[name]["round_tokens_per_s"][str(batch)] = [round(v, 2) for v in values]

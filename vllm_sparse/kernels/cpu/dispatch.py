@@ -124,4 +124,3 @@ def choose_among(paths: list[str], shape: tuple[int, int], sparsity: float, dtyp
     (benchmarks/results/cpu_e2e*.md)."""
     choices = [choose(shape, sparsity, dtype, path, records, max_batch, pattern) for path in paths]
     return max((c for c in choices if c is not None), key=lambda c: c.decode_speedup, default=None)
-

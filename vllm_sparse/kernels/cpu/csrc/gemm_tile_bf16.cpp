@@ -145,14 +145,13 @@ extern "C" void vs_panel_from_nm24(const VsNM24Weight* w, int64_t row0, int64_t 
         bool present[2];
         for (int b = 0; b < 2; b++) {
             const int64_t block = first / kRows + b;
-            present[b] = first - row0 < rows && block < blocks;
+            present[b] = block < blocks;  // blocks past the weight's rows: zeros, below
             record[b] = block_records(w, present[b] ? block : 0);
         }
         for (int64_t c = 0; c < chunks; c++) {
             uint64_t masks[16];
-            for (int i = 0; i < 16; i++) {
+            for (int i = 0; i < 16; i++)
                 masks[i] = present[i / kRows] ? selector_mask(record_selectors(record[i / kRows], i % kRows)) : 0;
-            }
             for (int part = 0; part < 2; part++) {  // columns 0-31, then 32-63 of the chunk
                 __m512i r[16];
                 for (int i = 0; i < 16; i++)

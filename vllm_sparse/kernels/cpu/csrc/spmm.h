@@ -77,7 +77,8 @@ enum { VS_TILE_PANEL_ROWS = 32, VS_TILE_BLOCK_M = 12 };
 void vs_pack_activations(const uint16_t* x, int64_t m, int64_t k, int64_t p_begin, int64_t p_end, uint32_t* xa);
 // A panel of VS_TILE_PANEL_ROWS weight rows from row0 (`rows` of them; the rest
 // zero) laid out by column pair: panel[p * VS_TILE_PANEL_ROWS + n] = (W[row0 + n, 2p],
-// W[row0 + n, 2p + 1]). The bitmap fill writes words * 16 pairs, the 2:4 fill k / 2.
+// W[row0 + n, 2p + 1]). The bitmap fill writes words * 16 pairs, the 2:4 fill k / 2
+// (rows past the weight are zero in, or past, its last 8-row block: it reads no `rows`).
 void vs_panel_from_bitmap(const VsWeight* w, int64_t row0, int64_t rows, uint32_t* panel);
 void vs_panel_from_nm24(const VsNM24Weight* w, int64_t row0, int64_t rows, uint32_t* panel);
 // y[:, row0 .. row0 + rows) = x W[row0 .. row0 + rows)^T (+ bias) from a filled panel
