@@ -74,7 +74,7 @@ def served(base_model, tmp_path_factory):
     log = (work / "plugin" / "runner.log").read_text()
     tables = [extract_layer_table(TABLE_MARKER + chunk) for chunk in log.split(TABLE_MARKER)[1:]]
     names = [*CHECKPOINTS, "2of4-compiled"]
-    return dict(zip(names, stock)), dict(zip(names, ours)), tables
+    return dict(zip(names, stock)), dict(zip(names, ours)), tables, log
 
 
 def test_layers_take_the_measured_path_and_keep_only_compressed_weights(served):
@@ -86,7 +86,7 @@ def test_layers_take_the_measured_path_and_keep_only_compressed_weights(served):
     from vllm_sparse.kernels.dispatcher import cpu_plan
     from vllm_sparse.kernels.patterns import NMPattern, WeightAnalysis
 
-    _, _, tables = served
+    _, _, tables, _ = served
     assert len(tables) == 2 and build.load()
     isa_name = isa.NAMES[isa.default()]
     for name, table in zip([*CHECKPOINTS, "2of4-compiled"], tables):
@@ -103,8 +103,20 @@ def test_layers_take_the_measured_path_and_keep_only_compressed_weights(served):
             assert all(row[4].startswith("cpu_sparse/") for row in rows), table
 
 
+def test_lm_head_takes_the_dense_gemv_where_the_cpu_has_it(served):
+    """The tied 49152 x 576 head: our GEMV (AVX-512 BF16) in every engine, else vLLM's."""
+    from vllm_sparse.kernels.cpu import dense_gemv_available
+
+    log = served[3]
+    lines = [line for line in log.splitlines() if "LM head" in line and "dense GEMV" in line]
+    if dense_gemv_available():
+        assert len(lines) == 2 and all("49152 x 576" in line for line in lines), lines
+    else:
+        assert not lines, lines
+
+
 def test_greedy_tokens_match_stock_vllm_on_the_dense_twin(served):
-    stock, ours, _ = served
+    stock, ours, _, _ = served
     total = 0
     for name in [*CHECKPOINTS, "2of4-compiled"]:
         result, reference = ours[name], stock[name]
@@ -123,7 +135,7 @@ def test_greedy_tokens_match_stock_vllm_on_the_dense_twin(served):
 
 @pytest.mark.parametrize("name", CHECKPOINTS)
 def test_perplexity_within_half_a_percent(served, name):
-    stock, ours, _ = served
+    stock, ours, _, _ = served
     ppl, ref = ours[name]["perplexity"], stock[name]["perplexity"]
     print(f"{name}: perplexity {ppl:.3f} on the CPU kernels vs {ref:.3f} stock dense ({CORPUS.name}, 8 x 512)")
     assert ppl == pytest.approx(ref, rel=0.005)

@@ -30,6 +30,7 @@ from ..checkpoint.sparsity_spec import SparsitySpec
 from ..checkpoint.errors import CheckpointError
 from ..checkpoint.validation import checkpoint_tensor_names
 from .layer_report import LayerReport
+from .lm_head import head_method
 from .sparse_linear import SparseLinearMethod
 from .vllm_internals import (
     LOGGER_NAME,
@@ -114,7 +115,7 @@ class SparseConfig(QuantizationConfig):
 
     def get_quant_method(self, layer: torch.nn.Module, prefix: str):
         if not isinstance(layer, LinearBase):
-            return None
+            return head_method(layer)
         shard_names = _shard_names(prefix, getattr(self, "packed_modules_mapping", {}) or {})
         self.report.expect(prefix)
         return SparseLinearMethod(self.spec, self.report, prefix, shard_names)

@@ -26,6 +26,7 @@ from ..checkpoint.quantization_scheme import QuantizationLabels
 from ..checkpoint.sparsity_spec import DENSE_FORMAT, SparsitySpec
 from ..kernels import analyze_weight
 from .layer_report import LayerReport
+from .lm_head import head_method
 from .scheme_wrapper import SchemeWrappingMethod
 from .sparse_linear import ShardAssembler, SparseLinearMethod, call_loader, check_declared_pattern
 from .sparse_marlin24 import Marlin24LinearMethod
@@ -76,7 +77,7 @@ class SparseCompressedTensorsConfig(CompressedTensorsConfig):
     def get_quant_method(self, layer: torch.nn.Module, prefix: str):
         method = super().get_quant_method(layer, prefix)
         if not isinstance(layer, LinearBase):
-            return method
+            return method if method is not None else head_method(layer)  # None: unquantized
         shard_names = self.shard_names_of(prefix, self.packed_modules_mapping or {})
         if self.marlin24:
             if not isinstance(method, CompressedTensorsLinearMethod):

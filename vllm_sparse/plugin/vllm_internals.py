@@ -55,6 +55,13 @@ Internals:
   the rows of a pass. Neuron-level skipping overrides the model's ``load_weights``
   to lay out the dense MLP weights (``layer.weight``) before vLLM's post-load step
   prepacks them and replaces ``weight`` with an empty parameter.
+- ``ParallelLMHead`` / ``UnquantizedEmbeddingMethod`` (vocab_parallel_embedding.py):
+  the LM head asks the quantization config for its method (``get_quant_method``);
+  ``LogitsProcessor`` computes logits with ``lm_head.quant_method.apply(lm_head,
+  hidden_states, bias)``; a tied head's ``tie_weights`` makes ``layer.weight`` the
+  embedding's parameter; on CPU the method's ``process_weights_after_loading``
+  builds the oneDNN GEMM (``dispatch_cpu_unquantized_gemm(layer,
+  remove_weight=False)``) that ``apply`` runs. plugin/lm_head.py subclasses it.
 - ``get_current_vllm_config_or_none`` (config/vllm.py): set while the model is
   built; a layer's method reads ``scheduler_config.max_num_seqs`` there (the largest
   decode batch, which the CPU dispatcher's batched-decode rule is held to).
@@ -82,6 +89,7 @@ from vllm.model_executor.layers.quantization.compressed_tensors.compressed_tenso
     CompressedTensorsConfig,
     CompressedTensorsLinearMethod,
 )
+from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, UnquantizedEmbeddingMethod
 from vllm.platforms import current_platform
 
 LOGGER_NAME = "vllm.sparse"

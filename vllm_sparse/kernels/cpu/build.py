@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 SOURCE_DIR = Path(__file__).parent / "csrc"
 SOURCES = ("ops.cpp", "gemm_scalar.cpp", "gemm_avx2.cpp", "gemm_avx512.cpp", "gemm_avx512_bf16.cpp", "gemm_nm24.cpp",
-           "gemm_nm24_avx2.cpp", "gemm_tile_bf16.cpp", "skip_mlp.cpp",
+           "gemm_nm24_avx2.cpp", "gemm_tile_bf16.cpp", "gemv_dense_bf16.cpp", "skip_mlp.cpp",
            "silu_mul.cpp", "neuron_mlp.cpp")
 HEADERS = ("spmm.h", "store.h", "prefetch.h", "nm24_records.h", "neuron_mlp.h", "silu_mul.h", "bf16.h")
 # -mtune=native schedules for this CPU without using any instruction it lacks (each
@@ -161,6 +161,10 @@ def _register_fakes() -> None:
     def _(x, residual, row_kind, countdown, counts, decisions, gate_up_kind, gate_up_tensors, gate_up_ints,
           down_kind, down_tensors, down_ints, params, neuron_gate=None, neuron_up_down=None):
         return torch.empty_like(x), torch.empty_like(countdown)
+
+    @torch.library.register_fake("vllm_sparse::cpu_dense_linear")
+    def _(x, weight, bias):
+        return x.new_empty(x.shape[0], weight.shape[0])
 
     @torch.library.register_fake("vllm_sparse::cpu_sparse_unpack")
     def _(values, bitmap, row_offsets, in_features, isa):

@@ -3,6 +3,7 @@
 //   cpu_sparse_unpack(values, bitmap, row_offsets, in_features, isa)
 //   cpu_best_isa() -> int
 //   cpu_nm24_linear(x, blocks, out_features, in_features, isa, max_direct_m, bias), cpu_nm24_unpack(...)
+//   cpu_dense_linear(x, weight, bias): dense bf16, few rows (AVX-512 BF16)
 // Threads: at::parallel_for over output rows, i.e. torch's own OpenMP pool (the
 // threads vLLM's CPU worker sizes and pins).
 #include <ATen/ATen.h>
@@ -365,6 +366,40 @@ at::Tensor nm24_linear(const at::Tensor& x_in, const at::Tensor& blocks, int64_t
     return y;
 }
 
+// ---- dense bf16 GEMV (gemv_dense_bf16.cpp) ---------------------------------------
+
+bool dense_gemv_supported() { return isa_supported(VS_AVX512_BF16); }
+
+// y = x W^T (+ bias) for a dense bf16 weight and a few activation rows (the LM head
+// of a sparse model at decode); threads split the output rows.
+at::Tensor dense_linear(const at::Tensor& x_in, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+    TORCH_CHECK(dense_gemv_supported(), "this CPU cannot run the dense GEMV (AVX-512 BF16)");
+    TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kBFloat16 && weight.is_contiguous() &&
+                    weight.device().is_cpu(),
+                "weight must be a contiguous bf16 [out_features, in_features] CPU tensor, got ",
+                weight.scalar_type(), " ", weight.sizes());
+    const int64_t n = weight.size(0), k = weight.size(1);
+    TORCH_CHECK(x_in.dim() == 2 && x_in.size(1) == k && x_in.scalar_type() == at::kBFloat16,
+                "x must be bf16 [M, ", k, "], got ", x_in.scalar_type(), " ", x_in.sizes());
+    if (bias.has_value() && bias->defined())
+        TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n, "bias must have ", n, " entries");
+    at::Tensor x = x_in.contiguous();
+    at::Tensor y = at::empty({x.size(0), n}, x.options());
+    if (x.size(0) == 0) return y;
+    at::Tensor bias_f;
+    if (bias.has_value() && bias->defined()) bias_f = bias->to(at::kFloat).contiguous();
+    VsGemm g;
+    g.x = x.data_ptr();
+    g.m = x.size(0);
+    g.bias = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
+    g.y = y.data_ptr();
+    g.ldy = n;
+    g.out_dtype = VS_BF16;
+    const uint16_t* w = reinterpret_cast<const uint16_t*>(weight.data_ptr());
+    at::parallel_for(0, n, share(n, 16), [&](int64_t b, int64_t e) { vs_dense_gemv_avx512_bf16(w, k, &g, b, e); });
+    return y;
+}
+
 // ---- read bandwidth (benchmarks) --------------------------------------------------
 
 // Reads every byte of `data` once, each thread its own share as kStreams interleaved
@@ -418,6 +453,8 @@ TORCH_LIBRARY_FRAGMENT(vllm_sparse, m) {
           "int max_direct_m, Tensor? bias) -> Tensor");
     m.def("cpu_nm24_unpack(Tensor blocks, int out_features, int in_features, int isa) -> Tensor");
     m.def("cpu_nm24_supported(int isa) -> bool", &nm24_supported);
+    m.def("cpu_dense_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+    m.def("cpu_dense_gemv_supported() -> bool", &dense_gemv_supported);
     m.def("cpu_stream_read(Tensor data) -> int", &stream_read);
     m.def("cpu_hugepage_copy(Tensor src) -> Tensor", &hugepage_copy);
 }
@@ -427,4 +464,5 @@ TORCH_LIBRARY_IMPL(vllm_sparse, CPU, m) {
     m.impl("cpu_sparse_unpack", &unpack);
     m.impl("cpu_nm24_linear", &nm24_linear);
     m.impl("cpu_nm24_unpack", &nm24_unpack);
+    m.impl("cpu_dense_linear", &dense_linear);
 }

@@ -87,6 +87,10 @@ void vs_panel_from_nm24(const VsNM24Weight* w, int64_t row0, int64_t rows, uint3
 typedef struct { const void* begin; const void* end; } VsRegion;
 void vs_panel_multiply(const uint32_t* panel, int64_t rows, int64_t k, const uint32_t* xa, int64_t m,
                        const VsGemm* g, int64_t row0, const VsRegion* next, int regions);
+
+// Dense bf16 W [N, k] (row-major, contiguous) on AVX-512 BF16 (gemv_dense_bf16.cpp):
+// rows [row_begin, row_end) of y = x W^T (+ bias), x bf16 [m, k] contiguous.
+void vs_dense_gemv_avx512_bf16(const uint16_t* w, int64_t k, const VsGemm* g, int64_t row_begin, int64_t row_end);
 #ifdef __cplusplus
 }
 #endif

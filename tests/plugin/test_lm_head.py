@@ -1,0 +1,46 @@
+"""The LM head's CPU method (plugin/lm_head.py) on vLLM's own post-load step: our
+GEMV for decode-sized inputs, vLLM's oneDNN GEMM above, one weight on huge pages
+shared with a tied embedding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vllm_sparse.kernels import cpu as cpu_kernels
+
+
+def test_head_takes_our_gemv_up_to_its_m_and_vllms_gemm_above(monkeypatch):
+    from vllm_sparse.kernels.cpu.hugepages import HUGE_PAGE
+    from vllm_sparse.plugin import lm_head
+
+    weight = torch.nn.Parameter(torch.randn(2048, 576).bfloat16(), requires_grad=False)  # 2.25 MiB
+    head, embedding = torch.nn.Module(), torch.nn.Module()
+    head.weight = embedding.weight = weight  # tied
+    method = lm_head.CpuHeadMethod()
+    method.process_weights_after_loading(head)
+    if not cpu_kernels.dense_gemv_available():
+        assert not method.own_gemv  # vLLM's path alone, weight untouched
+        return
+    assert method.own_gemv and head.weight.data_ptr() % HUGE_PAGE == 0
+    assert embedding.weight.data_ptr() == head.weight.data_ptr()  # the tie holds: one copy
+
+    ours = []
+    real = cpu_kernels.dense_linear
+    monkeypatch.setattr(cpu_kernels, "dense_linear", lambda *a: ours.append(a[0].shape[0]) or real(*a))
+    for m in (1, cpu_kernels.DENSE_GEMV_MAX_M, cpu_kernels.DENSE_GEMV_MAX_M + 1):
+        x = torch.randn(m, 576).bfloat16()
+        y = method.apply(head, x)
+        exact = F.linear(x.double(), weight.double())
+        assert y.shape == (m, 2048) and torch.allclose(y.double(), exact, rtol=2**-7, atol=1e-2)
+    assert ours == [1, cpu_kernels.DENSE_GEMV_MAX_M]  # the larger batch went to vLLM's GEMM
+
+
+def test_only_the_lm_head_gets_the_method():
+    from vllm_sparse.plugin.lm_head import CpuHeadMethod, head_method
+    from vllm_sparse.plugin.vllm_internals import ParallelLMHead
+
+    assert head_method(torch.nn.Linear(4, 4)) is None
+    head = ParallelLMHead.__new__(ParallelLMHead)  # the type is what is checked
+    assert isinstance(head_method(head), CpuHeadMethod)

@@ -1,0 +1,53 @@
+"""The LM head of a sparse model on CPUs: dense, but read by our GEMV at decode.
+
+The LM head is never pruned (layer_names.py says why) and, in a small model, is the
+largest single weight a decode step reads: Llama-3.2-1B-shaped models with a 49152 x
+2048 tied head move ~201 MB for it every step, ~22% of a 70%-sparse step's weight
+bytes. vLLM's CPU path multiplies it with a oneDNN GEMM prepacked for 32 rows; at the
+few rows of a decode step our dense GEMV (``vllm_sparse::cpu_dense_linear``, weights
+on 2 MiB pages) reads it faster (benchmarks/results/dense_gemv.md). Above
+``DENSE_GEMV_MAX_M`` rows, and on CPUs without AVX-512 BF16 or for other dtypes,
+vLLM's own path runs, unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ..kernels import cpu as cpu_kernels
+from ..kernels.cpu.hugepages import on_huge_pages
+from .vllm_internals import LOGGER_NAME, ParallelLMHead, UnquantizedEmbeddingMethod, current_platform
+
+logger = logging.getLogger(LOGGER_NAME)
+HEAD_LOG = "vllm-sparse: LM head %s (%d x %d) runs the dense GEMV up to M = %d, weight on 2 MiB pages"
+
+
+class CpuHeadMethod(UnquantizedEmbeddingMethod):
+    """vLLM's unquantized LM head method, with our GEMV for decode-sized inputs."""
+
+    own_gemv = False  # set per layer once its weight is loaded
+
+    def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
+        weight = layer.weight
+        self.own_gemv = (weight.dtype == torch.bfloat16 and weight.dim() == 2 and not weight.is_meta
+                         and cpu_kernels.dense_gemv_available())
+        if self.own_gemv:
+            # A tied head shares this parameter with the token embedding: both then
+            # read the one copy on huge pages; the old storage is freed.
+            weight.data = on_huge_pages(weight.data)
+            logger.info(HEAD_LOG, getattr(layer, "prefix", "lm_head"), *weight.shape, cpu_kernels.DENSE_GEMV_MAX_M)
+        super().process_weights_after_loading(layer)  # vLLM's GEMM, for larger batches
+
+    def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if self.own_gemv and x.dim() == 2 and x.shape[0] <= cpu_kernels.DENSE_GEMV_MAX_M and x.dtype == torch.bfloat16:
+            return cpu_kernels.dense_linear(x, layer.weight, bias)
+        return super().apply(layer, x, bias)
+
+
+def head_method(layer: torch.nn.Module) -> CpuHeadMethod | None:
+    """Our method for an LM head served on CPU, None for any other layer (vLLM picks)."""
+    if isinstance(layer, ParallelLMHead) and current_platform.is_cpu():
+        return CpuHeadMethod()
+    return None
