@@ -396,6 +396,29 @@ def test_committed_table_covers_this_host_class():
     assert table["machine"]["cpu"] and table["machine"]["date"]
 
 
+def test_dense_gemv_rule_from_a_table():
+    """The LM head's GEMV: taken where the nearest shape (row length first) wins by 5%
+    at M = 1, up to the last measured M before it loses; never on unmeasured paths."""
+    def records(shape, speedups):
+        return [{"isa": "avx512_bf16", "dtype": "bf16", "shape": shape, "m": m, "speedup": v}
+                for m, v in speedups.items()]
+
+    table = tuple(records("49152x576", {1: 1.4, 2: 1.3, 4: 0.98, 8: 1.2})
+                  + records("32000x4096", {1: 1.04, 2: 1.5}) + records("128256x2048", {1: 1.3, 8: 1.1, 16: 0.9}))
+    assert dispatch.dense_gemv_max_m((49152, 576), "avx512_bf16", table) == 2  # M = 4 loses: stop before it
+    assert dispatch.dense_gemv_max_m((151936, 896), "avx512_bf16", table) == 2  # short rows: the 576 records
+    assert dispatch.dense_gemv_max_m((49152, 2048), "avx512_bf16", table) == 8
+    assert dispatch.dense_gemv_max_m((32000, 4096), "avx512_bf16", table) == 0  # gains < 5% at M = 1
+    assert dispatch.dense_gemv_max_m((49152, 576), "avx2", table) == 0
+
+
+def test_committed_dense_gemv_table_measures_common_heads():
+    table = json.loads(dispatch.DENSE_GEMV_TABLE_PATH.read_text())
+    shapes = {r["shape"] for r in table["records"] if r["isa"] == "avx512_bf16"}
+    assert {"49152x576", "49152x2048", "128256x2048", "32000x4096"} <= shapes, shapes
+    assert table["machine"]["cpu"] and table["machine"]["date"] and table["machine"]["read_gbps"]
+
+
 def _run_python(code: str, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
                           env={**os.environ, **env}, cwd=REPO)

@@ -18,23 +18,34 @@ def test_head_takes_our_gemv_up_to_its_m_and_vllms_gemm_above(monkeypatch):
     weight = torch.nn.Parameter(torch.randn(2048, 576).bfloat16(), requires_grad=False)  # 2.25 MiB
     head, embedding = torch.nn.Module(), torch.nn.Module()
     head.weight = embedding.weight = weight  # tied
+    shapes = []
+    monkeypatch.setattr(lm_head.dispatch, "dense_gemv_max_m", lambda shape, isa: shapes.append(shape) or 4)
     method = lm_head.CpuHeadMethod()
     method.process_weights_after_loading(head)
     if not cpu_kernels.dense_gemv_available():
-        assert not method.own_gemv  # vLLM's path alone, weight untouched
+        assert method.max_m == 0 and not shapes  # vLLM's path alone, weight untouched
         return
-    assert method.own_gemv and head.weight.data_ptr() % HUGE_PAGE == 0
+    assert method.max_m == 4 and shapes == [(2048, 576)] and head.weight.data_ptr() % HUGE_PAGE == 0
     assert embedding.weight.data_ptr() == head.weight.data_ptr()  # the tie holds: one copy
 
     ours = []
     real = cpu_kernels.dense_linear
     monkeypatch.setattr(cpu_kernels, "dense_linear", lambda *a: ours.append(a[0].shape[0]) or real(*a))
-    for m in (1, cpu_kernels.DENSE_GEMV_MAX_M, cpu_kernels.DENSE_GEMV_MAX_M + 1):
+    for m in (1, 4, 5):
         x = torch.randn(m, 576).bfloat16()
         y = method.apply(head, x)
         exact = F.linear(x.double(), weight.double())
         assert y.shape == (m, 2048) and torch.allclose(y.double(), exact, rtol=2**-7, atol=1e-2)
-    assert ours == [1, cpu_kernels.DENSE_GEMV_MAX_M]  # the larger batch went to vLLM's GEMM
+    assert ours == [1, 4]  # the larger batch went to vLLM's GEMM
+
+
+def test_a_forced_lower_path_keeps_vllms_gemm(monkeypatch):
+    from vllm_sparse.plugin.lm_head import gemv_max_m
+
+    monkeypatch.setenv("VLLM_SPARSE_CPU_ISA", "avx2")
+    assert gemv_max_m(torch.zeros(4096, 2048, dtype=torch.bfloat16)) == 0
+    monkeypatch.delenv("VLLM_SPARSE_CPU_ISA")
+    assert gemv_max_m(torch.zeros(4096, 2048)) == 0  # fp32: vLLM's
 
 
 def test_only_the_lm_head_gets_the_method():

@@ -5,9 +5,11 @@ largest single weight a decode step reads: Llama-3.2-1B-shaped models with a 491
 2048 tied head move ~201 MB for it every step, ~22% of a 70%-sparse step's weight
 bytes. vLLM's CPU path multiplies it with a oneDNN GEMM prepacked for 32 rows; at the
 few rows of a decode step our dense GEMV (``vllm_sparse::cpu_dense_linear``, weights
-on 2 MiB pages) reads it faster (benchmarks/results/dense_gemv.md). Above
-``DENSE_GEMV_MAX_M`` rows, and on CPUs without AVX-512 BF16 or for other dtypes,
-vLLM's own path runs, unchanged.
+on 2 MiB pages) reads it faster (benchmarks/results/dense_gemv.md). Up to which M is
+measured per shape (``cpu.dispatch.dense_gemv_max_m``); above it, where the table
+says vLLM's GEMM wins at M = 1 already, on CPUs without AVX-512 BF16 (or with the
+kernels off or another path forced) and for other dtypes, vLLM's own path runs,
+unchanged.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 import torch
 
 from ..kernels import cpu as cpu_kernels
+from ..kernels.cpu import dispatch, isa
 from ..kernels.cpu.hugepages import on_huge_pages
 from .vllm_internals import LOGGER_NAME, ParallelLMHead, UnquantizedEmbeddingMethod, current_platform
 
@@ -24,24 +27,32 @@ logger = logging.getLogger(LOGGER_NAME)
 HEAD_LOG = "vllm-sparse: LM head %s (%d x %d) runs the dense GEMV up to M = %d, weight on 2 MiB pages"
 
 
+def gemv_max_m(weight: torch.Tensor) -> int:
+    """Rows up to which our GEMV runs this head weight here; 0: never."""
+    if weight.dtype != torch.bfloat16 or weight.dim() != 2 or weight.is_meta:
+        return 0
+    if not cpu_kernels.dense_gemv_available() or isa.default() != isa.AVX512_BF16:
+        return 0
+    return dispatch.dense_gemv_max_m(tuple(weight.shape), isa.NAMES[isa.AVX512_BF16])
+
+
 class CpuHeadMethod(UnquantizedEmbeddingMethod):
     """vLLM's unquantized LM head method, with our GEMV for decode-sized inputs."""
 
-    own_gemv = False  # set per layer once its weight is loaded
+    max_m = 0  # rows up to which our GEMV runs, set once the weight is loaded
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         weight = layer.weight
-        self.own_gemv = (weight.dtype == torch.bfloat16 and weight.dim() == 2 and not weight.is_meta
-                         and cpu_kernels.dense_gemv_available())
-        if self.own_gemv:
+        self.max_m = gemv_max_m(weight)
+        if self.max_m:
             # A tied head shares this parameter with the token embedding: both then
             # read the one copy on huge pages; the old storage is freed.
             weight.data = on_huge_pages(weight.data)
-            logger.info(HEAD_LOG, getattr(layer, "prefix", "lm_head"), *weight.shape, cpu_kernels.DENSE_GEMV_MAX_M)
+            logger.info(HEAD_LOG, getattr(layer, "prefix", "lm_head"), *weight.shape, self.max_m)
         super().process_weights_after_loading(layer)  # vLLM's GEMM, for larger batches
 
     def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        if self.own_gemv and x.dim() == 2 and x.shape[0] <= cpu_kernels.DENSE_GEMV_MAX_M and x.dtype == torch.bfloat16:
+        if x.dim() == 2 and x.shape[0] <= self.max_m and x.dtype == torch.bfloat16:
             return cpu_kernels.dense_linear(x, layer.weight, bias)
         return super().apply(layer, x, bias)
 

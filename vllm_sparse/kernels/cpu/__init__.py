@@ -35,22 +35,16 @@ def unpack(layout: CpuSparseLayout, isa_code: int | None = None) -> torch.Tensor
     )
 
 
-# Activation rows up to which ``dense_linear`` beats vLLM's prepacked oneDNN GEMM on
-# a dense bf16 weight on 2 MiB pages (benchmarks/dense_gemv.py; results in
-# benchmarks/results/dense_gemv.md): a decode-sized LM head is memory-bound, and
-# our GEMV keeps more weight rows in flight.
-DENSE_GEMV_MAX_M = 8
-
-
 def dense_gemv_available() -> bool:
     """Can ``dense_linear`` run here (kernels built, an AVX-512 BF16 CPU)?"""
     return build.load() and bool(torch.ops.vllm_sparse.cpu_dense_gemv_supported())
 
 
 def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x [M, in] @ weight^T (+ bias) for a dense bf16 weight and a few rows of x."""
+    """x [M, in] @ weight^T (+ bias) for a dense bf16 weight and a few rows of x (up to
+    which M it beats vLLM's GEMM: ``dispatch.dense_gemv_max_m``)."""
     return torch.ops.vllm_sparse.cpu_dense_linear(x, weight, bias)
 
 
-__all__ = ["CpuSparseLayout", "DEFAULT_MAX_DIRECT_M", "DENSE_GEMV_MAX_M", "build", "dense_gemv_available",
+__all__ = ["CpuSparseLayout", "DEFAULT_MAX_DIRECT_M", "build", "dense_gemv_available",
            "dense_linear", "isa", "linear", "unpack"]

@@ -37,6 +37,9 @@ import torch
 from .isa import AVX2, AVX512_BF16
 
 TABLE_PATH = Path(__file__).parent / "dispatch_table.json"
+# Same-run speed-ups of the dense GEMV (a model's LM head) over vLLM's GEMM, per ISA
+# path, shape and M, as written by ``python benchmarks/dense_gemv.py --write-table``.
+DENSE_GEMV_TABLE_PATH = Path(__file__).parent / "dense_gemv_table.json"
 # The 2:4 kernels (csrc/gemm_nm24.cpp, gemm_nm24_avx2.cpp), recorded in the table as
 # paths of their own, by the ISA code they run on.
 NM24 = "avx512_nm24"
@@ -124,3 +127,31 @@ def choose_among(paths: list[str], shape: tuple[int, int], sparsity: float, dtyp
     (benchmarks/results/cpu_e2e*.md)."""
     choices = [choose(shape, sparsity, dtype, path, records, max_batch, pattern) for path in paths]
     return max((c for c in choices if c is not None), key=lambda c: c.decode_speedup, default=None)
+
+
+def _row_then_size(record: dict, n: int, k: int) -> tuple[float, float]:
+    rn, rk = (int(v) for v in record["shape"].split("x"))
+    return abs(math.log(rk) - math.log(k)), abs(math.log(rn * rk) - math.log(n * k))
+
+
+def dense_gemv_max_m(shape: tuple[int, int], isa: str, records: tuple[dict, ...] | None = None) -> int:
+    """Activation rows up to which the dense GEMV runs a bf16 weight of ``shape`` on
+    ISA path ``isa``; 0: never (vLLM's GEMM throughout). From the records of the
+    nearest measured shape (by row length first: the per-row costs set how a GEMV
+    streams, then by size): it must beat vLLM's GEMM by ``MIN_DECODE_GAIN`` at M = 1
+    and be no slower at every measured M up to the one returned."""
+    records = load_table(DENSE_GEMV_TABLE_PATH) if records is None else records
+    mine = [r for r in records if r["isa"] == isa]
+    if not mine:
+        return 0
+    n, k = shape
+    nearest = min(mine, key=lambda r: _row_then_size(r, n, k))["shape"]
+    by_m = {r["m"]: r["speedup"] for r in mine if r["shape"] == nearest}
+    if by_m.get(1, 0.0) < MIN_DECODE_GAIN:
+        return 0
+    max_m = 1
+    for m in sorted(by_m):
+        if by_m[m] < 1.0:
+            break
+        max_m = m
+    return max_m
