@@ -522,6 +522,17 @@ def test_dense_gemv_matches_reference_or_is_refused():
             bias = torch.randn(shape[0], generator=gen).bfloat16() if m % 2 else None
             _poison_allocator(m * shape[0], torch.bfloat16)
             _check(cpu_kernels.dense_linear(x, w, bias), x, w, bias, torch.bfloat16)
+    # At M = 1 a row's result does not depend on where it falls (tensor-parallel shards,
+    # thread shares): bit for bit the same from a shifted slice and from one thread.
+    w, x = torch.randn(301, 576, generator=gen).bfloat16(), torch.randn(1, 576, generator=gen).bfloat16()
+    full = cpu_kernels.dense_linear(x, w)
+    assert torch.equal(cpu_kernels.dense_linear(x, w[5:].contiguous()), full[:, 5:])
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert torch.equal(cpu_kernels.dense_linear(x, w), full)
+    finally:
+        torch.set_num_threads(threads)
     w = torch.randn(16, 64).bfloat16()
     with pytest.raises(RuntimeError, match="contiguous bf16"):
         cpu_kernels.dense_linear(torch.randn(1, 64), w.float())

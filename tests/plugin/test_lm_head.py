@@ -39,13 +39,15 @@ def test_head_takes_our_gemv_up_to_its_m_and_vllms_gemm_above(monkeypatch):
     assert ours == [1, 4]  # the larger batch went to vLLM's GEMM
 
 
-def test_a_forced_lower_path_keeps_vllms_gemm(monkeypatch):
+def test_a_forced_lower_path_or_dense_keeps_vllms_gemm(monkeypatch):
     from vllm_sparse.plugin.lm_head import gemv_max_m
 
     monkeypatch.setenv("VLLM_SPARSE_CPU_ISA", "avx2")
     assert gemv_max_m(torch.zeros(4096, 2048, dtype=torch.bfloat16)) == 0
     monkeypatch.delenv("VLLM_SPARSE_CPU_ISA")
     assert gemv_max_m(torch.zeros(4096, 2048)) == 0  # fp32: vLLM's
+    monkeypatch.setenv("VLLM_SPARSE_PATH", "dense")  # all of vLLM's own GEMMs, the head too
+    assert gemv_max_m(torch.zeros(4096, 2048, dtype=torch.bfloat16)) == 0
 
 
 def test_only_the_lm_head_gets_the_method():

@@ -106,7 +106,7 @@ def cpu_plan(analysis: WeightAnalysis, dtype: torch.dtype,
     layer whatever the table says (for benchmarking); ``=dense`` keeps all dense."""
     if dtype not in _KERNEL_DTYPES or len(analysis.shape) != 2 or analysis.sparsity < MIN_SPARSITY_FOR_SPARSE_PATH:
         return None
-    forced = _forced_path()
+    forced = forced_path()
     if forced not in (None, CPU_SPARSE):
         return None
     if not cpu_kernels.build.load():
@@ -133,7 +133,7 @@ def _cpu_path_names(analysis: WeightAnalysis, dtype: torch.dtype) -> list[str]:
     return [bitmap]
 
 
-def _forced_path() -> str | None:
+def forced_path() -> str | None:
     forced = os.environ.get("VLLM_SPARSE_PATH") or None
     if forced is not None and forced not in PATHS:
         raise ValueError(f"VLLM_SPARSE_PATH={forced!r} is not one of {PATHS}")
@@ -149,7 +149,7 @@ def select_path(analysis: WeightAnalysis, dtype: torch.dtype, device: torch.devi
         return CPU_SPARSE if cpu_plan(analysis, dtype, max_batch) is not None else DENSE
     if device.type != "cuda" or dtype not in _KERNEL_DTYPES or len(analysis.shape) != 2:
         return DENSE
-    forced = _forced_path()
+    forced = forced_path()
     if forced:
         if forced in CUDA_PATHS and _path_allowed(forced, analysis, dtype, device):
             return forced

@@ -8,8 +8,8 @@ few rows of a decode step our dense GEMV (``vllm_sparse::cpu_dense_linear``, wei
 on 2 MiB pages) reads it faster (benchmarks/results/dense_gemv.md). Up to which M is
 measured per shape (``cpu.dispatch.dense_gemv_max_m``); above it, where the table
 says vLLM's GEMM wins at M = 1 already, on CPUs without AVX-512 BF16 (or with the
-kernels off or another path forced) and for other dtypes, vLLM's own path runs,
-unchanged.
+kernels off, another ISA path forced, or ``VLLM_SPARSE_PATH=dense``) and for other
+dtypes, vLLM's own path runs, unchanged.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch
 from ..kernels import cpu as cpu_kernels
 from ..kernels.cpu import dispatch, isa
 from ..kernels.cpu.hugepages import on_huge_pages
+from ..kernels.dispatcher import DENSE, forced_path
 from .vllm_internals import LOGGER_NAME, ParallelLMHead, UnquantizedEmbeddingMethod, current_platform
 
 logger = logging.getLogger(LOGGER_NAME)
@@ -30,6 +31,8 @@ HEAD_LOG = "vllm-sparse: LM head %s (%d x %d) runs the dense GEMV up to M = %d, 
 def gemv_max_m(weight: torch.Tensor) -> int:
     """Rows up to which our GEMV runs this head weight here; 0: never."""
     if weight.dtype != torch.bfloat16 or weight.dim() != 2 or weight.is_meta:
+        return 0
+    if forced_path() == DENSE:  # every layer on vLLM's own GEMM (tests compare bit for bit)
         return 0
     if not cpu_kernels.dense_gemv_available() or isa.default() != isa.AVX512_BF16:
         return 0

@@ -30,16 +30,17 @@ inline __m512 sums16(const __m512* a) {
     return _mm512_add_ps(_mm512_shuffle_f32x4(e01, e23, 0x88), _mm512_shuffle_f32x4(e01, e23, 0xdd));
 }
 
-// y[m, r0 .. r0 + 15] = sums (+ bias), sixteen bf16 in one store.
-inline void store16(const VsGemm* g, int64_t m, int64_t r0, __m512 sums) {
+// y[m, r0 .. r0 + valid) = the first `valid` sums (+ bias), in one bf16 store.
+inline void store16(const VsGemm* g, int64_t m, int64_t r0, __m512 sums, int valid) {
     if (g->out_dtype != VS_BF16) {
         float out[16];
         _mm512_storeu_ps(out, sums);
-        for (int r = 0; r < 16; r++) vs_store_out(g, m, r0 + r, out[r]);
+        for (int r = 0; r < valid; r++) vs_store_out(g, m, r0 + r, out[r]);
         return;
     }
-    if (g->bias) sums = _mm512_add_ps(sums, _mm512_loadu_ps(g->bias + r0));
-    _mm256_storeu_si256((__m256i*)((uint16_t*)g->y + m * g->ldy + r0), (__m256i)_mm512_cvtneps_pbh(sums));
+    const __mmask16 mask = (__mmask16)((1u << valid) - 1);
+    if (g->bias) sums = _mm512_add_ps(sums, _mm512_maskz_loadu_ps(mask, g->bias + r0));
+    _mm256_mask_storeu_epi16((uint16_t*)g->y + m * g->ldy + r0, mask, (__m256i)_mm512_cvtneps_pbh(sums));
 }
 
 // Prefetching, measured on a 2-core EPYC (49152 x 576 and 49152 x 2048, against
@@ -53,21 +54,26 @@ inline void store16(const VsGemm* g, int64_t m, int64_t r0, __m512 sums) {
 const int64_t kLongRow = 1024;
 
 // R weight rows from r0 against MB activation rows from m0 (x [m, k], row stride k).
+// Only the first `valid` rows are stored; the others repeat the last valid row (a
+// block of sixteen then sums every row in the same order wherever it falls, so a row's
+// result does not depend on how rows were split between threads or shards).
 template <int MB, int R>
-void block(const uint16_t* w, int64_t k, const VsGemm* g, int64_t r0, int64_t m0) {
+void block(const uint16_t* w, int64_t k, const VsGemm* g, int64_t r0, int64_t m0, int valid = R) {
     const uint16_t* x = (const uint16_t*)g->x + m0 * k;
     __m512 acc[R][MB];
 #pragma GCC unroll 16
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 8
         for (int i = 0; i < MB; i++) acc[r][i] = _mm512_setzero_ps();
-    const uint16_t* rows = w + r0 * k;
+    const uint16_t* row[R];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; r++) row[r] = w + (r0 + (r < valid ? r : valid - 1)) * k;
     const int64_t whole = k / 32 * 32;
     const bool long_rows = k >= kLongRow;
     for (int64_t c = 0; c < whole; c += 32) {
 #pragma GCC unroll 16
         for (int r = 0; r < R; r++) {
-            const uint16_t* wr = rows + r * k + c;
+            const uint16_t* wr = row[r] + c;
             const __m512i wv = _mm512_loadu_si512(wr);
             _mm_prefetch((const char*)(wr + R * k), _MM_HINT_T1);
             if (long_rows) _mm_prefetch((const char*)wr + 512, _MM_HINT_T0);
@@ -80,7 +86,7 @@ void block(const uint16_t* w, int64_t k, const VsGemm* g, int64_t r0, int64_t m0
         const __mmask32 tail = (__mmask32)((1ull << (k - whole)) - 1);
 #pragma GCC unroll 16
         for (int r = 0; r < R; r++) {
-            const __m512i wv = _mm512_maskz_loadu_epi16(tail, rows + r * k + whole);
+            const __m512i wv = _mm512_maskz_loadu_epi16(tail, row[r] + whole);
 #pragma GCC unroll 8
             for (int i = 0; i < MB; i++)
                 acc[r][i] = _mm512_dpbf16_ps(acc[r][i], (__m512bh)wv,
@@ -90,7 +96,7 @@ void block(const uint16_t* w, int64_t k, const VsGemm* g, int64_t r0, int64_t m0
     if constexpr (MB == 1 && R == 16) {
         __m512 rows16[16];
         for (int r = 0; r < 16; r++) rows16[r] = acc[r][0];
-        store16(g, m0, r0, sums16(rows16));
+        store16(g, m0, r0, sums16(rows16), valid);
         return;
     }
 #pragma GCC unroll 16
@@ -103,6 +109,10 @@ template <int MB, int R>
 void rows(const uint16_t* w, int64_t k, const VsGemm* g, int64_t begin, int64_t end, int64_t m0) {
     int64_t r = begin;
     for (; r + R <= end; r += R) block<MB, R>(w, k, g, r, m0);
+    if (MB == 1 && R == 16 && r < end) {
+        block<MB, R>(w, k, g, r, m0, (int)(end - r));
+        return;
+    }
     for (; r < end; r++) block<MB, 1>(w, k, g, r, m0);
 }
 
