@@ -109,15 +109,16 @@ template <int MB, int R>
 void rows(const uint16_t* w, int64_t k, const VsGemm* g, int64_t begin, int64_t end, int64_t m0) {
     int64_t r = begin;
     for (; r + R <= end; r += R) block<MB, R>(w, k, g, r, m0);
-    if (MB == 1 && R == 16 && r < end) {
-        block<MB, R>(w, k, g, r, m0, (int)(end - r));
+    if constexpr (MB == 1 && R == 16) {
+        if (r == end) return;
+        block<MB, R>(w, k, g, r, m0, (int)(end - r));  // the tail: a masked block
         return;
     }
     for (; r < end; r++) block<MB, 1>(w, k, g, r, m0);
 }
 
-// Rows per L2-resident chunk when more than one pass of activations goes over them
-// (M > 4): 32 rows of K = 4096 are 256 KiB.
+// Rows per L2-resident chunk when several passes of activations go over them
+// (M > 2): 32 rows of K = 4096 are 256 KiB.
 const int64_t kChunkBytes = 256 << 10;
 
 }  // namespace
