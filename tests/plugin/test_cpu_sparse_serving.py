@@ -10,9 +10,9 @@ tests/kernels; divergences come at near-ties, logprobs ~1e-3 apart), eager again
 stock eager and compiled (vLLM's default) against stock compiled (stock compiled and
 stock eager themselves agree on only about half the prompts in bf16). The checkpoint
 is Wanda-pruned 2:4: magnitude-pruned SmolLM2 is so degenerate (perplexity in the
-hundreds) that near-ties between tokens are everywhere. (Unstructured 50% layers stay
-dense by the committed table on the CPUs measured so far; the dispatcher's choice for
-them is tested in tests/kernels.)"""
+hundreds) that near-ties between tokens are everywhere. (Unstructured layers take the
+same bitmap kernel as one 2:4 path does; the dispatcher's choice for them is tested
+in tests/kernels.) The tied LM head runs our dense GEMV where the table says it wins."""
 
 from __future__ import annotations
 
