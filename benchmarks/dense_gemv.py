@@ -31,7 +31,8 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from cpu_kernels import BASELINE, dense_linear, read_bandwidth  # noqa: E402  (benchmarks/)
+from cpu_kernels import BASELINE, read_bandwidth  # noqa: E402  (benchmarks/)
+from cpu_kernels import dense_linear as baseline_linear  # noqa: E402
 
 SHAPES = [(49152, 576), (49152, 2048), (128256, 2048), (32000, 4096)]
 MS = [1, 2, 4, 8, 16]
@@ -60,7 +61,7 @@ def measure(n: int, k: int, ms: list[int], rounds: int) -> list[dict]:
         error = ((cpu_kernels.dense_linear(x, huge).float() - exact).abs().max() / exact.abs().max()).item()
         assert error < 2**-7, f"{n}x{k} M={m}: relative error {error:.2e}"
         runs = {"ours_huge": lambda: cpu_kernels.dense_linear(x, huge),
-                "ours_4k": lambda: cpu_kernels.dense_linear(x, plain), "baseline": dense_linear(plain, x)}
+                "ours_4k": lambda: cpu_kernels.dense_linear(x, plain), "baseline": baseline_linear(plain, x)}
         for fn in runs.values():
             fn()
         times = {name: [] for name in runs}

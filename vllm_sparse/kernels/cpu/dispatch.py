@@ -129,11 +129,6 @@ def choose_among(paths: list[str], shape: tuple[int, int], sparsity: float, dtyp
     return max((c for c in choices if c is not None), key=lambda c: c.decode_speedup, default=None)
 
 
-def _row_then_size(record: dict, n: int, k: int) -> tuple[float, float]:
-    rn, rk = (int(v) for v in record["shape"].split("x"))
-    return abs(math.log(rk) - math.log(k)), abs(math.log(rn * rk) - math.log(n * k))
-
-
 def dense_gemv_max_m(shape: tuple[int, int], isa: str, records: tuple[dict, ...] | None = None) -> int:
     """Activation rows up to which the dense GEMV runs a bf16 weight of ``shape`` on
     ISA path ``isa``; 0: never (vLLM's GEMM throughout). From the records of the
@@ -145,7 +140,7 @@ def dense_gemv_max_m(shape: tuple[int, int], isa: str, records: tuple[dict, ...]
     if not mine:
         return 0
     n, k = shape
-    nearest = min(mine, key=lambda r: _row_then_size(r, n, k))["shape"]
+    nearest = min(mine, key=lambda r: _shape_distance(r, n, k)[::-1])["shape"]  # row length, then size
     by_m = {r["m"]: r["speedup"] for r in mine if r["shape"] == nearest}
     if by_m.get(1, 0.0) < MIN_DECODE_GAIN:
         return 0

@@ -30,14 +30,9 @@ inline __m512 sums16(const __m512* a) {
     return _mm512_add_ps(_mm512_shuffle_f32x4(e01, e23, 0x88), _mm512_shuffle_f32x4(e01, e23, 0xdd));
 }
 
-// y[m, r0 .. r0 + valid) = the first `valid` sums (+ bias), in one bf16 store.
+// y[m, r0 .. r0 + valid) = the first `valid` sums (+ bias), in one bf16 store (the
+// op's output is always bf16).
 inline void store16(const VsGemm* g, int64_t m, int64_t r0, __m512 sums, int valid) {
-    if (g->out_dtype != VS_BF16) {
-        float out[16];
-        _mm512_storeu_ps(out, sums);
-        for (int r = 0; r < valid; r++) vs_store_out(g, m, r0 + r, out[r]);
-        return;
-    }
     const __mmask16 mask = (__mmask16)((1u << valid) - 1);
     if (g->bias) sums = _mm512_add_ps(sums, _mm512_maskz_loadu_ps(mask, g->bias + r0));
     _mm256_mask_storeu_epi16((uint16_t*)g->y + m * g->ldy + r0, mask, (__m256i)_mm512_cvtneps_pbh(sums));

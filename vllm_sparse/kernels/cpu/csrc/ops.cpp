@@ -99,6 +99,28 @@ void check_isa(int64_t isa) {
     TORCH_CHECK(isa_supported(isa), "this CPU cannot run the ", kIsaName[isa], " kernels");
 }
 
+void check_bias(const c10::optional<at::Tensor>& bias, int64_t n) {
+    if (bias.has_value() && bias->defined())
+        TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n, "bias must have ", n, " entries");
+}
+
+// The fp32 copy of an optional bias that the kernels add (undefined when there is none).
+at::Tensor float_bias(const c10::optional<at::Tensor>& bias) {
+    return bias.has_value() && bias->defined() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+}
+
+// The kernels' arguments for y [m, n] = x W^T (+ bias_f), x in the form the kernel reads.
+VsGemm gemm_args(const void* x, int64_t m, const at::Tensor& bias_f, at::Tensor& y) {
+    VsGemm g;
+    g.x = x;
+    g.m = m;
+    g.bias = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
+    g.y = y.data_ptr();
+    g.ldy = y.size(1);
+    g.out_dtype = dtype_code(y.scalar_type());
+    return g;
+}
+
 // One share per thread, of at least `minimum` items.
 int64_t share(int64_t n, int64_t minimum) {
     const int64_t threads = at::get_num_threads();
@@ -156,16 +178,9 @@ at::Tensor own_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const Fil
     at::parallel_for(0, pairs, share(pairs, 64), [&](int64_t p0, int64_t p1) {
         vs_pack_activations(x16, m, k, p0, p1, xa32);
     });
-    at::Tensor bias_f;
-    if (bias.has_value() && bias->defined()) bias_f = bias->to(at::kFloat).contiguous();
+    const at::Tensor bias_f = float_bias(bias);
     at::Tensor y = at::empty({m, n}, x.options());
-    VsGemm g;
-    g.x = x16;
-    g.m = m;
-    g.bias = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
-    g.y = y.data_ptr();
-    g.ldy = n;
-    g.out_dtype = VS_BF16;
+    const VsGemm g = gemm_args(x16, m, bias_f, y);
     const int64_t tile = VS_TILE_PANEL_ROWS;
     const int64_t tiles = (n + tile - 1) / tile;
     // A fill writes whole 32-column words of pairs: up to 15 pairs past k / 2.
@@ -228,8 +243,7 @@ at::Tensor sparse_linear(const at::Tensor& x_in, const at::Tensor& values, const
                 x_in.sizes());
     TORCH_CHECK(x_in.scalar_type() == values.scalar_type(), "x is ", x_in.scalar_type(), " but the weight is ",
                 values.scalar_type());
-    if (bias.has_value() && bias->defined())
-        TORCH_CHECK(bias->dim() == 1 && bias->size(0) == w.n, "bias must have ", w.n, " entries");
+    check_bias(bias, w.n);
     const int64_t m = x_in.size(0);
     at::Tensor x = x_in.contiguous();
     if (m == 0) return at::empty({0, w.n}, x.options());
@@ -258,17 +272,9 @@ at::Tensor sparse_linear(const at::Tensor& x_in, const at::Tensor& values, const
         xp = at::zeros({m, padded}, x.options().dtype(x_type));
         xp.narrow(1, 0, in_features).copy_(x);
     }
-    at::Tensor bias_f;
-    if (bias.has_value() && bias->defined()) bias_f = bias->to(at::kFloat).contiguous();
-
+    const at::Tensor bias_f = float_bias(bias);
     at::Tensor y = at::empty({m, w.n}, x.options());
-    VsGemm g;
-    g.x = xp.data_ptr();
-    g.m = m;
-    g.bias = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
-    g.y = y.data_ptr();
-    g.ldy = w.n;
-    g.out_dtype = dtype_code(y.scalar_type());
+    const VsGemm g = gemm_args(xp.data_ptr(), m, bias_f, y);
     at::parallel_for(0, w.n, row_grain(w.n), [&](int64_t begin, int64_t end) { kGemm[isa](&w, &g, begin, end); });
     return y;
 }
@@ -328,8 +334,7 @@ at::Tensor nm24_linear(const at::Tensor& x_in, const at::Tensor& blocks, int64_t
     VsNM24Weight w = check_nm24(blocks, out_features, in_features, isa);
     TORCH_CHECK(x_in.dim() == 2 && x_in.size(1) == in_features && x_in.scalar_type() == at::kBFloat16,
                 "x must be bf16 [M, ", in_features, "], got ", x_in.scalar_type(), " ", x_in.sizes());
-    if (bias.has_value() && bias->defined())
-        TORCH_CHECK(bias->dim() == 1 && bias->size(0) == w.n, "bias must have ", w.n, " entries");
+    check_bias(bias, w.n);
     const int64_t m = x_in.size(0);
     at::Tensor x = x_in.contiguous();
     if (m == 0) return at::empty({0, w.n}, x.options());
@@ -350,15 +355,8 @@ at::Tensor nm24_linear(const at::Tensor& x_in, const at::Tensor& blocks, int64_t
     // The AVX2 kernel multiplies in fp32: widen the (few) activation rows once.
     at::Tensor xk = isa == VS_AVX512_BF16 ? x : x.to(at::kFloat);
     at::Tensor y = at::empty({m, w.n}, x.options());
-    at::Tensor bias_f;
-    if (bias.has_value() && bias->defined()) bias_f = bias->to(at::kFloat).contiguous();
-    VsGemm g;
-    g.x = xk.data_ptr();
-    g.m = m;
-    g.bias = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
-    g.y = y.data_ptr();
-    g.ldy = w.n;
-    g.out_dtype = VS_BF16;
+    const at::Tensor bias_f = float_bias(bias);
+    const VsGemm g = gemm_args(xk.data_ptr(), m, bias_f, y);
     // Threads split the 8-row blocks.
     const int64_t block_count = blocks.size(0);
     const NM24GemmFn gemm = nm24_gemm(isa);
@@ -381,20 +379,12 @@ at::Tensor dense_linear(const at::Tensor& x_in, const at::Tensor& weight, const 
     const int64_t n = weight.size(0), k = weight.size(1);
     TORCH_CHECK(x_in.dim() == 2 && x_in.size(1) == k && x_in.scalar_type() == at::kBFloat16,
                 "x must be bf16 [M, ", k, "], got ", x_in.scalar_type(), " ", x_in.sizes());
-    if (bias.has_value() && bias->defined())
-        TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n, "bias must have ", n, " entries");
+    check_bias(bias, n);
     at::Tensor x = x_in.contiguous();
     at::Tensor y = at::empty({x.size(0), n}, x.options());
     if (x.size(0) == 0) return y;
-    at::Tensor bias_f;
-    if (bias.has_value() && bias->defined()) bias_f = bias->to(at::kFloat).contiguous();
-    VsGemm g;
-    g.x = x.data_ptr();
-    g.m = x.size(0);
-    g.bias = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
-    g.y = y.data_ptr();
-    g.ldy = n;
-    g.out_dtype = VS_BF16;
+    const at::Tensor bias_f = float_bias(bias);
+    const VsGemm g = gemm_args(x.data_ptr(), x.size(0), bias_f, y);
     const uint16_t* w = reinterpret_cast<const uint16_t*>(weight.data_ptr());
     at::parallel_for(0, n, share(n, 16), [&](int64_t b, int64_t e) { vs_dense_gemv_avx512_bf16(w, k, &g, b, e); });
     return y;

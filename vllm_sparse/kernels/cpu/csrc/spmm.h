@@ -89,7 +89,7 @@ void vs_panel_multiply(const uint32_t* panel, int64_t rows, int64_t k, const uin
                        const VsGemm* g, int64_t row0, const VsRegion* next, int regions);
 
 // Dense bf16 W [N, k] (row-major, contiguous) on AVX-512 BF16 (gemv_dense_bf16.cpp):
-// rows [row_begin, row_end) of y = x W^T (+ bias), x bf16 [m, k] contiguous.
+// rows [row_begin, row_end) of y = x W^T (+ bias), x bf16 [m, k] contiguous, y bf16.
 void vs_dense_gemv_avx512_bf16(const uint16_t* w, int64_t k, const VsGemm* g, int64_t row_begin, int64_t row_end);
 #ifdef __cplusplus
 }
