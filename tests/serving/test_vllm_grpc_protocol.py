@@ -14,7 +14,6 @@ import concurrent.futures
 import json
 import os
 import signal
-import statistics
 import time
 
 import grpc
@@ -123,6 +122,17 @@ COMPARED = {"c4": ("request_throughput",), "c1": ("request_throughput", "ttft_p5
 TOLERANCE = 0.10
 
 
+def _best(key: str, runs: list[dict]) -> float:
+    """Each server's best round: the highest throughput, the lowest latency. The two
+    servers run different engines, so nothing normalises one run by the other (as
+    test_bench_vs_vllm.py can); a neighbour on this shared machine only ever slows a
+    run down, and medians of three 7-second rounds still moved by 25% (one CI run:
+    ours 0.73/0.69/0.89 req/s at concurrency 1, stock 0.66/0.86/0.85, median ratio
+    0.86 on the same front end that measured 1.05 before)."""
+    values = [run[key] for run in runs]
+    return max(values) if key == "request_throughput" else min(values)
+
+
 def _bench(target: str, workload: str, seed: int, out) -> dict:
     num_requests, concurrency = WORKLOADS[workload]
     assert cli_main(["bench", "--backend", "vllm-grpc", "--target", target, "--random-input-len", "64",
@@ -146,12 +156,12 @@ def test_bench_vllm_grpc_agrees_between_stock_launcher_and_ours_on_the_dense_mod
             out = tmp_path / f"{server}-{workload}-{rounds_done[server]}.json"
             results[server, workload].append(_bench(targets[server], workload, rounds_done[server], out))
         rounds_done[server] += 1
-    lines = ["median over 3 rounds each, in turns; ratio = ours / stock vLLM gRPC launcher"]
+    lines = ["best of 3 rounds each, in turns; ratio = ours / stock vLLM gRPC launcher"]
     failures = []
     for workload, compared in COMPARED.items():
         for key in ("request_throughput", "ttft_p50_ms", "itl_p50_ms"):
             ours_runs, stock_runs = results["ours", workload], results["stock", workload]
-            ratio = statistics.median(r[key] for r in ours_runs) / statistics.median(r[key] for r in stock_runs)
+            ratio = _best(key, ours_runs) / _best(key, stock_runs)
             lines.append(f"  {workload} {key:<19} ours {' '.join(f'{r[key]:7.2f}' for r in ours_runs)}   "
                          f"stock {' '.join(f'{r[key]:7.2f}' for r in stock_runs)}   ratio {ratio:.3f}")
             # One-sided: ours may not be slower (throughput) or later (TTFT) by more
