@@ -21,10 +21,13 @@ namespace {
 
 #include "nm24_records.h"
 
-// Lane l of 32 (16-bit): column 4 * (l / 2) + selector l of a 64-column chunk.
+// Lane l of 32 (16-bit): column 4 * (l / 2) + selector l of a 64-column chunk. The
+// group base has its low two bits clear, so (bits & 3) | base is the sum, in one
+// vpternlogd instead of an and and an add: 0.99-1.14x, median 1.04x, at M = 1, 4, 8
+// and 16 on the Llama shapes (same-process A/B, 2-core EPYC, 2026-12-04).
 inline __m512i gather_index(uint64_t selectors, __m512i shift_control, __m512i group_base) {
     __m512i bits = _mm512_multishift_epi64_epi8(shift_control, _mm512_set1_epi64((long long)selectors));
-    return _mm512_add_epi16(_mm512_and_si512(bits, _mm512_set1_epi16(3)), group_base);
+    return _mm512_ternarylogic_epi32(bits, _mm512_set1_epi16(3), group_base, 0xEA);  // (A & B) | C
 }
 
 // The 8 rows of block `block` against activation rows [m0, m0 + MB).
