@@ -17,7 +17,11 @@ generating ``--long`` tokens minus that of ``--short`` tokens, so prefill and st
 cancel). The dense and the sparse engine of a comparison are alive together, each in
 its own process, and take turns round by round (``--rounds`` each, the order reversed
 every round), so a drift in machine speed weighs on both; ``--repeats N``: N such
-pairs; tokens/s = the median over every round.
+pairs; tokens/s = the median over every round. ``--ab-env KEY=VALUE[,KEY=VALUE]``
+adds a second sparse engine ("sparse B") with those variables set in its process
+(a kernel switch, a dispatch table), alive and taking turns with the other two, so
+the effect of a change is measured in the same run: ``b_over_a`` = its tokens/s
+over the first sparse engine's.
 speedup = sparse tokens/s / dense tokens/s. Prefill (``--prefill N``, default 256):
 one N-token prompt to its first token, rounds alternating the same way;
 prefill_speedup = dense time / sparse time (the sparse layers' large-M path).
@@ -109,10 +113,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1,
                     help="pairs of engines (dense and sparse alive together, rounds alternating); tokens/s = median "
                          "over every round of every pair")
+    ap.add_argument("--ab-env", default="",
+                    help="KEY=VALUE[,KEY=VALUE]: also run a second sparse engine with these variables set")
     ap.add_argument("--workdir", default=str(REPO / "models" / "e2e"))
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "cpu_e2e"))
     args = ap.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]
+    ab_env = dict(item.split("=", 1) for item in args.ab_env.split(",") if item)
     from vllm_sparse.checkpoint.default_model import fetch_default_model
     from vllm_sparse.kernels.cpu import build, isa
     from vllm_sparse.serving.decode_speed import EngineSpec, measure_side_by_side
@@ -124,23 +131,25 @@ def main() -> None:
     bases = {"smollm2": smollm2}
     if "llama1b" in args.models:
         bases["llama1b"] = build_random_llama(root / "llama1b-random", smollm2)
-    def spec(model: Path, mode: str) -> EngineSpec:
+    def spec(model: Path, mode: str, env: dict | None = None) -> EngineSpec:
         return EngineSpec(str(model), mode, args.batches, args.short, args.long, args.rounds,
-                          prefill_tokens=args.prefill)
+                          prefill_tokens=args.prefill, env=env or {})
 
     records = []
     for name in args.models.split(","):
         for pattern in args.patterns.split(","):
             sparse_dir, dense_dir = build_pruned(bases[name], root, pattern)
             for mode in args.modes.split(","):
-                runs = {"dense": [], "sparse": []}
+                engines = {"dense": (spec(dense_dir, mode), False), "sparse": (spec(sparse_dir, mode), True)}
+                if ab_env:
+                    engines["sparse_b"] = (spec(sparse_dir, mode, ab_env), True)
+                runs = {side: [] for side in engines}
                 for _ in range(args.repeats):
-                    pair = measure_side_by_side({"dense": (spec(dense_dir, mode), False),
-                                                 "sparse": (spec(sparse_dir, mode), True)},
-                                                {side: root / f"engine-{side}.log" for side in runs})
+                    pair = measure_side_by_side(engines, {side: root / f"engine-{side}.log" for side in runs})
                     for side in runs:
                         runs[side].append(pair[side])
                 dense, sparse = (_pooled(runs[side]) for side in ("dense", "sparse"))
+                b = _pooled(runs["sparse_b"]) if ab_env else None
                 total = [line for line in sparse.get("layer_table", "").splitlines() if line.startswith("total")]
                 dense_bytes, stored_bytes = sparse["linear_dense_bytes"], sparse["linear_stored_bytes"]
                 for batch in args.batches:
@@ -159,6 +168,13 @@ def main() -> None:
                               "linear_stored_mib": round(stored_bytes / 2**20, 1),
                               "rss_saved_share_of_linear_saving": round(
                                   (dense["rss_mib"] - sparse["rss_mib"]) / saved_mib, 3) if saved_mib else None}
+                    if b:
+                        record.update(ab_env=ab_env, sparse_b_tokens_per_s=b["tokens_per_s"][str(batch)],
+                                      sparse_b_rounds_tokens_per_s=b["rounds"][str(batch)],
+                                      speedup_b=round(b["tokens_per_s"][str(batch)] / d, 3),
+                                      b_over_a=round(b["tokens_per_s"][str(batch)] / s, 3))
+                        if "prefill_s" in b:
+                            record.update(sparse_b_prefill_s=b["prefill_s"])
                     if "prefill_s" in sparse:
                         record.update(prefill_tokens=args.prefill, dense_prefill_s=dense["prefill_s"],
                                       sparse_prefill_s=sparse["prefill_s"],
@@ -208,6 +224,17 @@ def main() -> None:
                      f"{' '.join(map(str, r.get('sparse_engines_tokens_per_s', [])))} | "
                      + (f"{r['prefill_tokens']}: {r['dense_prefill_s']:.3f} / {r['sparse_prefill_s']:.3f} | "
                         f"{r['prefill_speedup']:.2f}x |" if "prefill_speedup" in r else "n/a | n/a |"))
+    ab = [r for r in records if "b_over_a" in r]
+    if ab:
+        lines += ["", "Same run, a second sparse engine (B) with variables set in its process, against the first (A):",
+                  "", "| model | pattern | mode | batch | B's variables | A tok/s | B tok/s | B / A | B / dense | "
+                  "A rounds | B rounds |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in ab:
+            env = " ".join(f"`{k}={v}`" for k, v in r["ab_env"].items())
+            lines.append(f"| {r['model']} | {r['pattern']} | {r['mode']} | {r['batch']} | {env} | "
+                         f"{r['sparse_tokens_per_s']:.1f} | {r['sparse_b_tokens_per_s']:.1f} | {r['b_over_a']:.3f} | "
+                         f"{r['speedup_b']:.2f}x | {' '.join(map(str, r['sparse_rounds_tokens_per_s']))} | "
+                         f"{' '.join(map(str, r['sparse_b_rounds_tokens_per_s']))} |")
     totals = {(r["model"], r["pattern"], r.get("max_num_seqs", 8)): r.get("layer_table_total") for r in records}
     for (model, pattern, max_num_seqs), total in totals.items():
         lines += ["", f"Layer table total, {model} {pattern}, max_num_seqs {max_num_seqs}: `{total or 'n/a'}`"]

@@ -45,6 +45,7 @@ class EngineSpec:
     rounds: int = 3
     prompt_tokens: int = 32
     prefill_tokens: int = 0  # > 0: also time a prompt this long to its first token
+    env: dict[str, str] = field(default_factory=dict)  # set in the engine's process (e.g. a kernel switch)
 
 
 MARK = "@@decode-speed "  # our replies on the engine process's stdout, among vLLM's log lines
@@ -119,6 +120,7 @@ class EngineProcess:
                "VLLM_SPARSE_RUN_DIR": str(work)}
         if not plugins:
             env["VLLM_PLUGINS"] = ""
+        env.update(spec.env)
         self._log_path = Path(log_path) if log_path is not None else work / "engine.log"
         self._log = self._log_path.open("w")
         self._process = subprocess.Popen([sys.executable, "-m", __name__, str(work / "spec.json")], env=env,
