@@ -151,18 +151,23 @@ def test_side_by_side_speed_measurement(base_model, tmp_path):
     vLLM) and the 2:4 checkpoint (vllm-sparse) alive together, each in its own
     process, taking turns round by round. Each side's RSS, its rate per batch (the
     median of its rounds), its prefill time and the sparse side's layer bytes come
-    back; an engine that cannot load fails with its log instead of hanging."""
+    back; an engine that cannot load fails with its log instead of hanging. A spec's
+    variables reach its engine's process alone (the benchmark's --ab-env)."""
     import statistics
 
     from vllm_sparse.serving.decode_speed import EngineSpec, measure_side_by_side
 
     compressed, stock = wanda_checkpoint(base_model, "2of4")
 
-    def spec(model):
-        return EngineSpec(str(model), mode="eager", batches=[1, 2], short=2, long=6, rounds=3, prefill_tokens=64)
+    def spec(model, env=None):
+        return EngineSpec(str(model), mode="eager", batches=[1, 2], short=2, long=6, rounds=3, prefill_tokens=64,
+                          env=env or {})
 
-    both = measure_side_by_side({"dense": (spec(stock), False), "sparse": (spec(compressed), True)},
+    both = measure_side_by_side({"dense": (spec(stock), False),
+                                 "sparse": (spec(compressed, {"VLLM_LOGGING_LEVEL": "DEBUG"}), True)},
                                 {"dense": tmp_path / "dense.log", "sparse": tmp_path / "sparse.log"})
+    assert " DEBUG " in (tmp_path / "sparse.log").read_text()
+    assert " DEBUG " not in (tmp_path / "dense.log").read_text()
     for side in both.values():
         assert side["rss_mib"] > 100
         for batch in ("1", "2"):
