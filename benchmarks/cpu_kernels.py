@@ -6,6 +6,7 @@ read-bandwidth test.
     python benchmarks/cpu_kernels.py                       # full run (~20 min on 2 cores)
     python benchmarks/cpu_kernels.py --quick               # a few shapes and M
     python benchmarks/cpu_kernels.py --write-table         # also refresh the dispatcher's table
+    python benchmarks/cpu_kernels.py --write-table my.json # this host's own table (VLLM_SPARSE_CPU_DISPATCH_TABLE=my.json)
     VLLM_SPARSE_CPU_ISA=avx2 python benchmarks/cpu_kernels.py ...   (or --isa avx2,avx512_bf16)
 
 Each case: a random weight [out, in] pruned to the pattern (2:4 and 4:8 by magnitude
@@ -260,7 +261,9 @@ def main() -> None:
     ap.add_argument("--shapes", default="llama8b,llama1b,smollm2")
     ap.add_argument("--budget", type=float, default=0.4, help="seconds of timing per case and side (min 5 calls)")
     ap.add_argument("--out", default="benchmarks/results/cpu_kernels")
-    ap.add_argument("--write-table", action="store_true", help=f"write {dispatch.TABLE_PATH.name} for the dispatcher")
+    ap.add_argument("--write-table", nargs="?", const=dispatch.TABLE_PATH, type=Path, metavar="PATH",
+                    help=f"write the dispatcher's table: the committed {dispatch.TABLE_PATH.name}, or PATH (a host's "
+                         f"own, served with {dispatch.TABLE_ENV}=PATH); records of cases not measured are kept")
     args = ap.parse_args()
     if not cpu_kernels.build.load():
         raise SystemExit(f"CPU kernels unavailable: {cpu_kernels.build.load_error()}")
@@ -306,11 +309,12 @@ def main() -> None:
             return r["isa"], r["dtype"], r["shape"], r["pattern"]
 
         measured = {case(r) for r in records}
-        old = json.loads(dispatch.TABLE_PATH.read_text())["records"] if dispatch.TABLE_PATH.exists() else []
+        target = args.write_table
+        old = json.loads(target.read_text())["records"] if target.exists() else []
         kept = [r for r in old if case(r) not in measured]
         table = {"machine": machine, "records": kept + [{k: r[k] for k in keep if k in r} for r in records]}
-        dispatch.TABLE_PATH.write_text(json.dumps(table, indent=0) + "\n")
-        print(f"wrote {dispatch.TABLE_PATH}")
+        target.write_text(json.dumps(table, indent=0) + "\n")
+        print(f"wrote {target}")
 
 
 if __name__ == "__main__":

@@ -386,6 +386,26 @@ def test_dispatch_rule_from_a_table():
     assert choose((4096, 4096), 0.5, torch.bfloat16, "avx2", RECORDS).decode_speedup == 1.6
 
 
+def test_a_table_named_by_the_environment_replaces_the_committed_one(monkeypatch, tmp_path):
+    """VLLM_SPARSE_CPU_DISPATCH_TABLE: a host's own table decides instead of the
+    committed one; a missing or malformed one is refused naming the file."""
+    monkeypatch.delenv(dispatch.TABLE_ENV, raising=False)
+    assert dispatch.load_table() == dispatch.load_table(dispatch.TABLE_PATH) and dispatch.load_table()
+    own = tmp_path / "host.json"
+    own.write_text(json.dumps({"machine": {}, "records": list(RECORDS)}))
+    monkeypatch.setenv(dispatch.TABLE_ENV, str(own))
+    assert dispatch.table_path() == own and dispatch.load_table() == RECORDS
+    assert dispatch.choose((4096, 4096), 0.55, torch.bfloat16, "avx2").decode_speedup == 1.6  # RECORDS' figure
+    assert dispatch.choose((4096, 4096), 0.5, torch.bfloat16, "avx512_bf16") is None  # RECORDS: never measured
+    for name, text in (("missing.json", None), ("bad.json", "{not json"), ("empty.json", '{"machine": {}}'),
+                       ("odd.json", '{"records": [{"isa": "avx2"}]}')):
+        if text is not None:
+            (tmp_path / name).write_text(text)
+        monkeypatch.setenv(dispatch.TABLE_ENV, str(tmp_path / name))
+        with pytest.raises(ValueError, match=name):
+            dispatch.load_table()
+
+
 def test_committed_table_covers_this_host_class():
     """The dispatcher's table has records for every ISA path benchmarked, and for each
     M = 1 record a same-run speed-up."""

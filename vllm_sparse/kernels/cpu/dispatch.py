@@ -1,9 +1,12 @@
 """Which layers take the CPU sparse kernels, and up to which M the direct kernel runs.
 
 Decided from measurements, not reasoning: ``dispatch_table.json`` (beside this file)
-holds same-run speed-ups over torch's dense ``F.linear`` for the direct kernel and the
-tiled large-M path, per ISA path, dtype, shape, sparsity and M, as written by
-``python benchmarks/cpu_kernels.py --write-table`` on a host of the class we serve on.
+holds same-run speed-ups over vLLM's dense CPU GEMM (oneDNN on a prepacked weight) for
+the direct kernel and the tiled large-M path, per ISA path, dtype, shape, sparsity and
+M, as written by ``python benchmarks/cpu_kernels.py --write-table`` on a host of the
+class we serve on. ``VLLM_SPARSE_CPU_DISPATCH_TABLE`` names another table instead (a
+host's own, from ``--write-table PATH``; two tables compared end to end with
+``benchmarks/cpu_e2e.py --ab-env``).
 
 For a layer, the records of its ISA path, dtype and kind of pattern (its own N:M
 pattern where measured, else the unstructured ones: a 4:8 layer and a 50% one read
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -37,6 +41,7 @@ import torch
 from .isa import AVX2, AVX512_BF16
 
 TABLE_PATH = Path(__file__).parent / "dispatch_table.json"
+TABLE_ENV = "VLLM_SPARSE_CPU_DISPATCH_TABLE"
 # Same-run speed-ups of the dense GEMV (a model's LM head) over vLLM's GEMM, per ISA
 # path, shape and M, as written by ``python benchmarks/dense_gemv.py --write-table``.
 DENSE_GEMV_TABLE_PATH = Path(__file__).parent / "dense_gemv_table.json"
@@ -60,11 +65,29 @@ class CpuChoice:
     worst_m: int
 
 
-@lru_cache(maxsize=4)
-def load_table(path: Path = TABLE_PATH) -> tuple[dict, ...]:
-    if not path.exists():
-        return ()
-    return tuple(json.loads(path.read_text())["records"])
+def table_path() -> Path:
+    """The dispatch table in force: the one ``VLLM_SPARSE_CPU_DISPATCH_TABLE`` names,
+    else the committed one."""
+    named = os.environ.get(TABLE_ENV)
+    return Path(named).expanduser() if named else TABLE_PATH
+
+
+def load_table(path: Path | None = None) -> tuple[dict, ...]:
+    return _read_table(path or table_path())
+
+
+@lru_cache(maxsize=8)
+def _read_table(path: Path) -> tuple[dict, ...]:
+    if path in (TABLE_PATH, DENSE_GEMV_TABLE_PATH) and not path.exists():
+        return ()  # an install without the committed table: every layer stays dense
+    try:
+        records = json.loads(path.read_text())["records"]
+        if not all({"isa", "dtype", "shape", "m"} <= set(r) for r in records):
+            raise ValueError("a record lacks isa, dtype, shape or m")
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"cannot read the dispatch table {path} (a benchmark's --write-table output; "
+                         f"{TABLE_ENV}={os.environ.get(TABLE_ENV, '')}): {error}") from None
+    return tuple(records)
 
 
 def _shape_distance(record: dict, n: int, k: int) -> tuple[float, float]:
