@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from prometheus_client import REGISTRY
 
 from vllm_sparse.kernels import cpu as cpu_kernels
 
@@ -22,10 +23,12 @@ def test_head_takes_our_gemv_up_to_its_m_and_vllms_gemm_above(monkeypatch):
     monkeypatch.setattr(lm_head.dispatch, "dense_gemv_max_m", lambda shape, isa: shapes.append(shape) or 4)
     method = lm_head.CpuHeadMethod()
     method.process_weights_after_loading(head)
+    exported = REGISTRY.get_sample_value("vllm_sparse_lm_head_gemv_max_rows")
     if not cpu_kernels.dense_gemv_available():
-        assert method.max_m == 0 and not shapes  # vLLM's path alone, weight untouched
+        assert method.max_m == 0 and not shapes and exported == 0  # vLLM's path alone, weight untouched
         return
-    assert method.max_m == 4 and shapes == [(2048, 576)] and head.weight.data_ptr() % HUGE_PAGE == 0
+    assert method.max_m == 4 and exported == 4  # on /metrics too
+    assert shapes == [(2048, 576)] and head.weight.data_ptr() % HUGE_PAGE == 0
     assert embedding.weight.data_ptr() == head.weight.data_ptr()  # the tie holds: one copy
 
     ours = []

@@ -23,6 +23,7 @@ from ..kernels.cpu import dispatch, isa
 from ..kernels.cpu.hugepages import on_huge_pages
 from ..kernels.dispatcher import DENSE, forced_path
 from .vllm_internals import LOGGER_NAME, ParallelLMHead, UnquantizedEmbeddingMethod, current_platform
+from .worker_metrics import record_head_gemv
 
 logger = logging.getLogger(LOGGER_NAME)
 HEAD_LOG = "vllm-sparse: LM head %s (%d x %d) runs the dense GEMV up to M = %d, weight on 2 MiB pages"
@@ -47,6 +48,7 @@ class CpuHeadMethod(UnquantizedEmbeddingMethod):
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         weight = layer.weight
         self.max_m = gemv_max_m(weight)
+        record_head_gemv(self.max_m)
         if self.max_m:
             # A tied head shares this parameter with the token embedding: both then
             # read the one copy on huge pages; the old storage is freed.

@@ -43,6 +43,17 @@ WEIGHT_BYTES = Gauge(
     multiprocess_mode="livesum",
 )
 
+HEAD_GEMV_ROWS = Gauge(
+    "vllm_sparse_lm_head_gemv_max_rows",
+    "Rows (decode batch) up to which the LM head runs vllm-sparse's dense GEMV; above it, and everywhere when 0, "
+    "vLLM's GEMM.",
+    multiprocess_mode="max",
+)
+
+
+def record_head_gemv(max_rows: int) -> None:
+    HEAD_GEMV_ROWS.set(max_rows)
+
 
 def record_layer_sparsity(layer: str, pattern: str, kernel: str, sparsity: float, dense_bytes: int = 0,
                           stored_bytes: int = 0) -> None:
