@@ -119,7 +119,10 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "cpu_e2e"))
     args = ap.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]
-    ab_env = dict(item.split("=", 1) for item in args.ab_env.split(",") if item)
+    items = [item for item in args.ab_env.split(",") if item]
+    if any("=" not in item for item in items):
+        ap.error(f"--ab-env takes KEY=VALUE[,KEY=VALUE], not {args.ab_env!r}")
+    ab_env = dict(item.split("=", 1) for item in items)
     from vllm_sparse.checkpoint.default_model import fetch_default_model
     from vllm_sparse.kernels.cpu import build, isa
     from vllm_sparse.serving.decode_speed import EngineSpec, measure_side_by_side
