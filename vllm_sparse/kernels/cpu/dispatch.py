@@ -85,8 +85,8 @@ def _read_table(path: Path) -> tuple[dict, ...]:
         if not all({"isa", "dtype", "shape", "m"} <= set(r) for r in records):
             raise ValueError("a record lacks isa, dtype, shape or m")
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"cannot read the dispatch table {path} (a benchmark's --write-table output; "
-                         f"{TABLE_ENV}={os.environ.get(TABLE_ENV, '')}): {error}") from None
+        raise ValueError(f"cannot read the dispatch table {path} (as a benchmark's --write-table writes it): "
+                         f"{error}") from None
     return tuple(records)
 
 
