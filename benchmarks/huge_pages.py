@@ -62,7 +62,7 @@ def nm24_case(rounds: int) -> dict:
 
 
 def neuron_case(rounds: int) -> dict:
-    from vllm_sparse.kernels.cpu.skip_mlp import Projection, neuron_weights, skip_mlp, skip_params
+    from vllm_sparse.kernels.cpu.skip_mlp import Projection, neuron_weights, new_counts, skip_mlp, skip_params
 
     gen = torch.Generator().manual_seed(0)
     hidden, inter, copies = 2048, 8192, 3
@@ -77,7 +77,7 @@ def neuron_case(rounds: int) -> dict:
     act = F.silu(F.linear(x, huge[0][0])).abs().float().flatten()
     params = skip_params(hot=True, check=False, threshold=1.0, skip_layers=1,
                          neuron_threshold=float(act.kthvalue(act.numel() // 2).values))
-    state = (torch.ones(1, dtype=torch.int8), torch.zeros(1, dtype=torch.int32), torch.zeros(2, dtype=torch.int64),
+    state = (torch.ones(1, dtype=torch.int8), torch.zeros(1, dtype=torch.int32), new_counts(),
              torch.zeros(1, dtype=torch.uint8))
     unused = Projection.dense(torch.zeros(1, 1))  # one row that drops neurons runs the neuron kernel only
 

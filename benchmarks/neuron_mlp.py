@@ -37,7 +37,7 @@ COPIES_BYTES = 400 << 20  # weights per shape in all copies together
 def measure(hidden: int, inter: int, sparsity: float, rounds: int) -> dict:
     import vllm._custom_ops as ops
 
-    from vllm_sparse.kernels.cpu.skip_mlp import Projection, neuron_weights, skip_mlp, skip_params
+    from vllm_sparse.kernels.cpu.skip_mlp import Projection, neuron_weights, new_counts, skip_mlp, skip_params
 
     gen = torch.Generator().manual_seed(0)
     copies = max(2, COPIES_BYTES // (3 * hidden * inter * 2))
@@ -52,7 +52,7 @@ def measure(hidden: int, inter: int, sparsity: float, rounds: int) -> dict:
     x = torch.randn(1, hidden, generator=gen).bfloat16()
     act = F.silu(F.linear(x, layers[0][4][:inter])).abs().float().flatten()
     threshold = float(act.kthvalue(max(1, int(sparsity * act.numel()))).values)
-    state = (torch.ones(1, dtype=torch.int8), torch.zeros(1, dtype=torch.int32), torch.zeros(2, dtype=torch.int64),
+    state = (torch.ones(1, dtype=torch.int8), torch.zeros(1, dtype=torch.int32), new_counts(),
              torch.zeros(1, dtype=torch.uint8))
     dense_params = skip_params(hot=True, check=False, threshold=1.0, skip_layers=1)
     neuron_params = skip_params(hot=True, check=False, threshold=1.0, skip_layers=1, neuron_threshold=threshold)

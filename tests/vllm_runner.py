@@ -35,7 +35,8 @@ def run_engines(jobs: list[dict], workdir: Path, *, plugins: bool = True, timeou
     first job of a call for any job of that call to skip, since plugins register
     once per process) and ``ffn_trace`` (return the per-layer decisions). Returns one result per job:
     ``{"tokens": [[...]], "logprobs": [[...]], "perplexity": float|None}`` (plus
-    ``ffn_totals`` {layer: [skipped, computed]} and, with ``ffn_trace``, ``ffn_trace``
+    ``ffn_totals`` {layer: [skipped, computed]}, ``ffn_neuron_totals`` {layer:
+    [dropped, kept]} and, with ``ffn_trace``, ``ffn_trace``
     [[layer, position, skipped], ...] when ``ffn_skip`` is given) or
     ``{"error": "..."}`` when the engine failed to start. ``env``: extra environment
     variables for the child (e.g. ``VLLM_SPARSE_PATH``)."""
@@ -96,6 +97,7 @@ def _run_job(job: dict) -> dict:
         if job.get("ffn_trace"):
             ffn_skip.enable_trace()
         before = worker_metrics.ffn_block_totals()
+        neurons_before = worker_metrics.ffn_neuron_totals()
         result["ffn_skip_one_op"] = len(ffn_skip_op.MODELS) > one_op_models  # the C++ skip step runs
     if job.get("prompts"):
         text = not job.get("skip_tokenizer_init", False)
@@ -112,11 +114,8 @@ def _run_job(job: dict) -> dict:
         result["texts"] = [o.outputs[0].text for o in outputs]
         result["prompt_tokens"] = [list(o.prompt_token_ids) for o in outputs]
     if "ffn_skip" in job:
-        after = worker_metrics.ffn_block_totals()
-        result["ffn_totals"] = {
-            layer: [s - before.get(layer, (0, 0))[0], c - before.get(layer, (0, 0))[1]]
-            for layer, (s, c) in after.items()
-        }
+        result["ffn_totals"] = _since(before, worker_metrics.ffn_block_totals())
+        result["ffn_neuron_totals"] = _since(neurons_before, worker_metrics.ffn_neuron_totals())
         if job.get("ffn_trace"):
             result["ffn_trace"] = [
                 [layer, int(p), bool(s)] for layer, positions, skipped in ffn_skip.take_trace()
@@ -129,6 +128,12 @@ def _run_job(job: dict) -> dict:
     del llm
     gc.collect()
     return result
+
+
+def _since(before: dict, after: dict) -> dict:
+    """Per-layer count pairs added between two snapshots."""
+    return {layer: [a - before.get(layer, (0, 0))[0], b - before.get(layer, (0, 0))[1]]
+            for layer, (a, b) in after.items()}
 
 
 def main(job_path: str, result_path: str) -> None:

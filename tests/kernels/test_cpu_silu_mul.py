@@ -29,7 +29,8 @@ def _bits_equal(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def _mismatches(seed: int) -> int:
     """Elements where the kernel and ATen differ, over SHAPES, with and without a
-    neuron threshold, on rows packed and strided."""
+    neuron threshold, on rows packed and strided, plus how far off the kernel's count
+    of dropped values is."""
     gen = torch.Generator().manual_seed(seed)
     bad = 0
     for rows, inter in SHAPES:
@@ -41,12 +42,14 @@ def _mismatches(seed: int) -> int:
         threshold = 0.3
         for source in (gate_up, wide[:, :2 * inter]):
             expected = F.silu(source[:, :inter]) * source[:, inter:]
-            bad += int((~_bits_equal(torch.ops.vllm_sparse.cpu_silu_mul(source, None, 0.0), expected)).sum())
+            got, dropped = torch.ops.vllm_sparse.cpu_silu_mul(source, None, 0.0)
+            bad += int((~_bits_equal(got, expected)).sum()) + abs(dropped)
             act = F.silu(source[:, :inter])
+            expected_dropped = int((act[drop].abs() <= threshold).sum())
             act[drop] = torch.where(act[drop].abs() <= threshold, torch.zeros((), dtype=act.dtype), act[drop])
             expected = act * source[:, inter:]
-            got = torch.ops.vllm_sparse.cpu_silu_mul(source, drop, threshold)
-            bad += int((~_bits_equal(got, expected)).sum())
+            got, dropped = torch.ops.vllm_sparse.cpu_silu_mul(source, drop, threshold)
+            bad += int((~_bits_equal(got, expected)).sum()) + abs(dropped - expected_dropped)
     return bad
 
 

@@ -13,7 +13,7 @@ from vllm_sparse.kernels import cpu as cpu_kernels
 from vllm_sparse.kernels.cpu import isa, layout24
 from vllm_sparse.kernels.cpu.layout import CpuSparseLayout
 from vllm_sparse.kernels.cpu.skip_mlp import (ROW_COMPUTE, ROW_MAY_SKIP, ROW_UNCOUNTED, Projection, neuron_weights,
-                                              skip_mlp, skip_params)
+                                              new_counts, skip_mlp, skip_params)
 from vllm_sparse.kernels.dispatcher import PackedWeight
 from vllm_sparse.skip.decision import SkipRun, layer_is_hot, residual_cosine
 from vllm_sparse.skip.policy import SkipPolicy
@@ -80,14 +80,20 @@ def test_op_decides_and_computes_as_the_python_step(dtype, decoding, neurons):
 
     run = SkipRun.start(policy, LAYERS, positions, is_prompt)
     h, expected_skip, expected_out = residual, [], []
+    neurons_counted, neurons_dropped = 0, 0  # in the decoding rows that compute the layer
     for layer, (gate_up, down) in enumerate(weights):
         out, _, _ = run.ffn(layer, h, h, _dense_mlp(gate_up, down, policy.neuron_threshold(layer), run))
         expected_skip.append(run.last_skip)
         expected_out.append(out)
+        if neurons:
+            dropping = torch.tensor([False, False] + [True] * decoding + [False]) & ~run.last_skip
+            act = F.silu(F.linear(h[dropping], gate_up)[:, :INTER])
+            neurons_counted += act.numel()
+            neurons_dropped += int((act.abs() <= neurons).sum())
         h = h + out
 
     kinds = torch.tensor([ROW_COMPUTE, ROW_COMPUTE] + [ROW_MAY_SKIP] * decoding + [ROW_UNCOUNTED], dtype=torch.int8)
-    counts = torch.zeros(2, dtype=torch.int64)
+    counts = new_counts()
     decisions = torch.full((64,), 7, dtype=torch.uint8)
     skipped, outs = _run_op_pass(policy, weights, residual, kinds, counts, decisions)
 
@@ -99,7 +105,13 @@ def test_op_decides_and_computes_as_the_python_step(dtype, decoding, neurons):
         # same values up to the GEMM's rounding (it runs on all rows at decode sizes)
         torch.testing.assert_close(outs[layer], expected_out[layer], rtol=1e-2, atol=1e-5)
     counted = LAYERS * (decoding + 2)  # the padding row is not counted
-    assert counts.tolist() == [total_skipped, counted - total_skipped]
+    assert counts[:2].tolist() == [total_skipped, counted - total_skipped]
+    # Neurons: counted in the decoding rows that computed each layer; dropped as the
+    # reference drops them (a value at the threshold may round the other way in bf16).
+    dropped, kept = counts[2:].tolist()
+    assert dropped + kept == neurons_counted
+    assert abs(dropped - neurons_dropped) <= (0 if dtype == torch.float32 else neurons_counted // 200)
+    assert (dropped > 0) == (neurons > 0)
     assert torch.all(decisions[len(positions):] == 7)  # rows past the batch untouched
 
 
@@ -108,10 +120,10 @@ def test_threshold_one_and_cold_layers_never_skip():
     weights = [_mlp_weights(gen, torch.float32, 0.01) for _ in range(LAYERS)]
     residual = torch.randn(4, HIDDEN, generator=gen)
     kinds = torch.full((4,), ROW_MAY_SKIP, dtype=torch.int8)
-    counts, decisions = torch.zeros(2, dtype=torch.int64), torch.zeros(4, dtype=torch.uint8)
+    counts, decisions = new_counts(), torch.zeros(4, dtype=torch.uint8)
     never = SkipPolicy(enabled=True, threshold=1.0, skip_layers=3, cold_start=2, cold_end=2, warmup_tokens=0)
     skipped, _ = _run_op_pass(never, weights, residual, kinds, counts, decisions)
-    assert not any(s.any() for s in skipped) and counts.tolist() == [0, 4 * LAYERS]
+    assert not any(s.any() for s in skipped) and counts.tolist() == [0, 4 * LAYERS, 0, 0]
     # tiny updates: every check passes; cold layers 0, 1, 8, 9 still compute
     always = SkipPolicy(enabled=True, threshold=0.5, skip_layers=3, cold_start=2, cold_end=2, warmup_tokens=0)
     skipped, _ = _run_op_pass(always, weights, residual, kinds, counts, decisions)
@@ -132,7 +144,7 @@ def test_every_projection_kind_matches_the_dense_mlp():
     if layout24.supported():
         pairs.append((_nm24_projection(gate_up), _bitmap_projection(down)))
     for gu, dn in pairs:
-        out, countdown = skip_mlp(x, x, kinds, torch.zeros(5, dtype=torch.int32), torch.zeros(2, dtype=torch.int64),
+        out, countdown = skip_mlp(x, x, kinds, torch.zeros(5, dtype=torch.int32), new_counts(),
                                   torch.zeros(5, dtype=torch.uint8), gu, dn, NEVER_CHECK)
         assert torch.all(countdown == 0)
         torch.testing.assert_close(out.float(), reference, rtol=2e-2, atol=2e-2)
@@ -156,12 +168,15 @@ def test_bad_inputs_are_refused():
     x = torch.randn(3, HIDDEN)
     gate_up, down = _mlp_weights(torch.Generator().manual_seed(0), torch.float32, 1.0)
     params = skip_params(hot=True, check=True, threshold=0.9, skip_layers=2)
-    good = (torch.zeros(3, dtype=torch.int8), torch.zeros(3, dtype=torch.int32), torch.zeros(2, dtype=torch.int64),
+    good = (torch.zeros(3, dtype=torch.int8), torch.zeros(3, dtype=torch.int32), new_counts(),
             torch.zeros(3, dtype=torch.uint8))
     with pytest.raises(RuntimeError, match="row_kind must be int8"):
         skip_mlp(x, x, good[0].long(), *good[1:], Projection.dense(gate_up), Projection.dense(down), params)
     with pytest.raises(RuntimeError, match="countdown must be int32"):
         skip_mlp(x, x, good[0], torch.zeros(2, dtype=torch.int32), *good[2:], Projection.dense(gate_up),
+                 Projection.dense(down), params)
+    with pytest.raises(RuntimeError, match=r"counts must be int64 \[4\]"):
+        skip_mlp(x, x, *good[:2], torch.zeros(2, dtype=torch.int64), good[3], Projection.dense(gate_up),
                  Projection.dense(down), params)
     with pytest.raises(RuntimeError, match="unknown projection kind"):
         skip_mlp(x, x, *good, Projection(9, (gate_up,)), Projection.dense(down), params)
@@ -177,7 +192,7 @@ def test_wide_mlp_under_inference_mode():
     with torch.inference_mode():
         x = torch.randn(8, HIDDEN, generator=gen).bfloat16()
         out, _ = skip_mlp(x, x, torch.zeros(8, dtype=torch.int8), torch.zeros(8, dtype=torch.int32),
-                          torch.zeros(2, dtype=torch.int64), torch.zeros(8, dtype=torch.uint8),
+                          new_counts(), torch.zeros(8, dtype=torch.uint8),
                           Projection.dense(gate_up), Projection.dense(down), NEVER_CHECK)
         h = F.linear(x, gate_up)
         expected = F.linear(F.silu(h[:, :inter]) * h[:, inter:], down)
@@ -206,8 +221,12 @@ def test_one_row_neuron_kernel_reads_only_active_neurons():
     assert torch.equal(up_down[:, :hidden], gate_up[inter:]) and torch.equal(up_down[:, hidden:], down.t())
     up_down[dropped] = float("nan")
     params = skip_params(hot=True, check=False, threshold=1.0, skip_layers=1, neuron_threshold=threshold)
+    counts = new_counts()
     out, _ = skip_mlp(x, x, torch.ones(1, dtype=torch.int8), torch.zeros(1, dtype=torch.int32),
-                      torch.zeros(2, dtype=torch.int64), torch.zeros(1, dtype=torch.uint8),
+                      counts, torch.zeros(1, dtype=torch.uint8),
                       Projection.dense(gate_up), Projection.dense(down), params, (gate, up_down))
     assert torch.isfinite(out).all()
+    # the kernel's gate dot products round in another order: a neuron at the threshold may go either way
+    assert counts[:2].tolist() == [0, 1] and counts[2:].sum() == inter
+    assert abs(int(counts[2]) - int(dropped.sum())) <= 2
     torch.testing.assert_close(out.float(), expected, rtol=2e-2, atol=2e-3)

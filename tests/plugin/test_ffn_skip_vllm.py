@@ -92,6 +92,7 @@ def test_cpu_engines_run_the_one_op_skip_step(engines):
 def test_threshold_one_skips_nothing(engines):
     totals = engines["threshold1"]["ffn_totals"]
     assert len(totals) == 30 and all(s == 0 and c > 0 for s, c in totals.values())
+    assert not engines["threshold1"]["ffn_neuron_totals"]  # no neuron thresholds in that profile
     assert engines["threshold1"]["tokens"] == engines["baseline"]["tokens"]
 
 
@@ -107,6 +108,12 @@ def test_skipping_on_counts_and_matches_transformers(engines, base_model):
     for layer, (skipped, _) in totals.items():  # cold layers never skip
         if int(layer) < policy.cold_start or int(layer) >= 30 - policy.cold_end:
             assert skipped == 0
+    # Neuron counts (vllm_sparse_ffn_neurons_total): each layer's in whole rows of its
+    # 1536 neurons, about the 50% the thresholds were calibrated for.
+    neurons = on["ffn_neuron_totals"]
+    assert len(neurons) == 30 and all((d + k) % 1536 == 0 and d + k > 0 for d, k in neurons.values())
+    dropped = sum(d for d, _ in neurons.values())
+    assert 0.25 < dropped / sum(d + k for d, k in neurons.values()) < 0.75
     vllm_decisions = Counter((layer, pos, skipped) for layer, pos, skipped in on["ffn_trace"])
     # the trace and the Prometheus-feeding counters agree
     assert sum(c for (_, _, s), c in vllm_decisions.items() if s) == sum(s for s, _ in totals.values())
@@ -132,6 +139,7 @@ def test_compiled_mode_decides_and_generates_as_eager(engines):
     assert "error" not in compiled, compiled.get("error")
     assert compiled["tokens"] == eager["tokens"]
     assert compiled["ffn_totals"] == eager["ffn_totals"]
+    assert compiled["ffn_neuron_totals"] == eager["ffn_neuron_totals"]
     assert Counter(map(tuple, compiled["ffn_trace"])) == Counter(map(tuple, eager["ffn_trace"]))
 
 
@@ -144,6 +152,7 @@ def test_python_step_decides_and_generates_as_the_op(engines):
     assert not python_step["ffn_skip_one_op"]
     assert python_step["tokens"] == op["tokens"]
     assert python_step["ffn_totals"] == op["ffn_totals"]
+    assert python_step["ffn_neuron_totals"] == op["ffn_neuron_totals"]
     assert Counter(map(tuple, python_step["ffn_trace"])) == Counter(map(tuple, op["ffn_trace"]))
 
 

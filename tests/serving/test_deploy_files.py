@@ -44,6 +44,6 @@ def test_dashboard_panels_query_known_metrics():
     assert all(target["expr"] for panel in dashboard["panels"] for target in panel["targets"])
     ours = {name for name in referenced_metrics() if name.startswith("vllm_sparse_")}
     assert ours == {
-        "vllm_sparse_grpc_requests_total", "vllm_sparse_ffn_blocks_total",
+        "vllm_sparse_grpc_requests_total", "vllm_sparse_ffn_blocks_total", "vllm_sparse_ffn_neurons_total",
         "vllm_sparse_kernel_layers", "vllm_sparse_layer_sparsity_ratio",
     }

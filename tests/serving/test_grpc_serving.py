@@ -28,9 +28,9 @@ from vllm_sparse.serving.server_process import SparseServer
 pytestmark = pytest.mark.vllm
 
 
-# FFN skipping on (an aggressive profile, so that short test requests skip), so the
-# skip counters are exercised end to end.
-SKIP_PROFILE = """\
+# FFN skipping on (an aggressive profile, so that short test requests skip), block and
+# neuron-level, so the skip counters are exercised end to end.
+SKIP_PROFILE = f"""\
 enabled: true
 threshold: 0.5
 skip_layers: 1
@@ -38,7 +38,9 @@ cold_start: 2
 cold_end: 2
 warmup_tokens: 2
 skip_prompt: false
+neuron_thresholds: [{", ".join(["0.1"] * 30)}]
 """
+INTERMEDIATE = 1536  # SmolLM2-135M's FFN neurons
 
 
 @pytest.fixture(scope="module")
@@ -255,6 +257,16 @@ def test_ffn_skip_counters_reach_grpc_and_metrics(server, channel):
     assert prometheus_value(text, "vllm_sparse_ffn_blocks_total", decision="skipped") == sum(
         entry.skipped for entry in snapshot.ffn_skip
     )
+    # Neuron-level: whole rows of neurons counted in every layer, some dropped.
+    assert 0 < snapshot.ffn_neuron_drop_ratio < 1
+    assert len(by_layer) == 30
+    for entry in snapshot.ffn_skip:
+        counted = entry.neurons_dropped + entry.neurons_kept
+        assert counted > 0 and counted % INTERMEDIATE == 0, entry
+        assert entry.neuron_drop_ratio == pytest.approx(entry.neurons_dropped / counted)
+    for decision, field in (("dropped", "neurons_dropped"), ("kept", "neurons_kept")):
+        assert prometheus_value(text, "vllm_sparse_ffn_neurons_total", decision=decision) == sum(
+            getattr(entry, field) for entry in snapshot.ffn_skip)
 
 
 def test_prometheus_scrapes_request_and_skip_counters(server, channel, tmp_path):
@@ -274,6 +286,8 @@ def test_prometheus_scrapes_request_and_skip_counters(server, channel, tmp_path)
         prometheus.wait_for_value("sum(vllm:request_success_total)", start_http + requests)
         skipped = prometheus.query('sum(vllm_sparse_ffn_blocks_total{decision="skipped"})')
         assert skipped and float(skipped[0]["value"][1]) > 0
+        dropped = prometheus.query('sum(vllm_sparse_ffn_neurons_total{decision="dropped"})')
+        assert dropped and float(dropped[0]["value"][1]) > 0
         layers = prometheus.query("count(vllm_sparse_layer_sparsity_ratio)")
         assert float(layers[0]["value"][1]) == 120
 

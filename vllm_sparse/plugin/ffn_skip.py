@@ -45,7 +45,7 @@ from . import batch_rows, ffn_skip_op
 from . import vllm_internals as vi
 from .batch_rows import enable_trace, query_rows_prompt  # noqa: F401  (enable_trace: the test hook)
 from .ffn_skip_neuron import NeuronMLP
-from .worker_metrics import record_ffn_blocks
+from .worker_metrics import record_ffn_blocks, record_ffn_neurons
 
 logger = logging.getLogger(vi.LOGGER_NAME)
 
@@ -109,8 +109,11 @@ class _ModelSkip:
             self.start(positions)
         mlp, fused = self.mlps[layer]
         out, skipped, computed = self.run.ffn(layer, x, residual, mlp, fused)
+        neurons = mlp.take_counts() if isinstance(mlp, NeuronMLP) else (0, 0)
         if self.real_batch:
             record_ffn_blocks(layer, skipped, computed)
+            if any(neurons):
+                record_ffn_neurons(layer, *neurons)
             if batch_rows.tracing():
                 batch_rows.append_trace(layer, self.positions.clone().cpu(), self.run.last_skip)
         return out

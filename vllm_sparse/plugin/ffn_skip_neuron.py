@@ -11,6 +11,10 @@ Two ways, same decisions:
   columns, at up to ``KERNEL_MAX_ROWS`` rows (decode; a prompt's many rows keep
   nearly every neuron, where vLLM's GEMMs are faster). It keeps down_proj
   transposed, a copy of that weight, made at the first call (after loading).
+
+The first way counts the neurons it drops and keeps (``take_counts``, for
+``vllm_sparse_ffn_neurons_total``); the Triton kernel does not report them, so its
+calls are not counted.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ class NeuronMLP:
         self.may_skip_rows = may_skip_rows  # bool [rows of the current MLP call]
         self.kernel = kernel_applies(mlp)
         self._down_t: torch.Tensor | None = None
+        self._dropped = self._kept = 0  # neurons since the last take_counts()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         may_skip = self.may_skip_rows().to(x.device)
@@ -60,7 +65,16 @@ class NeuronMLP:
         act = F.silu(gate_up[:, :inter])
         drop = (act.abs() <= self.threshold) & may_skip[:, None]
         out, _ = self.mlp.down_proj(act.masked_fill(drop, 0) * gate_up[:, inter:])
+        dropped, rows_dropping = torch.stack([drop.sum(), may_skip.sum()]).tolist()
+        self._dropped += dropped
+        self._kept += rows_dropping * inter - dropped
         return out
+
+    def take_counts(self) -> tuple[int, int]:
+        """(dropped, kept) neurons over the calls since the last take."""
+        counts = (self._dropped, self._kept)
+        self._dropped = self._kept = 0
+        return counts
 
     @property
     def fused(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:

@@ -7,7 +7,8 @@ Per forward pass, the first decoder layer calls ``vllm_sparse::ffn_skip_rows`` (
 once a pass): each row's kind from the attention metadata (prompt or warm-up rows
 never skip; padding rows and dummy runs are not counted). The countdowns then flow
 from layer to layer as an int32 tensor. Each MLP module holds two buffers the op
-updates in place: ``ffn_skip_counts`` (skipped, computed rows so far) and
+updates in place: ``ffn_skip_counts`` (skipped and computed rows, dropped and kept
+neurons so far) and
 ``ffn_skip_decisions`` (which rows skipped its last call). A daemon thread hands the
 counts to Prometheus every ``FFN_FLUSH_SECONDS`` (and ``worker_metrics.ffn_block_totals()``
 before it reads them): per step that would cost ~60 counter updates, more than the
@@ -28,13 +29,13 @@ import torch
 
 from ..kernels import dispatcher
 from ..kernels.cpu import build as cpu_build
-from ..kernels.cpu.skip_mlp import (ROW_COMPUTE, ROW_MAY_SKIP, ROW_UNCOUNTED, Projection, neuron_weights, skip_mlp,
-                                    skip_params)
+from ..kernels.cpu.skip_mlp import (ROW_COMPUTE, ROW_MAY_SKIP, ROW_UNCOUNTED, Projection, neuron_weights,
+                                    new_counts, skip_mlp, skip_params)
 from ..skip.decision import eligible_rows, layer_is_checked, layer_is_hot
 from ..skip.policy import SkipPolicy
 from . import vllm_internals as vi
 from .batch_rows import append_trace, query_rows_prompt, tracing
-from .worker_metrics import FFN_FLUSH_SECONDS, on_ffn_totals_read, record_ffn_blocks
+from .worker_metrics import FFN_FLUSH_SECONDS, on_ffn_totals_read, record_ffn_blocks, record_ffn_neurons
 
 logger = logging.getLogger(vi.LOGGER_NAME)
 
@@ -82,14 +83,14 @@ class OpSkip:
                                      threshold=policy.threshold, skip_layers=policy.skip_layers,
                                      neuron_threshold=policy.neuron_threshold(index))
                 mlp.register_buffer("ffn_skip_params", params, persistent=False)
-                mlp.register_buffer("ffn_skip_counts", torch.zeros(2, dtype=torch.int64), persistent=False)
+                mlp.register_buffer("ffn_skip_counts", new_counts(), persistent=False)
                 mlp.register_buffer("ffn_skip_decisions", torch.zeros(max_rows, dtype=torch.uint8),
                                     persistent=False)
             # Which entry of MODELS this is, as data: a compiled graph loaded from vLLM's
             # cache in another process must find that process's model, not a constant.
             mlps[first_layer].register_buffer("ffn_skip_model", torch.full((1,), -1, dtype=torch.int64),
                                               persistent=False)
-        self._flushed = {i: (0, 0) for i in mlps}
+        self._flushed = {i: (0, 0, 0, 0) for i in mlps}
         self._flush_lock = threading.Lock()
         self._flusher: threading.Thread | None = None
         self._trace_pass: tuple[torch.Tensor, torch.Tensor] | None = None  # (positions, row kinds) to trace
@@ -171,11 +172,15 @@ class OpSkip:
         may be adding to them: a count read before its update is handed on next time.)"""
         with self._flush_lock:
             for index, mlp in self.mlps.items():
-                skipped, computed = mlp.ffn_skip_counts.tolist()
-                done_s, done_c = self._flushed[index]
-                if skipped != done_s or computed != done_c:
-                    record_ffn_blocks(index, skipped - done_s, computed - done_c)
-                    self._flushed[index] = (skipped, computed)
+                counts = tuple(mlp.ffn_skip_counts.tolist())
+                done = self._flushed[index]
+                if counts == done:
+                    continue
+                skipped, computed, dropped, kept = (now - before for now, before in zip(counts, done))
+                record_ffn_blocks(index, skipped, computed)
+                if dropped or kept:
+                    record_ffn_neurons(index, dropped, kept)
+                self._flushed[index] = counts
 
     def start_flusher(self) -> None:
         def loop() -> None:

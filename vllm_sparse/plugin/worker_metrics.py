@@ -22,6 +22,12 @@ FFN_BLOCKS = Counter(
     "Feed-forward blocks run per token, by decoder layer and decision (skipped or computed).",
     ["layer", "decision"],
 )
+FFN_NEURONS = Counter(
+    "vllm_sparse_ffn_neurons_total",
+    "Intermediate FFN neurons under neuron-level skipping, per token row that may skip and computes the block, "
+    "by decoder layer and decision (dropped: |SiLU(gate)| at or under the layer's threshold, or kept).",
+    ["layer", "decision"],
+)
 KERNEL_LAYERS = Gauge(
     "vllm_sparse_kernel_layers",
     "Linear layers by the kernel path the dispatcher chose for them at load.",
@@ -64,26 +70,47 @@ def record_layer_sparsity(layer: str, pattern: str, kernel: str, sparsity: float
     WEIGHT_BYTES.labels("stored").inc(stored_bytes)
 
 
-# Process-local totals, for snapshots (gRPC GetMetrics, tests) without scraping.
-_ffn_totals: dict[int, list[int]] = defaultdict(lambda: [0, 0])
-_ffn_counters: dict[int, tuple] = {}  # layer -> (skipped, computed) children of FFN_BLOCKS
+class _PerLayerCounts:
+    """A counter by decoder layer and one of two decisions, with process-local totals
+    for snapshots (gRPC GetMetrics, tests) without scraping."""
+
+    def __init__(self, counter: Counter, decisions: tuple[str, str]) -> None:
+        self.counter = counter
+        self.decisions = decisions
+        self._children: dict[int, tuple] = {}  # layer -> the counter's two children
+        self._totals: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+
+    def add(self, layer_index: int, first: int, second: int) -> None:
+        children = self._children.get(layer_index)
+        if children is None:  # labels() takes a lock and builds a key: once per layer, not per step
+            label = str(layer_index)
+            children = self._children[layer_index] = tuple(self.counter.labels(label, d) for d in self.decisions)
+        if first:
+            children[0].inc(first)
+        if second:
+            children[1].inc(second)
+        totals = self._totals[layer_index]
+        totals[0] += first
+        totals[1] += second
+
+    def totals(self) -> dict[int, tuple[int, int]]:
+        return {layer: (first, second) for layer, (first, second) in sorted(self._totals.items())}
+
+
+_blocks = _PerLayerCounts(FFN_BLOCKS, ("skipped", "computed"))
+_neurons = _PerLayerCounts(FFN_NEURONS, ("dropped", "kept"))
 
 
 def record_ffn_blocks(layer_index: int, skipped: int, computed: int) -> None:
     """Count one forward pass of a decoder layer's FFN: how many token rows skipped
     it and how many computed it."""
-    counters = _ffn_counters.get(layer_index)
-    if counters is None:  # labels() takes a lock and builds a key: once per layer, not per step
-        label = str(layer_index)
-        counters = _ffn_counters[layer_index] = (FFN_BLOCKS.labels(label, "skipped"),
-                                                 FFN_BLOCKS.labels(label, "computed"))
-    if skipped:
-        counters[0].inc(skipped)
-    if computed:
-        counters[1].inc(computed)
-    totals = _ffn_totals[layer_index]
-    totals[0] += skipped
-    totals[1] += computed
+    _blocks.add(layer_index, skipped, computed)
+
+
+def record_ffn_neurons(layer_index: int, dropped: int, kept: int) -> None:
+    """Count the intermediate neurons that neuron-level skipping dropped and kept in
+    one forward pass of a decoder layer's FFN (over its computed rows that may skip)."""
+    _neurons.add(layer_index, dropped, kept)
 
 
 # Sources that count in tensors and hand their counts on every FFN_FLUSH_SECONDS (the
@@ -97,7 +124,14 @@ def on_ffn_totals_read(flush: Callable[[], None]) -> None:
 
 
 def ffn_block_totals() -> dict[int, tuple[int, int]]:
-    """Per decoder layer: (skipped, computed) recorded in this process."""
+    """Per decoder layer: (skipped, computed) token rows recorded in this process."""
     for flush in _ffn_pending:
         flush()
-    return {layer: (skipped, computed) for layer, (skipped, computed) in sorted(_ffn_totals.items())}
+    return _blocks.totals()
+
+
+def ffn_neuron_totals() -> dict[int, tuple[int, int]]:
+    """Per decoder layer: (dropped, kept) neurons recorded in this process."""
+    for flush in _ffn_pending:
+        flush()
+    return _neurons.totals()

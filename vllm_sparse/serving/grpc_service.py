@@ -94,10 +94,13 @@ def _layer_messages(figures: SparseFigures) -> list[pb.LayerInfo]:
 def metrics_snapshot(stats: ServingStats = SERVING_STATS) -> pb.MetricsSnapshot:
     snap = stats.snapshot()
     figures = current_figures()
-    skips = [
-        pb.LayerSkip(layer=layer, skipped=s, computed=c, skip_ratio=s / (s + c) if s + c else 0.0)
-        for layer, (s, c) in figures.ffn_skip.items()
-    ]
+    skips = []
+    for layer in sorted(figures.ffn_skip.keys() | figures.ffn_neurons.keys()):
+        s, c = figures.ffn_skip.get(layer, (0, 0))
+        dropped, kept = figures.ffn_neurons.get(layer, (0, 0))
+        skips.append(pb.LayerSkip(layer=layer, skipped=s, computed=c, skip_ratio=s / (s + c) if s + c else 0.0,
+                                  neurons_dropped=dropped, neurons_kept=kept,
+                                  neuron_drop_ratio=dropped / (dropped + kept) if dropped + kept else 0.0))
     return pb.MetricsSnapshot(
         timestamp_seconds=snap.timestamp,
         window_seconds=snap.window_seconds,
@@ -116,6 +119,7 @@ def metrics_snapshot(stats: ServingStats = SERVING_STATS) -> pb.MetricsSnapshot:
         layers=_layer_messages(figures),
         ffn_skip_ratio=figures.ffn_skip_ratio,
         ffn_skip=skips,
+        ffn_neuron_drop_ratio=figures.ffn_neuron_drop_ratio,
         kernel_layers=figures.kernel_layers,
     )
 

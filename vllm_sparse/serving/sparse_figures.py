@@ -1,5 +1,6 @@
 """The sparse figures as the API server sees them: the per-layer table written by
-the worker, and the FFN-skip counters aggregated over every process."""
+the worker, and the FFN-skip counters (token rows by block, neurons) aggregated over
+every process."""
 
 from __future__ import annotations
 
@@ -13,13 +14,15 @@ from ..checkpoint.layer_table import LayerRow
 from ..plugin.run_files import read_layer_table
 
 FFN_METRIC = "vllm_sparse_ffn_blocks"
+NEURON_METRIC = "vllm_sparse_ffn_neurons"
 
 
 @dataclass(frozen=True)
 class SparseFigures:
     quantization: str
     layers: list[LayerRow]
-    ffn_skip: dict[int, tuple[int, int]]  # layer -> (skipped, computed)
+    ffn_skip: dict[int, tuple[int, int]]  # layer -> (skipped, computed) token rows
+    ffn_neurons: dict[int, tuple[int, int]]  # layer -> (dropped, kept) neurons
 
     @property
     def model_sparsity(self) -> float:
@@ -29,17 +32,37 @@ class SparseFigures:
 
     @property
     def ffn_skip_ratio(self) -> float:
-        skipped = sum(s for s, _ in self.ffn_skip.values())
-        total = skipped + sum(c for _, c in self.ffn_skip.values())
-        return skipped / total if total else 0.0
+        return _first_share(self.ffn_skip.values())
+
+    @property
+    def ffn_neuron_drop_ratio(self) -> float:
+        return _first_share(self.ffn_neurons.values())
 
     @property
     def kernel_layers(self) -> dict[str, int]:
         return dict(Tally(row.kernel for row in self.layers))
 
 
+def _first_share(pairs) -> float:
+    """sum(first) / sum(first + second) over (first, second) pairs; 0 when empty."""
+    pairs = list(pairs)
+    first = sum(a for a, _ in pairs)
+    total = first + sum(b for _, b in pairs)
+    return first / total if total else 0.0
+
+
 def ffn_skip_counts() -> dict[int, tuple[int, int]]:
-    """Skip counters summed over all processes (multiprocess mode) or this one."""
+    """Token rows (skipped, computed) per layer, summed over all processes
+    (multiprocess mode) or this one."""
+    return _per_layer_counts(FFN_METRIC, "skipped")
+
+
+def ffn_neuron_counts() -> dict[int, tuple[int, int]]:
+    """Neurons (dropped, kept) per layer, summed like ``ffn_skip_counts``."""
+    return _per_layer_counts(NEURON_METRIC, "dropped")
+
+
+def _per_layer_counts(metric: str, first_decision: str) -> dict[int, tuple[int, int]]:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
@@ -47,14 +70,14 @@ def ffn_skip_counts() -> dict[int, tuple[int, int]]:
         registry = REGISTRY
     counts: dict[int, list[int]] = {}
     for family in registry.collect():
-        if family.name != FFN_METRIC:
+        if family.name != metric:
             continue
         for sample in family.samples:
             if not sample.name.endswith("_total"):
                 continue
             entry = counts.setdefault(int(sample.labels["layer"]), [0, 0])
-            entry[0 if sample.labels["decision"] == "skipped" else 1] += int(sample.value)
-    return {layer: (skipped, computed) for layer, (skipped, computed) in sorted(counts.items())}
+            entry[0 if sample.labels["decision"] == first_decision else 1] += int(sample.value)
+    return {layer: (first, second) for layer, (first, second) in sorted(counts.items())}
 
 
 _layer_table: tuple[str, list[LayerRow]] | None = None
@@ -74,7 +97,7 @@ def _loaded_layer_table() -> tuple[str, list[LayerRow]]:
 
 def current_figures() -> SparseFigures:
     quantization, layers = _loaded_layer_table()
-    return SparseFigures(quantization, layers, ffn_skip_counts())
+    return SparseFigures(quantization, layers, ffn_skip_counts(), ffn_neuron_counts())
 
 
 def _numel(shape) -> int:

@@ -63,6 +63,14 @@ def skip_params(*, hot: bool, check: bool, threshold: float, skip_layers: int,
                         dtype=torch.float64)
 
 
+def new_counts() -> torch.Tensor:
+    """The op's running counts (int64 [4], updated in place): token rows that skipped
+    and that computed the block (rows not counted excluded), then the intermediate
+    neurons dropped and kept by neuron-level skipping in the computed rows that may
+    skip."""
+    return torch.zeros(4, dtype=torch.int64)
+
+
 def neuron_weights(gate_up: torch.Tensor, down: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The one-row neuron-level kernel's layout of a dense MLP: (gate [I, H], up_down
     [I, 2H]), where row j is neuron j's up row followed by its down_proj column."""
@@ -76,8 +84,8 @@ def skip_mlp(x: torch.Tensor, residual: torch.Tensor, row_kind: torch.Tensor, co
              params: torch.Tensor, neuron_layout: tuple[torch.Tensor, torch.Tensor] | None = None,
              ) -> tuple[torch.Tensor, torch.Tensor]:
     """(FFN output [rows, hidden] with zero rows where skipped, the next countdown).
-    ``counts`` (int64 [2]: skipped, computed) and ``decisions`` (uint8, 1 = skipped)
-    are updated in place; ``params`` from ``skip_params``. ``neuron_layout``: the
+    ``counts`` (``new_counts``) and ``decisions`` (uint8, 1 = skipped) are updated
+    in place; ``params`` from ``skip_params``. ``neuron_layout``: the
     layer's bf16 weights as ``neuron_weights`` lays them out, with which a single
     decoding row under neuron-level skipping reads only its active neurons (AVX-512
     BF16 hosts)."""

@@ -97,19 +97,25 @@ class LayerInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., pattern: _Optional[str] = ..., sparsity: _Optional[float] = ..., kernel: _Optional[str] = ..., dense_bytes: _Optional[int] = ..., stored_bytes: _Optional[int] = ...) -> None: ...
 
 class LayerSkip(_message.Message):
-    __slots__ = ("layer", "skipped", "computed", "skip_ratio")
+    __slots__ = ("layer", "skipped", "computed", "skip_ratio", "neurons_dropped", "neurons_kept", "neuron_drop_ratio")
     LAYER_FIELD_NUMBER: _ClassVar[int]
     SKIPPED_FIELD_NUMBER: _ClassVar[int]
     COMPUTED_FIELD_NUMBER: _ClassVar[int]
     SKIP_RATIO_FIELD_NUMBER: _ClassVar[int]
+    NEURONS_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    NEURONS_KEPT_FIELD_NUMBER: _ClassVar[int]
+    NEURON_DROP_RATIO_FIELD_NUMBER: _ClassVar[int]
     layer: int
     skipped: int
     computed: int
     skip_ratio: float
-    def __init__(self, layer: _Optional[int] = ..., skipped: _Optional[int] = ..., computed: _Optional[int] = ..., skip_ratio: _Optional[float] = ...) -> None: ...
+    neurons_dropped: int
+    neurons_kept: int
+    neuron_drop_ratio: float
+    def __init__(self, layer: _Optional[int] = ..., skipped: _Optional[int] = ..., computed: _Optional[int] = ..., skip_ratio: _Optional[float] = ..., neurons_dropped: _Optional[int] = ..., neurons_kept: _Optional[int] = ..., neuron_drop_ratio: _Optional[float] = ...) -> None: ...
 
 class MetricsSnapshot(_message.Message):
-    __slots__ = ("timestamp_seconds", "window_seconds", "requests_per_second", "prompt_tokens_per_second", "generation_tokens_per_second", "time_to_first_token", "inter_token_latency", "end_to_end_latency", "requests_running", "requests_waiting", "requests_finished_total", "model_sparsity", "layers", "ffn_skip_ratio", "ffn_skip", "kernel_layers", "prompt_tokens_total", "generation_tokens_total")
+    __slots__ = ("timestamp_seconds", "window_seconds", "requests_per_second", "prompt_tokens_per_second", "generation_tokens_per_second", "time_to_first_token", "inter_token_latency", "end_to_end_latency", "requests_running", "requests_waiting", "requests_finished_total", "model_sparsity", "layers", "ffn_skip_ratio", "ffn_skip", "kernel_layers", "prompt_tokens_total", "generation_tokens_total", "ffn_neuron_drop_ratio")
     class KernelLayersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -135,6 +141,7 @@ class MetricsSnapshot(_message.Message):
     KERNEL_LAYERS_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     GENERATION_TOKENS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    FFN_NEURON_DROP_RATIO_FIELD_NUMBER: _ClassVar[int]
     timestamp_seconds: float
     window_seconds: float
     requests_per_second: float
@@ -153,7 +160,8 @@ class MetricsSnapshot(_message.Message):
     kernel_layers: _containers.ScalarMap[str, int]
     prompt_tokens_total: int
     generation_tokens_total: int
-    def __init__(self, timestamp_seconds: _Optional[float] = ..., window_seconds: _Optional[float] = ..., requests_per_second: _Optional[float] = ..., prompt_tokens_per_second: _Optional[float] = ..., generation_tokens_per_second: _Optional[float] = ..., time_to_first_token: _Optional[_Union[LatencyPercentiles, _Mapping]] = ..., inter_token_latency: _Optional[_Union[LatencyPercentiles, _Mapping]] = ..., end_to_end_latency: _Optional[_Union[LatencyPercentiles, _Mapping]] = ..., requests_running: _Optional[int] = ..., requests_waiting: _Optional[int] = ..., requests_finished_total: _Optional[int] = ..., model_sparsity: _Optional[float] = ..., layers: _Optional[_Iterable[_Union[LayerInfo, _Mapping]]] = ..., ffn_skip_ratio: _Optional[float] = ..., ffn_skip: _Optional[_Iterable[_Union[LayerSkip, _Mapping]]] = ..., kernel_layers: _Optional[_Mapping[str, int]] = ..., prompt_tokens_total: _Optional[int] = ..., generation_tokens_total: _Optional[int] = ...) -> None: ...
+    ffn_neuron_drop_ratio: float
+    def __init__(self, timestamp_seconds: _Optional[float] = ..., window_seconds: _Optional[float] = ..., requests_per_second: _Optional[float] = ..., prompt_tokens_per_second: _Optional[float] = ..., generation_tokens_per_second: _Optional[float] = ..., time_to_first_token: _Optional[_Union[LatencyPercentiles, _Mapping]] = ..., inter_token_latency: _Optional[_Union[LatencyPercentiles, _Mapping]] = ..., end_to_end_latency: _Optional[_Union[LatencyPercentiles, _Mapping]] = ..., requests_running: _Optional[int] = ..., requests_waiting: _Optional[int] = ..., requests_finished_total: _Optional[int] = ..., model_sparsity: _Optional[float] = ..., layers: _Optional[_Iterable[_Union[LayerInfo, _Mapping]]] = ..., ffn_skip_ratio: _Optional[float] = ..., ffn_skip: _Optional[_Iterable[_Union[LayerSkip, _Mapping]]] = ..., kernel_layers: _Optional[_Mapping[str, int]] = ..., prompt_tokens_total: _Optional[int] = ..., generation_tokens_total: _Optional[int] = ..., ffn_neuron_drop_ratio: _Optional[float] = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
     __slots__ = ()

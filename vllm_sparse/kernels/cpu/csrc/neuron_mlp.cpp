@@ -15,6 +15,7 @@
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -76,7 +77,7 @@ bool neuron_mlp_decode_supported() {
 }
 
 at::Tensor neuron_mlp_decode(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& up_down,
-                             double threshold) {
+                             double threshold, int64_t* dropped) {
     const int64_t hidden = x.size(1), inter = gate.size(0);
     TORCH_CHECK(x.size(0) == 1 && x.scalar_type() == at::kBFloat16 && x.is_contiguous(),
                 "neuron_mlp_decode: x must be one contiguous bf16 row");
@@ -97,6 +98,7 @@ at::Tensor neuron_mlp_decode(const at::Tensor& x, const at::Tensor& gate, const 
     // its own fp32 row; the rows are added at the end.
     const int tasks = std::max<int>(1, std::min<int64_t>(at::get_num_threads(), inter / 64));
     std::vector<float> partial(static_cast<size_t>(tasks) * hidden, 0.0f);
+    std::atomic<int64_t> n_dropped{0};
     at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
         for (int64_t t = t0; t < t1; t++) {
             const int64_t first = inter * t / tasks, last = inter * (t + 1) / tasks;
@@ -106,6 +108,7 @@ at::Tensor neuron_mlp_decode(const at::Tensor& x, const at::Tensor& gate, const 
                 const float act = vs_round_bf16(silu(vs_round_bf16(dot_bf16(wg + j * hidden, xp, hidden))));
                 if (std::fabs(act) > limit) active.emplace_back(j, act);
             }
+            n_dropped += (last - first) - static_cast<int64_t>(active.size());
             float* acc = partial.data() + t * hidden;
             const bf16_t* rows[4];
             float scale[4];
@@ -125,6 +128,7 @@ at::Tensor neuron_mlp_decode(const at::Tensor& x, const at::Tensor& gate, const 
             if (count) axpy_bf16(acc, rows, scale, count, hidden);
         }
     });
+    if (dropped != nullptr) *dropped += n_dropped;
     at::Tensor out = at::empty({1, hidden}, x.options());
     bf16_t* op = reinterpret_cast<bf16_t*>(out.data_ptr());
     for (int64_t k = 0; k < hidden; k++) {

@@ -20,6 +20,7 @@
 #include <torch/library.h>
 #include <immintrin.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
 
@@ -32,16 +33,22 @@ __attribute__((target("avx2"))) __m256 Sleef_expf8_u10(__m256);
 
 namespace {
 
-// One element as ATen's scalar loop computes it.
-inline uint16_t silu_mul_one(uint16_t g, uint16_t u, bool drop, float bound) {
+// One element as ATen's scalar loop computes it; counts a dropped SiLU value.
+inline uint16_t silu_mul_one(uint16_t g, uint16_t u, bool drop, float bound, int64_t& dropped) {
     const float x = vs_bf16_to_float(g);
     float s = vs_round_bf16(x / (1.0f + std::exp(-x)));
-    if (drop && std::fabs(s) <= bound) s = 0.0f;
+    if (drop && std::fabs(s) <= bound) {
+        s = 0.0f;
+        dropped++;
+    }
     return vs_float_to_bf16(s * vs_bf16_to_float(u));
 }
 
-void row_scalar(const uint16_t* g, const uint16_t* u, uint16_t* out, int64_t n, bool drop, float bound) {
-    for (int64_t i = 0; i < n; i++) out[i] = silu_mul_one(g[i], u[i], drop, bound);
+// Each row function returns how many SiLU values it dropped (0 where drop is false).
+int64_t row_scalar(const uint16_t* g, const uint16_t* u, uint16_t* out, int64_t n, bool drop, float bound) {
+    int64_t dropped = 0;
+    for (int64_t i = 0; i < n; i++) out[i] = silu_mul_one(g[i], u[i], drop, bound, dropped);
+    return dropped;
 }
 
 // fp32 -> bf16, round to nearest even, NaN -> 0x7fc0 (c10's rounding, vectorised).
@@ -58,21 +65,25 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) inline __m512 from
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
 }
 
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) void row_avx512(const uint16_t* g, const uint16_t* u,
-                                                                     uint16_t* out, int64_t n, bool drop,
-                                                                     float bound) {
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,popcnt"))) int64_t row_avx512(const uint16_t* g,
+                                                                              const uint16_t* u, uint16_t* out,
+                                                                              int64_t n, bool drop, float bound) {
     const __m512 one = _mm512_set1_ps(1.0f), sign = _mm512_set1_ps(-0.0f), limit = _mm512_set1_ps(bound);
     const int64_t vector_end = n / 64 * 64;  // ATen's loop: 2 x 32 bf16 per step, the rest scalar
-    int64_t i = 0;
+    int64_t i = 0, kept = 0;
     for (; i < vector_end; i += 16) {
         const __m512 x = from_bf16_16(_mm256_loadu_si256((const __m256i*)(g + i)));
         const __m512 e = Sleef_expf16_u10(_mm512_xor_ps(x, sign));
         __m512 s = from_bf16_16(to_bf16_16(_mm512_div_ps(x, _mm512_add_ps(one, e))));
-        if (drop) s = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_abs_ps(s), limit, _CMP_NLE_UQ), s);
+        if (drop) {
+            const __mmask16 keep = _mm512_cmp_ps_mask(_mm512_abs_ps(s), limit, _CMP_NLE_UQ);
+            s = _mm512_maskz_mov_ps(keep, s);
+            kept += _mm_popcnt_u32(keep);
+        }
         const __m512 p = _mm512_mul_ps(s, from_bf16_16(_mm256_loadu_si256((const __m256i*)(u + i))));
         _mm256_storeu_si256((__m256i*)(out + i), to_bf16_16(p));
     }
-    row_scalar(g + i, u + i, out + i, n - i, drop, bound);
+    return (drop ? vector_end - kept : 0) + row_scalar(g + i, u + i, out + i, n - i, drop, bound);
 }
 
 // AVX2 (8 floats a vector; ATen's loop: 2 x 16 bf16 per step).
@@ -91,24 +102,28 @@ __attribute__((target("avx2,fma"))) inline __m256 from_bf16_8(__m128i v) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
 }
 
-__attribute__((target("avx2,fma"))) void row_avx2(const uint16_t* g, const uint16_t* u, uint16_t* out, int64_t n,
-                                                  bool drop, float bound) {
+__attribute__((target("avx2,fma,popcnt"))) int64_t row_avx2(const uint16_t* g, const uint16_t* u, uint16_t* out,
+                                                            int64_t n, bool drop, float bound) {
     const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f), limit = _mm256_set1_ps(bound);
     const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     const int64_t vector_end = n / 32 * 32;
-    int64_t i = 0;
+    int64_t i = 0, kept = 0;
     for (; i < vector_end; i += 8) {
         const __m256 x = from_bf16_8(_mm_loadu_si128((const __m128i*)(g + i)));
         const __m256 e = Sleef_expf8_u10(_mm256_xor_ps(x, sign));
         __m256 s = from_bf16_8(to_bf16_8(_mm256_div_ps(x, _mm256_add_ps(one, e))));
-        if (drop) s = _mm256_and_ps(s, _mm256_cmp_ps(_mm256_and_ps(s, abs_mask), limit, _CMP_NLE_UQ));
+        if (drop) {
+            const __m256 keep = _mm256_cmp_ps(_mm256_and_ps(s, abs_mask), limit, _CMP_NLE_UQ);
+            s = _mm256_and_ps(s, keep);
+            kept += _mm_popcnt_u32(_mm256_movemask_ps(keep));
+        }
         const __m256 p = _mm256_mul_ps(s, from_bf16_8(_mm_loadu_si128((const __m128i*)(u + i))));
         _mm_storeu_si128((__m128i*)(out + i), to_bf16_8(p));
     }
-    row_scalar(g + i, u + i, out + i, n - i, drop, bound);
+    return (drop ? vector_end - kept : 0) + row_scalar(g + i, u + i, out + i, n - i, drop, bound);
 }
 
-using RowFn = void (*)(const uint16_t*, const uint16_t*, uint16_t*, int64_t, bool, float);
+using RowFn = int64_t (*)(const uint16_t*, const uint16_t*, uint16_t*, int64_t, bool, float);
 
 // The row function matching the loop ATen runs on this host; null where ATen's loop
 // is not one of these (other architectures), and the caller keeps ATen's ops.
@@ -124,7 +139,8 @@ RowFn row_function() {
 
 }  // namespace
 
-bool silu_mul_bf16(const at::Tensor& gate_up, at::Tensor& act, const bool* drop_rows, double threshold) {
+bool silu_mul_bf16(const at::Tensor& gate_up, at::Tensor& act, const bool* drop_rows, double threshold,
+                   int64_t* dropped) {
     static const RowFn row = row_function();
     if (row == nullptr || gate_up.scalar_type() != at::kBFloat16 || act.scalar_type() != at::kBFloat16 ||
         gate_up.stride(1) != 1 || !act.is_contiguous())
@@ -137,18 +153,24 @@ bool silu_mul_bf16(const at::Tensor& gate_up, at::Tensor& act, const bool* drop_
     // Rows go to threads whole; one thread below ~32K elements, where waking the
     // others costs more than it saves (ATen's grain for these ops is 32768 too).
     const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(inter, 1));
+    std::atomic<int64_t> total{0};
     at::parallel_for(0, rows, grain, [&](int64_t r0, int64_t r1) {
+        int64_t mine = 0;
         for (int64_t r = r0; r < r1; r++)
-            row(base + r * ld, base + r * ld + inter, out + r * inter, inter, drop_rows != nullptr && drop_rows[r],
-                bound);
+            mine += row(base + r * ld, base + r * ld + inter, out + r * inter, inter,
+                        drop_rows != nullptr && drop_rows[r], bound);
+        total += mine;
     });
+    if (dropped != nullptr) *dropped += total;
     return true;
 }
 
 namespace {
 
-// The kernel alone, for its tests: act = SiLU(gate_up[:, :I]) * gate_up[:, I:].
-at::Tensor silu_mul_op(const at::Tensor& gate_up, const std::optional<at::Tensor>& drop_rows, double threshold) {
+// The kernel alone, for its tests: (act = SiLU(gate_up[:, :I]) * gate_up[:, I:], the
+// number of SiLU values dropped).
+std::tuple<at::Tensor, int64_t> silu_mul_op(const at::Tensor& gate_up, const std::optional<at::Tensor>& drop_rows,
+                                            double threshold) {
     TORCH_CHECK(gate_up.dim() == 2 && gate_up.size(1) % 2 == 0, "cpu_silu_mul: gate_up must be [rows, 2 * I]");
     at::Tensor act = at::empty({gate_up.size(0), gate_up.size(1) / 2}, gate_up.options());
     at::Tensor drop;
@@ -156,15 +178,16 @@ at::Tensor silu_mul_op(const at::Tensor& gate_up, const std::optional<at::Tensor
         drop = drop_rows->to(at::kBool).contiguous();
         TORCH_CHECK(drop.numel() == gate_up.size(0), "cpu_silu_mul: drop_rows must have one entry per row");
     }
-    TORCH_CHECK(silu_mul_bf16(gate_up, act, drop.defined() ? drop.data_ptr<bool>() : nullptr, threshold),
+    int64_t dropped = 0;
+    TORCH_CHECK(silu_mul_bf16(gate_up, act, drop.defined() ? drop.data_ptr<bool>() : nullptr, threshold, &dropped),
                 "cpu_silu_mul: needs bf16 rows with contiguous columns on an x86 host");
-    return act;
+    return {act, dropped};
 }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(vllm_sparse, m) {
-    m.def("cpu_silu_mul(Tensor gate_up, Tensor? drop_rows, float threshold) -> Tensor");
+    m.def("cpu_silu_mul(Tensor gate_up, Tensor? drop_rows, float threshold) -> (Tensor, int)");
 }
 
 TORCH_LIBRARY_IMPL(vllm_sparse, CPU, m) {

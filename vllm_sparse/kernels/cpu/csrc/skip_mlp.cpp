@@ -23,8 +23,9 @@
 // the layer already has (a "linear kind" plus its tensors and ints, see run_linear),
 // on the computed rows (at decode batches on all rows while any computes, see
 // kDecodeRows). counts[0 / 1] add the skipped / computed rows that are
-// counted (row_kind != kUncounted); decisions[r] = 1 where row r skipped (the rows
-// that fit). row_kind: 0 never skips (prompt, warm-up), 1 may skip, 2 never skips and
+// counted (row_kind != kUncounted), counts[2 / 3] the intermediate neurons dropped /
+// kept by neuron-level skipping in the computed rows that may skip; decisions[r] = 1
+// where row r skipped (the rows that fit). row_kind: 0 never skips (prompt, warm-up), 1 may skip, 2 never skips and
 // is not counted (padding rows, dummy runs).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -35,6 +36,8 @@
 #include "neuron_mlp.h"
 #include "silu_mul.h"
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -101,8 +104,9 @@ at::Tensor run_linear(const at::Tensor& x, int64_t kind, const std::vector<at::T
 // threshold in the rows where drop_rows[r] is set. The comparison is
 // made in act's dtype, as ATen compares a tensor with a scalar (the threshold rounded
 // to bf16 for bf16), so the transformers path and the one-row kernel drop the same.
-void drop_neurons(at::Tensor& act, const bool* drop, double threshold) {
+int64_t drop_neurons(at::Tensor& act, const bool* drop, double threshold) {
     const int64_t rows = act.size(0), width = act.size(1), stride = act.stride(0);
+    int64_t dropped = 0;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, act.scalar_type(), "drop_neurons", [&] {
         const scalar_t limit = static_cast<scalar_t>(threshold);
         const float bound = static_cast<float>(limit);
@@ -110,10 +114,15 @@ void drop_neurons(at::Tensor& act, const bool* drop, double threshold) {
         for (int64_t r = 0; r < rows; r++) {
             if (!drop[r]) continue;
             scalar_t* row = base + r * stride;
-            for (int64_t c = 0; c < width; c++)
-                if (std::fabs(static_cast<float>(row[c])) <= bound) row[c] = scalar_t(0);
+            for (int64_t c = 0; c < width; c++) {
+                if (std::fabs(static_cast<float>(row[c])) <= bound) {
+                    row[c] = scalar_t(0);
+                    dropped++;
+                }
+            }
         }
     });
+    return dropped;
 }
 
 struct Projections {
@@ -129,16 +138,25 @@ struct Projections {
 // x86 CPUs gives (forward_native: ATen's silu and mul), bit for bit: bf16 through one
 // fused pass (silu_mul.cpp), other dtypes through those ATen ops.
 // Neuron-level skipping: in the rows where drop_rows[r] is set (null: none), the
-// neurons with |SiLU(gate)| <= neuron_threshold are zeroed before the multiply.
+// neurons with |SiLU(gate)| <= neuron_threshold are zeroed before the multiply;
+// neurons[0 / 1] add how many were dropped / kept in those rows.
 at::Tensor run_mlp(const at::Tensor& x, const Projections& p, double neuron_threshold,
-                   const bool* drop_rows) {
+                   const bool* drop_rows, int64_t* neurons) {
     at::Tensor gate_up = run_linear(x, p.gu_kind, p.gu_t, p.gu_ints);
-    const int64_t inter = gate_up.size(1) / 2;
-    at::Tensor act = at::empty({gate_up.size(0), inter}, gate_up.options());
+    const int64_t rows = gate_up.size(0), inter = gate_up.size(1) / 2;
+    at::Tensor act = at::empty({rows, inter}, gate_up.options());
     const bool drop = neuron_threshold > 0 && drop_rows != nullptr;
+    int64_t dropped = 0;
+    const int64_t considered = drop ? inter * std::count(drop_rows, drop_rows + rows, true) : 0;
+    auto tally = [&] {
+        neurons[0] += dropped;
+        neurons[1] += considered - dropped;
+    };
     // bf16: one fused pass (silu_mul.cpp), the same values as the ATen ops below.
-    if (silu_mul_bf16(gate_up, act, drop ? drop_rows : nullptr, neuron_threshold))
+    if (silu_mul_bf16(gate_up, act, drop ? drop_rows : nullptr, neuron_threshold, &dropped)) {
+        tally();
         return run_linear(act, p.down_kind, p.down_t, p.down_ints);
+    }
     // ATen runs an elementwise op this small on one thread; split the columns over the
     // pool in chunks of whole vectors (the same values as one call: each element is
     // computed alone, and no chunk boundary moves an element off the vector loop).
@@ -146,14 +164,17 @@ at::Tensor run_mlp(const at::Tensor& x, const Projections& p, double neuron_thre
     // Torch ops on the worker threads need the caller's thread-local state (inference
     // mode), or vLLM's inference tensors refuse the in-place multiply.
     const at::ThreadLocalState caller_state;
+    std::atomic<int64_t> chunks_dropped{0};
     at::parallel_for(0, (inter + 63) / 64, chunks_per_task, [&](int64_t begin, int64_t end) {
         at::ThreadLocalStateGuard state_guard(caller_state);
         const int64_t c0 = begin * 64, width = std::min(end * 64, inter) - c0;
         at::Tensor out = act.narrow(1, c0, width);
         at::silu_out(out, gate_up.narrow(1, c0, width));
-        if (drop) drop_neurons(out, drop_rows, neuron_threshold);
+        if (drop) chunks_dropped += drop_neurons(out, drop_rows, neuron_threshold);
         out.mul_(gate_up.narrow(1, inter + c0, width));
     });
+    dropped = chunks_dropped;
+    tally();
     return run_linear(act, p.down_kind, p.down_t, p.down_ints);
 }
 
@@ -233,8 +254,8 @@ std::tuple<at::Tensor, at::Tensor> skip_mlp(
                 "cpu_skip_mlp: row_kind must be int8 [rows]");
     TORCH_CHECK(countdown.scalar_type() == at::kInt && countdown.numel() == rows && countdown.is_contiguous(),
                 "cpu_skip_mlp: countdown must be int32 [rows]");
-    TORCH_CHECK(counts.scalar_type() == at::kLong && counts.numel() == 2 && counts.is_contiguous(),
-                "cpu_skip_mlp: counts must be int64 [2]");
+    TORCH_CHECK(counts.scalar_type() == at::kLong && counts.numel() == 4 && counts.is_contiguous(),
+                "cpu_skip_mlp: counts must be int64 [4] (rows skipped, computed; neurons dropped, kept)");
     TORCH_CHECK(decisions.scalar_type() == at::kByte && decisions.is_contiguous(),
                 "cpu_skip_mlp: decisions must be uint8");
     TORCH_CHECK(params.scalar_type() == at::kDouble && params.numel() == 5 && params.is_contiguous(),
@@ -257,13 +278,15 @@ std::tuple<at::Tensor, at::Tensor> skip_mlp(
     }
     const int64_t n_computed = static_cast<int64_t>(computed.size());
 
-    // Rows that drop neurons (neuron-level skipping): the ones that may skip.
-    // (Plain arrays, not tensors: an ATen comparison here cost ~17 us a layer.)
+    // Rows that drop neurons (neuron-level skipping): the ones that may skip and
+    // compute (a skipped row's output is zeroed whatever it drops, and its neurons are
+    // not counted). (Plain arrays, not tensors: an ATen comparison here cost ~17 us a layer.)
     std::unique_ptr<bool[]> may_skip;
     if (neuron_threshold > 0) {
         may_skip.reset(new bool[rows]);
-        for (int64_t r = 0; r < rows; r++) may_skip[r] = kind[r] == kMaySkip;
+        for (int64_t r = 0; r < rows; r++) may_skip[r] = kind[r] == kMaySkip && !skip[r];
     }
+    int64_t* totals = counts.data_ptr<int64_t>();
 
     // One decoding row that computes and drops neurons: read only its active neurons.
     static const bool neuron_kernel = neuron_mlp_decode_supported();
@@ -273,9 +296,12 @@ std::tuple<at::Tensor, at::Tensor> skip_mlp(
 
     at::Tensor out;
     if (neuron_decode) {
-        out = neuron_mlp_decode(x.contiguous(), *neuron_gate, *neuron_up_down, neuron_threshold);
+        int64_t dropped = 0;
+        out = neuron_mlp_decode(x.contiguous(), *neuron_gate, *neuron_up_down, neuron_threshold, &dropped);
+        totals[2] += dropped;
+        totals[3] += neuron_gate->size(0) - dropped;
     } else if (n_computed == rows || (n_computed > 0 && rows <= kDecodeRows)) {
-        out = run_mlp(x.contiguous(), proj, neuron_threshold, may_skip.get());
+        out = run_mlp(x.contiguous(), proj, neuron_threshold, may_skip.get(), totals + 2);
         if (n_computed < rows) {  // computed for nothing: a skipped row's output is exactly zero
             const int64_t row_bytes = out.size(1) * out.element_size();
             char* base = static_cast<char*>(out.data_ptr());
@@ -291,7 +317,8 @@ std::tuple<at::Tensor, at::Tensor> skip_mlp(
                 drop_rows.reset(new bool[n_computed]);
                 for (int64_t i = 0; i < n_computed; i++) drop_rows[i] = may_skip[computed[i]];
             }
-            out.index_copy_(0, index, run_mlp(x.index_select(0, index), proj, neuron_threshold, drop_rows.get()));
+            out.index_copy_(0, index,
+                            run_mlp(x.index_select(0, index), proj, neuron_threshold, drop_rows.get(), totals + 2));
         }
     }
 
@@ -318,7 +345,6 @@ std::tuple<at::Tensor, at::Tensor> skip_mlp(
             }
         }
     });
-    int64_t* totals = counts.data_ptr<int64_t>();
     totals[0] += skipped;
     totals[1] += counted - skipped;
     uint8_t* log = decisions.data_ptr<uint8_t>();
