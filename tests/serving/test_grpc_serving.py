@@ -257,13 +257,14 @@ def test_ffn_skip_counters_reach_grpc_and_metrics(server, channel):
     assert prometheus_value(text, "vllm_sparse_ffn_blocks_total", decision="skipped") == sum(
         entry.skipped for entry in snapshot.ffn_skip
     )
-    # Neuron-level: whole rows of neurons counted in every layer, some dropped.
+    # Neuron-level: counted in whole rows of neurons (the decoding rows past warm-up
+    # that compute the layer: every such row in the cold layers 0 and 1), some dropped.
     assert 0 < snapshot.ffn_neuron_drop_ratio < 1
-    assert len(by_layer) == 30
     for entry in snapshot.ffn_skip:
         counted = entry.neurons_dropped + entry.neurons_kept
-        assert counted > 0 and counted % INTERMEDIATE == 0, entry
-        assert entry.neuron_drop_ratio == pytest.approx(entry.neurons_dropped / counted)
+        assert counted % INTERMEDIATE == 0, entry
+        assert entry.neuron_drop_ratio == pytest.approx(entry.neurons_dropped / counted if counted else 0.0)
+    assert by_layer[0].neurons_dropped + by_layer[0].neurons_kept >= INTERMEDIATE
     for decision, field in (("dropped", "neurons_dropped"), ("kept", "neurons_kept")):
         assert prometheus_value(text, "vllm_sparse_ffn_neurons_total", decision=decision) == sum(
             getattr(entry, field) for entry in snapshot.ffn_skip)
