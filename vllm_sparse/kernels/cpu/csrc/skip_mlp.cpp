@@ -22,11 +22,11 @@
 // The MLP is gate_up -> SiLU(gate) * up -> down, each projection run by the kernel
 // the layer already has (a "linear kind" plus its tensors and ints, see run_linear),
 // on the computed rows (at decode batches on all rows while any computes, see
-// kDecodeRows). counts[0 / 1] add the skipped / computed rows that are
-// counted (row_kind != kUncounted), counts[2 / 3] the intermediate neurons dropped /
-// kept by neuron-level skipping in the computed rows that may skip; decisions[r] = 1
-// where row r skipped (the rows that fit). row_kind: 0 never skips (prompt, warm-up), 1 may skip, 2 never skips and
-// is not counted (padding rows, dummy runs).
+// kDecodeRows). counts[0 / 1] add the skipped / computed rows that are counted
+// (row_kind != kUncounted), counts[2 / 3] the intermediate neurons dropped / kept by
+// neuron-level skipping in the computed rows that may skip; decisions[r] = 1 where
+// row r skipped (the rows that fit). row_kind: 0 never skips (prompt, warm-up), 1 may
+// skip, 2 never skips and is not counted (padding rows, dummy runs).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
@@ -280,11 +280,12 @@ std::tuple<at::Tensor, at::Tensor> skip_mlp(
 
     // Rows that drop neurons (neuron-level skipping): the ones that may skip and
     // compute (a skipped row's output is zeroed whatever it drops, and its neurons are
-    // not counted). (Plain arrays, not tensors: an ATen comparison here cost ~17 us a layer.)
-    std::unique_ptr<bool[]> may_skip;
+    // not counted). (Plain arrays, not tensors: an ATen comparison here cost ~17 us a
+    // layer.)
+    std::unique_ptr<bool[]> drops;
     if (neuron_threshold > 0) {
-        may_skip.reset(new bool[rows]);
-        for (int64_t r = 0; r < rows; r++) may_skip[r] = kind[r] == kMaySkip && !skip[r];
+        drops.reset(new bool[rows]);
+        for (int64_t r = 0; r < rows; r++) drops[r] = kind[r] == kMaySkip && !skip[r];
     }
     int64_t* totals = counts.data_ptr<int64_t>();
 
@@ -301,7 +302,7 @@ std::tuple<at::Tensor, at::Tensor> skip_mlp(
         totals[2] += dropped;
         totals[3] += neuron_gate->size(0) - dropped;
     } else if (n_computed == rows || (n_computed > 0 && rows <= kDecodeRows)) {
-        out = run_mlp(x.contiguous(), proj, neuron_threshold, may_skip.get(), totals + 2);
+        out = run_mlp(x.contiguous(), proj, neuron_threshold, drops.get(), totals + 2);
         if (n_computed < rows) {  // computed for nothing: a skipped row's output is exactly zero
             const int64_t row_bytes = out.size(1) * out.element_size();
             char* base = static_cast<char*>(out.data_ptr());
@@ -313,9 +314,9 @@ std::tuple<at::Tensor, at::Tensor> skip_mlp(
         if (n_computed > 0) {
             at::Tensor index = at::tensor(computed, at::TensorOptions().dtype(at::kLong));
             std::unique_ptr<bool[]> drop_rows;
-            if (may_skip) {
+            if (drops) {
                 drop_rows.reset(new bool[n_computed]);
-                for (int64_t i = 0; i < n_computed; i++) drop_rows[i] = may_skip[computed[i]];
+                for (int64_t i = 0; i < n_computed; i++) drop_rows[i] = drops[computed[i]];
             }
             out.index_copy_(0, index,
                             run_mlp(x.index_select(0, index), proj, neuron_threshold, drop_rows.get(), totals + 2));
