@@ -90,6 +90,21 @@ def test_direct_kernel_matches_reference(code, dtype):
 
 
 @pytest.mark.parametrize("code", _isa_params())
+def test_long_rows_at_decode(code):
+    """One activation row over rows longer than the decode loop's 4096-column slice
+    (K = 4263: a second, partial slice ending in single words; K = 8192: two whole),
+    a row block of 16 and a tail of 3 rows."""
+    gen = _gen(77 + code)
+    for shape in [(19, 4263), (19, 8192)]:
+        for sparsity in (0.5, 0.9):
+            w = _pruned(shape, sparsity, torch.bfloat16, gen)
+            layout = CpuSparseLayout.pack(w).validate()
+            x = torch.randn(1, shape[1], generator=gen).bfloat16()
+            _poison_allocator(shape[0], torch.bfloat16)
+            _check(cpu_kernels.linear(x, layout, None, code, max_direct_m=16), x, w, None, torch.bfloat16)
+
+
+@pytest.mark.parametrize("code", _isa_params())
 @pytest.mark.parametrize("pattern", [(2, 4), (4, 8)], ids=["2:4", "4:8"])
 def test_nm_weights(code, pattern):
     gen = _gen(7 + code)
