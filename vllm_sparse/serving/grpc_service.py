@@ -21,7 +21,7 @@ from .grpc_streams import (
 from .prometheus_metrics import GRPC_GENERATED_TOKENS
 from .proto import sparse_serving_pb2 as pb
 from .proto import sparse_serving_pb2_grpc as pb_grpc
-from .sparse_figures import SparseFigures, current_figures
+from .sparse_figures import SparseFigures, current_figures, share
 from .stats import SERVING_STATS, Percentiles, ServingStats
 
 MIN_WATCH_INTERVAL, MAX_WATCH_INTERVAL = 0.1, 3600.0
@@ -98,9 +98,8 @@ def metrics_snapshot(stats: ServingStats = SERVING_STATS) -> pb.MetricsSnapshot:
     for layer in sorted(figures.ffn_skip.keys() | figures.ffn_neurons.keys()):
         s, c = figures.ffn_skip.get(layer, (0, 0))
         dropped, kept = figures.ffn_neurons.get(layer, (0, 0))
-        skips.append(pb.LayerSkip(layer=layer, skipped=s, computed=c, skip_ratio=s / (s + c) if s + c else 0.0,
-                                  neurons_dropped=dropped, neurons_kept=kept,
-                                  neuron_drop_ratio=dropped / (dropped + kept) if dropped + kept else 0.0))
+        skips.append(pb.LayerSkip(layer=layer, skipped=s, computed=c, skip_ratio=share(s, c),
+                                  neurons_dropped=dropped, neurons_kept=kept, neuron_drop_ratio=share(dropped, kept)))
     return pb.MetricsSnapshot(
         timestamp_seconds=snap.timestamp,
         window_seconds=snap.window_seconds,

@@ -43,12 +43,15 @@ class SparseFigures:
         return dict(Tally(row.kernel for row in self.layers))
 
 
+def share(first: int, second: int) -> float:
+    """first / (first + second); 0 when both are 0."""
+    return first / (first + second) if first + second else 0.0
+
+
 def _first_share(pairs) -> float:
-    """sum(first) / sum(first + second) over (first, second) pairs; 0 when empty."""
+    """share() of the sums over (first, second) pairs."""
     pairs = list(pairs)
-    first = sum(a for a, _ in pairs)
-    total = first + sum(b for _, b in pairs)
-    return first / total if total else 0.0
+    return share(sum(a for a, _ in pairs), sum(b for _, b in pairs))
 
 
 def ffn_skip_counts() -> dict[int, tuple[int, int]]:

@@ -70,7 +70,9 @@ void decode_block(const VsWeight* w, const VsGemm* g, int64_t r0, int64_t stop, 
     const uint16_t* values = (const uint16_t*)w->values;
     const int64_t next_end = r0 + 2 * R < stop ? r0 + 2 * R : stop;
     const int64_t next_begin = r0 + R < next_end ? r0 + R : next_end;
-    const int64_t steps = (int64_t)R * ((words + 3) / 4);
+    // One advance() per four-word step: words / 4 of them per row (slices are whole
+    // steps long but for the last).
+    const int64_t steps = (int64_t)R * (words / 4 > 0 ? words / 4 : 1);
     RegionPrefetch next_values(values + w->row_offsets[next_begin], values + w->row_offsets[next_end], steps);
     RegionPrefetch next_bits(w->bitmap + next_begin * w->words, w->bitmap + next_end * w->words, steps);
     const uint16_t* row_values[R];  // where each row's next slice starts
