@@ -91,17 +91,19 @@ def test_direct_kernel_matches_reference(code, dtype):
 
 @pytest.mark.parametrize("code", _isa_params())
 def test_long_rows_at_decode(code):
-    """One activation row over rows longer than the decode loop's 4096-column slice
-    (K = 4263: a second, partial slice ending in single words; K = 8192: two whole),
-    a row block of 16 and a tail of 3 rows."""
+    """One activation row over rows longer than the decode loops' slices (4096 columns
+    for bf16 on AVX-512 BF16, 2048 for 16-bit weights on AVX-512; K = 4263: a last,
+    partial slice ending in single words; K = 8192: whole slices), a row block of 16
+    (or 8) and a tail of 3 rows, in both 16-bit dtypes."""
     gen = _gen(77 + code)
-    for shape in [(19, 4263), (19, 8192)]:
-        for sparsity in (0.5, 0.9):
-            w = _pruned(shape, sparsity, torch.bfloat16, gen)
-            layout = CpuSparseLayout.pack(w).validate()
-            x = torch.randn(1, shape[1], generator=gen).bfloat16()
-            _poison_allocator(shape[0], torch.bfloat16)
-            _check(cpu_kernels.linear(x, layout, None, code, max_direct_m=16), x, w, None, torch.bfloat16)
+    for dtype in (torch.bfloat16, torch.float16):
+        for shape in [(19, 4263), (19, 8192)]:
+            for sparsity in (0.5, 0.9):
+                w = _pruned(shape, sparsity, dtype, gen)
+                layout = CpuSparseLayout.pack(w).validate()
+                x = torch.randn(1, shape[1], generator=gen).to(dtype)
+                _poison_allocator(shape[0], dtype)
+                _check(cpu_kernels.linear(x, layout, None, code, max_direct_m=16), x, w, None, dtype)
 
 
 @pytest.mark.parametrize("code", _isa_params())
