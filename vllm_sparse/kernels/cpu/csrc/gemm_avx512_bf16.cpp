@@ -9,6 +9,7 @@
 namespace {
 
 #include "prefetch.h"
+#include "decode_walk.h"
 
 const int64_t kRowChunk = 48;  // a multiple of every row block below
 
@@ -49,7 +50,7 @@ void block(const VsWeight* w, const VsGemm* g, int64_t r0, int64_t m0, RegionPre
         for (int i = 0; i < MB; i++) vs_store_out(g, m0 + i, r0 + r, _mm512_reduce_add_ps(acc[r][i]));
 }
 
-// One activation row (decode), a block of R weight rows, in slices of kSlice words
+// One activation row (decode), a block of R weight rows, in slices of 128 words
 // (4096 columns: 8 KiB of activations, which stay in L1): within a slice each row's
 // words in one loop, four words a step into four accumulators. Measured on a 2-core
 // EPYC (same process, calls alternating, M = 1, Llama-3-8B and Llama-1B shapes,
@@ -64,64 +65,42 @@ void block(const VsWeight* w, const VsGemm* g, int64_t r0, int64_t m0, RegionPre
 // values and bitmap rows (up to row `stop`) come into L2 (RegionPrefetch).
 template <int R>
 void decode_block(const VsWeight* w, const VsGemm* g, int64_t r0, int64_t stop, int64_t m0) {
-    constexpr int kSlice = 128;
-    const int words = (int)w->words;
     const uint16_t* x = (const uint16_t*)g->x + m0 * w->words * 32;
-    const uint16_t* values = (const uint16_t*)w->values;
-    const int64_t next_end = r0 + 2 * R < stop ? r0 + 2 * R : stop;
-    const int64_t next_begin = r0 + R < next_end ? r0 + R : next_end;
-    // One advance() per four-word step: words / 4 of them per row (slices are whole
-    // steps long but for the last).
-    const int64_t steps = (int64_t)R * (words / 4 > 0 ? words / 4 : 1);
-    RegionPrefetch next_values(values + w->row_offsets[next_begin], values + w->row_offsets[next_end], steps);
-    RegionPrefetch next_bits(w->bitmap + next_begin * w->words, w->bitmap + next_end * w->words, steps);
-    const uint16_t* row_values[R];  // where each row's next slice starts
-    __m512 total[R];
-    for (int r = 0; r < R; r++) {
-        row_values[r] = values + w->row_offsets[r0 + r];
-        total[r] = _mm512_setzero_ps();
-    }
-    for (int w0 = 0; w0 < words; w0 += kSlice) {
-        const int w1 = w0 + kSlice < words ? w0 + kSlice : words;
-        for (int r = 0; r < R; r++) {
-            const uint16_t* v = row_values[r];
-            const uint32_t* bits = w->bitmap + (r0 + r) * w->words;
-            __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(),
-                   a3 = _mm512_setzero_ps();
-            int word = w0;
-            for (; word + 4 <= w1; word += 4) {
-                next_values.advance();
-                next_bits.advance();
-                _mm_prefetch((const char*)v + 512, _MM_HINT_T0);
-                if ((word & 15) == 0) _mm_prefetch((const char*)(bits + word) + 256, _MM_HINT_T0);
-                // Each expand-load's address needs the popcounts before it; each dot
-                // depends only on its own accumulator.
-                const uint32_t k0 = bits[word], k1 = bits[word + 1], k2 = bits[word + 2], k3 = bits[word + 3];
-                const __m512i e0 = _mm512_maskz_expandloadu_epi16(k0, v);
-                v += _mm_popcnt_u32(k0);
-                const __m512i e1 = _mm512_maskz_expandloadu_epi16(k1, v);
-                v += _mm_popcnt_u32(k1);
-                const __m512i e2 = _mm512_maskz_expandloadu_epi16(k2, v);
-                v += _mm_popcnt_u32(k2);
-                const __m512i e3 = _mm512_maskz_expandloadu_epi16(k3, v);
-                v += _mm_popcnt_u32(k3);
-                const uint16_t* xw = x + word * 32;
-                a0 = _mm512_dpbf16_ps(a0, (__m512bh)e0, (__m512bh)_mm512_loadu_si512(xw));
-                a1 = _mm512_dpbf16_ps(a1, (__m512bh)e1, (__m512bh)_mm512_loadu_si512(xw + 32));
-                a2 = _mm512_dpbf16_ps(a2, (__m512bh)e2, (__m512bh)_mm512_loadu_si512(xw + 64));
-                a3 = _mm512_dpbf16_ps(a3, (__m512bh)e3, (__m512bh)_mm512_loadu_si512(xw + 96));
-            }
-            for (; word < w1; word++) {
-                const uint32_t k = bits[word];
-                a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_maskz_expandloadu_epi16(k, v),
-                                      (__m512bh)_mm512_loadu_si512(x + word * 32));
-                v += _mm_popcnt_u32(k);
-            }
-            row_values[r] = v;
-            total[r] = _mm512_add_ps(total[r], _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+    // Inlined into decode_walk, so that its prefetch state stays in registers (not
+    // inlined, the fp16 decode ran up to 1.15x slower).
+    auto row_slice = [x](const uint16_t*& v, const uint32_t* bits, int w0, int w1,
+                         RegionPrefetch* next) __attribute__((always_inline)) {
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+        int word = w0;
+        for (; word + 4 <= w1; word += 4) {
+            decode_prefetch(next, v, bits, word);
+            // Each expand-load's address needs the popcounts before it; each dot
+            // depends only on its own accumulator.
+            const uint32_t k0 = bits[word], k1 = bits[word + 1], k2 = bits[word + 2], k3 = bits[word + 3];
+            const __m512i e0 = _mm512_maskz_expandloadu_epi16(k0, v);
+            v += _mm_popcnt_u32(k0);
+            const __m512i e1 = _mm512_maskz_expandloadu_epi16(k1, v);
+            v += _mm_popcnt_u32(k1);
+            const __m512i e2 = _mm512_maskz_expandloadu_epi16(k2, v);
+            v += _mm_popcnt_u32(k2);
+            const __m512i e3 = _mm512_maskz_expandloadu_epi16(k3, v);
+            v += _mm_popcnt_u32(k3);
+            const uint16_t* xw = x + word * 32;
+            a0 = _mm512_dpbf16_ps(a0, (__m512bh)e0, (__m512bh)_mm512_loadu_si512(xw));
+            a1 = _mm512_dpbf16_ps(a1, (__m512bh)e1, (__m512bh)_mm512_loadu_si512(xw + 32));
+            a2 = _mm512_dpbf16_ps(a2, (__m512bh)e2, (__m512bh)_mm512_loadu_si512(xw + 64));
+            a3 = _mm512_dpbf16_ps(a3, (__m512bh)e3, (__m512bh)_mm512_loadu_si512(xw + 96));
         }
-    }
-    for (int r = 0; r < R; r++) vs_store_out(g, m0, r0 + r, _mm512_reduce_add_ps(total[r]));
+        for (; word < w1; word++) {
+            const uint32_t k = bits[word];
+            a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_maskz_expandloadu_epi16(k, v),
+                                  (__m512bh)_mm512_loadu_si512(x + word * 32));
+            v += _mm_popcnt_u32(k);
+        }
+        return _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
+    };
+    // Slices of 4096 columns (8 KiB of activations), four words a step.
+    decode_walk<uint16_t, R>(w, g, r0, stop, m0, 128, 4, row_slice);
 }
 
 template <int R>

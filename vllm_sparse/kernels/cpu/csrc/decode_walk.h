@@ -1,0 +1,47 @@
+// The one-row decode's walk over a block of R weight rows, shared by the AVX-512
+// bitmap kernels. Included inside each ISA file's anonymous namespace, after its
+// target pragma and prefetch.h.
+//
+// The block is walked in slices of `slice_words` words (the activations of a slice
+// stay in L1), and within a slice row by row: `row_slice(v, bits, w0, w1, next)`
+// multiplies one row's words [w0, w1) with the activations, advances `v` (the row's
+// packed values) past them and returns 16 fp32 partial sums. Walking 16 rows side by
+// side word by word instead kept a value pointer per row, more than the core has
+// registers (measured in gemm_avx512_bf16.cpp). While the block multiplies, the next
+// block's values and bitmap rows (up to row `stop`) come into L2: `next` holds their
+// two RegionPrefetch, paced for one advance() per `step_words` words of every row.
+template <typename T, int R, typename RowSlice>
+inline void decode_walk(const VsWeight* w, const VsGemm* g, int64_t r0, int64_t stop, int64_t m0, int slice_words,
+                        int step_words, RowSlice row_slice) {
+    const int words = (int)w->words;
+    const T* values = (const T*)w->values;
+    const int64_t next_end = r0 + 2 * R < stop ? r0 + 2 * R : stop;
+    const int64_t next_begin = r0 + R < next_end ? r0 + R : next_end;
+    const int64_t steps = (int64_t)R * (words / step_words > 0 ? words / step_words : 1);
+    RegionPrefetch next[2] = {
+        RegionPrefetch(values + w->row_offsets[next_begin], values + w->row_offsets[next_end], steps),
+        RegionPrefetch(w->bitmap + next_begin * w->words, w->bitmap + next_end * w->words, steps)};
+    const T* row_values[R];  // where each row's next slice starts
+    __m512 total[R];
+    for (int r = 0; r < R; r++) {
+        row_values[r] = values + w->row_offsets[r0 + r];
+        total[r] = _mm512_setzero_ps();
+    }
+    for (int w0 = 0; w0 < words; w0 += slice_words) {
+        const int w1 = w0 + slice_words < words ? w0 + slice_words : words;
+        for (int r = 0; r < R; r++) {
+            const T* v = row_values[r];  // a local, so that it can live in a register
+            total[r] = _mm512_add_ps(total[r], row_slice(v, w->bitmap + (r0 + r) * w->words, w0, w1, next));
+            row_values[r] = v;
+        }
+    }
+    for (int r = 0; r < R; r++) vs_store_out(g, m0, r0 + r, _mm512_reduce_add_ps(total[r]));
+}
+
+// Per step of a row slice: the next block's share of L2 prefetches, and this row's
+// values 512 bytes ahead and bitmap every 16 words (prefetch_ahead).
+static inline void decode_prefetch(RegionPrefetch* next, const void* v, const uint32_t* bits, int word) {
+    next[0].advance();
+    next[1].advance();
+    prefetch_ahead(v, bits, word);
+}
