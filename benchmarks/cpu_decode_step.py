@@ -8,9 +8,9 @@ without the rest of the engine.
 The model is the Llama-1B-shaped one of ``benchmarks/cpu_e2e.py`` (16 layers of fused
 qkv 3072x2048, o 2048x2048, gate_up 16384x2048, down 2048x8192; random bf16 weights,
 pruned as ``benchmarks/cpu_kernels.py`` prunes them). Each layer runs as the plugin
-would run it: the dispatcher's plan from the committed table (``dispatch.choose_among``
-with the engine's largest batch, ``--max-batch``), on the 2:4 or the bitmap kernel of
-the best ISA path, or dense (vLLM's oneDNN GEMM on a prepacked weight) where the plan
+would run it: the plugin's plan from the committed table (``dispatcher.cpu_plan`` with
+the engine's largest batch, ``--max-batch``), on the 2:4 or the bitmap kernel of the
+default ISA path, or dense (vLLM's oneDNN GEMM on a prepacked weight) where the plan
 keeps it dense. A step = the 64 layers once, each weight read once (1.9 GB dense,
 cold from memory as in serving); dense and sparse steps alternate, order reversed
 every step; medians. Results: Markdown + JSON ({"machine", "records"}).
@@ -32,18 +32,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cpu_kernels as bench  # noqa: E402  (the kernel benchmark's pruning, packing and baseline)
 
 from vllm_sparse.kernels import cpu as cpu_kernels  # noqa: E402
+from vllm_sparse.kernels import dispatcher  # noqa: E402
 from vllm_sparse.kernels.cpu import dispatch, isa, layout24  # noqa: E402
+from vllm_sparse.kernels.patterns import analyze_weight  # noqa: E402
 
 LLAMA1B_LAYER = [(3072, 2048), (2048, 2048), (16384, 2048), (2048, 8192)]
 LAYERS = 16
 
 
-def sparse_layer(weight: torch.Tensor, pattern: str, sparsity: float, code: int, max_batch: int):
-    """(run(x), kernel path name) as the plugin would run this weight, or None for dense."""
-    nm = pattern if ":" in pattern else None
-    paths = [dispatch.NM24_PATHS[code], isa.NAMES[code]] if nm == "2:4" and code in dispatch.NM24_PATHS else \
-        [isa.NAMES[code]]
-    plan = dispatch.choose_among(paths, tuple(weight.shape), sparsity, weight.dtype, max_batch=max_batch, pattern=nm)
+def sparse_layer(weight: torch.Tensor, code: int, max_batch: int):
+    """(run(x), kernel path name) as the plugin would run this weight (its plan from
+    ``dispatcher.cpu_plan``), or None for dense."""
+    plan = dispatcher.cpu_plan(analyze_weight(weight), weight.dtype, max_batch)
     if plan is None:
         return None
     if plan.isa in dispatch.NM24_PATHS.values():
@@ -57,9 +57,8 @@ def measure(pattern: str, ms: list[int], steps: int, max_batch: int, gen: torch.
     code = isa.default()
     layers = []
     for shape in LLAMA1B_LAYER * LAYERS:
-        weight, sparsity = bench.prune(torch.randn(*shape, generator=gen) * 0.02, pattern, gen)
-        weight = weight.bfloat16()
-        layers.append((weight, sparse_layer(weight, pattern, sparsity, code, max_batch)))
+        weight = bench.prune(torch.randn(*shape, generator=gen) * 0.02, pattern, gen)[0].bfloat16()
+        layers.append((weight, sparse_layer(weight, code, max_batch)))
     plans = {f"{n}x{k}": (s[1] if s else "dense") for (n, k), (_, s) in zip(LLAMA1B_LAYER, layers)}
     records = []
     for m in ms:
