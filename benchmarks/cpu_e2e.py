@@ -25,7 +25,8 @@ over the first sparse engine's.
 speedup = sparse tokens/s / dense tokens/s. Prefill (``--prefill N``, default 256):
 one N-token prompt to its first token, rounds alternating the same way;
 prefill_speedup = dense time / sparse time (the sparse layers' large-M path).
-Results: benchmarks/results/cpu_e2e.{md,json}.
+Results: benchmarks/results/cpu_e2e.{md,json}; a run replaces the records of the cases
+it measures and keeps the others, each record with the date and command of its run.
 """
 
 from __future__ import annotations
@@ -138,6 +139,9 @@ def main() -> None:
         return EngineSpec(str(model), mode, args.batches, args.short, args.long, args.rounds,
                           prefill_tokens=args.prefill, env=env or {})
 
+    # Every record names the run it comes from: a results file merges the cases of
+    # several runs (see below), which may be days and code changes apart.
+    run = {"date": datetime.datetime.now().isoformat(timespec="minutes"), "command": "python " + " ".join(sys.argv)}
     records = []
     for name in args.models.split(","):
         for pattern in args.patterns.split(","):
@@ -158,7 +162,7 @@ def main() -> None:
                 for batch in args.batches:
                     d, s = dense["tokens_per_s"][str(batch)], sparse["tokens_per_s"][str(batch)]
                     saved_mib = (dense_bytes - stored_bytes) / 2**20
-                    record = {"model": name, "pattern": pattern, "mode": mode, "batch": batch,
+                    record = {"model": name, "pattern": pattern, "mode": mode, "batch": batch, **run,
                               "max_num_seqs": max(args.batches), "layer_table_total": total[0] if total else None,
                               "engines_per_side": args.repeats,
                               "dense_engines_tokens_per_s": [e[str(batch)] for e in dense["engine_tokens_per_s"]],
@@ -213,10 +217,12 @@ def main() -> None:
              "kernel loses at any batch up to it, or up to 8).",
              "Prefill: one prompt of `prefill tokens` to its first token (in-process, median over the same "
              "alternating rounds); prefill speedup = dense time / sparse time.",
+             "Run: the date of the run each record comes from (its command is in the JSON); the records of "
+             "cases a later run did not measure are kept.",
              "", "| model | pattern | mode | max_num_seqs | batch | dense tok/s | sparse tok/s | speedup | RSS dense MiB | "
              "RSS sparse MiB | linear MiB dense -> stored | RSS saved / linear bytes saved | engines (dense / sparse) | "
-             "prefill tokens: dense / sparse s | prefill speedup |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "prefill tokens: dense / sparse s | prefill speedup | run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         lines.append(f"| {r['model']} | {r['pattern']} | {r['mode']} | {r.get('max_num_seqs', 8)} | {r['batch']} | "
                      f"{r['dense_tokens_per_s']:.1f} | "
@@ -226,7 +232,8 @@ def main() -> None:
                      f"{' '.join(map(str, r.get('dense_engines_tokens_per_s', [])))} / "
                      f"{' '.join(map(str, r.get('sparse_engines_tokens_per_s', [])))} | "
                      + (f"{r['prefill_tokens']}: {r['dense_prefill_s']:.3f} / {r['sparse_prefill_s']:.3f} | "
-                        f"{r['prefill_speedup']:.2f}x |" if "prefill_speedup" in r else "n/a | n/a |"))
+                        f"{r['prefill_speedup']:.2f}x |" if "prefill_speedup" in r else "n/a | n/a |")
+                     + f" {r.get('date', 'n/a')} |")
     ab = [r for r in records if "b_over_a" in r]
     if ab:
         lines += ["", "Same run, a second sparse engine (B) with variables set in its process, against the first (A):",
