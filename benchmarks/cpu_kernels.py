@@ -302,19 +302,29 @@ def main() -> None:
     out.with_suffix(".md").write_text(markdown(machine, records))
     print(f"wrote {out.with_suffix('.md')} and .json")
     if args.write_table:
-        # Records of cases this run did not measure (ISA path, dtype, shape, pattern) are kept.
-        keep = ("isa", "dtype", "shape", "pattern", "sparsity", "m", "direct", "tiled")
+        write_table(args.write_table, machine, records)
 
-        def case(r):
-            return r["isa"], r["dtype"], r["shape"], r["pattern"]
 
-        measured = {case(r) for r in records}
-        target = args.write_table
-        old = json.loads(target.read_text())["records"] if target.exists() else []
-        kept = [r for r in old if case(r) not in measured]
-        table = {"machine": machine, "records": kept + [{k: r[k] for k in keep if k in r} for r in records]}
-        target.write_text(json.dumps(table, indent=0) + "\n")
-        print(f"wrote {target}")
+def write_table(target: Path, machine: dict, records: list[dict]) -> None:
+    """The dispatcher's table: this run's records replace those of the cases it
+    measured (ISA path, dtype, shape, pattern); the others are kept. Each record names
+    its run (``run``), and ``runs`` holds every named run's date, command and read
+    bandwidth: a table merges runs that may be hours and code changes apart."""
+    keep = ("isa", "dtype", "shape", "pattern", "sparsity", "m", "direct", "tiled")
+
+    def case(r):
+        return r["isa"], r["dtype"], r["shape"], r["pattern"]
+
+    run_id = datetime.datetime.now().isoformat(timespec="minutes")
+    measured = {case(r) for r in records}
+    old = json.loads(target.read_text()) if target.exists() else {"records": []}
+    kept = [r for r in old["records"] if case(r) not in measured]
+    runs = {run: info for run, info in old.get("runs", {}).items() if any(r.get("run") == run for r in kept)}
+    runs[run_id] = {k: machine[k] for k in ("date", "command", "read_gbps")}
+    table = {"machine": machine, "runs": runs,
+             "records": kept + [{**{k: r[k] for k in keep if k in r}, "run": run_id} for r in records]}
+    target.write_text(json.dumps(table, indent=0) + "\n")
+    print(f"wrote {target}")
 
 
 if __name__ == "__main__":

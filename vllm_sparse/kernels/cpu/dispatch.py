@@ -6,7 +6,8 @@ the direct kernel and the tiled large-M path, per ISA path, dtype, shape, sparsi
 M, as written by ``python benchmarks/cpu_kernels.py --write-table`` on a host of the
 class we serve on. ``VLLM_SPARSE_CPU_DISPATCH_TABLE`` names another table instead (a
 host's own, from ``--write-table PATH``; two tables compared end to end with
-``benchmarks/cpu_e2e.py --ab-env``).
+``benchmarks/cpu_e2e.py --ab-env``). A table merges several runs: each record names
+its run, and ``runs`` gives each run's date, command and read bandwidth.
 
 For a layer, the records of its ISA path, dtype and kind of pattern (its own N:M
 pattern where measured, else the unstructured ones: a 4:8 layer and a 50% one read
