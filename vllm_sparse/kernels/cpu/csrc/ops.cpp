@@ -272,6 +272,15 @@ at::Tensor sparse_linear(const at::Tensor& x_in, const at::Tensor& values, const
         xp = at::zeros({m, padded}, x.options().dtype(x_type));
         xp.narrow(1, 0, in_features).copy_(x);
     }
+    if (bf16_dot && m >= 8) {  // the kernel's passes of 8 rows, word by word (gemm_avx512_bf16.cpp)
+        at::Tensor interleaved = at::empty_like(xp);
+        const uint16_t* from = reinterpret_cast<const uint16_t*>(xp.data_ptr());
+        uint16_t* to = reinterpret_cast<uint16_t*>(interleaved.data_ptr());
+        at::parallel_for(0, w.words, share(w.words, 16), [&](int64_t w0, int64_t w1) {
+            vs_interleave_bf16(from, m, padded, w0, w1, to);
+        });
+        xp = interleaved;
+    }
     const at::Tensor bias_f = float_bias(bias);
     at::Tensor y = at::empty({m, w.n}, x.options());
     const VsGemm g = gemm_args(xp.data_ptr(), m, bias_f, y);

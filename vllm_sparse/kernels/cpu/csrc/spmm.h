@@ -61,7 +61,12 @@ void vs_unpack_nm24_avx2(const VsNM24Weight* w, int64_t row_begin, int64_t row_e
 void vs_gemm_scalar(const VsWeight* w, const VsGemm* g, int64_t row_begin, int64_t row_end);
 void vs_gemm_avx2(const VsWeight* w, const VsGemm* g, int64_t row_begin, int64_t row_end);
 void vs_gemm_avx512(const VsWeight* w, const VsGemm* g, int64_t row_begin, int64_t row_end);
+// The bf16 kernel of the AVX-512 BF16 path takes x with each group of 8 rows (from
+// row 0; the rows after the last whole group as they are) interleaved word by word:
+// vs_interleave_bf16 writes words [word_begin, word_end) of x [m, ldx] so into out.
 void vs_gemm_avx512_bf16(const VsWeight* w, const VsGemm* g, int64_t row_begin, int64_t row_end);
+void vs_interleave_bf16(const uint16_t* x, int64_t m, int64_t ldx, int64_t word_begin, int64_t word_end,
+                        uint16_t* out);
 
 // Dense rows [row_begin, row_end) of W, in W's dtype, into dst [row_end - row_begin, k].
 void vs_unpack_scalar(const VsWeight* w, int64_t row_begin, int64_t row_end, void* dst);
