@@ -30,8 +30,9 @@ enum { ITERS = 4000000, RUNS = 5 };
 #define CLOBBERS "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24", "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31"
 
 // Best of RUNS timings of ITERS iterations of BODY (assembly), in ns per iteration.
-// zmm30 and zmm31 start at zero, k1 and k2 hold two expansion masks.
-#define TIME_LOOP(BODY)                                                   \
+// zmm30 and zmm31 start at zero, k1 and k2 hold two expansion masks, and %1 points at
+// BUF (64-byte aligned, at least 768 bytes: a few lines of L1).
+#define TIME_LOOP(BUF, BODY)                                              \
     ({                                                                    \
         double best = 1e30;                                               \
         for (int run = 0; run < RUNS; run++) {                            \
@@ -46,29 +47,6 @@ enum { ITERS = 4000000, RUNS = 5 };
                              "1:\n" BODY "dec %0\n"                       \
                              "jnz 1b\n"                                   \
                              : "+r"(n)                                    \
-                             :                                            \
-                             : "eax", "k1", "k2", "cc", CLOBBERS);        \
-            const double per = (seconds() - t) / ITERS * 1e9;             \
-            best = per < best ? per : best;                               \
-        }                                                                 \
-        best;                                                             \
-    })
-
-// The same with %1 pointing at BUF (64-byte aligned, >= 768 bytes, in L1).
-#define TIME_LOOP_MEM(BUF, BODY)                                          \
-    ({                                                                    \
-        double best = 1e30;                                               \
-        for (int run = 0; run < RUNS; run++) {                            \
-            long n = ITERS;                                               \
-            const double t = seconds();                                   \
-            __asm__ volatile("vpxord %%zmm30, %%zmm30, %%zmm30\n"         \
-                             "mov $0x5a5a6996, %%eax\n"                   \
-                             "kmovd %%eax, %%k1\n"                        \
-                             "mov $0x0ff0c33c, %%eax\n"                   \
-                             "kmovd %%eax, %%k2\n"                        \
-                             "1:\n" BODY "dec %0\n"                       \
-                             "jnz 1b\n"                                   \
-                             : "+r"(n)                                    \
                              : "r"(BUF)                                   \
                              : "eax", "k1", "k2", "cc", "memory", CLOBBERS); \
             const double per = (seconds() - t) / ITERS * 1e9;             \
@@ -77,132 +55,102 @@ enum { ITERS = 4000000, RUNS = 5 };
         best;                                                             \
     })
 
+// The loop bodies.
+#define DOTS8 "vdpbf16ps %%zmm31, %%zmm30, %%zmm0\n" \
+    "vdpbf16ps %%zmm31, %%zmm30, %%zmm1\n" \
+    "vdpbf16ps %%zmm31, %%zmm30, %%zmm2\n" \
+    "vdpbf16ps %%zmm31, %%zmm30, %%zmm3\n" \
+    "vdpbf16ps %%zmm31, %%zmm30, %%zmm4\n" \
+    "vdpbf16ps %%zmm31, %%zmm30, %%zmm5\n" \
+    "vdpbf16ps %%zmm31, %%zmm30, %%zmm6\n" \
+    "vdpbf16ps %%zmm31, %%zmm30, %%zmm7\n"
+#define DOTS16 DOTS8 \
+    "vdpbf16ps %%zmm31, %%zmm30, %%zmm8\n" \
+    "vdpbf16ps %%zmm31, %%zmm30, %%zmm9\n" \
+    "vdpbf16ps %%zmm31, %%zmm30, %%zmm10\n" \
+    "vdpbf16ps %%zmm31, %%zmm30, %%zmm11\n" \
+    "vdpbf16ps %%zmm31, %%zmm30, %%zmm12\n" \
+    "vdpbf16ps %%zmm31, %%zmm30, %%zmm13\n" \
+    "vdpbf16ps %%zmm31, %%zmm30, %%zmm14\n" \
+    "vdpbf16ps %%zmm31, %%zmm30, %%zmm15\n"
+#define EXPAND2 "vpexpandw %%zmm28, %%zmm20%{%%k1%}%{z%}\n" \
+    "vpexpandw %%zmm29, %%zmm21%{%%k2%}%{z%}\n"
+#define DOTS16_ON_EXPANDED "vdpbf16ps %%zmm20, %%zmm30, %%zmm0\n" \
+    "vdpbf16ps %%zmm21, %%zmm30, %%zmm1\n" \
+    "vdpbf16ps %%zmm20, %%zmm30, %%zmm2\n" \
+    "vdpbf16ps %%zmm21, %%zmm30, %%zmm3\n" \
+    "vdpbf16ps %%zmm20, %%zmm30, %%zmm4\n" \
+    "vdpbf16ps %%zmm21, %%zmm30, %%zmm5\n" \
+    "vdpbf16ps %%zmm20, %%zmm30, %%zmm6\n" \
+    "vdpbf16ps %%zmm21, %%zmm30, %%zmm7\n" \
+    "vdpbf16ps %%zmm20, %%zmm30, %%zmm8\n" \
+    "vdpbf16ps %%zmm21, %%zmm30, %%zmm9\n" \
+    "vdpbf16ps %%zmm20, %%zmm30, %%zmm10\n" \
+    "vdpbf16ps %%zmm21, %%zmm30, %%zmm11\n" \
+    "vdpbf16ps %%zmm20, %%zmm30, %%zmm12\n" \
+    "vdpbf16ps %%zmm21, %%zmm30, %%zmm13\n" \
+    "vdpbf16ps %%zmm20, %%zmm30, %%zmm14\n" \
+    "vdpbf16ps %%zmm21, %%zmm30, %%zmm15\n"
+#define DOTS16_FROM_L1 "vdpbf16ps 0(%1), %%zmm20, %%zmm0\n" \
+    "vdpbf16ps 64(%1), %%zmm20, %%zmm1\n" \
+    "vdpbf16ps 128(%1), %%zmm20, %%zmm2\n" \
+    "vdpbf16ps 192(%1), %%zmm20, %%zmm3\n" \
+    "vdpbf16ps 256(%1), %%zmm20, %%zmm4\n" \
+    "vdpbf16ps 320(%1), %%zmm20, %%zmm5\n" \
+    "vdpbf16ps 384(%1), %%zmm20, %%zmm6\n" \
+    "vdpbf16ps 448(%1), %%zmm20, %%zmm7\n" \
+    "vdpbf16ps 0(%1), %%zmm21, %%zmm8\n" \
+    "vdpbf16ps 64(%1), %%zmm21, %%zmm9\n" \
+    "vdpbf16ps 128(%1), %%zmm21, %%zmm10\n" \
+    "vdpbf16ps 192(%1), %%zmm21, %%zmm11\n" \
+    "vdpbf16ps 256(%1), %%zmm21, %%zmm12\n" \
+    "vdpbf16ps 320(%1), %%zmm21, %%zmm13\n" \
+    "vdpbf16ps 384(%1), %%zmm21, %%zmm14\n" \
+    "vdpbf16ps 448(%1), %%zmm21, %%zmm15\n"
+#define EXPAND2_FROM_L1 "vpexpandw 512(%1), %%zmm20%{%%k1%}%{z%}\n" \
+    "vpexpandw 576(%1), %%zmm21%{%%k2%}%{z%}\n"
+#define GATHER_DOT16 "vpermt2w %%zmm25, %%zmm24, %%zmm16\n" \
+    "vdpbf16ps %%zmm16, %%zmm26, %%zmm0\n" \
+    "vpermt2w %%zmm25, %%zmm24, %%zmm17\n" \
+    "vdpbf16ps %%zmm17, %%zmm26, %%zmm1\n" \
+    "vpermt2w %%zmm25, %%zmm24, %%zmm18\n" \
+    "vdpbf16ps %%zmm18, %%zmm26, %%zmm2\n" \
+    "vpermt2w %%zmm25, %%zmm24, %%zmm19\n" \
+    "vdpbf16ps %%zmm19, %%zmm26, %%zmm3\n" \
+    "vpermt2w %%zmm25, %%zmm24, %%zmm20\n" \
+    "vdpbf16ps %%zmm20, %%zmm26, %%zmm4\n" \
+    "vpermt2w %%zmm25, %%zmm24, %%zmm21\n" \
+    "vdpbf16ps %%zmm21, %%zmm26, %%zmm5\n" \
+    "vpermt2w %%zmm25, %%zmm24, %%zmm22\n" \
+    "vdpbf16ps %%zmm22, %%zmm26, %%zmm6\n" \
+    "vpermt2w %%zmm25, %%zmm24, %%zmm23\n" \
+    "vdpbf16ps %%zmm23, %%zmm26, %%zmm7\n" \
+    "vpermt2w %%zmm25, %%zmm24, %%zmm16\n" \
+    "vdpbf16ps %%zmm16, %%zmm26, %%zmm8\n" \
+    "vpermt2w %%zmm25, %%zmm24, %%zmm17\n" \
+    "vdpbf16ps %%zmm17, %%zmm26, %%zmm9\n" \
+    "vpermt2w %%zmm25, %%zmm24, %%zmm18\n" \
+    "vdpbf16ps %%zmm18, %%zmm26, %%zmm10\n" \
+    "vpermt2w %%zmm25, %%zmm24, %%zmm19\n" \
+    "vdpbf16ps %%zmm19, %%zmm26, %%zmm11\n" \
+    "vpermt2w %%zmm25, %%zmm24, %%zmm20\n" \
+    "vdpbf16ps %%zmm20, %%zmm26, %%zmm12\n" \
+    "vpermt2w %%zmm25, %%zmm24, %%zmm21\n" \
+    "vdpbf16ps %%zmm21, %%zmm26, %%zmm13\n" \
+    "vpermt2w %%zmm25, %%zmm24, %%zmm22\n" \
+    "vdpbf16ps %%zmm22, %%zmm26, %%zmm14\n" \
+    "vpermt2w %%zmm25, %%zmm24, %%zmm23\n" \
+    "vdpbf16ps %%zmm23, %%zmm26, %%zmm15\n"
+
 int main(void) {
-    const double dot8 = TIME_LOOP(
-            "vdpbf16ps %%zmm31, %%zmm30, %%zmm0\n"
-            "vdpbf16ps %%zmm31, %%zmm30, %%zmm1\n"
-            "vdpbf16ps %%zmm31, %%zmm30, %%zmm2\n"
-            "vdpbf16ps %%zmm31, %%zmm30, %%zmm3\n"
-            "vdpbf16ps %%zmm31, %%zmm30, %%zmm4\n"
-            "vdpbf16ps %%zmm31, %%zmm30, %%zmm5\n"
-            "vdpbf16ps %%zmm31, %%zmm30, %%zmm6\n"
-            "vdpbf16ps %%zmm31, %%zmm30, %%zmm7\n"
-            ) / 8;
-    const double dot16 = TIME_LOOP(
-            "vdpbf16ps %%zmm31, %%zmm30, %%zmm0\n"
-            "vdpbf16ps %%zmm31, %%zmm30, %%zmm1\n"
-            "vdpbf16ps %%zmm31, %%zmm30, %%zmm2\n"
-            "vdpbf16ps %%zmm31, %%zmm30, %%zmm3\n"
-            "vdpbf16ps %%zmm31, %%zmm30, %%zmm4\n"
-            "vdpbf16ps %%zmm31, %%zmm30, %%zmm5\n"
-            "vdpbf16ps %%zmm31, %%zmm30, %%zmm6\n"
-            "vdpbf16ps %%zmm31, %%zmm30, %%zmm7\n"
-            "vdpbf16ps %%zmm31, %%zmm30, %%zmm8\n"
-            "vdpbf16ps %%zmm31, %%zmm30, %%zmm9\n"
-            "vdpbf16ps %%zmm31, %%zmm30, %%zmm10\n"
-            "vdpbf16ps %%zmm31, %%zmm30, %%zmm11\n"
-            "vdpbf16ps %%zmm31, %%zmm30, %%zmm12\n"
-            "vdpbf16ps %%zmm31, %%zmm30, %%zmm13\n"
-            "vdpbf16ps %%zmm31, %%zmm30, %%zmm14\n"
-            "vdpbf16ps %%zmm31, %%zmm30, %%zmm15\n"
-            ) / 16;
-    const double expand2 = TIME_LOOP(
-            "vpexpandw %%zmm28, %%zmm20%{%%k1%}%{z%}\n"
-            "vpexpandw %%zmm29, %%zmm21%{%%k2%}%{z%}\n"
-            );
-    const double expand2_dots16 = TIME_LOOP(
-            "vpexpandw %%zmm28, %%zmm20%{%%k1%}%{z%}\n"
-            "vpexpandw %%zmm29, %%zmm21%{%%k2%}%{z%}\n"
-            "vdpbf16ps %%zmm20, %%zmm30, %%zmm0\n"
-            "vdpbf16ps %%zmm21, %%zmm30, %%zmm1\n"
-            "vdpbf16ps %%zmm20, %%zmm30, %%zmm2\n"
-            "vdpbf16ps %%zmm21, %%zmm30, %%zmm3\n"
-            "vdpbf16ps %%zmm20, %%zmm30, %%zmm4\n"
-            "vdpbf16ps %%zmm21, %%zmm30, %%zmm5\n"
-            "vdpbf16ps %%zmm20, %%zmm30, %%zmm6\n"
-            "vdpbf16ps %%zmm21, %%zmm30, %%zmm7\n"
-            "vdpbf16ps %%zmm20, %%zmm30, %%zmm8\n"
-            "vdpbf16ps %%zmm21, %%zmm30, %%zmm9\n"
-            "vdpbf16ps %%zmm20, %%zmm30, %%zmm10\n"
-            "vdpbf16ps %%zmm21, %%zmm30, %%zmm11\n"
-            "vdpbf16ps %%zmm20, %%zmm30, %%zmm12\n"
-            "vdpbf16ps %%zmm21, %%zmm30, %%zmm13\n"
-            "vdpbf16ps %%zmm20, %%zmm30, %%zmm14\n"
-            "vdpbf16ps %%zmm21, %%zmm30, %%zmm15\n"
-            );
-    static float xbuf[8 * 16 + 64 * 4] __attribute__((aligned(64)));
-    const double dots16_mem = TIME_LOOP_MEM(xbuf,
-            "vdpbf16ps 0(%1), %%zmm20, %%zmm0\n"
-            "vdpbf16ps 64(%1), %%zmm20, %%zmm1\n"
-            "vdpbf16ps 128(%1), %%zmm20, %%zmm2\n"
-            "vdpbf16ps 192(%1), %%zmm20, %%zmm3\n"
-            "vdpbf16ps 256(%1), %%zmm20, %%zmm4\n"
-            "vdpbf16ps 320(%1), %%zmm20, %%zmm5\n"
-            "vdpbf16ps 384(%1), %%zmm20, %%zmm6\n"
-            "vdpbf16ps 448(%1), %%zmm20, %%zmm7\n"
-            "vdpbf16ps 0(%1), %%zmm21, %%zmm8\n"
-            "vdpbf16ps 64(%1), %%zmm21, %%zmm9\n"
-            "vdpbf16ps 128(%1), %%zmm21, %%zmm10\n"
-            "vdpbf16ps 192(%1), %%zmm21, %%zmm11\n"
-            "vdpbf16ps 256(%1), %%zmm21, %%zmm12\n"
-            "vdpbf16ps 320(%1), %%zmm21, %%zmm13\n"
-            "vdpbf16ps 384(%1), %%zmm21, %%zmm14\n"
-            "vdpbf16ps 448(%1), %%zmm21, %%zmm15\n"
-            );
-    const double expand2_mem_dots16_mem = TIME_LOOP_MEM(xbuf,
-            "vpexpandw 512(%1), %%zmm20%{%%k1%}%{z%}\n"
-            "vpexpandw 576(%1), %%zmm21%{%%k2%}%{z%}\n"
-            "vdpbf16ps 0(%1), %%zmm20, %%zmm0\n"
-            "vdpbf16ps 64(%1), %%zmm20, %%zmm1\n"
-            "vdpbf16ps 128(%1), %%zmm20, %%zmm2\n"
-            "vdpbf16ps 192(%1), %%zmm20, %%zmm3\n"
-            "vdpbf16ps 256(%1), %%zmm20, %%zmm4\n"
-            "vdpbf16ps 320(%1), %%zmm20, %%zmm5\n"
-            "vdpbf16ps 384(%1), %%zmm20, %%zmm6\n"
-            "vdpbf16ps 448(%1), %%zmm20, %%zmm7\n"
-            "vdpbf16ps 0(%1), %%zmm21, %%zmm8\n"
-            "vdpbf16ps 64(%1), %%zmm21, %%zmm9\n"
-            "vdpbf16ps 128(%1), %%zmm21, %%zmm10\n"
-            "vdpbf16ps 192(%1), %%zmm21, %%zmm11\n"
-            "vdpbf16ps 256(%1), %%zmm21, %%zmm12\n"
-            "vdpbf16ps 320(%1), %%zmm21, %%zmm13\n"
-            "vdpbf16ps 384(%1), %%zmm21, %%zmm14\n"
-            "vdpbf16ps 448(%1), %%zmm21, %%zmm15\n"
-            );
-    const double gather_dot = TIME_LOOP(
-            "vpermt2w %%zmm25, %%zmm24, %%zmm16\n"
-            "vdpbf16ps %%zmm16, %%zmm26, %%zmm0\n"
-            "vpermt2w %%zmm25, %%zmm24, %%zmm17\n"
-            "vdpbf16ps %%zmm17, %%zmm26, %%zmm1\n"
-            "vpermt2w %%zmm25, %%zmm24, %%zmm18\n"
-            "vdpbf16ps %%zmm18, %%zmm26, %%zmm2\n"
-            "vpermt2w %%zmm25, %%zmm24, %%zmm19\n"
-            "vdpbf16ps %%zmm19, %%zmm26, %%zmm3\n"
-            "vpermt2w %%zmm25, %%zmm24, %%zmm20\n"
-            "vdpbf16ps %%zmm20, %%zmm26, %%zmm4\n"
-            "vpermt2w %%zmm25, %%zmm24, %%zmm21\n"
-            "vdpbf16ps %%zmm21, %%zmm26, %%zmm5\n"
-            "vpermt2w %%zmm25, %%zmm24, %%zmm22\n"
-            "vdpbf16ps %%zmm22, %%zmm26, %%zmm6\n"
-            "vpermt2w %%zmm25, %%zmm24, %%zmm23\n"
-            "vdpbf16ps %%zmm23, %%zmm26, %%zmm7\n"
-            "vpermt2w %%zmm25, %%zmm24, %%zmm16\n"
-            "vdpbf16ps %%zmm16, %%zmm26, %%zmm8\n"
-            "vpermt2w %%zmm25, %%zmm24, %%zmm17\n"
-            "vdpbf16ps %%zmm17, %%zmm26, %%zmm9\n"
-            "vpermt2w %%zmm25, %%zmm24, %%zmm18\n"
-            "vdpbf16ps %%zmm18, %%zmm26, %%zmm10\n"
-            "vpermt2w %%zmm25, %%zmm24, %%zmm19\n"
-            "vdpbf16ps %%zmm19, %%zmm26, %%zmm11\n"
-            "vpermt2w %%zmm25, %%zmm24, %%zmm20\n"
-            "vdpbf16ps %%zmm20, %%zmm26, %%zmm12\n"
-            "vpermt2w %%zmm25, %%zmm24, %%zmm21\n"
-            "vdpbf16ps %%zmm21, %%zmm26, %%zmm13\n"
-            "vpermt2w %%zmm25, %%zmm24, %%zmm22\n"
-            "vdpbf16ps %%zmm22, %%zmm26, %%zmm14\n"
-            "vpermt2w %%zmm25, %%zmm24, %%zmm23\n"
-            "vdpbf16ps %%zmm23, %%zmm26, %%zmm15\n"
-            ) / 16;
+    static float buf[256] __attribute__((aligned(64)));
+    const double dot8 = TIME_LOOP(buf, DOTS8) / 8;
+    const double dot16 = TIME_LOOP(buf, DOTS16) / 16;
+    const double expand2 = TIME_LOOP(buf, EXPAND2);
+    const double expand2_dots16 = TIME_LOOP(buf, EXPAND2 DOTS16_ON_EXPANDED);
+    const double dots16_mem = TIME_LOOP(buf, DOTS16_FROM_L1);
+    const double expand2_mem_dots16_mem = TIME_LOOP(buf, EXPAND2_FROM_L1 DOTS16_FROM_L1);
+    const double gather_dot = TIME_LOOP(buf, GATHER_DOT16) / 16;
     printf("vdpbf16ps, 8 independent accumulators:  %.3f ns per dot\n", dot8);
     printf("vdpbf16ps, 16 independent accumulators: %.3f ns per dot\n", dot16);
     printf("2 vpexpandw:                            %.3f ns\n", expand2);
@@ -216,29 +164,6 @@ int main(void) {
     return 0;
 }
 #else
-// The same with %1 pointing at BUF (64-byte aligned, >= 768 bytes, in L1).
-#define TIME_LOOP_MEM(BUF, BODY)                                          \
-    ({                                                                    \
-        double best = 1e30;                                               \
-        for (int run = 0; run < RUNS; run++) {                            \
-            long n = ITERS;                                               \
-            const double t = seconds();                                   \
-            __asm__ volatile("vpxord %%zmm30, %%zmm30, %%zmm30\n"         \
-                             "mov $0x5a5a6996, %%eax\n"                   \
-                             "kmovd %%eax, %%k1\n"                        \
-                             "mov $0x0ff0c33c, %%eax\n"                   \
-                             "kmovd %%eax, %%k2\n"                        \
-                             "1:\n" BODY "dec %0\n"                       \
-                             "jnz 1b\n"                                   \
-                             : "+r"(n)                                    \
-                             : "r"(BUF)                                   \
-                             : "eax", "k1", "k2", "cc", "memory", CLOBBERS); \
-            const double per = (seconds() - t) / ITERS * 1e9;             \
-            best = per < best ? per : best;                               \
-        }                                                                 \
-        best;                                                             \
-    })
-
 int main(void) {
     puts("cpu_pipes: no AVX-512 BF16 + VBMI2 in this build (compile with -march=native on such a CPU)");
     return 0;
