@@ -1,7 +1,7 @@
 // 2:4 weights without an expand instruction (AVX-512 BW + VBMI + BF16).
 //
-// vpexpandw costs about 4 cycles per 32 entries on the AMD EPYC (Zen 5) machines we
-// measure, which bounds the bitmap kernel at decode. A 2:4 weight has exactly two
+// vpexpandw costs ~0.7 ns per 32 entries on the AMD EPYC machine we measure, as long
+// as 2.5 dot products (benchmarks/cpu_pipes.c), a cost the bitmap kernel pays per word. A 2:4 weight has exactly two
 // stored values per group of four columns, so instead of moving the weights to their
 // columns this kernel moves the activations to the weights: each stored value carries
 // a 2-bit selector (its column within the group), 32 selectors (64 columns) fit in
