@@ -201,7 +201,8 @@ def annotate(records, read_gbps):
     """Add what the dispatcher would do with each record's case, from this run's
     records (``dispatch.choose_among``, as ``dispatcher.cpu_plan`` does from the
     committed table): a 2:4 weight may run on the 2:4 kernel or the bitmap kernel of
-    the same ISA path, whichever is faster at M = 1 (the 2:4 kernel on a tie)."""
+    the same ISA path, whichever has the better geometric mean over the M of batched
+    decode (the 2:4 kernel on a tie)."""
     nm24_to_bitmap = {nm24: isa.NAMES[code] for code, nm24 in dispatch.NM24_PATHS.items()}
     bitmap_to_nm24 = {bitmap: nm24 for nm24, bitmap in nm24_to_bitmap.items()}
     for r in records:
@@ -235,7 +236,7 @@ def markdown(machine, records) -> str:
         "tiled = the large-M path (AVX-512 BF16: 32-row panels decompressed into L2 and multiplied by our own "
         "vdpbf16ps micro-kernel; elsewhere tiles into torch's dense GEMM); GB/s = compressed bytes / direct time; "
         "path = what the dispatcher runs for this layer and M (dense: the layer stays dense; other 2:4 kernel: a "
-        "2:4 layer runs on the other kernel of this ISA path, faster at M = 1).",
+        "2:4 layer runs on the other kernel of this ISA path, faster over M = 1..8).",
         "",
         "| isa | dtype | shape | pattern | M | dense ms | direct | tiled | GB/s | % of read | path |",
         "|---|---|---|---|---|---|---|---|---|---|---|",

@@ -24,6 +24,10 @@ shape (by weight size, then in_features) give its expected speed-up per M:
 * ``max_direct_m``: the largest measured M at which the direct kernel is still at
   least as fast as the tiled path; above it, the tiled path runs.
 
+Where a weight can take more than one kernel path (a 2:4 weight: the 2:4 kernel or
+the bitmap kernel, the same bytes), the one with the best geometric mean over the
+measured M of batched decode (as above, up to 8 or the engine's largest batch) runs.
+
 With no record for the ISA path or dtype (a host class never measured), layers stay
 dense: a sparse path only where a measurement says it wins.
 """
@@ -64,6 +68,7 @@ class CpuChoice:
     decode_speedup: float  # expected at M = 1, from the table
     worst_speedup: float  # lowest over the measured M of the path the op will run
     worst_m: int
+    decode_mean: float = float("nan")  # geometric mean over the measured M of batched decode
 
 
 def table_path() -> Path:
@@ -133,24 +138,28 @@ def choose(shape: tuple[int, int], sparsity: float, dtype: torch.dtype, isa: str
     decode_max_m = DECODE_MAX_M if max_batch is None else min(DECODE_MAX_M, max_batch)
     # An unmeasured batch counts as the next measured one above it.
     decode_max_m = min((m for m in run if m >= decode_max_m), default=decode_max_m)
-    if any(speedup < 1.0 - MAX_DECODE_LOSS for m, speedup in run.items() if m <= decode_max_m):
+    decode = [speedup for m, speedup in run.items() if m <= decode_max_m]
+    if any(speedup < 1.0 - MAX_DECODE_LOSS for speedup in decode):
         return None
     worst_m = min(run, key=run.get)
-    return CpuChoice(isa, max_direct, by_m[1]["direct"], run[worst_m], worst_m)
+    decode_mean = math.exp(sum(math.log(speedup) for speedup in decode) / len(decode))
+    return CpuChoice(isa, max_direct, by_m[1]["direct"], run[worst_m], worst_m, decode_mean)
 
 
 def choose_among(paths: list[str], shape: tuple[int, int], sparsity: float, dtype: torch.dtype,
                  records: tuple[dict, ...] | None = None, max_batch: int | None = None,
                  pattern: str | None = None) -> CpuChoice | None:
-    """The plan of whichever kernel path in ``paths`` (preferred first) is measured
-    fastest at M = 1, or None where none is taken (see ``choose``). A 2:4 weight can
-    run on the 2:4 kernel or the bitmap kernel of its ISA path (same bytes). Choosing
-    by the geometric mean over M = 1..8 instead, where the bitmap kernel often leads,
-    did no better end to end: Llama-1B 2:4 decoded 1.34x / 0.89x at batch 1 / 8,
-    against 1.82x / 0.84x and 1.52x / 1.03x in two runs of this rule
-    (benchmarks/results/cpu_e2e*.md)."""
+    """The plan of whichever kernel path in ``paths`` (preferred first, on a tie) has
+    the best geometric mean over the measured M of batched decode, or None where none
+    is taken (see ``choose``). A 2:4 weight can run on the 2:4 kernel or the bitmap
+    kernel of its ISA path (same bytes). Choosing by M = 1 alone had sent Llama-1B's
+    down_proj (2048x8192) to the 2:4 kernel, 5% faster at M = 1 and 10% slower at M = 8
+    in the 2026-12-04 22:21 table; end to end (compiled, Llama-1B 2:4, one run, engines
+    taking turns) the engine with every 2:4 layer on the bitmap kernel decoded 1.04x
+    faster at batch 1 and 1.11x at batch 8 (benchmarks/results/cpu_e2e_2of4_interleaved.md).
+    (Before the bitmap kernel's interleaved passes the two rules had been even.)"""
     choices = [choose(shape, sparsity, dtype, path, records, max_batch, pattern) for path in paths]
-    return max((c for c in choices if c is not None), key=lambda c: c.decode_speedup, default=None)
+    return max((c for c in choices if c is not None), key=lambda c: c.decode_mean, default=None)
 
 
 def dense_gemv_max_m(shape: tuple[int, int], isa: str, records: tuple[dict, ...] | None = None) -> int:
