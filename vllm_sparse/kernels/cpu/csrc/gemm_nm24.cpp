@@ -1,7 +1,8 @@
 // 2:4 weights without an expand instruction (AVX-512 BW + VBMI + BF16).
 //
 // vpexpandw costs ~0.7 ns per 32 entries on the AMD EPYC machine we measure, as long
-// as 2.5 dot products (benchmarks/cpu_pipes.c), a cost the bitmap kernel pays per word. A 2:4 weight has exactly two
+// as 2.5 dot products (benchmarks/cpu_pipes.c), a cost the bitmap kernel pays per
+// word. A 2:4 weight has exactly two
 // stored values per group of four columns, so instead of moving the weights to their
 // columns this kernel moves the activations to the weights: each stored value carries
 // a 2-bit selector (its column within the group), 32 selectors (64 columns) fit in
