@@ -8,9 +8,10 @@ without the rest of the engine.
 The model is the Llama-1B-shaped one of ``benchmarks/cpu_e2e.py`` (16 layers of fused
 qkv 3072x2048, o 2048x2048, gate_up 16384x2048, down 2048x8192; random bf16 weights,
 pruned as ``benchmarks/cpu_kernels.py`` prunes them). Each layer runs as the plugin
-would run it: the plugin's plan from the committed table (``dispatcher.cpu_plan`` with
-the engine's largest batch, ``--max-batch``), on the 2:4 or the bitmap kernel of the
-default ISA path, or dense (vLLM's oneDNN GEMM on a prepacked weight) where the plan
+would run it: packed by ``dispatcher.pack_for_path`` on the plan from the committed
+table (``dispatcher.cpu_plan`` with the engine's largest batch, ``--max-batch``) and
+run by ``dispatcher.sparse_linear``, on the 2:4 or the bitmap kernel of the default
+ISA path, or dense (vLLM's oneDNN GEMM on a prepacked weight) where the plan
 keeps it dense. A step = the 64 layers once, each weight read once (1.9 GB dense,
 cold from memory as in serving); dense and sparse steps alternate, order reversed
 every step; medians. Results: Markdown + JSON ({"machine", "records"}).
@@ -33,24 +34,21 @@ import cpu_kernels as bench  # noqa: E402  (the kernel benchmark's pruning, pack
 
 from vllm_sparse.kernels import cpu as cpu_kernels  # noqa: E402
 from vllm_sparse.kernels import dispatcher  # noqa: E402
-from vllm_sparse.kernels.cpu import dispatch, isa, layout24  # noqa: E402
+from vllm_sparse.kernels.cpu import isa  # noqa: E402
 from vllm_sparse.kernels.patterns import analyze_weight  # noqa: E402
 
 LLAMA1B_LAYER = [(3072, 2048), (2048, 2048), (16384, 2048), (2048, 8192)]
 LAYERS = 16
 
 
-def sparse_layer(weight: torch.Tensor, code: int, max_batch: int):
-    """(run(x), kernel path name) as the plugin would run this weight (its plan from
-    ``dispatcher.cpu_plan``), or None for dense."""
-    plan = dispatcher.cpu_plan(analyze_weight(weight), weight.dtype, max_batch)
-    if plan is None:
+def sparse_layer(weight: torch.Tensor, max_batch: int):
+    """(run(x), kernel path name) as the plugin would run this weight (packed by
+    ``dispatcher.pack_for_path`` on its ``cpu_plan``), or None for dense."""
+    analysis = analyze_weight(weight)
+    if dispatcher.cpu_plan(analysis, weight.dtype, max_batch) is None:
         return None
-    if plan.isa in dispatch.NM24_PATHS.values():
-        layout = bench.pack_24(weight)
-        return (lambda x: layout24.linear(x, layout, None, plan.max_direct_m, code)), plan.isa
-    layout = bench.pack_bitmap(weight)
-    return (lambda x: cpu_kernels.linear(x, layout, None, code, plan.max_direct_m)), plan.isa
+    packed = dispatcher.pack_for_path(weight, analysis, dispatcher.CPU_SPARSE, max_batch)
+    return (lambda x: dispatcher.sparse_linear(x, packed)), packed.kernel_name.split("/")[-1]
 
 
 def measure(pattern: str, ms: list[int], steps: int, max_batch: int, gen: torch.Generator) -> list[dict]:
@@ -58,7 +56,7 @@ def measure(pattern: str, ms: list[int], steps: int, max_batch: int, gen: torch.
     layers = []
     for shape in LLAMA1B_LAYER * LAYERS:
         weight = bench.prune(torch.randn(*shape, generator=gen) * 0.02, pattern, gen)[0].bfloat16()
-        layers.append((weight, sparse_layer(weight, code, max_batch)))
+        layers.append((weight, sparse_layer(weight, max_batch)))
     plans = {f"{n}x{k}": (s[1] if s else "dense") for (n, k), (_, s) in zip(LLAMA1B_LAYER, layers)}
     records = []
     for m in ms:

@@ -2,13 +2,13 @@
 //
 // vpexpandw costs ~0.7 ns per 32 entries on the AMD EPYC machine we measure, as long
 // as 2.5 dot products (benchmarks/cpu_pipes.c), a cost the bitmap kernel pays per
-// word. A 2:4 weight has exactly two
-// stored values per group of four columns, so instead of moving the weights to their
-// columns this kernel moves the activations to the weights: each stored value carries
-// a 2-bit selector (its column within the group), 32 selectors (64 columns) fit in
-// one 64-bit word, vpmultishiftqb + and + add turn that word into 32 lane indices,
-// and vpermt2w gathers the 32 matching activations from the 64 columns; vdpbf16ps
-// multiplies them with the 32 packed values. No zero is multiplied.
+// word. A 2:4 weight has exactly two stored values per group of four columns, so
+// instead of moving the weights to their columns this kernel moves the activations
+// to the weights: each stored value carries a 2-bit selector (its column within the
+// group), 32 selectors (64 columns) fit in one 64-bit word, vpmultishiftqb + and +
+// add turn that word into 32 lane indices, and vpermt2w gathers the 32 matching
+// activations from the 64 columns; vdpbf16ps multiplies them with the 32 packed
+// values. No zero is multiplied.
 //
 // The weight comes in blocks of 8 rows, each one sequential stream (spmm.h): the
 // hardware prefetcher follows one stream per thread instead of two per row, which
