@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import cpu_kernels as bench  # noqa: E402  (the kernel benchmark's pruning, packing and baseline)
+import cpu_kernels as bench  # noqa: E402  (the kernel benchmark's pruning and baseline)
 
 from vllm_sparse.kernels import cpu as cpu_kernels  # noqa: E402
 from vllm_sparse.kernels import dispatcher  # noqa: E402
