@@ -132,23 +132,28 @@ def test_tiled_large_m_path_and_unpack(code, dtype):
         assert torch.allclose(y.float(), F.linear(x, w, bias).float(), rtol=1e-2, atol=1e-2 * x.shape[1] ** 0.5)
 
 
-def test_panel_gemm_of_the_large_m_path_is_exact_to_fp32_accumulation():
-    """bf16 on the AVX-512 BF16 path: the large-M path fills its panels straight from
-    the compressed weight and multiplies them itself (gemm_tile_bf16.cpp), accumulating
-    in fp32 and rounding once, so it is held to the direct kernel's bound. Rows not a
-    multiple of the 32-row panel (2:4: the last panel's second half partly or wholly
-    past the weight's 8-row blocks), pairs not a multiple of the 16-pair transpose, M
-    across the 12-row blocks; both layouts; every output poisoned beforehand."""
+@pytest.mark.parametrize("tile_gemm", ["panels", "rows", "by rule"])
+def test_own_gemms_of_the_large_m_path_are_exact_to_fp32_accumulation(tile_gemm, monkeypatch):
+    """bf16 on the AVX-512 BF16 path: the large-M path decompresses the compressed
+    weight into panels (gemm_tile_bf16.cpp) or row tiles (gemm_rowtile_bf16.cpp) and
+    multiplies them itself, accumulating in fp32 and rounding once, so it is held to the
+    direct kernel's bound. Rows not a multiple of the 32-row panel or the 12-row tile
+    (2:4: the last panel's second half partly or wholly past the weight's 8-row
+    blocks), pairs not a multiple of the 16-pair transpose, M across the 12-row blocks
+    of the panels and the 16-row vectors of the row tiles (by rule: 48 and 64 on row
+    tiles, the others on panels); both layouts; every output poisoned beforehand."""
     if isa.AVX512_BF16 not in isa.supported():
         pytest.skip("this CPU has no AVX-512 BF16 path")
     from vllm_sparse.kernels.cpu import layout24
 
+    if tile_gemm != "by rule":
+        monkeypatch.setenv("VLLM_SPARSE_CPU_TILE_GEMM", tile_gemm)
     gen = _gen(77)
     cases = [(shape, None) for shape in [(1, 70), (37, 70), (33, 1000), (130, 96)]]
     cases += [(shape, (2, 4)) for shape in [(37, 576), (64, 128), (90, 128)]]
     for shape, pattern in cases:
         w = _pruned(shape, 0.6, torch.bfloat16, gen, pattern)
-        for m in [13, 24, 25, 40, 70]:
+        for m in [13, 17, 24, 40, 48, 64, 70]:
             x = torch.randn(m, shape[1], generator=gen).bfloat16()
             bias = torch.randn(shape[0], generator=gen).bfloat16() if m % 2 else None
             _poison_allocator(m * shape[0], torch.bfloat16)

@@ -151,15 +151,24 @@ at::Tensor tile_buffer(int64_t numel, const at::TensorOptions& options) {
     return buffer.narrow(0, 0, numel);
 }
 
-// Whether the large-M path multiplies its tiles with gemm_tile_bf16.cpp (bf16 on the
-// AVX-512 BF16 path; VLLM_SPARSE_CPU_TILE_GEMM=torch forces torch's GEMM, for
-// comparison) rather than torch's GEMM.
-bool own_tile_gemm(int64_t isa, at::ScalarType dtype, int64_t k) {
-    static const bool torch_forced = [] {
-        const char* env = getenv("VLLM_SPARSE_CPU_TILE_GEMM");
-        return env && strcmp(env, "torch") == 0;
-    }();
-    return !torch_forced && isa == VS_AVX512_BF16 && dtype == at::kBFloat16 && k % 2 == 0;
+// Which GEMM the large-M path multiplies its decompressed tiles with. bf16 on the
+// AVX-512 BF16 path (k even) has two of its own: row tiles (gemm_rowtile_bf16.cpp)
+// where M fills its 16-row vectors but for at most an eighth of their lanes (M = 16,
+// 32, 48, 64, 120, ...; measured 2026-12-05 on a 2-core EPYC: 0.97-1.00x of vLLM's
+// dense GEMM at M = 64 on Llama-3-8B shapes where panels ran 0.91-0.94x), panels
+// (gemm_tile_bf16.cpp) for the other M, whose rows they take 1 to 12 at a time.
+// Elsewhere torch's GEMM. VLLM_SPARSE_CPU_TILE_GEMM=torch, panels or rows forces one
+// (read on every call: a large-M call takes a tenth of a millisecond or more).
+enum class TileGemm { kTorch, kPanels, kRows };
+
+TileGemm tile_gemm(int64_t isa, at::ScalarType dtype, int64_t k, int64_t m) {
+    const char* forced = getenv("VLLM_SPARSE_CPU_TILE_GEMM");
+    if (forced && strcmp(forced, "torch") == 0) return TileGemm::kTorch;
+    if (!(isa == VS_AVX512_BF16 && dtype == at::kBFloat16 && k % 2 == 0)) return TileGemm::kTorch;
+    if (forced && strcmp(forced, "panels") == 0) return TileGemm::kPanels;
+    if (forced && strcmp(forced, "rows") == 0) return TileGemm::kRows;
+    const int64_t idle_lanes = (m + 15) / 16 * 16 - m;
+    return idle_lanes * 8 <= m ? TileGemm::kRows : TileGemm::kPanels;
 }
 
 // Large M with gemm_tile_bf16.cpp: the activations are packed once (split over the
@@ -168,7 +177,7 @@ bool own_tile_gemm(int64_t isa, at::ScalarType dtype, int64_t k) {
 // activation row while it is in the core's cache. ``regions_of(r0, r1, out)`` names
 // the compressed bytes of rows [r0, r1) (at most two ranges) and returns how many.
 template <class FillPanel, class RegionsOf>
-at::Tensor own_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const FillPanel& fill_panel,
+at::Tensor panel_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const FillPanel& fill_panel,
                             const RegionsOf& regions_of, const c10::optional<at::Tensor>& bias) {
     const int64_t m = x.size(0);
     const int64_t pairs = k / 2;
@@ -200,19 +209,57 @@ at::Tensor own_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const Fil
     return y;
 }
 
+// Large M with gemm_rowtile_bf16.cpp: the activations are transposed once (split over
+// the threads), then each thread decompresses VS_ROWTILE_ROWS weight rows at a time
+// (``fill_rows(r0, rows, tile)``) into its own buffer and multiplies them with every
+// activation row while they are in the core's cache (``regions_of`` as above).
+template <class FillRows, class RegionsOf>
+at::Tensor row_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const FillRows& fill_rows,
+                            const RegionsOf& regions_of, const c10::optional<at::Tensor>& bias) {
+    const int64_t m = x.size(0);
+    const int64_t words = (k + 31) / 32;
+    const int64_t blocks = (m + VS_ROWTILE_BLOCK_M - 1) / VS_ROWTILE_BLOCK_M;
+    at::Tensor xa = at::empty({blocks * VS_ROWTILE_BLOCK_M * words * 16}, x.options().dtype(at::kInt));
+    const uint16_t* x16 = reinterpret_cast<const uint16_t*>(x.data_ptr());
+    uint32_t* xa32 = reinterpret_cast<uint32_t*>(xa.data_ptr<int32_t>());
+    at::parallel_for(0, words, share(words, 4), [&](int64_t w0, int64_t w1) {
+        vs_rowtile_pack_activations(x16, m, k, w0, w1, xa32);
+    });
+    const at::Tensor bias_f = float_bias(bias);
+    at::Tensor y = at::empty({m, n}, x.options());
+    const VsGemm g = gemm_args(x16, m, bias_f, y);
+    const int64_t tile = VS_ROWTILE_ROWS;
+    const int64_t tiles = (n + tile - 1) / tile;
+    at::parallel_for(0, tiles, 1, [&](int64_t first, int64_t last) {
+        at::Tensor buffer = tile_buffer(words * 16 * tile, x.options().dtype(at::kInt));
+        uint32_t* rows_tile = reinterpret_cast<uint32_t*>(buffer.data_ptr<int32_t>());
+        for (int64_t t = first; t < last; t++) {
+            const int64_t r0 = t * tile;
+            const int64_t rows = std::min(tile, n - r0);
+            fill_rows(r0, rows, rows_tile);
+            VsRegion next[2];
+            const int regions = t + 1 < last ? regions_of(r0 + tile, std::min(n, r0 + 2 * tile), next) : 0;
+            vs_rowtile_multiply(rows_tile, rows, k, xa32, m, &g, r0, next, regions);
+        }
+    });
+    return y;
+}
+
 // Large M elsewhere: each thread decompresses a tile of rows into its own
 // cache-resident buffer and multiplies it with torch's dense GEMM (the one dense
 // layers use; inside the parallel region it runs on the calling thread); the dense
 // weight never exists whole and a tile goes from decompression to GEMM without
 // leaving the core's cache. ``unpack_rows(r0, r1, dst)`` writes dense rows [r0, r1)
 // of the weight into dst.
-template <class UnpackRows, class FillPanel, class RegionsOf>
+template <class UnpackRows, class FillPanel, class FillRows, class RegionsOf>
 at::Tensor tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const at::TensorOptions& weight_options,
                         int64_t isa, const UnpackRows& unpack_rows, const FillPanel& fill_panel,
-                        const RegionsOf& regions_of, const c10::optional<at::Tensor>& bias) {
+                        const FillRows& fill_rows, const RegionsOf& regions_of,
+                        const c10::optional<at::Tensor>& bias) {
     const at::ScalarType dtype = weight_options.dtype().toScalarType();
-    if (x.scalar_type() == dtype && own_tile_gemm(isa, dtype, k))
-        return own_tiled_linear(x, n, k, fill_panel, regions_of, bias);
+    const TileGemm gemm = x.scalar_type() == dtype ? tile_gemm(isa, dtype, k, x.size(0)) : TileGemm::kTorch;
+    if (gemm == TileGemm::kRows) return row_tiled_linear(x, n, k, fill_rows, regions_of, bias);
+    if (gemm == TileGemm::kPanels) return panel_tiled_linear(x, n, k, fill_panel, regions_of, bias);
     const int64_t es = c10::elementSize(dtype);
     const int64_t tile = std::min(n, std::max<int64_t>(16, tile_bytes() / (k * es) / 16 * 16));
     const int64_t tiles = (n + tile - 1) / tile;
@@ -257,7 +304,8 @@ at::Tensor sparse_linear(const at::Tensor& x_in, const at::Tensor& values, const
             return 2;
         };
         auto fill_panel = [&](int64_t r0, int64_t rows, uint32_t* panel) { vs_panel_from_bitmap(&w, r0, rows, panel); };
-        return tiled_linear(x, w.n, w.k, values.options(), isa, unpack_rows, fill_panel, regions_of, bias);
+        auto fill_rows = [&](int64_t r0, int64_t rows, uint32_t* tile) { vs_rowtile_from_bitmap(&w, r0, rows, tile); };
+        return tiled_linear(x, w.n, w.k, values.options(), isa, unpack_rows, fill_panel, fill_rows, regions_of, bias);
     }
 
     // The kernels read whole 32-column words: pad the activations with zeros, in
@@ -359,7 +407,8 @@ at::Tensor nm24_linear(const at::Tensor& x_in, const at::Tensor& blocks, int64_t
             return 1;
         };
         auto fill_panel = [&](int64_t r0, int64_t rows, uint32_t* panel) { vs_panel_from_nm24(&w, r0, rows, panel); };
-        return tiled_linear(x, w.n, w.k, x.options(), isa, unpack_rows, fill_panel, regions_of, bias);
+        auto fill_rows = [&](int64_t r0, int64_t rows, uint32_t* tile) { vs_rowtile_from_nm24(&w, r0, rows, tile); };
+        return tiled_linear(x, w.n, w.k, x.options(), isa, unpack_rows, fill_panel, fill_rows, regions_of, bias);
     }
     // The AVX2 kernel multiplies in fp32: widen the (few) activation rows once.
     at::Tensor xk = isa == VS_AVX512_BF16 ? x : x.to(at::kFloat);

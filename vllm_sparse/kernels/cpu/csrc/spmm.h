@@ -93,6 +93,17 @@ typedef struct { const void* begin; const void* end; } VsRegion;
 void vs_panel_multiply(const uint32_t* panel, int64_t rows, int64_t k, const uint32_t* xa, int64_t m,
                        const VsGemm* g, int64_t row0, const VsRegion* next, int regions);
 
+// Large M on AVX-512 BF16 from 32 rows (gemm_rowtile_bf16.cpp): VS_ROWTILE_ROWS weight
+// rows at a time, decompressed by 32-column word, times blocks of VS_ROWTILE_BLOCK_M
+// activation rows transposed by column pair (see the file).
+enum { VS_ROWTILE_ROWS = 12, VS_ROWTILE_BLOCK_M = 32 };
+void vs_rowtile_pack_activations(const uint16_t* x, int64_t m, int64_t k, int64_t word_begin, int64_t word_end,
+                                 uint32_t* xa);
+void vs_rowtile_from_bitmap(const VsWeight* w, int64_t row0, int64_t rows, uint32_t* tile);
+void vs_rowtile_from_nm24(const VsNM24Weight* w, int64_t row0, int64_t rows, uint32_t* tile);
+void vs_rowtile_multiply(const uint32_t* tile, int64_t rows, int64_t k, const uint32_t* xa, int64_t m,
+                         const VsGemm* g, int64_t row0, const VsRegion* next, int regions);
+
 // Dense bf16 W [N, k] (row-major, contiguous) on AVX-512 BF16 (gemv_dense_bf16.cpp):
 // rows [row_begin, row_end) of y = x W^T (+ bias), x bf16 [m, k] contiguous, y bf16.
 void vs_dense_gemv_avx512_bf16(const uint16_t* w, int64_t k, const VsGemm* g, int64_t row_begin, int64_t row_end);
