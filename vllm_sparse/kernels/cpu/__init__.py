@@ -13,8 +13,9 @@ from . import build, isa
 from .layout import CpuSparseLayout
 
 # Activation rows up to which the direct sparse kernel runs; above, the large-M path:
-# the weight decompressed a cache-sized piece at a time into our panel GEMM (AVX-512
-# BF16, csrc/gemm_tile_bf16.cpp) or torch's dense GEMM (csrc/ops.cpp). The dispatcher
+# the weight decompressed a cache-sized piece at a time into our own GEMMs (AVX-512
+# BF16: row tiles, csrc/gemm_rowtile_bf16.cpp, or panels, csrc/gemm_tile_bf16.cpp) or
+# torch's dense GEMM (csrc/ops.cpp). The dispatcher
 # sets it per layer from measurements.
 DEFAULT_MAX_DIRECT_M = 16
 

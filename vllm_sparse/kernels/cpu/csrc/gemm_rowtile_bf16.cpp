@@ -1,15 +1,23 @@
-// Large M on AVX-512 BF16, from 32 activation rows: weight rows decompressed
-// VS_ROWTILE_ROWS at a time into a cache-resident tile, as they come (no transpose),
-// and multiplied with the activations transposed once per call.
+// Large M on AVX-512 BF16 where M fills 16-row vectors (csrc/ops.cpp `tile_gemm`):
+// the weight decompressed VS_ROWTILE_ROWS (12) rows at a time into a cache-resident
+// tile, as it comes (no transposes), times every activation row; no dense copy of
+// the weight.
 //
-// The panel path (gemm_tile_bf16.cpp) broadcasts activations against vectors of 16
-// weight rows, so its panels need the weight transposed: 64 shuffles per 16 rows x 32
-// columns, about as much work again as expanding them, 15-17% of a call at M = 64.
-// Here the vectors run along activation rows instead (16 per vector, two vectors per
-// block) and each weight pair is broadcast: filling a tile is one expand and one store
-// per row and 32-column word. tile[(word * VS_ROWTILE_ROWS + n) * 16 + j] holds pair j
-// of that word of row n; xa[b][p][i] = (x[32 b + i, 2p], x[32 b + i, 2p + 1]), zero
-// past m and past k.
+// The panels of gemm_tile_bf16.cpp broadcast activations against vectors of 16
+// weight rows, so a fill transposes the expanded weight in registers: 64 shuffles per
+// 16 rows x 32 columns on top of 16 expands (leaving the fills out made a call at
+// M = 64 15-17% faster, Llama-3-8B shapes, 2026-12-05). Here the vectors run along
+// activation rows and each weight pair is broadcast, so a fill is one expand and one
+// store per row and 32-column word. A block is 12 weight rows x 2 vectors of 16
+// activation rows: 24 fp32 accumulators, one broadcast per two dots, as in the panels.
+// The activations are transposed once per call (16 x 16 words at a time in
+// registers), shared by every tile and thread, and the accumulators once per block on
+// the way out.
+//
+// tile[(word * 12 + n) * 16 + j]: pair j of 32-column word `word` of tile row n;
+// rows past the weight's are zero. xa[(b * words * 16 + p) * 32 + i] = (x[32 b + i,
+// 2p], x[32 b + i, 2p + 1]), zero past k and past m (a block of at most 16 rows
+// reads, and gets, its first 16 lanes only).
 #include <immintrin.h>
 #include "store.h"
 
@@ -104,16 +112,22 @@ extern "C" void vs_rowtile_from_bitmap(const VsWeight* w, int64_t row0, int64_t 
 }
 
 extern "C" void vs_rowtile_from_nm24(const VsNM24Weight* w, int64_t row0, int64_t rows, uint32_t* tile) {
-    const int64_t chunks = w->k / 64;
+    // Record by record (the tile's rows are in at most three 8-row blocks, each one
+    // sequential stream of records), each row's 64 columns as two words.
+    const uint8_t* record[kTR];
+    int slot[kTR];
     for (int n = 0; n < rows; n++) {
-        const uint8_t* record = block_records(w, (row0 + n) / kRows);
-        const int row = (int)((row0 + n) % kRows);
-        for (int64_t c = 0; c < chunks; c++, record += kRecord) {
-            const uint64_t mask = selector_mask(record_selectors(record, row));
-            const uint16_t* v = record_values(record, row);
+        record[n] = block_records(w, (row0 + n) / kRows);
+        slot[n] = (int)((row0 + n) % kRows);
+    }
+    for (int64_t c = 0; c < w->k / 64; c++) {
+        for (int n = 0; n < rows; n++) {
+            const uint64_t mask = selector_mask(record_selectors(record[n], slot[n]));
+            const uint16_t* v = record_values(record[n], slot[n]);
             _mm512_storeu_si512(tile + (2 * c * kTR + n) * 16, _mm512_maskz_expandloadu_epi16((__mmask32)mask, v));
             _mm512_storeu_si512(tile + ((2 * c + 1) * kTR + n) * 16,
                                 _mm512_maskz_expandloadu_epi16((__mmask32)(mask >> 32), v + 16));
+            record[n] += kRecord;
         }
     }
     zero_rows(tile, w->k / 32, rows);

@@ -1,5 +1,7 @@
-// Large M on AVX-512 BF16: the weight, decompressed 32 rows at a time into a
-// cache-resident panel, times every activation row, with no dense copy of the weight.
+// Large M on AVX-512 BF16 where M does not fill 16-row vectors, or is above 128 (else
+// the row tiles of gemm_rowtile_bf16.cpp run; csrc/ops.cpp `tile_gemm`): the weight,
+// decompressed 32 rows at a time into a cache-resident panel, times every activation
+// row, with no dense copy of the weight.
 //
 // Handing decompressed tiles to torch's GEMM (oneDNN) repacks each one on every call
 // and ran 0.65-0.9x of vLLM's prepacked dense GEMM (2-core EPYC, M = 64..512). Here

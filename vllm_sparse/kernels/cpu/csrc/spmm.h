@@ -93,9 +93,11 @@ typedef struct { const void* begin; const void* end; } VsRegion;
 void vs_panel_multiply(const uint32_t* panel, int64_t rows, int64_t k, const uint32_t* xa, int64_t m,
                        const VsGemm* g, int64_t row0, const VsRegion* next, int regions);
 
-// Large M on AVX-512 BF16 from 32 rows (gemm_rowtile_bf16.cpp): VS_ROWTILE_ROWS weight
-// rows at a time, decompressed by 32-column word, times blocks of VS_ROWTILE_BLOCK_M
-// activation rows transposed by column pair (see the file).
+// Large M on AVX-512 BF16, row tiles (gemm_rowtile_bf16.cpp, which gives the layouts):
+// VS_ROWTILE_ROWS weight rows at a time, decompressed by 32-column word, times blocks
+// of VS_ROWTILE_BLOCK_M activation rows transposed by column pair. The packing writes
+// 32-column words [word_begin, word_end) of every block; the fills need k / 2 pairs
+// (bitmap) or k / 64 records (2:4) per row and zero the tile's rows past `rows`.
 enum { VS_ROWTILE_ROWS = 12, VS_ROWTILE_BLOCK_M = 32 };
 void vs_rowtile_pack_activations(const uint16_t* x, int64_t m, int64_t k, int64_t word_begin, int64_t word_end,
                                  uint32_t* xa);
