@@ -140,8 +140,9 @@ def test_own_gemms_of_the_large_m_path_are_exact_to_fp32_accumulation(tile_gemm,
     direct kernel's bound. Rows not a multiple of the 32-row panel or the 12-row tile
     (2:4: the last panel's second half partly or wholly past the weight's 8-row
     blocks), pairs not a multiple of the 16-pair transpose, M across the 12-row blocks
-    of the panels and the 16-row vectors of the row tiles (by rule: 48 and 64 on row
-    tiles, the others on panels); both layouts; every output poisoned beforehand."""
+    of the panels and the 8-row vectors and 32-row blocks of the row tiles (by rule:
+    13, 17 and 20 on panels, the others on row tiles); both layouts; every output
+    poisoned beforehand."""
     if isa.AVX512_BF16 not in isa.supported():
         pytest.skip("this CPU has no AVX-512 BF16 path")
     from vllm_sparse.kernels.cpu import layout24
@@ -153,7 +154,7 @@ def test_own_gemms_of_the_large_m_path_are_exact_to_fp32_accumulation(tile_gemm,
     cases += [(shape, (2, 4)) for shape in [(37, 576), (64, 128), (90, 128)]]
     for shape, pattern in cases:
         w = _pruned(shape, 0.6, torch.bfloat16, gen, pattern)
-        for m in [13, 17, 24, 40, 48, 64, 70]:
+        for m in [13, 17, 20, 24, 40, 48, 64, 70]:
             x = torch.randn(m, shape[1], generator=gen).bfloat16()
             bias = torch.randn(shape[0], generator=gen).bfloat16() if m % 2 else None
             _poison_allocator(m * shape[0], torch.bfloat16)

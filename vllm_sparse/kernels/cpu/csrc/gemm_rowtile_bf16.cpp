@@ -1,23 +1,26 @@
-// Large M on AVX-512 BF16 where M fills 16-row vectors (csrc/ops.cpp `tile_gemm`):
-// the weight decompressed VS_ROWTILE_ROWS (12) rows at a time into a cache-resident
-// tile, as it comes (no transposes), times every activation row; no dense copy of
-// the weight.
+// Large M on AVX-512 BF16 where M fills vectors of 8 activation rows (csrc/ops.cpp
+// `tile_gemm`): the weight decompressed VS_ROWTILE_ROWS (12) rows at a time into a
+// cache-resident tile, as it comes (no transposes), times every activation row; no
+// dense copy of the weight.
 //
 // The panels of gemm_tile_bf16.cpp broadcast activations against vectors of 16
 // weight rows, so a fill transposes the expanded weight in registers: 64 shuffles per
 // 16 rows x 32 columns on top of 16 expands (leaving the fills out made a call at
 // M = 64 15-17% faster, Llama-3-8B shapes, 2026-12-05). Here the vectors run along
-// activation rows and each weight pair is broadcast, so a fill is one expand and one
-// store per row and 32-column word. A block is 12 weight rows x 2 vectors of 16
-// activation rows: 24 fp32 accumulators, one broadcast per two dots, as in the panels.
-// The activations are transposed once per call (16 x 16 words at a time in
-// registers), shared by every tile and thread, and the accumulators once per block on
-// the way out.
+// activation rows and the weight is broadcast, so a fill is one expand and one store
+// per row and 32-column word. A vector holds 8 activation rows, each in a lane pair
+// with the two column pairs of one 64-bit word (four columns); the weight row's same
+// 64-bit word is broadcast whole, and the lane pair's two sums are added at the end.
+// So M comes in steps of 8, not 16 (M = 24 ran 0.77x of the panels with 16-row
+// vectors, 1.14x with these), and a block of 32 activation rows x 6 weight rows has
+// 24 fp32 accumulators and one broadcast per four dots. The activations are
+// transposed once per call (8 x 8 64-bit words at a time in registers), shared by
+// every tile and thread, and the accumulators once per block on the way out.
 //
 // tile[(word * 12 + n) * 16 + j]: pair j of 32-column word `word` of tile row n;
-// rows past the weight's are zero. xa[(b * words * 16 + p) * 32 + i] = (x[32 b + i,
-// 2p], x[32 b + i, 2p + 1]), zero past k and past m (a block of at most 16 rows
-// reads, and gets, its first 16 lanes only).
+// rows past the weight's are zero. As 64-bit words, xa[(b * words * 8 + q) * 32 + i]
+// = x[32 b + i, 4q .. 4q + 3], zero past k and past m within the vectors a block
+// reads (vectors wholly past m are neither written nor read).
 #include <immintrin.h>
 #include "store.h"
 
@@ -33,42 +36,64 @@ const int kBM = VS_ROWTILE_BLOCK_M;
 #include "nm24_records.h"
 #include "transpose16.h"
 
-// kTR weight rows x NV vectors of 16 activation rows, over `words` words of 16 pairs.
-template <int NV>
-void rowtile_block(const uint32_t* xa, const uint32_t* tile, int64_t words, int64_t m0, int64_t row0, int64_t rows,
-                   const VsGemm* g, RegionPrefetch* ahead) {
-    __m512 acc[kTR][NV];
-    for (int n = 0; n < kTR; n++)
+// r[q] <- qword q of rows 0..7: an 8 x 8 block of 64-bit words transposed in registers.
+inline void transpose8x8_epi64(__m512i r[8]) {
+    __m512i a[8], b[8];
+    for (int i = 0; i < 8; i += 2) {
+        a[i] = _mm512_unpacklo_epi64(r[i], r[i + 1]);      // qwords 0 2 4 6 of rows i, i + 1
+        a[i + 1] = _mm512_unpackhi_epi64(r[i], r[i + 1]);  // qwords 1 3 5 7
+    }
+    const __m512i even = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13);
+    const __m512i odd = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
+    for (int h = 0; h < 8; h += 4)  // b[h + c]: qwords c and c + 4 of rows h .. h + 3
+        for (int c = 0; c < 2; c++) {
+            b[h + c] = _mm512_permutex2var_epi64(a[h + c], even, a[h + 2 + c]);
+            b[h + 2 + c] = _mm512_permutex2var_epi64(a[h + c], odd, a[h + 2 + c]);
+        }
+    for (int c = 0; c < 4; c++) {
+        r[c] = _mm512_shuffle_i64x2(b[c], b[4 + c], 0x44);
+        r[c + 4] = _mm512_shuffle_i64x2(b[c], b[4 + c], 0xee);
+    }
+}
+
+// Tile rows [n0, n0 + R) x NV vectors of 8 activation rows, a vector lane pair per
+// row: lanes 2i, 2i + 1 hold row i's two column pairs of a 64-bit word, each weight
+// word broadcast whole.
+template <int NV, int R>
+void rowtile_block(const uint64_t* xa, const uint32_t* tile, int64_t words, int64_t m0, int64_t row0, int n0,
+                int64_t rows, const VsGemm* g, RegionPrefetch* ahead) {
+    __m512 acc[R][NV];
+    for (int n = 0; n < R; n++)
         for (int v = 0; v < NV; v++) acc[n][v] = _mm512_setzero_ps();
-    for (int64_t word = 0; word < words; word++, tile += kTR * 16, xa += 16 * kBM) {
+    for (int64_t word = 0; word < words; word++, xa += 8 * 32) {
         if ((word & 3) == 0) {
             ahead[0].advance();
             ahead[1].advance();
         }
-#pragma GCC unroll 16
-        for (int j = 0; j < 16; j++) {
+        const uint64_t* t = (const uint64_t*)(tile + word * kTR * 16) + n0 * 8;
+#pragma GCC unroll 8
+        for (int jj = 0; jj < 8; jj++) {
             __m512bh x[NV];
-            for (int v = 0; v < NV; v++) x[v] = (__m512bh)_mm512_loadu_si512(xa + j * kBM + 16 * v);
-            for (int n = 0; n < kTR; n++) {
-                const __m512bh w = (__m512bh)_mm512_set1_epi32((int)tile[n * 16 + j]);
+            for (int v = 0; v < NV; v++) x[v] = (__m512bh)_mm512_loadu_si512(xa + jj * 32 + 8 * v);
+            for (int n = 0; n < R; n++) {
+                const __m512bh w = (__m512bh)_mm512_set1_epi64((long long)t[n * 8 + jj]);
                 for (int v = 0; v < NV; v++) acc[n][v] = _mm512_dpbf16_ps(acc[n][v], x[v], w);
             }
         }
     }
-    // acc[n][v] lane i is y[m0 + 16 v + i, row0 + n]: transposed, each register is
-    // one activation row's outputs, stored as one masked write.
-    const __mmask16 valid = (__mmask16)((1u << rows) - 1);
-    const __m512 bias = g->bias ? _mm512_maskz_loadu_ps(valid, g->bias + row0) : _mm512_setzero_ps();
+    const int64_t live = rows - n0 < R ? rows - n0 : R;
+    if (live <= 0) return;
+    const __mmask16 valid = (__mmask16)((1u << live) - 1);
+    const __m512 bias = g->bias ? _mm512_maskz_loadu_ps(valid, g->bias + row0 + n0) : _mm512_setzero_ps();
     for (int v = 0; v < NV; v++) {
         __m512i r[16];
-        for (int n = 0; n < 16; n++) r[n] = n < kTR ? _mm512_castps_si512(acc[n][v]) : _mm512_setzero_si512();
-        transpose16(r);
-        const int64_t first = m0 + 16 * v;
-        const int64_t count = g->m - first < 16 ? g->m - first : 16;
-        uint16_t* y = (uint16_t*)g->y + first * g->ldy + row0;
-        for (int64_t i = 0; i < count; i++, y += g->ldy)
-            _mm256_mask_storeu_epi16(y, valid,
-                                     (__m256i)_mm512_cvtneps_pbh(_mm512_add_ps(_mm512_castsi512_ps(r[i]), bias)));
+        for (int n = 0; n < 16; n++) r[n] = n < R ? _mm512_castps_si512(acc[n][v]) : _mm512_setzero_si512();
+        transpose16(r);  // r[j] lane n: lane j of acc[n][v]
+        for (int i = 0; i < 8 && m0 + 8 * v + i < g->m; i++) {
+            const __m512 out = _mm512_add_ps(_mm512_add_ps(_mm512_castsi512_ps(r[2 * i]), _mm512_castsi512_ps(r[2 * i + 1])), bias);
+            uint16_t* y = (uint16_t*)g->y + (m0 + 8 * v + i) * g->ldy + row0 + n0;
+            _mm256_mask_storeu_epi16(y, valid, (__m256i)_mm512_cvtneps_pbh(out));
+        }
     }
 }
 
@@ -78,25 +103,6 @@ inline void zero_rows(uint32_t* tile, int64_t words, int64_t from) {
 }
 
 }  // namespace
-
-extern "C" void vs_rowtile_pack_activations(const uint16_t* x, int64_t m, int64_t k, int64_t word_begin,
-                                            int64_t word_end, uint32_t* xa) {
-    const int64_t pairs = k / 2;
-    const int64_t words = (k + 31) / 32;
-    const uint32_t* x32 = (const uint32_t*)x;  // row i's pair p is x32[i * pairs + p]
-    for (int64_t m0 = 0; m0 < m; m0 += 16) {  // 16 rows x 16 pairs per transpose
-        uint32_t* block = xa + m0 / kBM * kBM * words * 16 + m0 % kBM;
-        for (int64_t word = word_begin; word < word_end; word++) {
-            const int64_t p = word * 16;
-            const __mmask16 live = pairs - p >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (pairs - p)) - 1);
-            __m512i r[16];
-            for (int i = 0; i < 16; i++)
-                r[i] = m0 + i < m ? _mm512_maskz_loadu_epi32(live, x32 + (m0 + i) * pairs + p) : _mm512_setzero_si512();
-            transpose16(r);
-            for (int j = 0; j < 16; j++) _mm512_storeu_si512(block + (p + j) * kBM, r[j]);
-        }
-    }
-}
 
 extern "C" void vs_rowtile_from_bitmap(const VsWeight* w, int64_t row0, int64_t rows, uint32_t* tile) {
     for (int n = 0; n < rows; n++) {
@@ -133,18 +139,46 @@ extern "C" void vs_rowtile_from_nm24(const VsNM24Weight* w, int64_t row0, int64_
     zero_rows(tile, w->k / 32, rows);
 }
 
-extern "C" void vs_rowtile_multiply(const uint32_t* tile, int64_t rows, int64_t k, const uint32_t* xa, int64_t m,
+extern "C" void vs_rowtile_pack_activations(const uint16_t* x, int64_t m, int64_t k, int64_t word_begin,
+                                            int64_t word_end, uint64_t* xa) {
+    const int64_t pairs = k / 2;
+    const int64_t words = (k + 31) / 32;
+    const uint32_t* x32 = (const uint32_t*)x;
+    for (int64_t m0 = 0; m0 < m; m0 += 8) {
+        uint64_t* block = xa + m0 / kBM * kBM * words * 8 + m0 % kBM;
+        for (int64_t word = word_begin; word < word_end; word++) {
+            const int64_t p = word * 16;
+            const __mmask16 live = pairs - p >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (pairs - p)) - 1);
+            __m512i r[8];
+            for (int i = 0; i < 8; i++)
+                r[i] = m0 + i < m ? _mm512_maskz_loadu_epi32(live, x32 + (m0 + i) * pairs + p) : _mm512_setzero_si512();
+            transpose8x8_epi64(r);
+            for (int jj = 0; jj < 8; jj++) _mm512_storeu_si512(block + (word * 8 + jj) * kBM, r[jj]);
+        }
+    }
+}
+
+extern "C" void vs_rowtile_multiply(const uint32_t* tile, int64_t rows, int64_t k, const uint64_t* xa, int64_t m,
                                     const VsGemm* g, int64_t row0, const VsRegion* next, int regions) {
     const int64_t words = (k + 31) / 32;
-    const int64_t blocks = (m + kBM - 1) / kBM;
-    const int64_t steps = (words / 4 + 1) * blocks;
+    int64_t passes = 0;
+    for (int64_t m0 = 0; m0 < m; m0 += kBM) passes += (m - m0 + 7) / 8 >= 3 ? 2 : 1;
+    const int64_t steps = (words / 4 + 1) * passes;
     RegionPrefetch ahead[2] = {RegionPrefetch(nullptr, nullptr, 1), RegionPrefetch(nullptr, nullptr, 1)};
     for (int i = 0; i < regions && i < 2; i++) ahead[i] = RegionPrefetch(next[i].begin, next[i].end, steps);
     for (int64_t m0 = 0; m0 < m; m0 += kBM) {
-        const uint32_t* block = xa + m0 * words * 16;
-        if (m - m0 > 16)
-            rowtile_block<2>(block, tile, words, m0, row0, rows, g, ahead);
-        else
-            rowtile_block<1>(block, tile, words, m0, row0, rows, g, ahead);
+        const uint64_t* block = xa + m0 * words * 8;
+        const int64_t vectors = (m - m0 + 7) / 8;
+        if (vectors >= 4) {
+            rowtile_block<4, 6>(block, tile, words, m0, row0, 0, rows, g, ahead);
+            rowtile_block<4, 6>(block, tile, words, m0, row0, 6, rows, g, ahead);
+        } else if (vectors == 3) {
+            rowtile_block<3, 6>(block, tile, words, m0, row0, 0, rows, g, ahead);
+            rowtile_block<3, 6>(block, tile, words, m0, row0, 6, rows, g, ahead);
+        } else if (vectors == 2) {
+            rowtile_block<2, 12>(block, tile, words, m0, row0, 0, rows, g, ahead);
+        } else {
+            rowtile_block<1, 12>(block, tile, words, m0, row0, 0, rows, g, ahead);
+        }
     }
 }

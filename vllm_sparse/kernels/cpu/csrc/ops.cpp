@@ -170,7 +170,7 @@ TileGemm tile_gemm(int64_t isa, at::ScalarType dtype, int64_t k, int64_t m) {
     if (!(isa == VS_AVX512_BF16 && dtype == at::kBFloat16 && k % 2 == 0)) return TileGemm::kTorch;
     if (forced && strcmp(forced, "panels") == 0) return TileGemm::kPanels;
     if (forced && strcmp(forced, "rows") == 0) return TileGemm::kRows;
-    const int64_t idle_lanes = (m + 15) / 16 * 16 - m;
+    const int64_t idle_lanes = (m + 7) / 8 * 8 - m;
     return m <= 128 && idle_lanes * 8 <= m ? TileGemm::kRows : TileGemm::kPanels;
 }
 
@@ -222,11 +222,12 @@ at::Tensor row_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const Fil
     const int64_t m = x.size(0);
     const int64_t words = (k + 31) / 32;
     const int64_t blocks = (m + VS_ROWTILE_BLOCK_M - 1) / VS_ROWTILE_BLOCK_M;
-    at::Tensor xa = at::empty({blocks * VS_ROWTILE_BLOCK_M * words * 16}, x.options().dtype(at::kInt));
+    // 64-bit words (four bf16), 8 per 32-column word of each activation row.
+    at::Tensor xa = at::empty({blocks * VS_ROWTILE_BLOCK_M * words * 8}, x.options().dtype(at::kLong));
     const uint16_t* x16 = reinterpret_cast<const uint16_t*>(x.data_ptr());
-    uint32_t* xa32 = reinterpret_cast<uint32_t*>(xa.data_ptr<int32_t>());
+    uint64_t* xa64 = reinterpret_cast<uint64_t*>(xa.data_ptr<int64_t>());
     at::parallel_for(0, words, share(words, 4), [&](int64_t w0, int64_t w1) {
-        vs_rowtile_pack_activations(x16, m, k, w0, w1, xa32);
+        vs_rowtile_pack_activations(x16, m, k, w0, w1, xa64);
     });
     const at::Tensor bias_f = float_bias(bias);
     at::Tensor y = at::empty({m, n}, x.options());
@@ -242,7 +243,7 @@ at::Tensor row_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const Fil
             fill_rows(r0, rows, rows_tile);
             VsRegion next[2];
             const int regions = t + 1 < last ? regions_of(r0 + tile, std::min(n, r0 + 2 * tile), next) : 0;
-            vs_rowtile_multiply(rows_tile, rows, k, xa32, m, &g, r0, next, regions);
+            vs_rowtile_multiply(rows_tile, rows, k, xa64, m, &g, r0, next, regions);
         }
     });
     return y;

@@ -95,15 +95,15 @@ void vs_panel_multiply(const uint32_t* panel, int64_t rows, int64_t k, const uin
 
 // Large M on AVX-512 BF16, row tiles (gemm_rowtile_bf16.cpp, which gives the layouts):
 // VS_ROWTILE_ROWS weight rows at a time, decompressed by 32-column word, times blocks
-// of VS_ROWTILE_BLOCK_M activation rows transposed by column pair. The packing writes
+// of VS_ROWTILE_BLOCK_M activation rows transposed by 64-bit word. The packing writes
 // 32-column words [word_begin, word_end) of every block; the fills need k / 2 pairs
 // (bitmap) or k / 64 records (2:4) per row and zero the tile's rows past `rows`.
 enum { VS_ROWTILE_ROWS = 12, VS_ROWTILE_BLOCK_M = 32 };
 void vs_rowtile_pack_activations(const uint16_t* x, int64_t m, int64_t k, int64_t word_begin, int64_t word_end,
-                                 uint32_t* xa);
+                                 uint64_t* xa);
 void vs_rowtile_from_bitmap(const VsWeight* w, int64_t row0, int64_t rows, uint32_t* tile);
 void vs_rowtile_from_nm24(const VsNM24Weight* w, int64_t row0, int64_t rows, uint32_t* tile);
-void vs_rowtile_multiply(const uint32_t* tile, int64_t rows, int64_t k, const uint32_t* xa, int64_t m,
+void vs_rowtile_multiply(const uint32_t* tile, int64_t rows, int64_t k, const uint64_t* xa, int64_t m,
                          const VsGemm* g, int64_t row0, const VsRegion* next, int regions);
 
 // Dense bf16 W [N, k] (row-major, contiguous) on AVX-512 BF16 (gemv_dense_bf16.cpp):
