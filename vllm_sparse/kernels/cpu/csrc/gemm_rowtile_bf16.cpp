@@ -11,8 +11,8 @@
 // per row and 32-column word. A vector holds 8 activation rows, each in a lane pair
 // with the two column pairs of one 64-bit word (four columns); the weight row's same
 // 64-bit word is broadcast whole, and the lane pair's two sums are added at the end.
-// So M comes in steps of 8, not 16 (M = 24 ran 0.77x of the panels with 16-row
-// vectors, 1.14x with these), and a block of 32 activation rows x 6 weight rows has
+// So M comes in steps of 8, not 16 (at M = 24, 16-row vectors ran 0.88x of the
+// panels, these 1.10x: geometric means over the shapes of benchmarks/large_m_ab.py), and a block of 32 activation rows x 6 weight rows has
 // 24 fp32 accumulators and one broadcast per four dots. The activations are
 // transposed once per call (8 x 8 64-bit words at a time in registers), shared by
 // every tile and thread, and the accumulators once per block on the way out.

@@ -153,13 +153,13 @@ at::Tensor tile_buffer(int64_t numel, const at::TensorOptions& options) {
 
 // Which GEMM the large-M path multiplies its decompressed tiles with. bf16 on the
 // AVX-512 BF16 path (k even) has two of its own: row tiles (gemm_rowtile_bf16.cpp)
-// up to M = 128 where M fills its 16-row vectors but for at most an eighth of their
-// lanes (16, 32, 48, 64, 120, 128, ...), panels (gemm_tile_bf16.cpp) for the other M,
-// whose rows they take 1 to 12 at a time. Row tiles over panels, same-process A/B on
-// a 2-core EPYC (benchmarks/large_m_ab.py, 2026-12-05, Llama-3-8B and Llama-1B shapes,
-// 2:4 / 50% / 70%, geometric means): 1.10x at M = 16, 1.07x at 32, 1.02x at 48, 1.03x
-// at 64, 1.01x at 128; 0.99x at 512 (every 12-row tile streams all the activations,
-// from L3 once they outgrow L2) and 0.88x at 24 (a quarter of the lanes idle).
+// up to M = 128 where M fills its vectors of 8 activation rows but for at most an
+// eighth of their lanes (15, 16, 24, 32, 40, ..., 128), panels (gemm_tile_bf16.cpp)
+// for the other M, whose rows they take 1 to 12 at a time. Row tiles over panels,
+// same-process A/B on a 2-core EPYC (benchmarks/large_m_ab.py, 2026-12-05, Llama-3-8B
+// and Llama-1B shapes, 2:4 / 50% / 70%, geometric means): 1.16x at M = 16, 1.10x at 24,
+// 1.09x at 32, 1.05x at 40, 1.04x at 64, 1.01x at 128; 0.98x at 512 (every 12-row tile
+// streams all the activations, from L3 once they outgrow L2).
 // Elsewhere torch's GEMM. VLLM_SPARSE_CPU_TILE_GEMM=torch, panels or rows forces one
 // (read on every call: a large-M call takes a tenth of a millisecond or more).
 enum class TileGemm { kTorch, kPanels, kRows };
