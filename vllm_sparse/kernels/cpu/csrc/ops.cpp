@@ -174,14 +174,35 @@ TileGemm tile_gemm(int64_t isa, at::ScalarType dtype, int64_t k, int64_t m) {
     return m <= 128 && idle_lanes * 8 <= m ? TileGemm::kRows : TileGemm::kPanels;
 }
 
+// Each thread takes tiles of `tile` weight rows in turn: ``fill(r0, rows, buffer)``
+// decompresses one into the thread's own cache-resident buffer (``buffer_words``
+// 32-bit words), ``multiply(buffer, r0, rows, next, regions)`` multiplies it with every
+// activation row while the next tile's compressed bytes (``regions_of(r0, r1, out)``:
+// at most two ranges, returns how many) are brought into L2.
+template <class Fill, class Multiply, class RegionsOf>
+void for_each_tile(int64_t n, int64_t tile, int64_t buffer_words, const at::TensorOptions& options, const Fill& fill,
+                   const Multiply& multiply, const RegionsOf& regions_of) {
+    const int64_t tiles = (n + tile - 1) / tile;
+    at::parallel_for(0, tiles, 1, [&](int64_t first, int64_t last) {
+        at::Tensor buffer = tile_buffer(buffer_words, options.dtype(at::kInt));
+        uint32_t* words = reinterpret_cast<uint32_t*>(buffer.data_ptr<int32_t>());
+        for (int64_t t = first; t < last; t++) {
+            const int64_t r0 = t * tile;
+            const int64_t rows = std::min(tile, n - r0);
+            fill(r0, rows, words);
+            VsRegion next[2];
+            const int regions = t + 1 < last ? regions_of(r0 + tile, std::min(n, r0 + 2 * tile), next) : 0;
+            multiply(words, r0, rows, next, regions);
+        }
+    });
+}
+
 // Large M with gemm_tile_bf16.cpp: the activations are packed once (split over the
 // threads), then each thread fills panels of 32 rows from the compressed weight
-// (``fill_panel(r0, rows, panel)``) into its own buffer and multiplies each with every
-// activation row while it is in the core's cache. ``regions_of(r0, r1, out)`` names
-// the compressed bytes of rows [r0, r1) (at most two ranges) and returns how many.
+// (``fill_panel(r0, rows, panel)``) and multiplies each with every activation row.
 template <class FillPanel, class RegionsOf>
 at::Tensor panel_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const FillPanel& fill_panel,
-                            const RegionsOf& regions_of, const c10::optional<at::Tensor>& bias) {
+                              const RegionsOf& regions_of, const c10::optional<at::Tensor>& bias) {
     const int64_t m = x.size(0);
     const int64_t pairs = k / 2;
     at::Tensor xa = at::empty({m * pairs}, x.options().dtype(at::kInt));
@@ -193,29 +214,18 @@ at::Tensor panel_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const F
     const at::Tensor bias_f = float_bias(bias);
     at::Tensor y = at::empty({m, n}, x.options());
     const VsGemm g = gemm_args(x16, m, bias_f, y);
-    const int64_t tile = VS_TILE_PANEL_ROWS;
-    const int64_t tiles = (n + tile - 1) / tile;
     // A fill writes whole 32-column words of pairs: up to 15 pairs past k / 2.
-    const int64_t panel_words = (pairs + 16) * tile;
-    at::parallel_for(0, tiles, 1, [&](int64_t first, int64_t last) {
-        at::Tensor buffer = tile_buffer(panel_words, x.options().dtype(at::kInt));
-        uint32_t* panel = reinterpret_cast<uint32_t*>(buffer.data_ptr<int32_t>());
-        for (int64_t t = first; t < last; t++) {
-            const int64_t r0 = t * tile;
-            const int64_t rows = std::min(tile, n - r0);
-            fill_panel(r0, rows, panel);
-            VsRegion next[2];
-            const int regions = t + 1 < last ? regions_of(r0 + tile, std::min(n, r0 + 2 * tile), next) : 0;
-            vs_panel_multiply(panel, rows, k, xa32, m, &g, r0, next, regions);
-        }
-    });
+    const int64_t panel_words = (pairs + 16) * VS_TILE_PANEL_ROWS;
+    auto multiply = [&](const uint32_t* panel, int64_t r0, int64_t rows, const VsRegion* next, int regions) {
+        vs_panel_multiply(panel, rows, k, xa32, m, &g, r0, next, regions);
+    };
+    for_each_tile(n, VS_TILE_PANEL_ROWS, panel_words, x.options(), fill_panel, multiply, regions_of);
     return y;
 }
 
 // Large M with gemm_rowtile_bf16.cpp: the activations are transposed once (split over
 // the threads), then each thread decompresses VS_ROWTILE_ROWS weight rows at a time
-// (``fill_rows(r0, rows, tile)``) into its own buffer and multiplies them with every
-// activation row while they are in the core's cache (``regions_of`` as above).
+// (``fill_rows(r0, rows, tile)``) and multiplies them with every activation row.
 template <class FillRows, class RegionsOf>
 at::Tensor row_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const FillRows& fill_rows,
                             const RegionsOf& regions_of, const c10::optional<at::Tensor>& bias) {
@@ -232,20 +242,10 @@ at::Tensor row_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const Fil
     const at::Tensor bias_f = float_bias(bias);
     at::Tensor y = at::empty({m, n}, x.options());
     const VsGemm g = gemm_args(x16, m, bias_f, y);
-    const int64_t tile = VS_ROWTILE_ROWS;
-    const int64_t tiles = (n + tile - 1) / tile;
-    at::parallel_for(0, tiles, 1, [&](int64_t first, int64_t last) {
-        at::Tensor buffer = tile_buffer(words * 16 * tile, x.options().dtype(at::kInt));
-        uint32_t* rows_tile = reinterpret_cast<uint32_t*>(buffer.data_ptr<int32_t>());
-        for (int64_t t = first; t < last; t++) {
-            const int64_t r0 = t * tile;
-            const int64_t rows = std::min(tile, n - r0);
-            fill_rows(r0, rows, rows_tile);
-            VsRegion next[2];
-            const int regions = t + 1 < last ? regions_of(r0 + tile, std::min(n, r0 + 2 * tile), next) : 0;
-            vs_rowtile_multiply(rows_tile, rows, k, xa64, m, &g, r0, next, regions);
-        }
-    });
+    auto multiply = [&](const uint32_t* tile, int64_t r0, int64_t rows, const VsRegion* next, int regions) {
+        vs_rowtile_multiply(tile, rows, k, xa64, m, &g, r0, next, regions);
+    };
+    for_each_tile(n, VS_ROWTILE_ROWS, words * 16 * VS_ROWTILE_ROWS, x.options(), fill_rows, multiply, regions_of);
     return y;
 }
 
