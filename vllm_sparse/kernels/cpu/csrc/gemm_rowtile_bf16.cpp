@@ -12,8 +12,9 @@
 // with the two column pairs of one 64-bit word (four columns); the weight row's same
 // 64-bit word is broadcast whole, and the lane pair's two sums are added at the end.
 // So M comes in steps of 8, not 16 (at M = 24, 16-row vectors ran 0.88x of the
-// panels, these 1.10x: geometric means over the shapes of benchmarks/large_m_ab.py), and a block of 32 activation rows x 6 weight rows has
-// 24 fp32 accumulators and one broadcast per four dots. The activations are
+// panels, these 1.10x: geometric means over the shapes of benchmarks/large_m_ab.py),
+// and a block of 32 activation rows x 6 weight rows has 24 fp32 accumulators and one
+// broadcast per four dots. The activations are
 // transposed once per call (8 x 8 64-bit words at a time in registers), shared by
 // every tile and thread, and the accumulators once per block on the way out.
 //
@@ -61,7 +62,7 @@ inline void transpose8x8_epi64(__m512i r[8]) {
 // word broadcast whole.
 template <int NV, int R>
 void rowtile_block(const uint64_t* xa, const uint32_t* tile, int64_t words, int64_t m0, int64_t row0, int n0,
-                int64_t rows, const VsGemm* g, RegionPrefetch* ahead) {
+                   int64_t rows, const VsGemm* g, RegionPrefetch* ahead) {
     __m512 acc[R][NV];
     for (int n = 0; n < R; n++)
         for (int v = 0; v < NV; v++) acc[n][v] = _mm512_setzero_ps();
@@ -90,7 +91,8 @@ void rowtile_block(const uint64_t* xa, const uint32_t* tile, int64_t words, int6
         for (int n = 0; n < 16; n++) r[n] = n < R ? _mm512_castps_si512(acc[n][v]) : _mm512_setzero_si512();
         transpose16(r);  // r[j] lane n: lane j of acc[n][v]
         for (int i = 0; i < 8 && m0 + 8 * v + i < g->m; i++) {
-            const __m512 out = _mm512_add_ps(_mm512_add_ps(_mm512_castsi512_ps(r[2 * i]), _mm512_castsi512_ps(r[2 * i + 1])), bias);
+            const __m512 pair_sum = _mm512_add_ps(_mm512_castsi512_ps(r[2 * i]), _mm512_castsi512_ps(r[2 * i + 1]));
+            const __m512 out = _mm512_add_ps(pair_sum, bias);
             uint16_t* y = (uint16_t*)g->y + (m0 + 8 * v + i) * g->ldy + row0 + n0;
             _mm256_mask_storeu_epi16(y, valid, (__m256i)_mm512_cvtneps_pbh(out));
         }
@@ -118,8 +120,8 @@ extern "C" void vs_rowtile_from_bitmap(const VsWeight* w, int64_t row0, int64_t 
 }
 
 extern "C" void vs_rowtile_from_nm24(const VsNM24Weight* w, int64_t row0, int64_t rows, uint32_t* tile) {
-    // Record by record (the tile's rows are in at most three 8-row blocks, each one
-    // sequential stream of records), each row's 64 columns as two words.
+    // Record by record (a tile's 12 rows lie in two 8-row blocks, each one sequential
+    // stream of records), each row's 64 columns as two words.
     const uint8_t* record[kTR];
     int slot[kTR];
     for (int n = 0; n < rows; n++) {
