@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import host_class  # noqa: E402  (before vLLM: it may answer torch's CPU probes as a smaller host)
 from vllm_sparse.kernels import cpu as cpu_kernels  # noqa: E402
 from vllm_sparse.kernels.cpu import dispatch, isa, layout24  # noqa: E402
 
@@ -82,22 +84,33 @@ def prune(w: torch.Tensor, pattern: str, gen: torch.Generator) -> tuple[torch.Te
 def dense_linear(weight: torch.Tensor, x: torch.Tensor):
     """The dense baseline: what vLLM's CPU worker runs for an unquantized layer (oneDNN
     with the weight prepacked, ``vllm._custom_ops.onednn_mm``) when vLLM is installed,
-    else torch's ``F.linear``."""
-    if BASELINE == "onednn_mm":
+    else torch's ``F.linear``; ``F.linear`` too where oneDNN refuses the weight, as
+    vLLM falls back (bf16 on an AVX2-only host)."""
+    if BASELINE != "F.linear":
         from vllm import _custom_ops as ops
 
-        handler = ops.create_onednn_mm(weight.t(), 32)
-        return lambda: ops.onednn_mm(handler, x, None)
+        try:
+            handler = ops.create_onednn_mm(weight.t(), 32)
+        except RuntimeError:
+            pass
+        else:
+            return lambda: ops.onednn_mm(handler, x, None)
     return lambda: F.linear(x, weight)
 
 
 def _baseline() -> str:
+    """The dense GEMM vLLM runs for a bf16 layer on this host (class)."""
     try:
         from vllm import _custom_ops as ops
-
-        return "onednn_mm" if getattr(ops, "_supports_onednn", False) else "F.linear"
     except ImportError:
         return "F.linear"
+    if not getattr(ops, "_supports_onednn", False):
+        return "F.linear"
+    try:
+        ops.create_onednn_mm(torch.zeros(64, 64, dtype=torch.bfloat16).t(), 32)
+    except RuntimeError:
+        return "F.linear (oneDNN refuses bf16)"
+    return "onednn_mm"
 
 
 BASELINE = _baseline()
@@ -172,13 +185,17 @@ def run_case(shape, pattern, dtype, ms, codes, gen, budget_s, log):
         for code in codes:
             sparse_copies = layouts[pack_for(code)]
             layout = sparse_copies[0]
+            # Where the large-M path has no GEMM of its own (every ISA path but AVX-512 BF16
+            # on bf16) it runs torch's: on a host without bf16 dot products the direct
+            # kernel, multiplying only the nonzeros, may beat it at any M.
+            own_tile_gemm = dtype == torch.bfloat16 and code % NM24_OFFSET == isa.AVX512_BF16
             row = {"shape": f"{out}x{k}", "m": m, "pattern": pattern, "sparsity": sparsity,
                    "dtype": [n for n, d in DTYPES.items() if d == dtype][0],
                    "isa": dispatch.NM24_PATHS[code - NM24_OFFSET] if is_nm24(code) else isa.NAMES[code]}
             # Direct kernel (the tiled path is not the direct path's fallback below 16).
             for name, max_direct in (("direct", 1 << 30), ("tiled", 0)):
-                if name == "direct" and m > 64:
-                    continue  # compute-bound there by construction; the tiled path serves it
+                if name == "direct" and m > 64 and own_tile_gemm:
+                    continue  # compute-bound there by construction; the tiled path's own GEMMs serve it
                 if name == "tiled" and m < 8:
                     continue
                 check(layout, dense_w, x, code, max_direct)
@@ -232,9 +249,13 @@ def markdown(machine, records) -> str:
         f"torch {machine['torch']}; {machine['date']}. Read bandwidth (512 MiB sum, same run): "
         f"{machine['read_gbps']:.1f} GB/s. Command: `{machine['command']}`.",
         "",
+        *([f"Run as an **{machine['host_class']}** host: the dense baseline is the one vLLM runs on that host "
+           "class (its kernel library, oneDNN and ATen capped to that ISA: benchmarks/host_class.py); clock, "
+           "caches and memory are this machine's.", ""]
+          if machine.get("host_class", "native") != "native" else []),
         "speedup = dense time / sparse time, same run, calls alternating; direct = the sparse kernel, "
-        "tiled = the large-M path (AVX-512 BF16: 32-row panels decompressed into L2 and multiplied by our own "
-        "vdpbf16ps micro-kernel; elsewhere tiles into torch's dense GEMM); GB/s = compressed bytes / direct time; "
+        "tiled = the large-M path (AVX-512 BF16: weight rows decompressed into L2 a tile at a time and multiplied "
+        "by our own vdpbf16ps GEMMs, row tiles or panels; elsewhere tiles into torch's dense GEMM); GB/s = compressed bytes / direct time; "
         "path = what the dispatcher runs for this layer and M (dense: the layer stays dense; other 2:4 kernel: a "
         "2:4 layer runs on the other kernel of this ISA path, faster over M = 1..8).",
         "",
@@ -256,7 +277,11 @@ def markdown(machine, records) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a few shapes, patterns and M")
-    ap.add_argument("--isa", default=None, help="comma-separated ISA paths (default: the best, and avx2 below it)")
+    ap.add_argument("--isa", default=None, help="comma-separated ISA paths (default: the best, and avx2 below it; "
+                                                 "with --host-class, that class's path)")
+    ap.add_argument("--host-class", default=host_class.current(), choices=[host_class.NATIVE, *host_class.CAPS],
+                    help="measure as an AVX2-only host or an AVX-512 one without BF16 would run: that class's "
+                         "dense baseline (benchmarks/host_class.py); the process restarts itself as one")
     ap.add_argument("--dtypes", default="bf16")
     ap.add_argument("--patterns", default=",".join(PATTERNS))
     ap.add_argument("--shapes", default="llama8b,llama1b,smollm2")
@@ -266,11 +291,14 @@ def main() -> None:
                     help=f"write the dispatcher's table: the committed {dispatch.TABLE_PATH.name}, or PATH (a host's "
                          f"own, served with {dispatch.TABLE_ENV}=PATH); records of cases not measured are kept")
     args = ap.parse_args()
+    host_class.reexec(args.host_class)
     if not cpu_kernels.build.load():
         raise SystemExit(f"CPU kernels unavailable: {cpu_kernels.build.load_error()}")
     best = isa.best()
     if args.isa:
         codes = [isa.CODES[name] for name in args.isa.split(",")]
+    elif args.host_class != host_class.NATIVE:
+        codes = [isa.CODES[args.host_class]]
     else:
         codes = [best] + ([isa.AVX2] if best > isa.AVX2 else [])
     families = {"llama8b": LLAMA8B, "llama1b": LLAMA1B, "smollm2": SMOLLM2}
@@ -295,7 +323,8 @@ def main() -> None:
     read_after = read_bandwidth()
     machine = {**isa.cpu_description(), "threads": torch.get_num_threads(), "torch": torch.__version__,
                "date": datetime.date.today().isoformat(), "read_gbps": round((read_gbps + read_after) / 2, 2),
-               "best_isa": isa.NAMES[best], "baseline": BASELINE, "command": "python " + " ".join(sys.argv)}
+               "best_isa": isa.NAMES[best], "host_class": args.host_class, "baseline": BASELINE,
+               "command": "python " + " ".join(sys.argv)}
     annotate(records, machine["read_gbps"])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

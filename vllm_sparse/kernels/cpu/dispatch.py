@@ -22,7 +22,9 @@ shape (by weight size, then in_features) give its expected speed-up per M:
   sequence at a time never multiplies more than one decode row); otherwise the layer
   stays dense, as stock vLLM runs it;
 * ``max_direct_m``: the largest measured M at which the direct kernel is still at
-  least as fast as the tiled path; above it, the tiled path runs.
+  least as fast as the tiled path; above it, the tiled path runs. Where the direct
+  kernel is ahead at every measured M, the largest included (hosts without bf16 dot
+  products, where the large-M path multiplies with torch's GEMM), it runs at any M.
 
 Where a weight can take more than one kernel path (a 2:4 weight: the 2:4 kernel or
 the bitmap kernel, the same bytes), the one with the best geometric mean over the
@@ -58,6 +60,8 @@ NM24_PATHS = {AVX512_BF16: NM24, AVX2: NM24_AVX2}
 MIN_DECODE_GAIN = 1.05
 DECODE_MAX_M = 8
 MAX_DECODE_LOSS = 0.05
+# max_direct_m of a layer whose direct kernel beats the large-M path at every measured M.
+EVERY_M = 1 << 30
 DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 
 
@@ -134,6 +138,9 @@ def choose(shape: tuple[int, int], sparsity: float, dtype: torch.dtype, isa: str
         if by_m[m].get("direct", 0.0) < by_m[m].get("tiled", 0.0):
             break
         max_direct = m
+    else:
+        if "direct" in by_m[max(by_m)]:
+            max_direct = EVERY_M  # ahead at the largest measured M too: the direct kernel above it as well
     run = {m: r.get("direct" if m <= max_direct else "tiled", 0.0) for m, r in by_m.items()}
     decode_max_m = DECODE_MAX_M if max_batch is None else min(DECODE_MAX_M, max_batch)
     # An unmeasured batch counts as the next measured one above it.
