@@ -86,7 +86,7 @@ def dense_linear(weight: torch.Tensor, x: torch.Tensor):
     with the weight prepacked, ``vllm._custom_ops.onednn_mm``) when vLLM is installed,
     else torch's ``F.linear``; ``F.linear`` too where oneDNN refuses the weight, as
     vLLM falls back (bf16 on an AVX2-only host)."""
-    if BASELINE != "F.linear":
+    if BASELINE != "F.linear":  # vLLM with oneDNN here (which may still refuse this weight)
         from vllm import _custom_ops as ops
 
         try:

@@ -32,33 +32,35 @@ CAPS = {
 NATIVE = "native"
 
 
+def _known(name: str, where: str) -> str:
+    if name != NATIVE and name not in CAPS:
+        raise SystemExit(f"{where}{name!r}: not one of {[NATIVE, *CAPS]}")
+    return name
+
+
 def current() -> str:
     """The host class this process runs as: ``native`` unless emulating one."""
-    name = os.environ.get(ENV, NATIVE)
-    if name != NATIVE and name not in CAPS:
-        raise SystemExit(f"{ENV}={name!r}: not one of {[NATIVE, *CAPS]}")
-    return name
+    return _known(os.environ.get(ENV, NATIVE), f"{ENV}=")
 
 
 def reexec(name: str) -> None:
     """Restart this script as host class ``name`` (no-op if it already runs as one)."""
-    if name == current():
+    if _known(name, "host class ") == current():
         return
-    if name != NATIVE and name not in CAPS:
-        raise SystemExit(f"host class {name!r}: not one of {[NATIVE, *CAPS]}")
-    env = {k: v for k, v in os.environ.items() if k not in (ENV, *CAPS["avx2"])}
+    capped = {key for caps in CAPS.values() for key in caps}
+    env = {k: v for k, v in os.environ.items() if k != ENV and k not in capped}
     if name != NATIVE:
         env.update(CAPS[name], **{ENV: name})
     sys.stdout.flush()
     os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
 
-def enter() -> str:
+def enter() -> None:
     """Answer torch's CPU probes as the host class does (vLLM reads them to pick its
-    kernel library and GEMM); returns the class's name."""
+    kernel library and GEMM)."""
     name = current()
     if name == NATIVE:
-        return name
+        return
     missing = {k: v for k, v in CAPS[name].items() if os.environ.get(k) != v}
     if missing:
         raise SystemExit(f"{ENV}={name} needs {missing} set before the process starts (host_class.reexec)")
@@ -66,7 +68,6 @@ def enter() -> str:
     torch.cpu._is_amx_tile_supported = lambda: False
     if name == "avx2":
         torch.cpu._is_avx512_supported = lambda: False
-    return name
 
 
-HOST_CLASS = enter()
+enter()
