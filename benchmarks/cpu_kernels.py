@@ -220,8 +220,14 @@ def annotate(records, read_gbps):
     committed table): a 2:4 weight may run on the 2:4 kernel or the bitmap kernel of
     the same ISA path, whichever has the better geometric mean over the M of batched
     decode (the 2:4 kernel on a tie)."""
-    nm24_to_bitmap = {nm24: isa.NAMES[code] for code, nm24 in dispatch.NM24_PATHS.items()}
-    bitmap_to_nm24 = {bitmap: nm24 for nm24, bitmap in nm24_to_bitmap.items()}
+    # Each bitmap path of the run with the 2:4 kernel its host runs beside it (an
+    # AVX-512 host without BF16 runs the AVX2 one), as dispatcher._cpu_path_names pairs them.
+    bitmap_to_nm24 = {}
+    for name in {r["isa"] for r in records if r["isa"] in isa.CODES}:
+        below = [code for code in dispatch.NM24_PATHS if code <= isa.CODES[name]]
+        if below:
+            bitmap_to_nm24[name] = dispatch.NM24_PATHS[max(below)]
+    nm24_to_bitmap = {nm24: bitmap for bitmap, nm24 in bitmap_to_nm24.items()}
     for r in records:
         r["read_gbps"] = round(read_gbps, 2)
         n, k = (int(v) for v in r["shape"].split("x"))
@@ -337,22 +343,26 @@ def main() -> None:
 
 def write_table(target: Path, machine: dict, records: list[dict]) -> None:
     """The dispatcher's table: this run's records replace those of the cases it
-    measured (ISA path, dtype, shape, pattern); the others are kept. Each record names
+    measured (host class, ISA path, dtype, shape, pattern); the others are kept. Each record names
     its run (``run``), and ``runs`` holds every named run's date, command and read
     bandwidth: a table merges runs that may be hours and code changes apart."""
     keep = ("isa", "dtype", "shape", "pattern", "sparsity", "m", "direct", "tiled")
+    # The host class measured, named by its bitmap kernels' ISA path (as the dispatcher
+    # asks for it): this machine's best, or the class emulated.
+    host = machine["best_isa"] if machine["host_class"] == host_class.NATIVE else machine["host_class"]
 
     def case(r):
-        return r["isa"], r["dtype"], r["shape"], r["pattern"]
+        return r.get("host"), r["isa"], r["dtype"], r["shape"], r["pattern"]
 
     run_id = datetime.datetime.now().isoformat(timespec="minutes")
+    records = [{**r, "host": host} for r in records]
     measured = {case(r) for r in records}
     old = json.loads(target.read_text()) if target.exists() else {"records": []}
     kept = [r for r in old["records"] if case(r) not in measured]
     runs = {run: info for run, info in old.get("runs", {}).items() if any(r.get("run") == run for r in kept)}
     runs[run_id] = {k: machine[k] for k in ("date", "command", "read_gbps")}
     table = {"machine": machine, "runs": runs,
-             "records": kept + [{**{k: r[k] for k in keep if k in r}, "run": run_id} for r in records]}
+             "records": kept + [{**{k: r[k] for k in keep if k in r}, "host": host, "run": run_id} for r in records]}
     target.write_text(json.dumps(table, indent=0) + "\n")
     print(f"wrote {target}")
 

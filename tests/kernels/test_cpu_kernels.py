@@ -142,7 +142,7 @@ def test_own_gemms_of_the_large_m_path_are_exact_to_fp32_accumulation(tile_gemm,
     blocks), pairs not a multiple of the 16-pair transpose, M across the 12-row blocks
     of the panels and the 8-row vectors and 32-row blocks of the row tiles (by rule:
     13, 17 and 20 on panels, the others on row tiles); both layouts; every output
-    poisoned beforehand."""
+    poisoned beforehand. (By rule, 2:4 takes the pairs kernel: its own test below.)"""
     if isa.AVX512_BF16 not in isa.supported():
         pytest.skip("this CPU has no AVX-512 BF16 path")
     from vllm_sparse.kernels.cpu import layout24
@@ -162,6 +162,34 @@ def test_own_gemms_of_the_large_m_path_are_exact_to_fp32_accumulation(tile_gemm,
                 y = cpu_kernels.linear(x, CpuSparseLayout.pack(w), bias, isa.AVX512_BF16, max_direct_m=8)
             else:
                 y = layout24.linear(x, layout24.Cpu24Layout.pack(w), bias, max_direct_m=8, isa_code=isa.AVX512_BF16)
+            _check(y, x, w, bias, torch.bfloat16)
+
+
+def test_nm24_pairs_path_is_exact_to_fp32_accumulation(monkeypatch):
+    """2:4 on AVX-512 BF16 above the direct kernel's M multiplies only the kept half
+    (gemm_nm24_pairs_bf16.cpp; by rule up to M = 128, forced here for every M): M =
+    1..8 in one vector of 8 lanes, then up to four vectors of 16 (9, 16, 20, 40, 64),
+    several sets of 64 rows (70, 130); K = 2112 and 8256 walk the columns in more than
+    one chunk (sums carried between chunks) at every vector count; rows not a multiple
+    of the 8-row block; groups padded with zeros; outputs poisoned beforehand."""
+    if isa.AVX512_BF16 not in isa.supported():
+        pytest.skip("this CPU has no AVX-512 BF16 path")
+    from vllm_sparse.kernels.cpu import layout24
+
+    monkeypatch.setenv("VLLM_SPARSE_CPU_TILE_GEMM", "pairs")
+
+    gen = _gen(31)
+    for shape, ms in [((5, 64), [1, 8, 9, 70]), ((37, 2112), [1, 3, 8, 9, 16, 20, 40, 64, 70, 130]),
+                      ((16, 8256), [8, 16])]:
+        w = _pruned(shape, None, torch.bfloat16, gen, (2, 4))
+        w[0, :8] = 0
+        w[1, 1] = 0
+        layout = layout24.Cpu24Layout.pack(w)
+        for m in ms:
+            x = torch.randn(m, shape[1], generator=gen).bfloat16()
+            bias = torch.randn(shape[0], generator=gen).bfloat16() if m % 2 else None
+            _poison_allocator(m * shape[0], torch.bfloat16)
+            y = layout24.linear(x, layout, bias, max_direct_m=0, isa_code=isa.AVX512_BF16)
             _check(y, x, w, bias, torch.bfloat16)
 
 
@@ -444,6 +472,22 @@ def test_committed_table_covers_this_host_class():
     assert {"avx2", dispatch.NM24_AVX2} <= isas, isas
     assert all("direct" in r for r in table["records"] if r["m"] == 1)
     assert table["machine"]["cpu"] and table["machine"]["date"]
+    # Each record names the host class it was measured as; the AVX2 2:4 kernel serves
+    # two classes, each against its own dense GEMM.
+    hosts = {(r["host"], r["isa"]) for r in table["records"]}
+    assert {("avx2", dispatch.NM24_AVX2), ("avx512", dispatch.NM24_AVX2)} <= hosts, hosts
+
+
+def test_records_count_only_on_the_host_class_they_were_measured_on():
+    """One kernel path measured as two host classes (different dense GEMMs): the
+    dispatcher reads the records of the host it runs on; untagged records (a table
+    written before hosts were recorded) count for any host."""
+    as_avx2 = tuple({**r, "host": "avx2"} for r in RECORDS)
+    as_avx512 = tuple({**r, "host": "avx512", "direct": 0.5} for r in RECORDS)
+    both = as_avx2 + as_avx512
+    assert dispatch.choose((4096, 4096), 0.55, torch.bfloat16, "avx2", both, host="avx2").decode_speedup == 1.6
+    assert dispatch.choose((4096, 4096), 0.55, torch.bfloat16, "avx2", both, host="avx512") is None
+    assert dispatch.choose((4096, 4096), 0.55, torch.bfloat16, "avx2", RECORDS, host="avx512").decode_speedup == 1.6
 
 
 def test_dense_gemv_rule_from_a_table():

@@ -113,8 +113,9 @@ def cpu_plan(analysis: WeightAnalysis, dtype: torch.dtype,
         return None
     pattern = None if analysis.nm is None else str(analysis.nm)
     candidates = _cpu_path_names(analysis, dtype)
+    host = cpu_kernels.isa.NAMES[cpu_kernels.isa.default()]  # the class the bitmap path names
     choice = cpu_dispatch.choose_among(candidates, _as_2d(analysis.shape), analysis.sparsity, dtype,
-                                       max_batch=max_batch, pattern=pattern)
+                                       max_batch=max_batch, pattern=pattern, host=host)
     if choice is None and forced == CPU_SPARSE:
         choice = cpu_dispatch.CpuChoice(candidates[0], cpu_kernels.DEFAULT_MAX_DIRECT_M, float("nan"), float("nan"), 0)
     return choice

@@ -115,15 +115,26 @@ def _same_kind(records: list[dict], pattern: str | None) -> list[dict]:
     return [r for r in records if str(r.get("pattern", "")).endswith("%")]
 
 
+def _measured_on(record: dict, host: str | None) -> bool:
+    """Was ``record`` measured on host class ``host`` (its bitmap kernels' ISA path:
+    "avx512_bf16", "avx512", "avx2")? A kernel path's speed-up depends on the dense
+    GEMM of the host it ran on, and one path can serve two classes (the AVX2 2:4
+    kernel is also the 2:4 kernel of AVX-512 hosts without BF16). Records without a
+    host, and a query without one, match any."""
+    return host is None or record.get("host", host) == host
+
+
 def choose(shape: tuple[int, int], sparsity: float, dtype: torch.dtype, isa: str,
            records: tuple[dict, ...] | None = None, max_batch: int | None = None,
-           pattern: str | None = None) -> CpuChoice | None:
+           pattern: str | None = None, host: str | None = None) -> CpuChoice | None:
     """The CPU sparse plan for one weight, or None to keep it dense. ``max_batch``:
     the largest decode batch the engine runs (None: unknown); ``pattern``: the
-    weight's N:M pattern ("2:4"), None for unstructured."""
+    weight's N:M pattern ("2:4"), None for unstructured; ``host``: the host class whose
+    records count (see ``_measured_on``)."""
     records = load_table() if records is None else records
     dtype_name = DTYPE_NAMES.get(dtype)
-    mine = _same_kind([r for r in records if r["isa"] == isa and r["dtype"] == dtype_name], pattern)
+    mine = _same_kind([r for r in records if r["isa"] == isa and r["dtype"] == dtype_name and _measured_on(r, host)],
+                      pattern)
     measured = sorted({r["sparsity"] for r in mine if r["sparsity"] <= sparsity + 1e-6})
     if not measured:
         return None
@@ -155,7 +166,7 @@ def choose(shape: tuple[int, int], sparsity: float, dtype: torch.dtype, isa: str
 
 def choose_among(paths: list[str], shape: tuple[int, int], sparsity: float, dtype: torch.dtype,
                  records: tuple[dict, ...] | None = None, max_batch: int | None = None,
-                 pattern: str | None = None) -> CpuChoice | None:
+                 pattern: str | None = None, host: str | None = None) -> CpuChoice | None:
     """The plan of whichever kernel path in ``paths`` (preferred first, on a tie) has
     the best geometric mean over the measured M of batched decode, or None where none
     is taken (see ``choose``). A 2:4 weight can run on the 2:4 kernel or the bitmap
@@ -165,7 +176,7 @@ def choose_among(paths: list[str], shape: tuple[int, int], sparsity: float, dtyp
     taking turns) the engine with every 2:4 layer on the bitmap kernel decoded 1.04x
     faster at batch 1 and 1.11x at batch 8 (benchmarks/results/cpu_e2e_2of4_interleaved.md).
     (Before the bitmap kernel's interleaved passes the two rules had been even.)"""
-    choices = [choose(shape, sparsity, dtype, path, records, max_batch, pattern) for path in paths]
+    choices = [choose(shape, sparsity, dtype, path, records, max_batch, pattern, host) for path in paths]
     return max((c for c in choices if c is not None), key=lambda c: c.decode_mean, default=None)
 
 

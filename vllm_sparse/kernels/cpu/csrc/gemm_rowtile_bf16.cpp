@@ -37,26 +37,6 @@ const int kBM = VS_ROWTILE_BLOCK_M;
 #include "nm24_records.h"
 #include "transpose16.h"
 
-// r[q] <- qword q of rows 0..7: an 8 x 8 block of 64-bit words transposed in registers.
-inline void transpose8x8_epi64(__m512i r[8]) {
-    __m512i a[8], b[8];
-    for (int i = 0; i < 8; i += 2) {
-        a[i] = _mm512_unpacklo_epi64(r[i], r[i + 1]);      // qwords 0 2 4 6 of rows i, i + 1
-        a[i + 1] = _mm512_unpackhi_epi64(r[i], r[i + 1]);  // qwords 1 3 5 7
-    }
-    const __m512i even = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13);
-    const __m512i odd = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
-    for (int h = 0; h < 8; h += 4)  // b[h + c]: qwords c and c + 4 of rows h .. h + 3
-        for (int c = 0; c < 2; c++) {
-            b[h + c] = _mm512_permutex2var_epi64(a[h + c], even, a[h + 2 + c]);
-            b[h + 2 + c] = _mm512_permutex2var_epi64(a[h + c], odd, a[h + 2 + c]);
-        }
-    for (int c = 0; c < 4; c++) {
-        r[c] = _mm512_shuffle_i64x2(b[c], b[4 + c], 0x44);
-        r[c + 4] = _mm512_shuffle_i64x2(b[c], b[4 + c], 0xee);
-    }
-}
-
 // Tile rows [n0, n0 + R) x NV vectors of 8 activation rows, a vector lane pair per
 // row: lanes 2i, 2i + 1 hold row i's two column pairs of a 64-bit word, each weight
 // word broadcast whole.
