@@ -2,8 +2,8 @@
 // kept half of the weight.
 //
 // The other large-M paths decompress the weight to its dense form and do the dense
-// GEMM's dot products, zeros included, so at M >= 16 they can at best tie with
-// oneDNN. A 2:4 group keeps two of its four columns, one of six column pairs. So the
+// GEMM's dot products, zeros included, so where oneDNN is compute-bound (M >= 16) they
+// can at best tie with it. A 2:4 group keeps two of its four columns, one of six column pairs. So the
 // activations are laid out once per call as, for every group and every one of its
 // six pairs (a, b), vectors whose lanes are activation rows, lane i holding the bf16
 // pair (x[i, 4g + a], x[i, 4g + b]). A weight row's two values of a group are one

@@ -391,27 +391,28 @@ at::Tensor nm24_unpack(const at::Tensor& blocks, int64_t out_features, int64_t i
     return dense;
 }
 
-// Large M for 2:4 on AVX-512 BF16 up to M = 128 multiplies only the kept half
+// Large M for 2:4 on AVX-512 BF16 up to M = 32 multiplies only the kept half
 // (gemm_nm24_pairs_bf16.cpp) unless VLLM_SPARSE_CPU_TILE_GEMM forces another large-M
-// GEMM (torch, panels, rows). Same-process A/B against the row tiles / panels, 2-core
-// EPYC, 2026-12-05, 4096x4096 and 4096x14336: 1.28-1.49x at M = 16, 1.22-1.49x at 32,
-// 1.07-1.20x at 64, 0.98-1.05x at 128, 0.96-1.03x at 512. Its activation vectors come
-// from L1 or L2, one per dot, where the row tiles keep theirs in registers: past
-// M = 128 the row tiles and panels keep the work.
+// GEMM (torch, panels, rows) or this one ("pairs", at any M). Same-process A/B against
+// the row tiles / panels, 2-core EPYC, 2026-12-05, Llama-3-8B, Llama-1B and SmolLM2
+// shapes: 1.13-1.49x at M = 16, 1.07-1.49x at 32, but 0.93-1.20x at 64 and 0.87-1.05x
+// at 128. Its activation vectors come from L1, one per dot, where the row tiles keep
+// theirs in registers and reuse them across weight rows: with more activation rows
+// the loads, not the halved dot products, set the pace.
 bool nm24_pairs(int64_t isa, int64_t m) {
     const char* forced = getenv("VLLM_SPARSE_CPU_TILE_GEMM");
     if (forced) return isa == VS_AVX512_BF16 && strcmp(forced, "pairs") == 0;
-    return isa == VS_AVX512_BF16 && m <= 128;
+    return isa == VS_AVX512_BF16 && m <= 32;
 }
 
 // Bytes of packed activation pairs per column chunk: every weight row of the thread
-// reads the chunk's pairs, one 64-byte vector per dot. Measured (same A/B): 32 KiB,
-// about L1, over 6, 12 and 16 KiB (more passes, sums carried more often) and 48 and
-// 96 KiB (even at M = 16..32, slower at 64..128).
+// reads the chunk's pairs, one 64-byte vector per dot. Measured (same A/B, 4096x4096
+// and 4096x14336): 24-32 KiB, about L1, ahead of 6 and 12 KiB (more passes, sums
+// carried more often) and even with 48 and 96 KiB.
 const int64_t kPairsChunkBytes = 32 << 10;
-// Sets of four vectors of 16 activation rows (16 accumulators over 4 weight rows):
-// even with two (over 8 weight rows) at M = 64 in the same A/B, and half the passes
-// over the weight for M = 33..64.
+// Sets of up to four vectors of 16 activation rows (16 accumulators over 4 weight
+// rows; one or two vectors take 8 weight rows at a time): even with sets of two at
+// M = 64 in the same A/B, and half the passes over the weight when forced above 32.
 const int64_t kPairsMaxVectors = 4;
 
 // Activation rows in sets of up to four vectors of 16 (M <= 8: one vector of 8). Per
