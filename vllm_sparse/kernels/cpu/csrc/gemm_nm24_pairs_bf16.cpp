@@ -2,19 +2,21 @@
 // kept half of the weight.
 //
 // The other large-M paths decompress the weight to its dense form and do the dense
-// GEMM's dot products, zeros included, so where oneDNN is compute-bound (M >= 16) they
-// can at best tie with it. A 2:4 group keeps two of its four columns, one of six column pairs. So the
-// activations are laid out once per call as, for every group and every one of its
-// six pairs (a, b), vectors whose lanes are activation rows, lane i holding the bf16
-// pair (x[i, 4g + a], x[i, 4g + b]). A weight row's two values of a group are one
-// 32-bit pair: broadcast, one vdpbf16ps multiplies them with the vector of the pair
-// the group's selectors name, for 16 activation rows (8 with ymm vectors, for M <= 8).
-// Half the dense GEMM's dot products; per group and weight row the extra work is a
-// selector lookup, shared by every vector of activation rows.
+// GEMM's dot products, zeros included, so where oneDNN is compute-bound (M >= 16)
+// they can at best tie with it. A 2:4 group keeps two of its four columns, one of six
+// column pairs. So the activations are laid out once per call as, for every group
+// and every one of its six pairs (a, b), vectors whose lanes are activation rows,
+// lane i holding the bf16 pair (x[i, 4g + a], x[i, 4g + b]). A weight row's two
+// values of a group are one 32-bit pair: broadcast, one vdpbf16ps multiplies them
+// with the vector of the pair the group's selectors name, for 16 activation rows (8
+// with ymm vectors, for M <= 8). Half the dense GEMM's dot products; per group and
+// weight row the extra work is a selector lookup, shared by every vector of
+// activation rows. What bounds it: each dot loads its own 64-byte activation vector
+// (each weight row picks its pair), as much as the core's load ports give per dot.
 //
 // The pairs of one group take 6 x (vectors of activation rows) x 64 bytes, three
 // times the activations' own bytes, so the columns are walked in chunks whose pairs
-// stay in L2 (the caller picks them), the fp32 sums carried between chunks in
+// stay in L1 (the caller picks them), the fp32 sums carried between chunks in
 // `partial`. Layouts:
 //   xp: ((g * 6 + pair) * vectors + v) * lanes * 2 bf16, lane i of vector v = row
 //       m0 + v * lanes + i (zero past m);
@@ -41,8 +43,9 @@ inline int pair_of_nibble(int nibble) {
     return pair[nibble];
 }
 
-// vpermt2w control building pair p's vector from rows 0..7 (a) and 8..15 (b) of a
-// group, each row's four columns in one 64-bit word: lane i <- (x[i, a], x[i, b]).
+// vpermt2w control building pair p's vector from a group's rows 0..7 (first source)
+// and 8..15 (second), each row's four columns in one 64-bit word: lane i <- the row's
+// columns first[p] and second[p].
 inline __m512i pair_control(int p) {
     static const int first[kPairs] = {0, 0, 0, 1, 1, 2}, second[kPairs] = {1, 2, 3, 2, 3, 3};
     uint16_t control[32];
