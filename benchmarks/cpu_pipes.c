@@ -13,7 +13,8 @@
 //     activation row, zeros included, so once a step is bound by its dots, sparse
 //     weights save only what the expansion (vpexpandw) does not cost back;
 //   * skipping the zeros needs the activations gathered to the weights (vpermt2w, one
-//     per dot saved): the "gather + dot" line says what that pair costs.
+//     per dot saved, or vpermw from one register): the "gather + dot" lines say what
+//     that pair costs.
 #include <stdio.h>
 #include <time.h>
 
@@ -142,6 +143,39 @@ enum { ITERS = 4000000, RUNS = 5 };
     "vpermt2w %%zmm25, %%zmm24, %%zmm23\n" \
     "vdpbf16ps %%zmm23, %%zmm26, %%zmm15\n"
 
+#define PERMW_DOT16 "vpermw %%zmm25, %%zmm24, %%zmm16\n" \
+    "vdpbf16ps %%zmm16, %%zmm26, %%zmm0\n" \
+    "vpermw %%zmm25, %%zmm24, %%zmm17\n" \
+    "vdpbf16ps %%zmm17, %%zmm26, %%zmm1\n" \
+    "vpermw %%zmm25, %%zmm24, %%zmm18\n" \
+    "vdpbf16ps %%zmm18, %%zmm26, %%zmm2\n" \
+    "vpermw %%zmm25, %%zmm24, %%zmm19\n" \
+    "vdpbf16ps %%zmm19, %%zmm26, %%zmm3\n" \
+    "vpermw %%zmm25, %%zmm24, %%zmm20\n" \
+    "vdpbf16ps %%zmm20, %%zmm26, %%zmm4\n" \
+    "vpermw %%zmm25, %%zmm24, %%zmm21\n" \
+    "vdpbf16ps %%zmm21, %%zmm26, %%zmm5\n" \
+    "vpermw %%zmm25, %%zmm24, %%zmm22\n" \
+    "vdpbf16ps %%zmm22, %%zmm26, %%zmm6\n" \
+    "vpermw %%zmm25, %%zmm24, %%zmm23\n" \
+    "vdpbf16ps %%zmm23, %%zmm26, %%zmm7\n" \
+    "vpermw %%zmm25, %%zmm24, %%zmm16\n" \
+    "vdpbf16ps %%zmm16, %%zmm26, %%zmm8\n" \
+    "vpermw %%zmm25, %%zmm24, %%zmm17\n" \
+    "vdpbf16ps %%zmm17, %%zmm26, %%zmm9\n" \
+    "vpermw %%zmm25, %%zmm24, %%zmm18\n" \
+    "vdpbf16ps %%zmm18, %%zmm26, %%zmm10\n" \
+    "vpermw %%zmm25, %%zmm24, %%zmm19\n" \
+    "vdpbf16ps %%zmm19, %%zmm26, %%zmm11\n" \
+    "vpermw %%zmm25, %%zmm24, %%zmm20\n" \
+    "vdpbf16ps %%zmm20, %%zmm26, %%zmm12\n" \
+    "vpermw %%zmm25, %%zmm24, %%zmm21\n" \
+    "vdpbf16ps %%zmm21, %%zmm26, %%zmm13\n" \
+    "vpermw %%zmm25, %%zmm24, %%zmm22\n" \
+    "vdpbf16ps %%zmm22, %%zmm26, %%zmm14\n" \
+    "vpermw %%zmm25, %%zmm24, %%zmm23\n" \
+    "vdpbf16ps %%zmm23, %%zmm26, %%zmm15\n"
+
 int main(void) {
     static float buf[256] __attribute__((aligned(64)));
     const double dot8 = TIME_LOOP(buf, DOTS8) / 8;
@@ -151,6 +185,7 @@ int main(void) {
     const double dots16_mem = TIME_LOOP(buf, DOTS16_FROM_L1);
     const double expand2_mem_dots16_mem = TIME_LOOP(buf, EXPAND2_FROM_L1 DOTS16_FROM_L1);
     const double gather_dot = TIME_LOOP(buf, GATHER_DOT16) / 16;
+    const double permw_dot = TIME_LOOP(buf, PERMW_DOT16) / 16;
     printf("vdpbf16ps, 8 independent accumulators:  %.3f ns per dot\n", dot8);
     printf("vdpbf16ps, 16 independent accumulators: %.3f ns per dot\n", dot16);
     printf("2 vpexpandw:                            %.3f ns\n", expand2);
@@ -161,6 +196,7 @@ int main(void) {
     printf("2 vpexpandw from L1 + 16 dots from L1:  %.3f ns = %.2fx the 16 dots in registers\n",
            expand2_mem_dots16_mem, expand2_mem_dots16_mem / (16 * dot16));
     printf("vpermt2w gather + dot:                  %.3f ns = %.2fx a dot\n", gather_dot, gather_dot / dot16);
+    printf("vpermw gather + dot:                    %.3f ns = %.2fx a dot\n", permw_dot, permw_dot / dot16);
     return 0;
 }
 #else

@@ -11,8 +11,10 @@
 // with the vector of the pair the group's selectors name, for 16 activation rows (8
 // with ymm vectors, for M <= 8). Half the dense GEMM's dot products; per group and
 // weight row the extra work is a selector lookup, shared by every vector of
-// activation rows. What bounds it: each dot loads its own 64-byte activation vector
-// (each weight row picks its pair), as much as the core's load ports give per dot.
+// activation rows. Measured 1.0-1.36x of oneDNN at M = 16-32, not 2x: per weight row
+// and group the selector decode (six scalar instructions and a table load) and the
+// broadcast come on top of one to four dots (the dots' loads from L1 cost nothing
+// extra: benchmarks/cpu_pipes.c).
 //
 // The pairs of one group take 6 x (vectors of activation rows) x 64 bytes, three
 // times the activations' own bytes, so the columns are walked in chunks whose pairs

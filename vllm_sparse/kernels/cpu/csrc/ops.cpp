@@ -396,9 +396,9 @@ at::Tensor nm24_unpack(const at::Tensor& blocks, int64_t out_features, int64_t i
 // GEMM (torch, panels, rows) or this one ("pairs", at any M). Same-process A/B against
 // the row tiles / panels, 2-core EPYC, 2026-12-05, Llama-3-8B, Llama-1B and SmolLM2
 // shapes: 1.13-1.49x at M = 16, 1.07-1.49x at 32, but 0.93-1.20x at 64 and 0.87-1.05x
-// at 128. Its activation vectors come from L1, one per dot, where the row tiles keep
-// theirs in registers and reuse them across weight rows: with more activation rows
-// the loads, not the halved dot products, set the pace.
+// at 128: with more activation rows the row tiles' dots come closer to the core's
+// peak, while each of the pairs kernel's weight rows and groups pays its selector
+// decode and broadcast, and its activation chunk fills L1.
 bool nm24_pairs(int64_t isa, int64_t m) {
     const char* forced = getenv("VLLM_SPARSE_CPU_TILE_GEMM");
     if (forced) return isa == VS_AVX512_BF16 && strcmp(forced, "pairs") == 0;
@@ -406,7 +406,8 @@ bool nm24_pairs(int64_t isa, int64_t m) {
 }
 
 // Bytes of packed activation pairs per column chunk: every weight row of the thread
-// reads the chunk's pairs, one 64-byte vector per dot. Measured (same A/B, 4096x4096
+// reads the chunk's pairs, one 64-byte vector per dot (at L1 speed, the dots run as
+// with registers: benchmarks/cpu_pipes.c). Measured (same A/B, 4096x4096
 // and 4096x14336): 24-32 KiB, about L1, ahead of 6 and 12 KiB (more passes, sums
 // carried more often) and even with 48 and 96 KiB.
 const int64_t kPairsChunkBytes = 32 << 10;
