@@ -224,9 +224,9 @@ def annotate(records, read_gbps):
     # AVX-512 host without BF16 runs the AVX2 one), as dispatcher._cpu_path_names pairs them.
     bitmap_to_nm24 = {}
     for name in {r["isa"] for r in records if r["isa"] in isa.CODES}:
-        below = [code for code in dispatch.NM24_PATHS if code <= isa.CODES[name]]
-        if below:
-            bitmap_to_nm24[name] = dispatch.NM24_PATHS[max(below)]
+        nm24_isa = layout24.kernel_isa(isa.CODES[name])
+        if nm24_isa is not None:
+            bitmap_to_nm24[name] = dispatch.NM24_PATHS[nm24_isa]
     nm24_to_bitmap = {nm24: bitmap for bitmap, nm24 in bitmap_to_nm24.items()}
     for r in records:
         r["read_gbps"] = round(read_gbps, 2)
@@ -344,10 +344,10 @@ def main() -> None:
 
 def write_table(target: Path, machine: dict, records: list[dict]) -> None:
     """The dispatcher's table: this run's records replace those of the cases it
-    measured (host class, ISA path, dtype, shape, pattern); the others are kept. Each record names
-    its run (``run``), and ``runs`` holds every named run's date, command and read
+    measured (host class, ISA path, dtype, shape, pattern); the others are kept. Each
+    record names its run (``run``), and ``runs`` holds every named run's date, command and read
     bandwidth: a table merges runs that may be hours and code changes apart."""
-    keep = ("isa", "dtype", "shape", "pattern", "sparsity", "m", "direct", "tiled")
+    keep = ("host", "isa", "dtype", "shape", "pattern", "sparsity", "m", "direct", "tiled")
     # The host class measured, named by its bitmap kernels' ISA path (as the dispatcher
     # asks for it): this machine's best, or the class emulated.
     host = machine["best_isa"] if machine["host_class"] == host_class.NATIVE else machine["host_class"]
@@ -363,7 +363,7 @@ def write_table(target: Path, machine: dict, records: list[dict]) -> None:
     runs = {run: info for run, info in old.get("runs", {}).items() if any(r.get("run") == run for r in kept)}
     runs[run_id] = {k: machine[k] for k in ("date", "command", "read_gbps")}
     table = {"machine": machine, "runs": runs,
-             "records": kept + [{**{k: r[k] for k in keep if k in r}, "host": host, "run": run_id} for r in records]}
+             "records": kept + [{**{k: r[k] for k in keep if k in r}, "run": run_id} for r in records]}
     target.write_text(json.dumps(table, indent=0) + "\n")
     print(f"wrote {target}")
 

@@ -167,7 +167,7 @@ def test_own_gemms_of_the_large_m_path_are_exact_to_fp32_accumulation(tile_gemm,
 
 def test_nm24_pairs_path_is_exact_to_fp32_accumulation(monkeypatch):
     """2:4 on AVX-512 BF16 above the direct kernel's M multiplies only the kept half
-    (gemm_nm24_pairs_bf16.cpp; by rule up to M = 128, forced here for every M): M =
+    (gemm_nm24_pairs_bf16.cpp; by rule up to M = 32, forced here for every M): M =
     1..8 in one vector of 8 lanes, then up to four vectors of 16 (9, 16, 20, 40, 64),
     several sets of 64 rows (70, 130); K = 2112 and 8256 walk the columns in more than
     one chunk (sums carried between chunks) at every vector count; rows not a multiple

@@ -35,7 +35,7 @@ namespace {
 #include "nm24_records.h"
 #include "transpose16.h"
 
-const int kPairs = 6;  // column pairs (a, b), a < b, of a group of four
+const int kPairs = VS_NM24_PAIRS;
 
 // Pair index of a group's selector nibble (first column | second column << 2):
 // (0, 1) = 4 -> 0, (0, 2) = 8 -> 1, (0, 3) = 12 -> 2, (1, 2) = 9 -> 3, (1, 3) = 13 -> 4,
@@ -111,7 +111,8 @@ void block_rows(const VsNM24Weight* w, const uint16_t* xp, int64_t block, int r0
         // The blocks are walked across, one column chunk at a time: ask for the same
         // record two blocks on.
         if (r0 == 0)
-            for (int line = 0; line < kRecord; line += 64) _mm_prefetch((const char*)record + 2 * block_bytes + line, _MM_HINT_T0);
+            for (int line = 0; line < kRecord; line += 64)
+                _mm_prefetch((const char*)record + 2 * block_bytes + line, _MM_HINT_T0);
         const uint16_t* xg = xp + c * 16 * group_stride;
         uint64_t selectors[R];
         const uint32_t* pairs[R];

@@ -423,14 +423,13 @@ at::Tensor pairs_linear(const at::Tensor& x, const VsNM24Weight& w, int64_t bloc
                         const c10::optional<at::Tensor>& bias) {
     const int64_t m = x.size(0), k = w.k, words = k / 32, chunks = k / 64;
     const int lanes = m <= 8 ? 8 : 16;
-    const int64_t max_vectors = kPairsMaxVectors;
     const uint16_t* x16 = reinterpret_cast<const uint16_t*>(x.data_ptr());
     const at::Tensor bias_f = float_bias(bias);
     at::Tensor y = at::empty({m, w.n}, x.options());
     const VsGemm g = gemm_args(x16, m, bias_f, y);
-    for (int64_t m0 = 0; m0 < m; m0 += lanes * max_vectors) {
-        const int vectors = (int)std::min<int64_t>(max_vectors, (m - m0 + lanes - 1) / lanes);
-        const int64_t group_elems = 6 * vectors * lanes * 2;  // bf16
+    for (int64_t m0 = 0; m0 < m; m0 += lanes * kPairsMaxVectors) {
+        const int vectors = (int)std::min<int64_t>(kPairsMaxVectors, (m - m0 + lanes - 1) / lanes);
+        const int64_t group_elems = VS_NM24_PAIRS * vectors * lanes * 2;  // bf16
         at::Tensor xp = at::empty({k / 4 * group_elems}, x.options());
         uint16_t* xp16 = reinterpret_cast<uint16_t*>(xp.data_ptr());
         at::parallel_for(0, words, share(words, 4), [&](int64_t w0, int64_t w1) {

@@ -111,7 +111,9 @@ void vs_rowtile_multiply(const uint32_t* tile, int64_t rows, int64_t k, const ui
 // packed as every group's six column pairs (words [word_begin, word_end) of 32
 // columns), then blocks [block_begin, block_end) multiplied over 64-column chunks
 // [chunk_begin, chunk_end), fp32 sums carried between calls in `partial` (first:
-// start from zero; last: write y).
+// start from zero; last: write y). A group of four columns has VS_NM24_PAIRS column
+// pairs (a, b), a < b.
+enum { VS_NM24_PAIRS = 6 };
 void vs_pairs_pack_activations(const uint16_t* x, int64_t m, int64_t k, int64_t m0, int lanes, int vectors,
                                int64_t word_begin, int64_t word_end, uint16_t* xp);
 void vs_pairs_multiply(const VsNM24Weight* w, const uint16_t* xp, int lanes, int vectors, int64_t block_begin,
