@@ -176,6 +176,39 @@ enum { ITERS = 4000000, RUNS = 5 };
     "vpermw %%zmm25, %%zmm24, %%zmm23\n" \
     "vdpbf16ps %%zmm23, %%zmm26, %%zmm15\n"
 
+#define PERMW_MEM_DOT16 "vpermw 0(%1), %%zmm24, %%zmm16\n" \
+    "vdpbf16ps %%zmm16, %%zmm26, %%zmm0\n" \
+    "vpermw 64(%1), %%zmm24, %%zmm17\n" \
+    "vdpbf16ps %%zmm17, %%zmm26, %%zmm1\n" \
+    "vpermw 128(%1), %%zmm24, %%zmm18\n" \
+    "vdpbf16ps %%zmm18, %%zmm26, %%zmm2\n" \
+    "vpermw 192(%1), %%zmm24, %%zmm19\n" \
+    "vdpbf16ps %%zmm19, %%zmm26, %%zmm3\n" \
+    "vpermw 256(%1), %%zmm24, %%zmm20\n" \
+    "vdpbf16ps %%zmm20, %%zmm26, %%zmm4\n" \
+    "vpermw 320(%1), %%zmm24, %%zmm21\n" \
+    "vdpbf16ps %%zmm21, %%zmm26, %%zmm5\n" \
+    "vpermw 384(%1), %%zmm24, %%zmm22\n" \
+    "vdpbf16ps %%zmm22, %%zmm26, %%zmm6\n" \
+    "vpermw 448(%1), %%zmm24, %%zmm23\n" \
+    "vdpbf16ps %%zmm23, %%zmm26, %%zmm7\n" \
+    "vpermw 0(%1), %%zmm24, %%zmm16\n" \
+    "vdpbf16ps %%zmm16, %%zmm26, %%zmm8\n" \
+    "vpermw 64(%1), %%zmm24, %%zmm17\n" \
+    "vdpbf16ps %%zmm17, %%zmm26, %%zmm9\n" \
+    "vpermw 128(%1), %%zmm24, %%zmm18\n" \
+    "vdpbf16ps %%zmm18, %%zmm26, %%zmm10\n" \
+    "vpermw 192(%1), %%zmm24, %%zmm19\n" \
+    "vdpbf16ps %%zmm19, %%zmm26, %%zmm11\n" \
+    "vpermw 256(%1), %%zmm24, %%zmm20\n" \
+    "vdpbf16ps %%zmm20, %%zmm26, %%zmm12\n" \
+    "vpermw 320(%1), %%zmm24, %%zmm21\n" \
+    "vdpbf16ps %%zmm21, %%zmm26, %%zmm13\n" \
+    "vpermw 384(%1), %%zmm24, %%zmm22\n" \
+    "vdpbf16ps %%zmm22, %%zmm26, %%zmm14\n" \
+    "vpermw 448(%1), %%zmm24, %%zmm23\n" \
+    "vdpbf16ps %%zmm23, %%zmm26, %%zmm15\n"
+
 int main(void) {
     static float buf[256] __attribute__((aligned(64)));
     const double dot8 = TIME_LOOP(buf, DOTS8) / 8;
@@ -186,6 +219,7 @@ int main(void) {
     const double expand2_mem_dots16_mem = TIME_LOOP(buf, EXPAND2_FROM_L1 DOTS16_FROM_L1);
     const double gather_dot = TIME_LOOP(buf, GATHER_DOT16) / 16;
     const double permw_dot = TIME_LOOP(buf, PERMW_DOT16) / 16;
+    const double permw_mem_dot = TIME_LOOP(buf, PERMW_MEM_DOT16) / 16;
     printf("vdpbf16ps, 8 independent accumulators:  %.3f ns per dot\n", dot8);
     printf("vdpbf16ps, 16 independent accumulators: %.3f ns per dot\n", dot16);
     printf("2 vpexpandw:                            %.3f ns\n", expand2);
@@ -197,9 +231,43 @@ int main(void) {
            expand2_mem_dots16_mem, expand2_mem_dots16_mem / (16 * dot16));
     printf("vpermt2w gather + dot:                  %.3f ns = %.2fx a dot\n", gather_dot, gather_dot / dot16);
     printf("vpermw gather + dot:                    %.3f ns = %.2fx a dot\n", permw_dot, permw_dot / dot16);
+    printf("vpermw gather from L1 + dot:            %.3f ns = %.2fx a dot\n", permw_mem_dot, permw_mem_dot / dot16);
     return 0;
 }
 #else
+#define PERMW_MEM_DOT16 "vpermw 0(%1), %%zmm24, %%zmm16\n" \
+    "vdpbf16ps %%zmm16, %%zmm26, %%zmm0\n" \
+    "vpermw 64(%1), %%zmm24, %%zmm17\n" \
+    "vdpbf16ps %%zmm17, %%zmm26, %%zmm1\n" \
+    "vpermw 128(%1), %%zmm24, %%zmm18\n" \
+    "vdpbf16ps %%zmm18, %%zmm26, %%zmm2\n" \
+    "vpermw 192(%1), %%zmm24, %%zmm19\n" \
+    "vdpbf16ps %%zmm19, %%zmm26, %%zmm3\n" \
+    "vpermw 256(%1), %%zmm24, %%zmm20\n" \
+    "vdpbf16ps %%zmm20, %%zmm26, %%zmm4\n" \
+    "vpermw 320(%1), %%zmm24, %%zmm21\n" \
+    "vdpbf16ps %%zmm21, %%zmm26, %%zmm5\n" \
+    "vpermw 384(%1), %%zmm24, %%zmm22\n" \
+    "vdpbf16ps %%zmm22, %%zmm26, %%zmm6\n" \
+    "vpermw 448(%1), %%zmm24, %%zmm23\n" \
+    "vdpbf16ps %%zmm23, %%zmm26, %%zmm7\n" \
+    "vpermw 0(%1), %%zmm24, %%zmm16\n" \
+    "vdpbf16ps %%zmm16, %%zmm26, %%zmm8\n" \
+    "vpermw 64(%1), %%zmm24, %%zmm17\n" \
+    "vdpbf16ps %%zmm17, %%zmm26, %%zmm9\n" \
+    "vpermw 128(%1), %%zmm24, %%zmm18\n" \
+    "vdpbf16ps %%zmm18, %%zmm26, %%zmm10\n" \
+    "vpermw 192(%1), %%zmm24, %%zmm19\n" \
+    "vdpbf16ps %%zmm19, %%zmm26, %%zmm11\n" \
+    "vpermw 256(%1), %%zmm24, %%zmm20\n" \
+    "vdpbf16ps %%zmm20, %%zmm26, %%zmm12\n" \
+    "vpermw 320(%1), %%zmm24, %%zmm21\n" \
+    "vdpbf16ps %%zmm21, %%zmm26, %%zmm13\n" \
+    "vpermw 384(%1), %%zmm24, %%zmm22\n" \
+    "vdpbf16ps %%zmm22, %%zmm26, %%zmm14\n" \
+    "vpermw 448(%1), %%zmm24, %%zmm23\n" \
+    "vdpbf16ps %%zmm23, %%zmm26, %%zmm15\n"
+
 int main(void) {
     puts("cpu_pipes: no AVX-512 BF16 + VBMI2 in this build (compile with -march=native on such a CPU)");
     return 0;
