@@ -259,10 +259,10 @@ def markdown(machine, records) -> str:
            "class (its kernel library, oneDNN and ATen capped to that ISA: benchmarks/host_class.py); clock, "
            "caches and memory are this machine's.", ""]
           if machine.get("host_class", "native") != "native" else []),
-        "speedup = dense time / sparse time, same run, calls alternating; direct = the sparse kernel, "
+        "speedup = dense time / sparse time, same run, calls alternating; direct = the sparse kernel (the 2:4 "
+        "layout on AVX-512 BF16 from M = 4: the kernel with the weight rows in the lanes), "
         "tiled = the large-M path (AVX-512 BF16: weight rows decompressed into L2 a tile at a time and multiplied "
-        "by our own vdpbf16ps GEMMs, row tiles or panels, and for 2:4 up to M = 32 the pairs kernel, which multiplies "
-        "only the kept half; elsewhere tiles into torch's dense GEMM); GB/s = compressed bytes / direct time; "
+        "by our own vdpbf16ps GEMMs, row tiles or panels; elsewhere tiles into torch's dense GEMM); GB/s = compressed bytes / direct time; "
         "path = what the dispatcher runs for this layer and M (dense: the layer stays dense; other 2:4 kernel: a "
         "2:4 layer runs on the other kernel of this ISA path, faster over M = 1..8).",
         "",

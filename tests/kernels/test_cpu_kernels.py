@@ -142,7 +142,7 @@ def test_own_gemms_of_the_large_m_path_are_exact_to_fp32_accumulation(tile_gemm,
     blocks), pairs not a multiple of the 16-pair transpose, M across the 12-row blocks
     of the panels and the 8-row vectors and 32-row blocks of the row tiles (by rule:
     13, 17 and 20 on panels, the others on row tiles); both layouts; every output
-    poisoned beforehand. (By rule, 2:4 takes the pairs kernel: its own test below.)"""
+    poisoned beforehand."""
     if isa.AVX512_BF16 not in isa.supported():
         pytest.skip("this CPU has no AVX-512 BF16 path")
     from vllm_sparse.kernels.cpu import layout24
@@ -165,22 +165,20 @@ def test_own_gemms_of_the_large_m_path_are_exact_to_fp32_accumulation(tile_gemm,
             _check(y, x, w, bias, torch.bfloat16)
 
 
-def test_nm24_pairs_path_is_exact_to_fp32_accumulation(monkeypatch):
-    """2:4 on AVX-512 BF16 above the direct kernel's M multiplies only the kept half
-    (gemm_nm24_pairs_bf16.cpp; by rule up to M = 32, forced here for every M): M =
-    1..8 in one vector of 8 lanes, then up to four vectors of 16 (9, 16, 20, 40, 64),
-    several sets of 64 rows (70, 130); K = 2112 and 8256 walk the columns in more than
-    one chunk (sums carried between chunks) at every vector count; rows not a multiple
-    of the 8-row block; groups padded with zeros; outputs poisoned beforehand."""
+def test_nm24_lanes_kernel_is_exact_to_fp32_accumulation():
+    """2:4 on AVX-512 BF16 from M = 4 (gemm_nm24_lanes_bf16.cpp: the weight rows in the
+    vector lanes, activations gathered by vpermw): M = 4..7 with each row's sum split
+    over two accumulators, 8..16 in one pass, 17, 33 and 70 in passes of 16 and a
+    remainder; M = 1..3 beside it (the gather kernel); rows not a multiple of the 8-row
+    block; K from one 64-column record to 33; groups padded with zeros (fewer than two
+    non-zeros); bias on odd M; outputs poisoned beforehand."""
     if isa.AVX512_BF16 not in isa.supported():
         pytest.skip("this CPU has no AVX-512 BF16 path")
     from vllm_sparse.kernels.cpu import layout24
 
-    monkeypatch.setenv("VLLM_SPARSE_CPU_TILE_GEMM", "pairs")
-
     gen = _gen(31)
-    for shape, ms in [((5, 64), [1, 8, 9, 70]), ((37, 2112), [1, 3, 8, 9, 16, 20, 40, 64, 70, 130]),
-                      ((16, 8256), [8, 16])]:
+    for shape, ms in [((5, 64), [1, 4, 8, 17]), ((37, 2112), [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 33, 70]),
+                      ((16, 576), [4, 16, 32])]:
         w = _pruned(shape, None, torch.bfloat16, gen, (2, 4))
         w[0, :8] = 0
         w[1, 1] = 0
@@ -189,7 +187,7 @@ def test_nm24_pairs_path_is_exact_to_fp32_accumulation(monkeypatch):
             x = torch.randn(m, shape[1], generator=gen).bfloat16()
             bias = torch.randn(shape[0], generator=gen).bfloat16() if m % 2 else None
             _poison_allocator(m * shape[0], torch.bfloat16)
-            y = layout24.linear(x, layout, bias, max_direct_m=0, isa_code=isa.AVX512_BF16)
+            y = layout24.linear(x, layout, bias, max_direct_m=1 << 20, isa_code=isa.AVX512_BF16)
             _check(y, x, w, bias, torch.bfloat16)
 
 

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 SOURCE_DIR = Path(__file__).parent / "csrc"
 SOURCES = ("ops.cpp", "gemm_scalar.cpp", "gemm_avx2.cpp", "gemm_avx512.cpp", "gemm_avx512_bf16.cpp", "gemm_nm24.cpp",
-           "gemm_nm24_avx2.cpp", "gemm_nm24_pairs_bf16.cpp", "gemm_nm24_lanes_bf16.cpp", "gemm_tile_bf16.cpp", "gemm_rowtile_bf16.cpp",
+           "gemm_nm24_avx2.cpp", "gemm_nm24_lanes_bf16.cpp", "gemm_tile_bf16.cpp", "gemm_rowtile_bf16.cpp",
            "gemv_dense_bf16.cpp", "skip_mlp.cpp", "silu_mul.cpp", "neuron_mlp.cpp")
 HEADERS = ("spmm.h", "store.h", "prefetch.h", "decode_walk.h", "nm24_records.h", "neuron_mlp.h", "silu_mul.h", "bf16.h",
            "transpose16.h")

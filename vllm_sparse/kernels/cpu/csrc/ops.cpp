@@ -161,8 +161,7 @@ at::Tensor tile_buffer(int64_t numel, const at::TensorOptions& options) {
 // 1.09x at 32, 1.05x at 40, 1.04x at 64, 1.01x at 128; 0.98x at 512 (every 12-row tile
 // streams all the activations, from L3 once they outgrow L2).
 // Elsewhere torch's GEMM. VLLM_SPARSE_CPU_TILE_GEMM=torch, panels or rows forces one
-// (read on every call: a large-M call takes a tenth of a millisecond or more). 2:4
-// weights on AVX-512 BF16 take neither unless forced: see nm24_pairs.
+// (read on every call: a large-M call takes a tenth of a millisecond or more).
 enum class TileGemm { kTorch, kPanels, kRows };
 
 TileGemm tile_gemm(int64_t isa, at::ScalarType dtype, int64_t k, int64_t m) {
@@ -391,66 +390,6 @@ at::Tensor nm24_unpack(const at::Tensor& blocks, int64_t out_features, int64_t i
     return dense;
 }
 
-// Large M for 2:4 on AVX-512 BF16 up to M = 32 multiplies only the kept half
-// (gemm_nm24_pairs_bf16.cpp) unless VLLM_SPARSE_CPU_TILE_GEMM forces another large-M
-// GEMM (torch, panels, rows) or this one ("pairs", at any M). Same-process A/B against
-// the row tiles / panels, 2-core EPYC, 2026-12-05, Llama-3-8B, Llama-1B and SmolLM2
-// shapes: 1.13-1.49x at M = 16, 1.07-1.49x at 32, but 0.93-1.20x at 64 and 0.87-1.05x
-// at 128: with more activation rows the row tiles' dots come closer to the core's
-// peak, while each of the pairs kernel's weight rows and groups pays its selector
-// decode and broadcast, and its activation chunk fills L1.
-bool nm24_pairs(int64_t isa, int64_t m) {
-    const char* forced = getenv("VLLM_SPARSE_CPU_TILE_GEMM");
-    if (forced) return isa == VS_AVX512_BF16 && strcmp(forced, "pairs") == 0;
-    return isa == VS_AVX512_BF16 && m <= 32;
-}
-
-// Bytes of packed activation pairs per column chunk: every weight row of the thread
-// reads the chunk's pairs, one 64-byte vector per dot (at L1 speed, the dots run as
-// with registers: benchmarks/cpu_pipes.c). Measured (same A/B, 4096x4096
-// and 4096x14336): 24-32 KiB, about L1, ahead of 6 and 12 KiB (more passes, sums
-// carried more often) and even with 48 and 96 KiB.
-const int64_t kPairsChunkBytes = 32 << 10;
-// Sets of up to four vectors of 16 activation rows (16 accumulators over 4 weight
-// rows; one or two vectors take 8 weight rows at a time): even with sets of two at
-// M = 64 in the same A/B, and half the passes over the weight when forced above 32.
-const int64_t kPairsMaxVectors = 4;
-
-// Activation rows in sets of up to four vectors of 16 (M <= 8: one vector of 8). Per
-// set the pairs are packed once (threads split the columns), then the threads split
-// the 8-row blocks and walk the columns in chunks whose pairs stay in L1.
-at::Tensor pairs_linear(const at::Tensor& x, const VsNM24Weight& w, int64_t block_count,
-                        const c10::optional<at::Tensor>& bias) {
-    const int64_t m = x.size(0), k = w.k, words = k / 32, chunks = k / 64;
-    const int lanes = m <= 8 ? 8 : 16;
-    const uint16_t* x16 = reinterpret_cast<const uint16_t*>(x.data_ptr());
-    const at::Tensor bias_f = float_bias(bias);
-    at::Tensor y = at::empty({m, w.n}, x.options());
-    const VsGemm g = gemm_args(x16, m, bias_f, y);
-    for (int64_t m0 = 0; m0 < m; m0 += lanes * kPairsMaxVectors) {
-        const int vectors = (int)std::min<int64_t>(kPairsMaxVectors, (m - m0 + lanes - 1) / lanes);
-        const int64_t group_elems = VS_NM24_PAIRS * vectors * lanes * 2;  // bf16
-        at::Tensor xp = at::empty({k / 4 * group_elems}, x.options());
-        uint16_t* xp16 = reinterpret_cast<uint16_t*>(xp.data_ptr());
-        at::parallel_for(0, words, share(words, 4), [&](int64_t w0, int64_t w1) {
-            vs_pairs_pack_activations(x16, m, k, m0, lanes, vectors, w0, w1, xp16);
-        });
-        const int64_t chunk_step = std::max<int64_t>(1, kPairsChunkBytes / (16 * group_elems * 2));
-        at::parallel_for(0, block_count, share(block_count, 1), [&](int64_t b0, int64_t b1) {
-            // Sums carried between column chunks (kInt, as the other large-M buffers, so
-            // that layers taking turns do not reallocate it).
-            const int64_t sums = chunk_step < chunks ? (b1 - b0) * VS_NM24_BLOCK_ROWS * vectors * lanes : 1;
-            at::Tensor buffer = tile_buffer(sums, x.options().dtype(at::kInt));
-            float* partial = reinterpret_cast<float*>(buffer.data_ptr<int32_t>());
-            for (int64_t c0 = 0; c0 < chunks; c0 += chunk_step) {
-                const int64_t c1 = std::min(chunks, c0 + chunk_step);
-                vs_pairs_multiply(&w, xp16, lanes, vectors, b0, b1, c0, c1, partial, c0 == 0, c1 == chunks, &g, m0);
-            }
-        });
-    }
-    return y;
-}
-
 // From this many activation rows the 2:4 layout's direct path on AVX-512 BF16 takes
 // the kernel with the weight rows in the lanes (gemm_nm24_lanes_bf16.cpp), in passes
 // of kLanesPassRows rows. Same-process A/B, 2-core EPYC, 2026-12-05 (cold weights,
@@ -485,7 +424,6 @@ at::Tensor nm24_linear(const at::Tensor& x_in, const at::Tensor& blocks, int64_t
     const int64_t m = x_in.size(0);
     at::Tensor x = x_in.contiguous();
     if (m == 0) return at::empty({0, w.n}, x.options());
-    if (m > max_direct_m && nm24_pairs(isa, m)) return pairs_linear(x, w, blocks.size(0), bias);
     if (m > max_direct_m) {
         auto unpack_rows = [&](int64_t r0, int64_t r1, void* dst) {
             unpack_nm24_rows(w, isa, r0, r1, static_cast<uint16_t*>(dst));

@@ -111,20 +111,6 @@ void vs_rowtile_from_nm24(const VsNM24Weight* w, int64_t row0, int64_t rows, uin
 void vs_rowtile_multiply(const uint32_t* tile, int64_t rows, int64_t k, const uint64_t* xa, int64_t m,
                          const VsGemm* g, int64_t row0, const VsRegion* next, int regions);
 
-// Large M for 2:4 weights on AVX-512 BF16 (gemm_nm24_pairs_bf16.cpp, which gives the
-// layouts): activation rows m0 .. m0 + vectors * lanes (lanes 16, or 8 for M <= 8)
-// packed as every group's six column pairs (words [word_begin, word_end) of 32
-// columns), then blocks [block_begin, block_end) multiplied over 64-column chunks
-// [chunk_begin, chunk_end), fp32 sums carried between calls in `partial` (first:
-// start from zero; last: write y). A group of four columns has VS_NM24_PAIRS column
-// pairs (a, b), a < b.
-enum { VS_NM24_PAIRS = 6 };
-void vs_pairs_pack_activations(const uint16_t* x, int64_t m, int64_t k, int64_t m0, int lanes, int vectors,
-                               int64_t word_begin, int64_t word_end, uint16_t* xp);
-void vs_pairs_multiply(const VsNM24Weight* w, const uint16_t* xp, int lanes, int vectors, int64_t block_begin,
-                       int64_t block_end, int64_t chunk_begin, int64_t chunk_end, float* partial, int first,
-                       int last, const VsGemm* g, int64_t m0);
-
 // Dense bf16 W [N, k] (row-major, contiguous) on AVX-512 BF16 (gemv_dense_bf16.cpp):
 // rows [row_begin, row_end) of y = x W^T (+ bias), x bf16 [m, k] contiguous, y bf16.
 void vs_dense_gemv_avx512_bf16(const uint16_t* w, int64_t k, const VsGemm* g, int64_t row_begin, int64_t row_end);
