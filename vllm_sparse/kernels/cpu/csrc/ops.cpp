@@ -410,6 +410,7 @@ at::Tensor lanes_linear(const at::Tensor& x, const VsNM24Weight& w, int64_t bloc
     const at::Tensor bias_f = float_bias(bias);
     const VsGemm g = gemm_args(x.data_ptr(), m, bias_f, y);
     const uint16_t* xc16 = reinterpret_cast<const uint16_t*>(xc.data_ptr());
+    TORCH_CHECK(g.out_dtype == VS_BF16, "the 2:4 lanes kernel writes bf16");
     at::parallel_for(0, block_count, share(block_count, 1),
                      [&](int64_t b, int64_t e) { vs_gemm_nm24_lanes(&w, xc16, &g, kLanesPassRows, b, e); });
     return y;

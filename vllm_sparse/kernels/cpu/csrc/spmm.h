@@ -54,7 +54,7 @@ extern "C" {
 void vs_gemm_nm24_avx512(const VsNM24Weight* w, const VsGemm* g, int64_t block_begin, int64_t block_end);
 // The same with the weight rows in the vector lanes (gemm_nm24_lanes_bf16.cpp), for
 // several activation rows: x chunk-major, xc[(c * m + i) * 64 + j] = x[i, 64 c + j],
-// in passes of up to min(pass_rows, 16) rows.
+// in passes of up to min(pass_rows, 16) rows; y is bf16.
 void vs_gemm_nm24_lanes(const VsNM24Weight* w, const uint16_t* xc, const VsGemm* g, int pass_rows,
                         int64_t block_begin, int64_t block_end);
 // Dense rows [row_begin, row_end) into dst [row_end - row_begin, k].
