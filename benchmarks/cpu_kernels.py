@@ -194,7 +194,7 @@ def run_case(shape, pattern, dtype, ms, codes, gen, budget_s, log):
                    "isa": dispatch.NM24_PATHS[code - NM24_OFFSET] if is_nm24(code) else isa.NAMES[code]}
             # Direct kernel (the tiled path is not the direct path's fallback below 16).
             for name, max_direct in (("direct", 1 << 30), ("tiled", 0)):
-                if name == "direct" and m > 64 and own_tile_gemm:
+                if name == "direct" and m > 128 and own_tile_gemm:
                     continue  # compute-bound there by construction; the tiled path's own GEMMs serve it
                 if name == "tiled" and m < 8:
                     continue
@@ -292,6 +292,7 @@ def main() -> None:
     ap.add_argument("--dtypes", default="bf16")
     ap.add_argument("--patterns", default=",".join(PATTERNS))
     ap.add_argument("--shapes", default="llama8b,llama1b,smollm2")
+    ap.add_argument("--ms", default=",".join(map(str, MS)), help="activation rows to measure (comma-separated)")
     ap.add_argument("--budget", type=float, default=0.4, help="seconds of timing per case and side (min 5 calls)")
     ap.add_argument("--out", default="benchmarks/results/cpu_kernels")
     ap.add_argument("--write-table", nargs="?", const=dispatch.TABLE_PATH, type=Path, metavar="PATH",
@@ -310,7 +311,7 @@ def main() -> None:
         codes = [best] + ([isa.AVX2] if best > isa.AVX2 else [])
     families = {"llama8b": LLAMA8B, "llama1b": LLAMA1B, "smollm2": SMOLLM2}
     shapes = [shape for name in args.shapes.split(",") for shape in families[name]]
-    ms, patterns = MS, args.patterns.split(",")
+    ms, patterns = [int(m) for m in args.ms.split(",")], args.patterns.split(",")
     if args.quick:
         shapes, ms, patterns = [(14336, 4096), (3072, 576)], [1, 8, 64], ["2:4", "70%"]
     gen = torch.Generator().manual_seed(0)
