@@ -219,7 +219,7 @@ def annotate(records, read_gbps):
     records (``dispatch.choose_among``, as ``dispatcher.cpu_plan`` does from the
     committed table): a 2:4 weight may run on the 2:4 kernel or the bitmap kernel of
     the same ISA path, whichever has the better geometric mean over the M of batched
-    decode, or within 3% of it holds up better over every measured M."""
+    decode, or within 3% of it is better over every measured M."""
     # Each bitmap path of the run with the 2:4 kernel its host runs beside it (an
     # AVX-512 host without BF16 runs the AVX2 one), as dispatcher._cpu_path_names pairs them.
     bitmap_to_nm24 = {}

@@ -29,8 +29,8 @@ shape (by weight size, then in_features) give its expected speed-up per M:
 Where a weight can take more than one kernel path (a 2:4 weight: the 2:4 kernel or
 the bitmap kernel, the same bytes), the one with the best geometric mean over the
 measured M of batched decode (as above, up to 8 or the engine's largest batch) runs;
-where another comes within ``NEAR_TIE`` (3%) of that mean, the one of those whose
-lowest speed-up over all measured M is highest.
+where another comes within ``NEAR_TIE`` (3%) of that mean, the one of those with the
+best geometric mean over every measured M.
 
 With no record for the ISA path or dtype (a host class never measured), layers stay
 dense: a sparse path only where a measurement says it wins.
@@ -76,6 +76,7 @@ class CpuChoice:
     worst_speedup: float  # lowest over the measured M of the path the op will run
     worst_m: int
     decode_mean: float = float("nan")  # geometric mean over the measured M of batched decode
+    overall_mean: float = float("nan")  # geometric mean over every measured M
 
 
 def table_path() -> Path:
@@ -163,8 +164,12 @@ def choose(shape: tuple[int, int], sparsity: float, dtype: torch.dtype, isa: str
     if any(speedup < 1.0 - MAX_DECODE_LOSS for speedup in decode):
         return None
     worst_m = min(run, key=run.get)
-    decode_mean = math.exp(sum(math.log(speedup) for speedup in decode) / len(decode))
-    return CpuChoice(isa, max_direct, by_m[1]["direct"], run[worst_m], worst_m, decode_mean)
+    return CpuChoice(isa, max_direct, by_m[1]["direct"], run[worst_m], worst_m, _geometric_mean(decode),
+                     _geometric_mean(list(run.values())))
+
+
+def _geometric_mean(speedups: list[float]) -> float:
+    return math.exp(sum(math.log(max(speedup, 1e-9)) for speedup in speedups) / len(speedups))
 
 
 def choose_among(paths: list[str], shape: tuple[int, int], sparsity: float, dtype: torch.dtype,
@@ -184,12 +189,12 @@ def choose_among(paths: list[str], shape: tuple[int, int], sparsity: float, dtyp
     if not choices:
         return None
     # Within NEAR_TIE of the best decode mean (closer than two runs of the benchmark
-    # agree), the path whose worst measured M is highest: in the 2026-12-05 14:14 2:4
-    # table the bitmap kernel led 1024x4096 by 0.6% over M = 1..8 and ran 0.92x of
-    # oneDNN at M = 64 and 128, where the 2:4 kernel ran 1.03x and 1.05x.
+    # agree), the path better over every measured M: in the 2026-12-05 14:14 2:4 table
+    # the bitmap kernel led 1024x4096 by 0.4% over M = 1..8 and 2048x2048 by 0.05%, and
+    # ran 0.95x and 1.03x of oneDNN at M = 16 where the 2:4 kernel ran 1.27x and 1.44x.
     best = max(choices, key=lambda c: c.decode_mean)
     near = [c for c in choices if c.decode_mean >= best.decode_mean * (1.0 - NEAR_TIE)]
-    return max(near, key=lambda c: c.worst_speedup)
+    return max(near, key=lambda c: c.overall_mean)
 
 
 def dense_gemv_max_m(shape: tuple[int, int], isa: str, records: tuple[dict, ...] | None = None) -> int:
