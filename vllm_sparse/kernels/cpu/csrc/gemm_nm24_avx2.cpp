@@ -2,11 +2,9 @@
 // 576-byte record per 64 columns: 8 selectors, then 8 x 32 bf16 values).
 //
 // The bitmap kernel's AVX2 path spends a table lookup, a byte shuffle and a widening
-// on every 8 columns, zeros included. Here the 8 values of a 16-column quarter (four
-// groups) are widened to fp32 once and their 8 activations are gathered to them: a
-// value's column within its 8-column half is 4 * (its group's place in the half) +
-// its selector, so one vpermps per half and a blend fetch them from the fp32
-// activations. No zero is multiplied.
+// on every 8 columns, zeros included. Here the activations are gathered to the
+// values instead (vpermps, by each value's 2-bit selector), with the block's 8 rows
+// in the vector lanes (block_rows). No zero is multiplied.
 #include <immintrin.h>
 #include "store.h"
 
@@ -16,47 +14,87 @@ namespace {
 
 #include "nm24_records.h"
 
-inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
+// r[j] lane i <- r[i] lane j: an 8 x 8 block of 32-bit words transposed in registers.
+inline void transpose8x8_epi32(__m256i r[8]) {
+    __m256i a[8], b[8];
+    for (int i = 0; i < 8; i += 2) {
+        a[i] = _mm256_unpacklo_epi32(r[i], r[i + 1]);
+        a[i + 1] = _mm256_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        b[i] = _mm256_unpacklo_epi64(a[i], a[i + 2]);
+        b[i + 1] = _mm256_unpackhi_epi64(a[i], a[i + 2]);
+        b[i + 2] = _mm256_unpacklo_epi64(a[i + 1], a[i + 3]);
+        b[i + 3] = _mm256_unpackhi_epi64(a[i + 1], a[i + 3]);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[i] = _mm256_permute2x128_si256(b[i], b[i + 4], 0x20);
+        r[i + 4] = _mm256_permute2x128_si256(b[i], b[i + 4], 0x31);
+    }
 }
 
-// Lane j of 8 (value 8q + j of a chunk, group 4q + j / 2): its column within its
-// 8-column half of the quarter. `selectors16` holds the quarter's 8 selectors.
-inline __m256i quarter_index(uint32_t selectors16, __m256i shifts, __m256i group_base) {
-    const __m256i sel = _mm256_srlv_epi32(_mm256_set1_epi32((int)selectors16), shifts);
-    return _mm256_add_epi32(_mm256_and_si256(sel, _mm256_set1_epi32(3)), group_base);
-}
+// Whole records asked for this many ahead on a block's first pass (the later passes
+// read it from L2 and ask for three lines 2 KiB ahead, as the decode kernels do).
+// Same-process A/Bs against the per-row kernel this file had before (2026-12-05, cold
+// weights, 2 threads, Llama and SmolLM2 shapes): with it 1.24-1.74x at M = 1, with
+// the three lines on every pass 0.92-1.08x; 8 records ahead and whole records on
+// every pass no better.
+const int kFirstPassRecordsAhead = 4;
 
-// The 8 rows of block `block` against fp32 activation row m.
+// The 8 rows of block `block` against fp32 activation row m, the rows in the lanes:
+// per 8 groups of a record, an 8 x 8 transpose puts each group's 8 value pairs in one
+// register (lane r: row r), the group's four activations are one 128-bit load, and
+// two vpermps (lane r <- the columns of the row's two selectors) and two FMAs (even
+// and odd values, widened by a shift and a mask) take 16 values: about 14
+// instructions where the per-row kernel this replaced spent about 14 on 8 values
+// (its selectors widened per row and quarter, two vpermps and a blend per 8).
 void block_rows(const VsNM24Weight* w, const VsGemm* g, int64_t block, int64_t m) {
     const int chunks = (int)(w->k / 64);
     const float* x = (const float*)g->x + m * w->k;
     const uint8_t* record = block_records(w, block);
-    const __m256i shifts = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
-    const __m256i group_base = _mm256_setr_epi32(0, 0, 4, 4, 0, 0, 4, 4);
-    __m256 acc[kRows];
-    for (int r = 0; r < kRows; r++) acc[r] = _mm256_setzero_ps();
+    const __m256i three = _mm256_set1_epi32(3), high = _mm256_set1_epi32((int)0xffff0000u);
+    __m256 acc[4];
+    for (int i = 0; i < 4; i++) acc[i] = _mm256_setzero_ps();
     for (int c = 0; c < chunks; c++, record += kRecord) {
-        prefetch_ahead(record);
-        for (int q = 0; q < 4; q++) {
-            const __m256 lo = _mm256_loadu_ps(x + c * 64 + q * 16);
-            const __m256 hi = _mm256_loadu_ps(x + c * 64 + q * 16 + 8);
-            for (int r = 0; r < kRows; r++) {
-                const uint32_t quarter = (uint32_t)(record_selectors(record, r) >> (16 * q)) & 0xffffu;
-                const __m256i idx = quarter_index(quarter, shifts, group_base);
-                const __m128i raw = _mm_loadu_si128((const __m128i*)(record_values(record, r) + q * 8));
-                const __m256 wv = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
-                const __m256 xg = _mm256_blend_ps(_mm256_permutevar8x32_ps(lo, idx), _mm256_permutevar8x32_ps(hi, idx), 0xF0);
-                acc[r] = _mm256_fmadd_ps(wv, xg, acc[r]);
+        if (m == 0)
+            for (int line = 0; line < kRecord; line += 64)
+                _mm_prefetch((const char*)record + kFirstPassRecordsAhead * kRecord + line, _MM_HINT_T0);
+        else
+            prefetch_ahead(record);
+        // Selector words of rows 0-3 and 4-7; shuffled to lane r = row r's low (groups
+        // 0-7) and high (8-15) 32 bits.
+        const __m256i s03 = _mm256_loadu_si256((const __m256i*)record);
+        const __m256i s47 = _mm256_loadu_si256((const __m256i*)record + 1);
+        const __m256i order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
+        const __m256i halves[2] = {
+            _mm256_permutevar8x32_epi32(
+                _mm256_castps_si256(_mm256_shuffle_ps(_mm256_castsi256_ps(s03), _mm256_castsi256_ps(s47), 0x88)), order),
+            _mm256_permutevar8x32_epi32(
+                _mm256_castps_si256(_mm256_shuffle_ps(_mm256_castsi256_ps(s03), _mm256_castsi256_ps(s47), 0xDD)), order)};
+        for (int half = 0; half < 2; half++) {
+            __m256i v[8];
+            for (int r = 0; r < kRows; r++)
+                v[r] = _mm256_loadu_si256((const __m256i*)(record_values(record, r) + 16 * half));
+            transpose8x8_epi32(v);  // v[j]: lane r = row r's pair of group 8 half + j
+            const float* xh = x + c * 64 + 32 * half;
+#pragma GCC unroll 8
+            for (int j = 0; j < 8; j++) {
+                const __m256i sel = _mm256_srli_epi32(halves[half], 4 * j);
+                const __m256 xs = _mm256_castps128_ps256(_mm_loadu_ps(xh + 4 * j));
+                const __m256 x0 = _mm256_permutevar8x32_ps(xs, _mm256_and_si256(sel, three));
+                const __m256 x1 = _mm256_permutevar8x32_ps(xs, _mm256_and_si256(_mm256_srli_epi32(sel, 2), three));
+                const __m256 w0 = _mm256_castsi256_ps(_mm256_slli_epi32(v[j], 16));
+                const __m256 w1 = _mm256_castsi256_ps(_mm256_and_si256(v[j], high));
+                acc[2 * (j & 1)] = _mm256_fmadd_ps(w0, x0, acc[2 * (j & 1)]);
+                acc[2 * (j & 1) + 1] = _mm256_fmadd_ps(w1, x1, acc[2 * (j & 1) + 1]);
             }
         }
     }
+    float sums[8];
+    _mm256_storeu_ps(sums, _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
     for (int r = 0; r < kRows; r++) {
         const int64_t row = block * kRows + r;
-        if (row < w->n) vs_store_out(g, m, row, hsum(acc[r]));
+        if (row < w->n) vs_store_out(g, m, row, sums[r]);
     }
 }
 
@@ -79,9 +117,9 @@ struct PlaceTable {
 }  // namespace
 
 extern "C" void vs_gemm_nm24_avx2(const VsNM24Weight* w, const VsGemm* g, int64_t block_begin, int64_t block_end) {
-    // One activation row per pass over a block (8 accumulators; later passes read the
-    // block from L2): with two rows per pass the sixteen ymm registers did not hold the
-    // accumulators, which went to the stack, and M = 2 ran slower than two passes.
+    // One activation row per pass over a block (later passes read the block from L2):
+    // sixteen ymm registers hold one row's accumulators, a transposed half record and
+    // the constants, not two rows'.
     for (int64_t b = block_begin; b < block_end; b++)
         for (int64_t m = 0; m < g->m; m++) block_rows(w, g, b, m);
 }
