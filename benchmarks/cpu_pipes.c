@@ -235,39 +235,6 @@ int main(void) {
     return 0;
 }
 #else
-#define PERMW_MEM_DOT16 "vpermw 0(%1), %%zmm24, %%zmm16\n" \
-    "vdpbf16ps %%zmm16, %%zmm26, %%zmm0\n" \
-    "vpermw 64(%1), %%zmm24, %%zmm17\n" \
-    "vdpbf16ps %%zmm17, %%zmm26, %%zmm1\n" \
-    "vpermw 128(%1), %%zmm24, %%zmm18\n" \
-    "vdpbf16ps %%zmm18, %%zmm26, %%zmm2\n" \
-    "vpermw 192(%1), %%zmm24, %%zmm19\n" \
-    "vdpbf16ps %%zmm19, %%zmm26, %%zmm3\n" \
-    "vpermw 256(%1), %%zmm24, %%zmm20\n" \
-    "vdpbf16ps %%zmm20, %%zmm26, %%zmm4\n" \
-    "vpermw 320(%1), %%zmm24, %%zmm21\n" \
-    "vdpbf16ps %%zmm21, %%zmm26, %%zmm5\n" \
-    "vpermw 384(%1), %%zmm24, %%zmm22\n" \
-    "vdpbf16ps %%zmm22, %%zmm26, %%zmm6\n" \
-    "vpermw 448(%1), %%zmm24, %%zmm23\n" \
-    "vdpbf16ps %%zmm23, %%zmm26, %%zmm7\n" \
-    "vpermw 0(%1), %%zmm24, %%zmm16\n" \
-    "vdpbf16ps %%zmm16, %%zmm26, %%zmm8\n" \
-    "vpermw 64(%1), %%zmm24, %%zmm17\n" \
-    "vdpbf16ps %%zmm17, %%zmm26, %%zmm9\n" \
-    "vpermw 128(%1), %%zmm24, %%zmm18\n" \
-    "vdpbf16ps %%zmm18, %%zmm26, %%zmm10\n" \
-    "vpermw 192(%1), %%zmm24, %%zmm19\n" \
-    "vdpbf16ps %%zmm19, %%zmm26, %%zmm11\n" \
-    "vpermw 256(%1), %%zmm24, %%zmm20\n" \
-    "vdpbf16ps %%zmm20, %%zmm26, %%zmm12\n" \
-    "vpermw 320(%1), %%zmm24, %%zmm21\n" \
-    "vdpbf16ps %%zmm21, %%zmm26, %%zmm13\n" \
-    "vpermw 384(%1), %%zmm24, %%zmm22\n" \
-    "vdpbf16ps %%zmm22, %%zmm26, %%zmm14\n" \
-    "vpermw 448(%1), %%zmm24, %%zmm23\n" \
-    "vdpbf16ps %%zmm23, %%zmm26, %%zmm15\n"
-
 int main(void) {
     puts("cpu_pipes: no AVX-512 BF16 + VBMI2 in this build (compile with -march=native on such a CPU)");
     return 0;
