@@ -176,8 +176,9 @@ def choose_among(paths: list[str], shape: tuple[int, int], sparsity: float, dtyp
                  records: tuple[dict, ...] | None = None, max_batch: int | None = None,
                  pattern: str | None = None, host: str | None = None) -> CpuChoice | None:
     """The plan of whichever kernel path in ``paths`` (preferred first, on a tie) has
-    the best geometric mean over the measured M of batched decode, or None where none
-    is taken (see ``choose``). A 2:4 weight can run on the 2:4 kernel or the bitmap
+    the best geometric mean over the measured M of batched decode, or among those
+    within ``NEAR_TIE`` of it the best over every measured M; None where none is taken
+    (see ``choose``). A 2:4 weight can run on the 2:4 kernel or the bitmap
     kernel of its ISA path (same bytes). Choosing by M = 1 alone had sent Llama-1B's
     down_proj (2048x8192) to the 2:4 kernel, 5% faster at M = 1 and 10% slower at M = 8
     in the 2026-12-04 22:21 table; end to end (compiled, Llama-1B 2:4, one run, engines

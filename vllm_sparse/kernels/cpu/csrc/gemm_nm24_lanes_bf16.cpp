@@ -19,9 +19,6 @@
 #include <immintrin.h>
 #include "spmm.h"
 
-#ifndef PF_AHEAD
-#define PF_AHEAD 4
-#endif
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx512bf16,popcnt")
 
 namespace {
@@ -57,8 +54,9 @@ struct Indices {
 
 // How many records ahead to ask for a whole record: this kernel spends ~45 ns on a
 // record at M = 8, so the three lines 2 KiB ahead that the decode kernels ask for
-// (prefetch_ahead) left it waiting on the rest (2.2x slower at M = 8, weight in L3).
-const int kRecordsAhead = PF_AHEAD;
+// (prefetch_ahead) left it waiting on the rest (2.2x slower at M = 8, weight in L3,
+// single thread); 8 ahead ran as 4.
+const int kRecordsAhead = 4;
 
 // The 8 rows of block `block` against activation rows [m0, m0 + MB). Each row's sum
 // is split over S accumulators (vector h adds to split h % S): with fewer than 8

@@ -395,9 +395,10 @@ at::Tensor nm24_unpack(const at::Tensor& blocks, int64_t out_features, int64_t i
 // of kLanesPassRows rows. Same-process A/B, 2-core EPYC, 2026-12-05 (cold weights,
 // 2 threads, Llama-3-8B / Llama-1B / SmolLM2 shapes): at M = 4 1.21-1.64x of oneDNN
 // against the gather kernel's 1.19-1.42x (below it on three SmolLM2 shapes by at most
-// 0.07), at M = 8 1.41-1.69x against 1.07-1.35x, and at M = 16-64 ahead of the
-// large-M paths on all but the smallest shapes (1.03-1.60x at 16, 0.87-1.11x at 64).
-// Passes of 16 rows tied with 8 and 12 (single thread, weight in L3).
+// 0.07), at M = 8 1.41-1.69x against 1.07-1.35x, and at M = 16 1.03-1.60x against the
+// row tiles' 0.83-1.06x. Above a layer's max_direct_m (the table's: up to 128) the
+// row tiles or panels run. Passes of 16 rows tied with 8 and 12 (single thread,
+// weight in L3).
 const int64_t kLanesFromM = 4;
 const int kLanesPassRows = 16;
 
