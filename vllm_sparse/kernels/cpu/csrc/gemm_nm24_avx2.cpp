@@ -57,8 +57,7 @@ void block_rows(const VsNM24Weight* w, const VsGemm* g, int64_t block, int64_t m
     for (int i = 0; i < 4; i++) acc[i] = _mm256_setzero_ps();
     for (int c = 0; c < chunks; c++, record += kRecord) {
         if (m == 0)
-            for (int line = 0; line < kRecord; line += 64)
-                _mm_prefetch((const char*)record + kFirstPassRecordsAhead * kRecord + line, _MM_HINT_T0);
+            prefetch_record(record, kFirstPassRecordsAhead);
         else
             prefetch_ahead(record);
         // Selector words of rows 0-3 and 4-7; shuffled to lane r = row r's low (groups

@@ -13,7 +13,7 @@
 // that puts the rows in the lanes, and the lane indices (vpmultishiftqb + vpternlogd
 // straight from the record's selector words, which are already one per row).
 //
-// The activations come chunk-major (xc[(c * m + i) * 64 ..]: chunk c of row i), so
+// The activations come chunk-major (x[(c * m + i) * 64 ..]: chunk c of row i), so
 // the rows of a pass read one contiguous run per chunk: rows of 4 or 8 KiB put every
 // row's line of a chunk into one L1 set.
 #include <immintrin.h>
@@ -57,13 +57,15 @@ struct Indices {
 // (prefetch_ahead) left it waiting on the rest (2.2x slower at M = 8, weight in L3,
 // single thread); 8 ahead ran as 4.
 const int kRecordsAhead = 4;
+// Activation rows per pass: 16 accumulators, with the 8 transposed vectors and the
+// index in registers. Passes of 8 and 12 ran as fast (single thread, weight in L3).
+const int kPassRows = 16;
 
 // The 8 rows of block `block` against activation rows [m0, m0 + MB). Each row's sum
 // is split over S accumulators (vector h adds to split h % S): with fewer than 8
 // rows, one accumulator per row would make every dot wait for the previous one.
 template <int MB>
-void block_pass(const VsNM24Weight* w, const uint16_t* xc, const VsGemm* g, int64_t block, int64_t m0,
-                const Indices& ix) {
+void block_pass(const VsNM24Weight* w, const VsGemm* g, int64_t block, int64_t m0, const Indices& ix) {
     const int S = MB >= 8 ? 1 : MB >= 4 ? 2 : MB >= 2 ? 4 : 8;
     const int64_t chunks = w->k / 64;
     const uint8_t* record = block_records(w, block);
@@ -71,13 +73,12 @@ void block_pass(const VsNM24Weight* w, const uint16_t* xc, const VsGemm* g, int6
     for (int i = 0; i < MB; i++)
         for (int s = 0; s < S; s++) acc[i][s] = _mm512_setzero_ps();
     for (int64_t c = 0; c < chunks; c++, record += kRecord) {
-        for (int line = 0; line < kRecord; line += 64)
-            _mm_prefetch((const char*)record + kRecordsAhead * kRecord + line, _MM_HINT_T0);
+        prefetch_record(record, kRecordsAhead);
         const __m512i selectors = _mm512_loadu_si512(record);
         __m512i v[8];
         for (int r = 0; r < kRows; r++) v[r] = _mm512_loadu_si512(record_values(record, r));
         transpose8x8_epi64(v);  // v[h] qword r: row r's pairs of groups 2h, 2h + 1
-        const uint16_t* x = xc + (c * g->m + m0) * 64;
+        const uint16_t* x = (const uint16_t*)g->x + (c * g->m + m0) * 64;
 #pragma GCC unroll 8
         for (int h = 0; h < 8; h++) {
             const __m512i idx = ix.of(selectors, h);
@@ -105,23 +106,20 @@ void block_pass(const VsNM24Weight* w, const uint16_t* xc, const VsGemm* g, int6
 
 }  // namespace
 
-extern "C" void vs_gemm_nm24_lanes(const VsNM24Weight* w, const uint16_t* xc, const VsGemm* g, int pass_rows,
-                                   int64_t block_begin, int64_t block_end) {
+extern "C" void vs_gemm_nm24_lanes(const VsNM24Weight* w, const VsGemm* g, int64_t block_begin, int64_t block_end) {
     static const Indices ix;
     // All passes over a block before the next: the passes after the first read it
     // from L2 (a block of K = 14336 is 129 KiB), so the weight streams from memory
     // once whatever M is.
     for (int64_t b = block_begin; b < block_end; b++)
-        for (int64_t m0 = 0; m0 < g->m;) {
-            const int64_t left = g->m - m0, rows = left < pass_rows ? left : pass_rows < 16 ? pass_rows : 16;
-            switch (rows) {
+        for (int64_t m0 = 0; m0 < g->m; m0 += kPassRows) {
+            switch (g->m - m0 < kPassRows ? g->m - m0 : kPassRows) {
 #define VS_PASS(n) \
-    case n: block_pass<n>(w, xc, g, b, m0, ix); break;
+    case n: block_pass<n>(w, g, b, m0, ix); break;
                 VS_PASS(1) VS_PASS(2) VS_PASS(3) VS_PASS(4) VS_PASS(5) VS_PASS(6) VS_PASS(7) VS_PASS(8)
                 VS_PASS(9) VS_PASS(10) VS_PASS(11) VS_PASS(12) VS_PASS(13) VS_PASS(14) VS_PASS(15)
-                default: block_pass<16>(w, xc, g, b, m0, ix); break;
+                default: block_pass<kPassRows>(w, g, b, m0, ix); break;
 #undef VS_PASS
             }
-            m0 += rows;
         }
 }

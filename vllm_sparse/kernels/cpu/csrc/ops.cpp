@@ -391,31 +391,13 @@ at::Tensor nm24_unpack(const at::Tensor& blocks, int64_t out_features, int64_t i
 }
 
 // From this many activation rows the 2:4 layout's direct path on AVX-512 BF16 takes
-// the kernel with the weight rows in the lanes (gemm_nm24_lanes_bf16.cpp), in passes
-// of kLanesPassRows rows. Same-process A/B, 2-core EPYC, 2026-12-05 (cold weights,
-// 2 threads, Llama-3-8B / Llama-1B / SmolLM2 shapes): at M = 4 1.21-1.64x of oneDNN
-// against the gather kernel's 1.19-1.42x (below it on three SmolLM2 shapes by at most
-// 0.07), at M = 8 1.41-1.69x against 1.07-1.35x, and at M = 16 1.03-1.60x against the
-// row tiles' 0.83-1.06x. Above a layer's max_direct_m (the table's: up to 128) the
-// row tiles or panels run. Passes of 16 rows tied with 8 and 12 (single thread,
-// weight in L3).
+// the kernel with the weight rows in the lanes (gemm_nm24_lanes_bf16.cpp). Same-process
+// A/B, 2-core EPYC, 2026-12-05 (cold weights, 2 threads, Llama-3-8B / Llama-1B /
+// SmolLM2 shapes): at M = 4 1.21-1.64x of oneDNN against the gather kernel's
+// 1.19-1.42x (below it on three SmolLM2 shapes by at most 0.07), at M = 8 1.41-1.69x
+// against 1.07-1.35x, and at M = 16 1.03-1.60x against the row tiles' 0.83-1.06x.
+// Above a layer's max_direct_m (the table's: up to 128) the row tiles or panels run.
 const int64_t kLanesFromM = 4;
-const int kLanesPassRows = 16;
-
-at::Tensor lanes_linear(const at::Tensor& x, const VsNM24Weight& w, int64_t block_count,
-                        const c10::optional<at::Tensor>& bias) {
-    const int64_t m = x.size(0);
-    // Chunk-major: the rows of a pass read one contiguous run per 64-column chunk.
-    const at::Tensor xc = x.view({m, w.k / 64, 64}).transpose(0, 1).contiguous();
-    at::Tensor y = at::empty({m, w.n}, x.options());
-    const at::Tensor bias_f = float_bias(bias);
-    const VsGemm g = gemm_args(x.data_ptr(), m, bias_f, y);
-    const uint16_t* xc16 = reinterpret_cast<const uint16_t*>(xc.data_ptr());
-    TORCH_CHECK(g.out_dtype == VS_BF16, "the 2:4 lanes kernel writes bf16");
-    at::parallel_for(0, block_count, share(block_count, 1),
-                     [&](int64_t b, int64_t e) { vs_gemm_nm24_lanes(&w, xc16, &g, kLanesPassRows, b, e); });
-    return y;
-}
 
 at::Tensor nm24_linear(const at::Tensor& x_in, const at::Tensor& blocks, int64_t out_features, int64_t in_features,
                        int64_t isa, int64_t max_direct_m, const c10::optional<at::Tensor>& bias) {
@@ -441,15 +423,17 @@ at::Tensor nm24_linear(const at::Tensor& x_in, const at::Tensor& blocks, int64_t
         auto fill_rows = [&](int64_t r0, int64_t rows, uint32_t* tile) { vs_rowtile_from_nm24(&w, r0, rows, tile); };
         return tiled_linear(x, w.n, w.k, x.options(), isa, unpack_rows, fill_panel, fill_rows, regions_of, bias);
     }
-    if (isa == VS_AVX512_BF16 && m >= kLanesFromM) return lanes_linear(x, w, blocks.size(0), bias);
-    // The AVX2 kernel multiplies in fp32: widen the (few) activation rows once.
-    at::Tensor xk = isa == VS_AVX512_BF16 ? x : x.to(at::kFloat);
-    at::Tensor y = at::empty({m, w.n}, x.options());
+    // The x each kernel reads: the lanes kernel's chunk-major (the rows of a pass read
+    // one contiguous run per 64-column chunk), the AVX2 kernel's fp32 (widened once).
+    const bool lanes = isa == VS_AVX512_BF16 && m >= kLanesFromM;
+    at::Tensor xk = lanes ? x.view({m, w.k / 64, 64}).transpose(0, 1).contiguous()
+                    : isa == VS_AVX512_BF16 ? x : x.to(at::kFloat);
+    at::Tensor y = at::empty({m, w.n}, x.options());  // bf16, as x
     const at::Tensor bias_f = float_bias(bias);
     const VsGemm g = gemm_args(xk.data_ptr(), m, bias_f, y);
     // Threads split the 8-row blocks.
     const int64_t block_count = blocks.size(0);
-    const NM24GemmFn gemm = nm24_gemm(isa);
+    const NM24GemmFn gemm = lanes ? vs_gemm_nm24_lanes : nm24_gemm(isa);
     at::parallel_for(0, block_count, share(block_count, 1), [&](int64_t b, int64_t e) { gemm(&w, &g, b, e); });
     return y;
 }

@@ -53,10 +53,9 @@ extern "C" {
 // x is bf16 [m, k] (no padding needed); blocks [block_begin, block_end).
 void vs_gemm_nm24_avx512(const VsNM24Weight* w, const VsGemm* g, int64_t block_begin, int64_t block_end);
 // The same with the weight rows in the vector lanes (gemm_nm24_lanes_bf16.cpp), for
-// several activation rows: x chunk-major, xc[(c * m + i) * 64 + j] = x[i, 64 c + j],
-// in passes of up to min(pass_rows, 16) rows; y is bf16.
-void vs_gemm_nm24_lanes(const VsNM24Weight* w, const uint16_t* xc, const VsGemm* g, int pass_rows,
-                        int64_t block_begin, int64_t block_end);
+// several activation rows: x chunk-major (element (c * m + i) * 64 + j is x[i, 64 c + j]),
+// y bf16.
+void vs_gemm_nm24_lanes(const VsNM24Weight* w, const VsGemm* g, int64_t block_begin, int64_t block_end);
 // Dense rows [row_begin, row_end) into dst [row_end - row_begin, k].
 void vs_unpack_nm24_avx512(const VsNM24Weight* w, int64_t row_begin, int64_t row_end, uint16_t* dst);
 // The same on AVX2; its x is fp32 [m, k].

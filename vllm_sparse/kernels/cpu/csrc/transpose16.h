@@ -1,6 +1,6 @@
 // Blocks of words transposed in registers (16 x 16 of 32 bits, 8 x 8 of 64 bits),
-// shared by the AVX-512 BF16 large-M paths and the 2:4 lanes kernel. Included inside each kernel file's
-// anonymous namespace, after its target pragma.
+// shared by the AVX-512 BF16 large-M paths and the 2:4 lanes kernel. Included inside
+// each kernel file's anonymous namespace, after its target pragma.
 
 // r[j] lane i <- r[i] lane j: a 16 x 16 block of 32-bit words transposed in registers.
 inline void transpose16(__m512i r[16]) {
