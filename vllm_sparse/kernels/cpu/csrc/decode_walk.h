@@ -38,6 +38,41 @@ inline void decode_walk(const VsWeight* w, const VsGemm* g, int64_t r0, int64_t 
     for (int r = 0; r < R; r++) vs_store_out(g, m0, r0 + r, _mm512_reduce_add_ps(total[r]));
 }
 
+// The same walk two rows at a time: `pair_slice(va, vb, bits_a, bits_b, w0, w1, next,
+// sum_a, sum_b)` multiplies rows a and b over words [w0, w1), so each activation
+// vector it loads feeds two dots. R is even.
+template <typename T, int R, typename PairSlice>
+inline void decode_walk_pairs(const VsWeight* w, const VsGemm* g, int64_t r0, int64_t stop, int64_t m0,
+                              int slice_words, int step_words, PairSlice pair_slice) {
+    static_assert(R % 2 == 0, "rows go in pairs");
+    const int words = (int)w->words;
+    const T* values = (const T*)w->values;
+    const int64_t next_end = r0 + 2 * R < stop ? r0 + 2 * R : stop;
+    const int64_t next_begin = r0 + R < next_end ? r0 + R : next_end;
+    const int64_t steps = (int64_t)(R / 2) * (words / step_words > 0 ? words / step_words : 1);
+    RegionPrefetch next[2] = {
+        RegionPrefetch(values + w->row_offsets[next_begin], values + w->row_offsets[next_end], steps),
+        RegionPrefetch(w->bitmap + next_begin * w->words, w->bitmap + next_end * w->words, steps)};
+    const T* row_values[R];
+    __m512 total[R];
+    for (int r = 0; r < R; r++) {
+        row_values[r] = values + w->row_offsets[r0 + r];
+        total[r] = _mm512_setzero_ps();
+    }
+    for (int w0 = 0; w0 < words; w0 += slice_words) {
+        const int w1 = w0 + slice_words < words ? w0 + slice_words : words;
+        for (int r = 0; r < R; r += 2) {
+            const T* va = row_values[r];
+            const T* vb = row_values[r + 1];
+            const uint32_t* bits_a = w->bitmap + (r0 + r) * w->words;
+            pair_slice(va, vb, bits_a, bits_a + w->words, w0, w1, next, total[r], total[r + 1]);
+            row_values[r] = va;
+            row_values[r + 1] = vb;
+        }
+    }
+    for (int r = 0; r < R; r++) vs_store_out(g, m0, r0 + r, _mm512_reduce_add_ps(total[r]));
+}
+
 // Per step of a row slice: the next block's share of L2 prefetches, and this row's
 // values 512 bytes ahead and bitmap every 16 words (prefetch_ahead).
 static inline void decode_prefetch(RegionPrefetch* next, const void* v, const uint32_t* bits, int word) {

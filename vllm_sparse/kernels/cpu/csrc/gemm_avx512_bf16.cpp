@@ -113,9 +113,69 @@ void decode_block(const VsWeight* w, const VsGemm* g, int64_t r0, int64_t stop, 
     decode_walk<uint16_t, R>(w, g, r0, stop, m0, 128, 4, row_slice);
 }
 
+// The same two rows at a time, four words a step: one activation load feeds both
+// rows' dots, so a word costs one load fewer. Measured on a 2-core EPYC (same process,
+// calls alternating, both sides over the same cold copies, M = 1, Llama-3-8B,
+// Llama-1B and SmolLM2 shapes, 2026-12-05): 1.03-1.08x at 70%, 1.04-1.12x at 90% and
+// 1.01-1.07x at 60%, but 0.94-0.99x at 50%, where the row-by-row walk already streams
+// the most bytes per word and a pair's two value streams cost more than the load
+// saved. Hence kPairsBelowDensity.
+template <int R>
+void decode_pair_block(const VsWeight* w, const VsGemm* g, int64_t r0, int64_t stop, int64_t m0) {
+    const uint16_t* x = (const uint16_t*)g->x + m0 * w->words * 32;
+    auto pair_slice = [x](const uint16_t*& va, const uint16_t*& vb, const uint32_t* bits_a, const uint32_t* bits_b,
+                          int w0, int w1, RegionPrefetch* next, __m512& total_a, __m512& total_b)
+        __attribute__((always_inline)) {
+        __m512 a[4], b[4];
+        for (int j = 0; j < 4; j++) a[j] = b[j] = _mm512_setzero_ps();
+        int word = w0;
+        for (; word + 4 <= w1; word += 4) {
+            decode_prefetch(next, va, bits_a, word);
+            _mm_prefetch((const char*)vb + 512, _MM_HINT_T0);
+            if ((word & 15) == 0) _mm_prefetch((const char*)(bits_b + word) + 256, _MM_HINT_T0);
+            __m512i ea[4], eb[4];
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                const uint32_t k = bits_a[word + j];
+                ea[j] = _mm512_maskz_expandloadu_epi16(k, va);
+                va += _mm_popcnt_u32(k);
+            }
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                const uint32_t k = bits_b[word + j];
+                eb[j] = _mm512_maskz_expandloadu_epi16(k, vb);
+                vb += _mm_popcnt_u32(k);
+            }
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                const __m512bh xj = (__m512bh)_mm512_loadu_si512(x + (word + j) * 32);
+                a[j] = _mm512_dpbf16_ps(a[j], (__m512bh)ea[j], xj);
+                b[j] = _mm512_dpbf16_ps(b[j], (__m512bh)eb[j], xj);
+            }
+        }
+        for (; word < w1; word++) {
+            const __m512bh xw = (__m512bh)_mm512_loadu_si512(x + word * 32);
+            const uint32_t ka = bits_a[word], kb = bits_b[word];
+            a[0] = _mm512_dpbf16_ps(a[0], (__m512bh)_mm512_maskz_expandloadu_epi16(ka, va), xw);
+            b[0] = _mm512_dpbf16_ps(b[0], (__m512bh)_mm512_maskz_expandloadu_epi16(kb, vb), xw);
+            va += _mm_popcnt_u32(ka);
+            vb += _mm_popcnt_u32(kb);
+        }
+        total_a = _mm512_add_ps(total_a, _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])));
+        total_b = _mm512_add_ps(total_b, _mm512_add_ps(_mm512_add_ps(b[0], b[1]), _mm512_add_ps(b[2], b[3])));
+    };
+    decode_walk_pairs<uint16_t, R>(w, g, r0, stop, m0, 128, 4, pair_slice);
+}
+
+// Below this share of kept weights the one-row decode walks rows in pairs.
+const double kPairsBelowDensity = 0.45;
+
 template <int R>
 void decode_rows(const VsWeight* w, const VsGemm* g, int64_t begin, int64_t end, int64_t stop, int64_t m0) {
+    const double density = (double)w->row_offsets[w->n] / ((double)w->n * (double)w->k);
     int64_t r = begin;
+    if (density < kPairsBelowDensity)
+        for (; r + R <= end; r += R) decode_pair_block<R>(w, g, r, stop, m0);
     for (; r + R <= end; r += R) decode_block<R>(w, g, r, stop, m0);
     for (; r < end; r++) decode_block<1>(w, g, r, stop, m0);
 }
