@@ -115,11 +115,11 @@ void decode_block(const VsWeight* w, const VsGemm* g, int64_t r0, int64_t stop, 
 
 // The same two rows at a time, four words a step: one activation load feeds both
 // rows' dots, so a word costs one load fewer. Measured on a 2-core EPYC (same process,
-// calls alternating, both sides over the same cold copies, M = 1, Llama-3-8B,
-// Llama-1B and SmolLM2 shapes, 2026-12-05): 1.03-1.08x at 70%, 1.04-1.12x at 90% and
-// 1.01-1.07x at 60%, but 0.94-0.99x at 50%, where the row-by-row walk already streams
-// the most bytes per word and a pair's two value streams cost more than the load
-// saved. Hence kPairsBelowDensity.
+// calls alternating, both sides over the same cold copies, M = 1, the 12 Llama-3-8B,
+// Llama-1B and SmolLM2 shapes, 2026-12-05): 1.01-1.10x at 70% (1.05-1.10x on the
+// Llama shapes), 1.04-1.12x at 90%, 1.00-1.10x at 60%, but 0.94-0.99x at 50%, whose
+// words carry the most bytes: there the loads are not what the walk waits on, and a
+// pair's two value streams cost more than the load saved. Hence kPairsBelowDensity.
 template <int R>
 void decode_pair_block(const VsWeight* w, const VsGemm* g, int64_t r0, int64_t stop, int64_t m0) {
     const uint16_t* x = (const uint16_t*)g->x + m0 * w->words * 32;
