@@ -105,12 +105,18 @@ void block(const Tables& t, const VsWeight* w, const VsGemm* g, int64_t r0, int6
         for (int r = 0; r < R; r++) {
             uint32_t mask = bits[r][word];
             const char* p = v[r];
-            prefetch_ahead(p, bits[r], word);
+            // One activation row: the expansion, not memory, bounds the loop (~23 GB/s
+            // with the weight in cache as out of it), and the next chunk's prefetch
+            // alone keeps the rows coming; each row's own prefetch cost 1-3%.
+            if (MB > 1) prefetch_ahead(p, bits[r], word);
 #pragma GCC unroll 4
             for (int q = 0; q < 4; q++) {
                 uint32_t b = (mask >> (8 * q)) & 0xffu;
                 __m256 wq = DT == VS_BF16 && MB <= 2 ? expand_byte_widened_bf16(t, b, p) : expand_byte<DT>(t, b, p);
-                p += _mm_popcnt_u32(b) * size;
+                // A 64-bit count goes into the address as it is; a 32-bit one cost a
+                // sign extension and a separate doubling per byte (M = 1, one thread,
+                // weight in cache: 1.15-1.2x faster this way, 2026-12-05).
+                p += (int64_t)_mm_popcnt_u64(b) * size;
 #pragma GCC unroll 8
                 for (int i = 0; i < MB; i++)
                     acc[r][i] = _mm256_fmadd_ps(wq, _mm256_loadu_ps(xw + i * ldx + 8 * q), acc[r][i]);
