@@ -174,9 +174,11 @@ template <int R>
 void decode_rows(const VsWeight* w, const VsGemm* g, int64_t begin, int64_t end, int64_t stop, int64_t m0) {
     const double density = (double)w->row_offsets[w->n] / ((double)w->n * (double)w->k);
     int64_t r = begin;
-    if (density < kPairsBelowDensity)
+    if (density < kPairsBelowDensity) {
         for (; r + R <= end; r += R) decode_pair_block<R>(w, g, r, stop, m0);
-    for (; r + R <= end; r += R) decode_block<R>(w, g, r, stop, m0);
+    } else {
+        for (; r + R <= end; r += R) decode_block<R>(w, g, r, stop, m0);
+    }
     for (; r < end; r++) decode_block<1>(w, g, r, stop, m0);
 }
 
