@@ -17,8 +17,10 @@ against the fp32 torch reference first. Timing: calls of dense and sparse altern
 that the set is larger than the last-level cache (every layer of a real model comes
 cold from memory, since the rest of the model streamed through since its last call);
 the median of each side is kept. ``speedup`` = dense time / sparse time.
-``gbps`` = bytes of the compressed weight / sparse time; ``read_gbps`` = a 512 MiB
-read in the same run (8 streams per thread, ``cpu_stream_read``), before and after. Results: Markdown + JSON ({"machine", "records"}).
+``gbps`` = bytes of the compressed weight / sparse time; ``read_gbps`` = a read of as
+many bytes from memory (8 prefetched streams per thread, ``cpu_stream_read``) taking
+turns with the two at M = 1, for every M of the case (the machine's: a 512 MiB read
+before and after the run). Results: Markdown + JSON ({"machine", "records"}).
 """
 
 from __future__ import annotations
@@ -116,29 +118,52 @@ def _baseline() -> str:
 BASELINE = _baseline()
 
 
-def time_pair(dense_fns, sparse_fns, min_reps: int, budget_s: float) -> tuple[float, float]:
-    for f in dense_fns[:2] + sparse_fns[:2]:
-        f()
-    td, ts = [], []
+def time_pair(dense_fns, sparse_fns, min_reps: int, budget_s: float, read_fns=None) -> tuple[float, ...]:
+    """Median dense and sparse times, calls alternating; with ``read_fns``, a third
+    median, of plain reads taking turns with the two (the memory's speed at the same
+    moments: it drifts by tens of percent within minutes on a shared machine)."""
+    sides = [dense_fns, sparse_fns] + ([read_fns] if read_fns else [])
+    for fns in sides:
+        for f in fns[:2]:
+            f()
+    times = [[] for _ in sides]
     start = time.perf_counter()
     i = 0
     while i < min_reps or (time.perf_counter() - start < budget_s and i < 200):
-        t = time.perf_counter()
-        dense_fns[i % len(dense_fns)]()
-        td.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        sparse_fns[i % len(sparse_fns)]()
-        ts.append(time.perf_counter() - t)
+        for fns, spent in zip(sides, times):
+            t = time.perf_counter()
+            fns[i % len(fns)]()
+            spent.append(time.perf_counter() - t)
         i += 1
-    return statistics.median(td), statistics.median(ts)
+    return tuple(statistics.median(spent) for spent in times)
+
+
+_read_buffer: list[torch.Tensor] = []
+
+
+def read_buffer() -> torch.Tensor:
+    """512 MiB, initialised (a fresh torch.empty reads the zero page), kept for the run."""
+    if not _read_buffer:
+        _read_buffer.append(torch.ones(512 << 20 >> 2))
+    return _read_buffer[0]
+
+
+def cold_reads(nbytes: int) -> list:
+    """Reads of `nbytes` from memory (``cpu_stream_read``), each of its own slice of the
+    read buffer, so that the set spans more than the last-level cache as the weight
+    copies do."""
+    big = read_buffer()
+    n = max(1, nbytes // 4)
+    slices = [big[o:o + n] for o in range(0, big.numel() - n + 1, n)][:256]
+    return [lambda piece=piece: torch.ops.vllm_sparse.cpu_stream_read(piece) for piece in slices]
 
 
 def read_bandwidth() -> float:
     """Best of 5 reads of 512 MiB, each thread reading its share as 8 interleaved
-    streams (``cpu_stream_read``): what a GEMV that reads several rows at once can get.
-    (A single-stream read such as ``torch.sum`` measured ~40% less here, below what
-    oneDNN's dense GEMV reaches.)"""
-    big = torch.ones(512 << 20 >> 2)  # initialised: a fresh torch.empty reads the zero page
+    streams, each prefetched 512 bytes ahead (``cpu_stream_read``): what a GEMV that
+    reads several rows at once can get. (A single-stream read such as ``torch.sum``
+    measured ~40% less here, below what oneDNN's dense GEMV reaches.)"""
+    big = read_buffer()
     torch.ops.vllm_sparse.cpu_stream_read(big)
     times = []
     for _ in range(5):
@@ -179,6 +204,7 @@ def run_case(shape, pattern, dtype, ms, codes, gen, budget_s, log):
         if pack not in layouts:
             layouts[pack] = [pack(dense_w) for _ in range(copies)]
     records = []
+    case_read_gbps = {}  # per kernel: a read of its compressed bytes, timed beside it at M = 1
     for m in ms:
         x = torch.randn(m, k, generator=gen).to(dtype)
         dense_fns = [dense_linear(w, x) for w in dense_copies]
@@ -200,12 +226,19 @@ def run_case(shape, pattern, dtype, ms, codes, gen, budget_s, log):
                     continue
                 check(layout, dense_w, x, code, max_direct)
                 fns = [lambda lay=lay: run_kernel(lay, x, code, max_direct) for lay in sparse_copies]
-                td, ts = time_pair(dense_fns, fns, 5, budget_s)
+                # At M = 1 (bound by memory) a read of the compressed bytes takes turns
+                # with the two: the limit at the same moments, for this case's every M.
+                reads = cold_reads(layout.stored_bytes) if m == 1 and name == "direct" else None
+                td, ts, *tr = time_pair(dense_fns, fns, 5, budget_s, reads)
+                if tr:
+                    case_read_gbps[code] = round(layout.stored_bytes / tr[0] / 1e9, 2)
                 row[name] = round(td / ts, 3)
                 row[f"{name}_ms"] = round(ts * 1e3, 4)
                 row["dense_ms"] = round(td * 1e3, 4)
                 if name == "direct":
                     row["gbps"] = round(layout.stored_bytes / ts / 1e9, 2)
+            if code in case_read_gbps:
+                row["read_gbps"] = case_read_gbps[code]
             row["dense_gbps"] = round(dense_w.numel() * dense_w.element_size() / (row["dense_ms"] / 1e3) / 1e9, 2)
             row["stored_bytes"] = layout.stored_bytes
             row["dense_bytes"] = dense_w.numel() * dense_w.element_size()
@@ -229,7 +262,7 @@ def annotate(records, read_gbps):
             bitmap_to_nm24[name] = dispatch.NM24_PATHS[nm24_isa]
     nm24_to_bitmap = {nm24: bitmap for bitmap, nm24 in bitmap_to_nm24.items()}
     for r in records:
-        r["read_gbps"] = round(read_gbps, 2)
+        r.setdefault("read_gbps", round(read_gbps, 2))  # the run's, where the case had no M = 1
         n, k = (int(v) for v in r["shape"].split("x"))
         pattern = r["pattern"] if ":" in r["pattern"] else None
         paths = [r["isa"]]
@@ -252,7 +285,7 @@ def markdown(machine, records) -> str:
         f"# CPU sparse kernels vs dense ({machine['baseline']})",
         "",
         f"Machine: {machine['cpu']}, {machine['threads']} threads, flags {' '.join(machine['flags'])}; "
-        f"torch {machine['torch']}; {machine['date']}. Read bandwidth (512 MiB sum, same run): "
+        f"torch {machine['torch']}; {machine['date']}. Read bandwidth (512 MiB, before and after the run): "
         f"{machine['read_gbps']:.1f} GB/s. Command: `{machine['command']}`.",
         "",
         *([f"Run as an **{machine['host_class']}** host: the dense baseline is the one vLLM runs on that host "
@@ -263,6 +296,7 @@ def markdown(machine, records) -> str:
         "layout on AVX-512 BF16 from M = 4: the kernel with the weight rows in the lanes), "
         "tiled = the large-M path (AVX-512 BF16: weight rows decompressed into L2 a tile at a time and multiplied "
         "by our own vdpbf16ps GEMMs, row tiles or panels; elsewhere tiles into torch's dense GEMM); GB/s = compressed bytes / direct time; "
+        "% of read = GB/s over a read of as many bytes from memory timed alternating with the two at M = 1; "
         "path = what the dispatcher runs for this layer and M (dense: the layer stays dense; other 2:4 kernel: a "
         "2:4 layer runs on the other kernel of this ISA path, faster over M = 1..8, or within 3% there and "
         "faster over every M).",
