@@ -118,6 +118,9 @@ def _baseline() -> str:
 BASELINE = _baseline()
 
 
+TIMED_CALLS = 200  # per side, at most
+
+
 def time_pair(dense_fns, sparse_fns, min_reps: int, budget_s: float, read_fns=None) -> tuple[float, ...]:
     """Median dense and sparse times, calls alternating; with ``read_fns``, a third
     median, of plain reads taking turns with the two (the memory's speed at the same
@@ -129,7 +132,7 @@ def time_pair(dense_fns, sparse_fns, min_reps: int, budget_s: float, read_fns=No
     times = [[] for _ in sides]
     start = time.perf_counter()
     i = 0
-    while i < min_reps or (time.perf_counter() - start < budget_s and i < 200):
+    while i < min_reps or (time.perf_counter() - start < budget_s and i < TIMED_CALLS):
         for fns, spent in zip(sides, times):
             t = time.perf_counter()
             fns[i % len(fns)]()
@@ -150,11 +153,10 @@ def read_buffer() -> torch.Tensor:
 
 def cold_reads(nbytes: int) -> list:
     """Reads of `nbytes` from memory (``cpu_stream_read``), each of its own slice of the
-    read buffer, so that the set spans more than the last-level cache as the weight
-    copies do."""
+    read buffer, as many as time_pair makes calls, so that each is read once, cold."""
     big = read_buffer()
     n = max(1, nbytes // 4)
-    slices = [big[o:o + n] for o in range(0, big.numel() - n + 1, n)][:256]
+    slices = [big[o:o + n] for o in range(0, big.numel() - n + 1, n)][:TIMED_CALLS]
     return [lambda piece=piece: torch.ops.vllm_sparse.cpu_stream_read(piece) for piece in slices]
 
 

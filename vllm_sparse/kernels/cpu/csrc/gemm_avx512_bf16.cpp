@@ -164,7 +164,7 @@ void decode_pair_block(const VsWeight* w, const VsGemm* g, int64_t r0, int64_t s
         total_a = _mm512_add_ps(total_a, _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])));
         total_b = _mm512_add_ps(total_b, _mm512_add_ps(_mm512_add_ps(b[0], b[1]), _mm512_add_ps(b[2], b[3])));
     };
-    decode_walk_pairs<uint16_t, R>(w, g, r0, stop, m0, 128, 4, pair_slice);
+    decode_walk<uint16_t, R, 2>(w, g, r0, stop, m0, 128, 4, pair_slice);
 }
 
 // Below this share of kept weights the one-row decode walks rows in pairs.
