@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import statistics
@@ -141,14 +142,10 @@ def time_pair(dense_fns, sparse_fns, min_reps: int, budget_s: float, read_fns=No
     return tuple(statistics.median(spent) for spent in times)
 
 
-_read_buffer: list[torch.Tensor] = []
-
-
+@functools.cache
 def read_buffer() -> torch.Tensor:
     """512 MiB, initialised (a fresh torch.empty reads the zero page), kept for the run."""
-    if not _read_buffer:
-        _read_buffer.append(torch.ones(512 << 20 >> 2))
-    return _read_buffer[0]
+    return torch.ones(512 << 20 >> 2)
 
 
 def cold_reads(nbytes: int) -> list:

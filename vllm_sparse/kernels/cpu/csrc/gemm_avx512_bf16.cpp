@@ -131,8 +131,7 @@ void decode_pair_block(const VsWeight* w, const VsGemm* g, int64_t r0, int64_t s
         int word = w0;
         for (; word + 4 <= w1; word += 4) {
             decode_prefetch(next, va, bits_a, word);
-            _mm_prefetch((const char*)vb + 512, _MM_HINT_T0);
-            if ((word & 15) == 0) _mm_prefetch((const char*)(bits_b + word) + 256, _MM_HINT_T0);
+            prefetch_ahead(vb, bits_b, word);
             __m512i ea[4], eb[4];
 #pragma GCC unroll 4
             for (int j = 0; j < 4; j++) {
@@ -171,10 +170,10 @@ void decode_pair_block(const VsWeight* w, const VsGemm* g, int64_t r0, int64_t s
 const double kPairsBelowDensity = 0.45;
 
 template <int R>
-void decode_rows(const VsWeight* w, const VsGemm* g, int64_t begin, int64_t end, int64_t stop, int64_t m0) {
-    const double density = (double)w->row_offsets[w->n] / ((double)w->n * (double)w->k);
+void decode_rows(const VsWeight* w, const VsGemm* g, int64_t begin, int64_t end, int64_t stop, int64_t m0,
+                 bool in_pairs) {
     int64_t r = begin;
-    if (density < kPairsBelowDensity) {
+    if (in_pairs) {
         for (; r + R <= end; r += R) decode_pair_block<R>(w, g, r, stop, m0);
     } else {
         for (; r + R <= end; r += R) decode_block<R>(w, g, r, stop, m0);
@@ -209,6 +208,8 @@ extern "C" void vs_gemm_avx512_bf16(const VsWeight* w, const VsGemm* g, int64_t 
         vs_gemm_avx512(w, g, row_begin, row_end);
         return;
     }
+    // The one-row decode walks rows in pairs below kPairsBelowDensity of the entries kept.
+    const bool in_pairs = (double)w->row_offsets[w->n] < kPairsBelowDensity * (double)w->n * (double)w->k;
     // Rows in chunks that stay in L2 while every activation block passes over them:
     // the weight streams from memory once whatever M is.
     for (int64_t c0 = row_begin; c0 < row_end; c0 += kRowChunk) {
@@ -232,6 +233,6 @@ extern "C" void vs_gemm_avx512_bf16(const VsWeight* w, const VsGemm* g, int64_t 
         for (; m0 + 8 <= g->m; m0 += 8) rows<8, 2>(w, g, c0, c1, m0, ahead);
         for (; m0 + 4 <= g->m; m0 += 4) rows<4, 4>(w, g, c0, c1, m0, ahead);
         if (m0 + 2 <= g->m) { rows<2, 4>(w, g, c0, c1, m0, ahead); m0 += 2; }
-        if (m0 < g->m) decode_rows<16>(w, g, c0, c1, row_end, m0);
+        if (m0 < g->m) decode_rows<16>(w, g, c0, c1, row_end, m0, in_pairs);
     }
 }
