@@ -12,6 +12,9 @@
 //     vLLM's dense GEMM and the bitmap kernel both issue one per 32 weights per
 //     activation row, zeros included, so once a step is bound by its dots, sparse
 //     weights save only what the expansion (vpexpandw) does not cost back;
+//   * the large-M path fills a tile with one vpexpandw and one store per 32 weights,
+//     beside M dots of another tile: the "vpexpandw + store" lines are its cost at
+//     M = 16 and 32 once its bytes are in L1;
 //   * skipping the zeros needs the activations gathered to the weights (vpermt2w, one
 //     per dot saved, or vpermw from one register): the "gather + dot" lines say what
 //     that pair costs.
@@ -110,6 +113,10 @@ enum { ITERS = 4000000, RUNS = 5 };
     "vdpbf16ps 448(%1), %%zmm21, %%zmm15\n"
 #define EXPAND2_FROM_L1 "vpexpandw 512(%1), %%zmm20%{%%k1%}%{z%}\n" \
     "vpexpandw 576(%1), %%zmm21%{%%k2%}%{z%}\n"
+// The large-M path's fill (csrc/gemm_rowtile_bf16.cpp): one 32-column word expanded
+// from L1 and stored to the tile, beside the dots of another, already filled word.
+#define EXPAND_STORE "vpexpandw 512(%1), %%zmm20%{%%k1%}%{z%}\n" \
+    "vmovdqu64 %%zmm20, 640(%1)\n"
 #define GATHER_DOT16 "vpermt2w %%zmm25, %%zmm24, %%zmm16\n" \
     "vdpbf16ps %%zmm16, %%zmm26, %%zmm0\n" \
     "vpermt2w %%zmm25, %%zmm24, %%zmm17\n" \
@@ -217,6 +224,8 @@ int main(void) {
     const double expand2_dots16 = TIME_LOOP(buf, EXPAND2 DOTS16_ON_EXPANDED);
     const double dots16_mem = TIME_LOOP(buf, DOTS16_FROM_L1);
     const double expand2_mem_dots16_mem = TIME_LOOP(buf, EXPAND2_FROM_L1 DOTS16_FROM_L1);
+    const double fill_dots16 = TIME_LOOP(buf, EXPAND_STORE DOTS16);
+    const double fill_dots32 = TIME_LOOP(buf, EXPAND_STORE DOTS16 DOTS16);
     const double gather_dot = TIME_LOOP(buf, GATHER_DOT16) / 16;
     const double permw_dot = TIME_LOOP(buf, PERMW_DOT16) / 16;
     const double permw_mem_dot = TIME_LOOP(buf, PERMW_MEM_DOT16) / 16;
@@ -229,6 +238,10 @@ int main(void) {
            dots16_mem / (16 * dot16));
     printf("2 vpexpandw from L1 + 16 dots from L1:  %.3f ns = %.2fx the 16 dots in registers\n",
            expand2_mem_dots16_mem, expand2_mem_dots16_mem / (16 * dot16));
+    printf("vpexpandw + store + 16 dots (M = 16):   %.3f ns = %.2fx the 16 dots alone\n", fill_dots16,
+           fill_dots16 / (16 * dot16));
+    printf("vpexpandw + store + 32 dots (M = 32):   %.3f ns = %.2fx the 32 dots alone\n", fill_dots32,
+           fill_dots32 / (32 * dot16));
     printf("vpermt2w gather + dot:                  %.3f ns = %.2fx a dot\n", gather_dot, gather_dot / dot16);
     printf("vpermw gather + dot:                    %.3f ns = %.2fx a dot\n", permw_dot, permw_dot / dot16);
     printf("vpermw gather from L1 + dot:            %.3f ns = %.2fx a dot\n", permw_mem_dot, permw_mem_dot / dot16);
