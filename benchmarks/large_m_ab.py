@@ -45,7 +45,7 @@ def forced(gemm: str, fn):
 
 
 def time_three(dense, panels, rows, min_reps: int, budget_s: float) -> tuple[float, float, float]:
-    sides = [[dense], panels, rows]
+    sides = [dense, panels, rows]
     for side in sides:
         side[0]()
     times = [[], [], []]
@@ -63,6 +63,7 @@ def run_case(shape, pattern, ms, gen, budget_s, log) -> list[dict]:
     weight, sparsity = bench.prune(torch.randn(*shape, generator=gen), pattern, gen)
     weight = weight.bfloat16()
     copies = max(2, -(-bench.CACHE_SPAN_BYTES // (weight.numel() * 2)))
+    dense_copies = [weight.clone() for _ in range(copies)]  # cold like the sparse side
     codes = [bench.isa.AVX512_BF16]
     if pattern == "2:4" and bench.layout24.eligible(shape, torch.bfloat16):
         codes.append(bench.NM24_OFFSET + bench.isa.AVX512_BF16)
@@ -74,8 +75,8 @@ def run_case(shape, pattern, ms, gen, budget_s, log) -> list[dict]:
             for gemm in GEMMS:
                 forced(gemm, lambda: bench.check(layouts[0], weight, x, code, 0))()
             runs = {g: [forced(g, lambda lay=lay: bench.run_kernel(lay, x, code, 0)) for lay in layouts] for g in GEMMS}
-            dense_s, panels_s, rows_s = time_three(bench.dense_linear(weight, x), runs["panels"], runs["rows"],
-                                                   5, budget_s)
+            dense_s, panels_s, rows_s = time_three([bench.dense_linear(w, x) for w in dense_copies], runs["panels"],
+                                                   runs["rows"], 5, budget_s)
             row = {"shape": f"{shape[0]}x{shape[1]}", "pattern": pattern, "sparsity": round(sparsity, 3),
                    "layout": "2:4 records" if bench.is_nm24(code) else "bitmap", "m": m,
                    "dense_ms": round(dense_s * 1e3, 4), "panels": round(dense_s / panels_s, 3),
