@@ -156,10 +156,10 @@ at::Tensor tile_buffer(int64_t numel, const at::TensorOptions& options) {
 // up to M = 128 where M fills its vectors of 8 activation rows but for at most an
 // eighth of their lanes (15, 16, 24, 32, 40, ..., 128), panels (gemm_tile_bf16.cpp)
 // for the other M, whose rows they take 1 to 12 at a time. Row tiles over panels,
-// same-process A/B on a 2-core EPYC (benchmarks/large_m_ab.py, 2026-12-05, Llama-3-8B
-// and Llama-1B shapes, 2:4 / 50% / 70%, geometric means): 1.16x at M = 16, 1.10x at 24,
-// 1.09x at 32, 1.05x at 40, 1.04x at 64, 1.01x at 128; 0.98x at 512 (every 12-row tile
-// streams all the activations, from L3 once they outgrow L2).
+// same-process A/B on a 2-core EPYC (benchmarks/large_m_ab.py, 2026-12-05 19:44 UTC,
+// Llama-3-8B and Llama-1B shapes, 2:4 / 50% / 70%, geometric means): 1.09x at M = 16,
+// 1.06x at 24, 1.04x at 32 and 40, 1.03x at 64, 1.01x at 128; 0.99x at 512 (every
+// 12-row tile streams all the activations, from L3 once they outgrow L2).
 // Elsewhere torch's GEMM. VLLM_SPARSE_CPU_TILE_GEMM=torch, panels or rows forces one
 // (read on every call: a large-M call takes a tenth of a millisecond or more).
 enum class TileGemm { kTorch, kPanels, kRows };
