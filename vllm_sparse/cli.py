@@ -138,7 +138,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(Path(args.workdir), port=args.port, calibration=args.calibration)
+    return run_demo(Path(args.workdir), port=args.port, calibration=args.calibration, pattern=args.pattern)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -401,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--calibration", default="self-chat",
                       help="SparseGPT calibration: self-chat (the model's own chat answers, the default) or a text "
                            "file (magnitude pruning when the file is absent)")
+    demo.add_argument("--pattern", default="50%", choices=["50%", "2:4"],
+                      help="50%% unstructured (the default: readable answers) or 2:4 (more speed, poorer text)")
     demo.set_defaults(run=_cmd_demo)
 
     bench = commands.add_parser(

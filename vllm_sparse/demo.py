@@ -1,13 +1,14 @@
 """The main job: what sparsity buys, on the default model.
 
-Fetch SmolLM2-135M-Instruct, prune it 2:4 with SparseGPT (calibrated on the model's
-own chat answers, ``self-chat``, by default, or on a text file), store it compressed (compressed-tensors
-``sparse-24-bitmask``) and, beside it, the same pruned weights as an ordinary dense
-checkpoint. Serve the sparse one with vLLM's OpenAI server (the plugin loads it with
-no flag, on the CPU sparse kernels where they win), ask it a question through its chat
-template, show the layer table it logged; then measure decode tokens/s and memory of
-the sparse checkpoint on vllm-sparse against its dense twin on stock vLLM, side by
-side (vLLM's default compiled mode)."""
+Fetch SmolLM2-135M-Instruct, prune it with SparseGPT (calibrated on the model's own
+chat answers, ``self-chat``, by default, or on a text file) to 50% unstructured (the
+default: its answers stay readable) or 2:4, store it compressed (compressed-tensors
+``sparse-bitmask`` or ``sparse-24-bitmask``) and, beside it, the same pruned weights
+as an ordinary dense checkpoint. Serve the sparse one with vLLM's OpenAI server (the
+plugin loads it with no flag, on the CPU sparse kernels where they win), ask it a
+question through its chat template, show the layer table it logged; then measure
+decode tokens/s and memory of the sparse checkpoint on vllm-sparse against its dense
+twin on stock vLLM, side by side (vLLM's default compiled mode)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ from pathlib import Path
 
 QUESTION = "What are three important things to know about the ocean?"
 SELF_CHAT = "self-chat"  # pruning.calibration.SELF_CHAT, named here without importing torch
+# The pruning settings the demo offers: (folder tag, compressed-tensors storage).
+PATTERNS = {"50%": ("50pct", "sparse-bitmask"), "2:4": ("2of4", "sparse-24-bitmask")}
+DEFAULT_PATTERN = "50%"
 _TABLE_START = "vllm-sparse layer table:"
 # vLLM prefixes every logged line, e.g. "(EngineCore pid=7) INFO 11-23 10:00:00 [layer_report.py:25] ".
 _LOG_PREFIX = re.compile(r"^.*?\[layer_report\.py:\d+\] ?")
@@ -37,20 +41,24 @@ def extract_layer_table(log_text: str) -> str:
     return "\n".join(table)
 
 
-def make_checkpoints(workdir: Path, calibration: Path | str | None = SELF_CHAT) -> tuple[Path, Path]:
-    """(sparse checkpoint, dense twin): the same 2:4-pruned weights, compressed and plain.
+def make_checkpoints(workdir: Path, calibration: Path | str | None = SELF_CHAT,
+                     pattern: str = DEFAULT_PATTERN) -> tuple[Path, Path]:
+    """(sparse checkpoint, dense twin): the same pruned weights, compressed and plain.
 
-    2:4 because it is the pattern the CPU kernels turn into speed on SmolLM2's small
-    layers (benchmarks/results/cpu_kernels.md). Self-chat calibration because the demo
-    talks to the model through its chat template: calibrated on novels, SparseGPT 2:4
-    answers chat prompts with nothing or with its system prompt; calibrated on its own
-    answers it stays on topic (README, "Quality report")."""
+    50% unstructured by default: calibrated on its own answers, SparseGPT 50% answers
+    the demo's question readably, where 2:4 (the pattern the CPU kernels turn into the
+    most speed on SmolLM2's small layers, benchmarks/results/cpu_kernels.md) stays on
+    topic but repeats itself. Self-chat calibration because the demo talks to the model
+    through its chat template: calibrated on novels, SparseGPT 2:4 answers chat prompts
+    with nothing or with its system prompt (README, "Quality report")."""
     from .checkpoint.default_model import fetch_default_model
     from .pruning.plan import PruningPlan, SparseGPTConfig
     from .pruning.run import prune_model
     from .checkpoint.writer import save_sparse_checkpoint, strip_sparsity_declaration
     from .kernels import NMPattern
 
+    if pattern not in PATTERNS:
+        raise ValueError(f"the demo prunes to one of {', '.join(PATTERNS)}, not {pattern!r}")
     dense_dir = fetch_default_model(workdir / "smollm2-135m")
     self_chat = str(calibration) == SELF_CHAT
     if calibration is not None and (self_chat or Path(calibration).exists()):
@@ -61,14 +69,16 @@ def make_checkpoints(workdir: Path, calibration: Path | str | None = SELF_CHAT) 
     else:
         print(f"no calibration text at {calibration}: pruning by magnitude (expect poor text)")
         method, config, tag = "magnitude", None, "magnitude"
-    sparse_dir, twin_dir = workdir / f"smollm2-135m-2of4-{tag}", workdir / f"smollm2-135m-2of4-{tag}-dense"
+    pattern_tag, storage = PATTERNS[pattern]
+    sparse_dir = workdir / f"smollm2-135m-{pattern_tag}-{tag}"
+    twin_dir = workdir / f"smollm2-135m-{pattern_tag}-{tag}-dense"
     if (sparse_dir / "config.json").exists() and (twin_dir / "config.json").exists():
         return sparse_dir, twin_dir
-    plan = PruningPlan(sparsity=0.5, pattern=NMPattern(2, 4))
-    print(f"pruning {dense_dir} to 2:4 with {method} (calibration: {calibration}) -> {sparse_dir}")
+    plan = PruningPlan(sparsity=0.5, pattern=NMPattern(2, 4) if pattern == "2:4" else None)
+    print(f"pruning {dense_dir} to {pattern} with {method} (calibration: {calibration}) -> {sparse_dir}")
     pruned, recipe = prune_model(dense_dir, method, plan, calibration=config, sparsegpt=SparseGPTConfig())
-    for out, storage in ((sparse_dir, "sparse-24-bitmask"), (twin_dir, "dense")):
-        save_sparse_checkpoint(dense_dir, pruned, out, storage=storage, structure=plan.structure, recipe=recipe)
+    for out, kind in ((sparse_dir, storage), (twin_dir, "dense")):
+        save_sparse_checkpoint(dense_dir, pruned, out, storage=kind, structure=plan.structure, recipe=recipe)
     strip_sparsity_declaration(twin_dir)
     return sparse_dir, twin_dir
 
@@ -102,11 +112,12 @@ def compare_speed(sparse_dir: Path, twin_dir: Path, workdir: Path) -> str:
     return "\n".join(lines)
 
 
-def run_demo(workdir: Path, port: int = 8011, calibration: Path | str | None = SELF_CHAT) -> int:
+def run_demo(workdir: Path, port: int = 8011, calibration: Path | str | None = SELF_CHAT,
+             pattern: str = DEFAULT_PATTERN) -> int:
     from .serving.server_process import OpenAIServer
 
     workdir.mkdir(parents=True, exist_ok=True)
-    sparse_dir, twin_dir = make_checkpoints(workdir, calibration)
+    sparse_dir, twin_dir = make_checkpoints(workdir, calibration, pattern)
     print(f"serving {sparse_dir} with vLLM's OpenAI server on port {port} (log: {workdir / 'server.log'})")
     with OpenAIServer(sparse_dir, port, workdir / "server.log") as server:
         answer = server.chat(QUESTION)
