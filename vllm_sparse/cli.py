@@ -8,6 +8,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from .demo import DEFAULT_PATTERN as DEMO_DEFAULT_PATTERN, PATTERNS as DEMO_PATTERNS  # torch only when it runs
+
 DEFAULT_MODEL_DIR = Path("models/smollm2-135m")
 
 
@@ -401,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--calibration", default="self-chat",
                       help="SparseGPT calibration: self-chat (the model's own chat answers, the default) or a text "
                            "file (magnitude pruning when the file is absent)")
-    demo.add_argument("--pattern", default="50%", choices=["50%", "2:4"],
+    demo.add_argument("--pattern", default=DEMO_DEFAULT_PATTERN, choices=list(DEMO_PATTERNS),
                       help="50%% unstructured (the default: readable answers) or 2:4 (more speed, poorer text)")
     demo.set_defaults(run=_cmd_demo)
 
