@@ -17,8 +17,9 @@ from pathlib import Path
 
 QUESTION = "What are three important things to know about the ocean?"
 SELF_CHAT = "self-chat"  # pruning.calibration.SELF_CHAT, named here without importing torch
-# The pruning settings the demo offers: (folder tag, compressed-tensors storage).
-PATTERNS = {"50%": ("50pct", "sparse-bitmask"), "2:4": ("2of4", "sparse-24-bitmask")}
+# The pruning settings the demo offers: (folder tag, compressed-tensors storage, N:M
+# pattern or None for unstructured), all at 50% sparsity.
+PATTERNS = {"50%": ("50pct", "sparse-bitmask", None), "2:4": ("2of4", "sparse-24-bitmask", (2, 4))}
 DEFAULT_PATTERN = "50%"
 _TABLE_START = "vllm-sparse layer table:"
 # vLLM prefixes every logged line, e.g. "(EngineCore pid=7) INFO 11-23 10:00:00 [layer_report.py:25] ".
@@ -69,12 +70,12 @@ def make_checkpoints(workdir: Path, calibration: Path | str | None = SELF_CHAT,
     else:
         print(f"no calibration text at {calibration}: pruning by magnitude (expect poor text)")
         method, config, tag = "magnitude", None, "magnitude"
-    pattern_tag, storage = PATTERNS[pattern]
+    pattern_tag, storage, nm = PATTERNS[pattern]
     sparse_dir = workdir / f"smollm2-135m-{pattern_tag}-{tag}"
     twin_dir = workdir / f"smollm2-135m-{pattern_tag}-{tag}-dense"
     if (sparse_dir / "config.json").exists() and (twin_dir / "config.json").exists():
         return sparse_dir, twin_dir
-    plan = PruningPlan(sparsity=0.5, pattern=NMPattern(2, 4) if pattern == "2:4" else None)
+    plan = PruningPlan(sparsity=0.5, pattern=NMPattern(*nm) if nm else None)
     print(f"pruning {dense_dir} to {pattern} with {method} (calibration: {calibration}) -> {sparse_dir}")
     pruned, recipe = prune_model(dense_dir, method, plan, calibration=config, sparsegpt=SparseGPTConfig())
     for out, kind in ((sparse_dir, storage), (twin_dir, "dense")):
