@@ -605,15 +605,16 @@ def test_weights_copied_onto_huge_pages_keep_their_values():
 
 def test_dense_gemv_matches_reference_or_is_refused():
     """The LM head's dense GEMV (AVX-512 BF16): every row count it splits into passes
-    (1, 2, passes of 4 then 2 then 1), row blocks of 16 / 8 / 6 with their tails, and a
-    partial last 32-column word; on other CPUs the op refuses with the reason."""
+    (1, 2, passes of 4 then 2 then 1), row blocks of 16 / 8 / 6 with their tails,
+    several L2-sized chunks of rows, and a partial last 32-column word; on other CPUs
+    the op refuses with the reason."""
     gen = _gen(77)
     if not cpu_kernels.dense_gemv_available():
         x, w = torch.randn(1, 64).bfloat16(), torch.randn(8, 64).bfloat16()
         with pytest.raises(RuntimeError, match="AVX-512 BF16"):
             cpu_kernels.dense_linear(x, w)
         return
-    for shape in [(1, 1), (7, 33), (37, 70), (130, 96), (61, 2048), (200, 576)]:
+    for shape in [(1, 1), (7, 33), (37, 70), (130, 96), (61, 2048), (200, 576), (300, 2048)]:
         w = torch.randn(shape, generator=gen).bfloat16()
         for m in (1, 2, 3, 4, 5, 7, 8, 9, 17):
             x = torch.randn(m, shape[1], generator=gen).bfloat16()

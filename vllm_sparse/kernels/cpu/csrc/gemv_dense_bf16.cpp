@@ -40,7 +40,8 @@ inline void store16(const VsGemm* g, int64_t m, int64_t r0, __m512 sums, int val
 
 // Prefetching, measured on a 2-core EPYC (49152 x 576 and 49152 x 2048, against
 // oneDNN in the same runs): each word of the next block of R rows (the same column,
-// R rows further) is brought into L2 while this block multiplies, so a block never
+// `ahead` = R rows further; see the caller for the passes after the first over a
+// chunk) is brought into L2 while this block multiplies, so a block never
 // starts its R streams cold: M = 1 went from 1.02-1.07x to 1.46-1.49x of oneDNN on
 // 576 columns, from 1.41x to 1.51-1.54x on 2048. Rows of at least kLongRow columns
 // also ask for their own words 512 bytes ahead into L1 (as prefetch.h does for the
@@ -53,7 +54,7 @@ const int64_t kLongRow = 1024;
 // block of sixteen then sums every row in the same order wherever it falls, so a row's
 // result does not depend on how rows were split between threads or shards).
 template <int MB, int R>
-void block(const uint16_t* w, int64_t k, const VsGemm* g, int64_t r0, int64_t m0, int valid = R) {
+void block(const uint16_t* w, int64_t k, const VsGemm* g, int64_t r0, int64_t m0, int64_t ahead, int valid = R) {
     const uint16_t* x = (const uint16_t*)g->x + m0 * k;
     __m512 acc[R][MB];
 #pragma GCC unroll 16
@@ -70,7 +71,7 @@ void block(const uint16_t* w, int64_t k, const VsGemm* g, int64_t r0, int64_t m0
         for (int r = 0; r < R; r++) {
             const uint16_t* wr = row[r] + c;
             const __m512i wv = _mm512_loadu_si512(wr);
-            _mm_prefetch((const char*)(wr + R * k), _MM_HINT_T1);
+            _mm_prefetch((const char*)(wr + ahead * k), _MM_HINT_T1);
             if (long_rows) _mm_prefetch((const char*)wr + 512, _MM_HINT_T0);
 #pragma GCC unroll 8
             for (int i = 0; i < MB; i++)
@@ -101,15 +102,15 @@ void block(const uint16_t* w, int64_t k, const VsGemm* g, int64_t r0, int64_t m0
 }
 
 template <int MB, int R>
-void rows(const uint16_t* w, int64_t k, const VsGemm* g, int64_t begin, int64_t end, int64_t m0) {
+void rows(const uint16_t* w, int64_t k, const VsGemm* g, int64_t begin, int64_t end, int64_t m0, int64_t ahead = R) {
     int64_t r = begin;
-    for (; r + R <= end; r += R) block<MB, R>(w, k, g, r, m0);
+    for (; r + R <= end; r += R) block<MB, R>(w, k, g, r, m0, ahead);
     if constexpr (MB == 1 && R == 16) {
         if (r == end) return;
-        block<MB, R>(w, k, g, r, m0, (int)(end - r));  // the tail: a masked block
+        block<MB, R>(w, k, g, r, m0, ahead, (int)(end - r));  // the tail: a masked block
         return;
     }
-    for (; r < end; r++) block<MB, 1>(w, k, g, r, m0);
+    for (; r < end; r++) block<MB, 1>(w, k, g, r, m0, ahead);
 }
 
 // Rows per L2-resident chunk when several passes of activations go over them
@@ -133,8 +134,16 @@ extern "C" void vs_dense_gemv_avx512_bf16(const uint16_t* w, int64_t k, const Vs
     for (int64_t c0 = row_begin; c0 < row_end; c0 += chunk) {
         const int64_t c1 = c0 + chunk < row_end ? c0 + chunk : row_end;
         int64_t m0 = 0;
-        for (; m0 + 4 <= g->m; m0 += 4) rows<4, 6>(w, k, g, c0, c1, m0);
-        for (; m0 + 2 <= g->m; m0 += 2) rows<2, 8>(w, k, g, c0, c1, m0);
-        if (m0 < g->m) rows<1, 16>(w, k, g, c0, c1, m0);
+        // The first pass streams the chunk from memory, asking for each block's next
+        // block; the later ones read it from L2 and ask for the next chunk instead,
+        // which had been left to arrive cold. Same-process A/B (2-core EPYC,
+        // 2026-12-05, the four shapes of benchmarks/dense_gemv.py, 2 MiB pages, calls
+        // alternating): 1.07-1.25x at M = 8 to 16 and 1.06-1.12x at M = 3 (M = 4 is
+        // one pass); asking for the next chunk in every pass but the very first ran
+        // as this (0.97-1.07x).
+        auto ahead = [&](int64_t block_rows) { return m0 == 0 ? block_rows : chunk; };
+        for (; m0 + 4 <= g->m; m0 += 4) rows<4, 6>(w, k, g, c0, c1, m0, ahead(6));
+        for (; m0 + 2 <= g->m; m0 += 2) rows<2, 8>(w, k, g, c0, c1, m0, ahead(8));
+        if (m0 < g->m) rows<1, 16>(w, k, g, c0, c1, m0, ahead(16));
     }
 }
