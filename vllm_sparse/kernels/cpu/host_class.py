@@ -1,5 +1,7 @@
 """Benchmark as a smaller x86 host class would run: ``avx2`` (AVX2 + FMA only) or
-``avx512`` (AVX-512 without BF16), measured on a bigger host.
+``avx512`` (AVX-512 without BF16), measured on a bigger host (``benchmarks/cpu_kernels.py
+--host-class``, ``benchmarks/cpu_e2e.py --host-class``). Nothing here runs unless
+``VLLM_SPARSE_BENCH_HOST_CLASS`` is set.
 
 The sparse kernels' path is forced anyway (``--isa``); what a forced run must not
 keep is the bigger host's *dense* baseline. On an AVX2-only host vLLM loads its AVX2
@@ -11,9 +13,10 @@ than dense at M >= 4 and the dispatcher kept AVX2 hosts dense.
 Set ``VLLM_SPARSE_BENCH_HOST_CLASS`` in the environment before the process starts
 (``reexec`` does it): oneDNN and ATen read their ISA caps once
 (``ONEDNN_MAX_CPU_ISA``, ``ATEN_CPU_CAPABILITY``), and vLLM picks its kernel library
-from torch's CPU probes, which ``enter`` answers as the smaller host would. Import
-this module before vLLM. What stays the bigger host's: clock, caches, memory
-bandwidth (the read test measures it in the same run).
+from torch's CPU probes, which ``enter`` answers as the smaller host would: call it
+before vLLM imports its kernels (a benchmark's process and the engine processes of
+``vllm_sparse.serving.decode_speed`` do). What stays the bigger host's: clock, caches,
+memory bandwidth (the read test measures it in the same run).
 """
 
 from __future__ import annotations
@@ -68,6 +71,3 @@ def enter() -> None:
     torch.cpu._is_amx_tile_supported = lambda: False
     if name == "avx2":
         torch.cpu._is_avx512_supported = lambda: False
-
-
-enter()
