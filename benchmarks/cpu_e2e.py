@@ -98,6 +98,7 @@ def _pooled(runs: list[dict]) -> dict:
     result["rounds"] = {b: [v for r in runs for v in r["round_tokens_per_s"][b]] for b in batches}
     result["tokens_per_s"] = {b: statistics.median(result["rounds"][b]) for b in batches}
     result["rss_mib"] = statistics.median(r["rss_mib"] for r in runs)
+    result["rss_trimmed_mib"] = statistics.median(r["rss_trimmed_mib"] for r in runs)
     result["engine_tokens_per_s"] = [r["tokens_per_s"] for r in runs]
     if "round_prefill_s" in runs[0]:
         result["round_prefill_s"] = [v for r in runs for v in r["round_prefill_s"]]
@@ -188,7 +189,12 @@ def main() -> None:
                               "linear_dense_mib": round(dense_bytes / 2**20, 1),
                               "linear_stored_mib": round(stored_bytes / 2**20, 1),
                               "rss_saved_share_of_linear_saving": round(
-                                  (dense["rss_mib"] - sparse["rss_mib"]) / saved_mib, 3) if saved_mib else None}
+                                  (dense["rss_mib"] - sparse["rss_mib"]) / saved_mib, 3) if saved_mib else None,
+                              "rss_trimmed_dense_mib": dense["rss_trimmed_mib"],
+                              "rss_trimmed_sparse_mib": sparse["rss_trimmed_mib"],
+                              "rss_trimmed_saved_share_of_linear_saving": round(
+                                  (dense["rss_trimmed_mib"] - sparse["rss_trimmed_mib"]) / saved_mib, 3)
+                              if saved_mib else None}
                     if b:
                         record.update(ab_env=ab_env, sparse_b_tokens_per_s=b["tokens_per_s"][str(batch)],
                                       sparse_b_rounds_tokens_per_s=b["rounds"][str(batch)],
@@ -231,7 +237,9 @@ def main() -> None:
              f"{args.short}-token generations). The dense and the sparse engine of a comparison are alive together, each "
              f"in its own process, and take turns round by round ({args.rounds} rounds each, order reversed every round); "
              "tokens/s = median over all rounds of all pairs (`--repeats` pairs), each engine's median listed; RSS after "
-             "load of the engine process.",
+             "load of the engine process, and after the freed heap is handed back in both (gc + malloc_trim: the "
+             "weights each engine holds, without the buffers its warm-up run left in glibc's heap; records before "
+             "2026-12-05 23:30 have n/a).",
              "max_num_seqs: the engines' largest decode batch (the CPU dispatcher keeps a layer dense where its "
              "kernel loses at any batch up to it, or up to 8).",
              "Prefill: one prompt of `prefill tokens` to its first token (in-process, median over the same "
@@ -239,16 +247,19 @@ def main() -> None:
              "Run: the date of the run each record comes from (its command is in the JSON); the records of "
              "cases a later run did not measure are kept.",
              "", "| model | pattern | mode | max_num_seqs | batch | dense tok/s | sparse tok/s | speedup | RSS dense MiB | "
-             "RSS sparse MiB | linear MiB dense -> stored | RSS saved / linear bytes saved | engines (dense / sparse) | "
-             "prefill tokens: dense / sparse s | prefill speedup | run |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "RSS sparse MiB | linear MiB dense -> stored | RSS saved / linear bytes saved | trimmed RSS dense -> sparse MiB "
+             "(saved / linear saved) | engines (dense / sparse) | prefill tokens: dense / sparse s | prefill speedup | "
+             "run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         lines.append(f"| {r['model']} | {r['pattern']} | {r['mode']} | {r.get('max_num_seqs', 8)} | {r['batch']} | "
                      f"{r['dense_tokens_per_s']:.1f} | "
                      f"{r['sparse_tokens_per_s']:.1f} | {r['speedup']:.2f}x | {r['rss_dense_mib']:.0f} | "
                      f"{r['rss_sparse_mib']:.0f} | {r['linear_dense_mib']:.0f} -> {r['linear_stored_mib']:.0f} | "
                      f"{r['rss_saved_share_of_linear_saving']} | "
-                     f"{' '.join(map(str, r.get('dense_engines_tokens_per_s', [])))} / "
+                     + (f"{r['rss_trimmed_dense_mib']:.0f} -> {r['rss_trimmed_sparse_mib']:.0f} "
+                        f"({r['rss_trimmed_saved_share_of_linear_saving']}) | " if "rss_trimmed_dense_mib" in r else "n/a | ")
+                     + f"{' '.join(map(str, r.get('dense_engines_tokens_per_s', [])))} / "
                      f"{' '.join(map(str, r.get('sparse_engines_tokens_per_s', [])))} | "
                      + (f"{r['prefill_tokens']}: {r['dense_prefill_s']:.3f} / {r['sparse_prefill_s']:.3f} | "
                         f"{r['prefill_speedup']:.2f}x |" if "prefill_speedup" in r else "n/a | n/a |")

@@ -149,7 +149,8 @@ def test_perplexity_within_half_a_percent(served, name):
 def test_side_by_side_speed_measurement(base_model, tmp_path):
     """The demo's and the end-to-end benchmark's measurement: the dense twin (stock
     vLLM) and the 2:4 checkpoint (vllm-sparse) alive together, each in its own
-    process, taking turns round by round. Each side's RSS, its rate per batch (the
+    process, taking turns round by round. Each side's RSS (also with its freed heap
+    handed back), its rate per batch (the
     median of its rounds), its prefill time and the sparse side's layer bytes come
     back; an engine that cannot load fails with its log instead of hanging. A spec's
     variables reach its engine's process alone (the benchmark's --ab-env)."""
@@ -170,6 +171,7 @@ def test_side_by_side_speed_measurement(base_model, tmp_path):
     assert " DEBUG " not in (tmp_path / "dense.log").read_text()
     for side in both.values():
         assert side["rss_mib"] > 100
+        assert 100 < side["rss_trimmed_mib"] <= side["rss_mib"] + 16  # the same process, its freed heap handed back
         for batch in ("1", "2"):
             rounds = side["round_tokens_per_s"][batch]
             assert len(rounds) == 3 and min(rounds) > 0

@@ -57,6 +57,7 @@ def _serve(spec: EngineSpec) -> None:
     import psutil
 
     from ..kernels.cpu import host_class
+    from ..plugin.layer_report import release_freed_memory
 
     host_class.enter()  # a benchmark running as a smaller host class: before vLLM picks its kernels
     from vllm import LLM, SamplingParams
@@ -78,7 +79,16 @@ def _serve(spec: EngineSpec) -> None:
     def reply(message: dict) -> None:
         print(MARK + json.dumps(message), flush=True)
 
-    reply({"rss_mib": round(psutil.Process().memory_info().rss / 2**20, 1)})
+    def rss_mib() -> float:
+        return round(psutil.Process().memory_info().rss / 2**20, 1)
+
+    # RSS after load as a user sees it, then with the freed heap handed back: vLLM's
+    # warm-up run leaves freed buffers in glibc's heap, which it keeps (30-170 MiB on
+    # SmolLM2, more where the warm-up made bigger buffers), so only the second compares
+    # the weights two engines hold. The trim happens in every engine alike.
+    after_load = rss_mib()
+    release_freed_memory()
+    reply({"rss_mib": after_load, "rss_trimmed_mib": rss_mib()})
     for line in sys.stdin:
         command = json.loads(line)
         if command["op"] == "warm":  # compiled mode compiles this batch's shapes
@@ -179,7 +189,7 @@ def measure_side_by_side(engines: dict[str, tuple[EngineSpec, bool]], log_paths:
     """Several engines (name -> (spec, plugins)) alive together, each in its own
     process, started one after another; per batch size their rounds alternate, the
     order reversed each round, so a drift in the machine's speed weighs on all alike.
-    Per engine: RSS after load, ``tokens_per_s`` (median over rounds), every round's
+    Per engine: RSS after load (and after a heap trim: ``rss_trimmed_mib``), ``tokens_per_s`` (median over rounds), every round's
     figure in ``round_tokens_per_s``, ``prefill_s`` and ``round_prefill_s`` where the
     spec asks for prefill (rounds alternating the same way), and the layer table's
     bytes (plugins on)."""
@@ -188,7 +198,8 @@ def measure_side_by_side(engines: dict[str, tuple[EngineSpec, bool]], log_paths:
     try:
         for name, (spec, plugins) in engines.items():
             running[name] = EngineProcess(spec, plugins, log_paths.get(name), timeout)
-        results = {name: {"rss_mib": engine.ready["rss_mib"], "tokens_per_s": {}, "round_tokens_per_s": {}}
+        results = {name: {"rss_mib": engine.ready["rss_mib"], "rss_trimmed_mib": engine.ready["rss_trimmed_mib"],
+                          "tokens_per_s": {}, "round_tokens_per_s": {}}
                    for name, engine in running.items()}
         specs = [spec for spec, _ in engines.values()]
         for batch in specs[0].batches:
