@@ -3,25 +3,12 @@ whole table once the last layer is done."""
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import logging
 
 from ..checkpoint.layer_table import LayerRow, format_layer_table
+from ..runtime import release_freed_memory
 from .run_files import write_layer_table
 from .worker_metrics import record_layer_sparsity
-
-
-def release_freed_memory() -> None:
-    """Hand the dense weights freed while packing back to the OS: collect the reference
-    cycles that still hold them (a weight's loader closure refers to the weight), then
-    let glibc return its freed heap (it keeps it otherwise, and RSS would not show the
-    saving)."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
 
 
 class LayerReport:

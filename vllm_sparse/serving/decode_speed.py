@@ -32,7 +32,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..runtime import private_vllm_cache
+from ..runtime import private_vllm_cache, release_freed_memory
 
 
 @dataclass
@@ -57,7 +57,6 @@ def _serve(spec: EngineSpec) -> None:
     import psutil
 
     from ..kernels.cpu import host_class
-    from ..plugin.layer_report import release_freed_memory
 
     host_class.enter()  # a benchmark running as a smaller host class: before vLLM picks its kernels
     from vllm import LLM, SamplingParams
@@ -189,10 +188,11 @@ def measure_side_by_side(engines: dict[str, tuple[EngineSpec, bool]], log_paths:
     """Several engines (name -> (spec, plugins)) alive together, each in its own
     process, started one after another; per batch size their rounds alternate, the
     order reversed each round, so a drift in the machine's speed weighs on all alike.
-    Per engine: RSS after load (and after a heap trim: ``rss_trimmed_mib``), ``tokens_per_s`` (median over rounds), every round's
-    figure in ``round_tokens_per_s``, ``prefill_s`` and ``round_prefill_s`` where the
-    spec asks for prefill (rounds alternating the same way), and the layer table's
-    bytes (plugins on)."""
+    Per engine: RSS after load (and after a heap trim: ``rss_trimmed_mib``),
+    ``tokens_per_s`` (median over rounds), every round's figure in
+    ``round_tokens_per_s``, ``prefill_s`` and ``round_prefill_s`` where the spec asks
+    for prefill (rounds alternating the same way), and the layer table's bytes
+    (plugins on)."""
     log_paths = log_paths or {}
     running: dict[str, EngineProcess] = {}
     try:
