@@ -142,8 +142,9 @@ def test_own_gemms_of_the_large_m_path_are_exact_to_fp32_accumulation(tile_gemm,
     (2:4: the last panel's second half partly or wholly past the weight's 8-row
     blocks), pairs not a multiple of the 16-pair transpose, M across the 12-row blocks
     of the panels and the 8-row vectors and 32-row blocks of the row tiles (by rule:
-    13, 17 and 20 on panels, the others on row tiles); both layouts; every output
-    poisoned beforehand."""
+    13, 17 and 20 on panels, the others on row tiles); several row tiles per thread
+    (the bitmap's next tile is filled among the dots of the one before); both layouts;
+    every output poisoned beforehand."""
     if isa.AVX512_BF16 not in isa.supported():
         pytest.skip("this CPU has no AVX-512 BF16 path")
     from vllm_sparse.kernels.cpu import layout24
@@ -309,6 +310,10 @@ def test_op_rejects_bad_arguments():
     with pytest.raises(RuntimeError, match="row_offsets"):
         torch.ops.vllm_sparse.cpu_sparse_linear(x, layout.values, layout.bitmap, layout.row_offsets[:-1], 64, 0, 16,
                                                 None)
+    # The kernels load whole vectors of values past a row's last: the padding must be there.
+    unpadded = layout.values[: layout.row_offsets[-1].item() + 63]
+    with pytest.raises(RuntimeError, match="64 entries of padding must follow"):
+        torch.ops.vllm_sparse.cpu_sparse_linear(x, unpadded, layout.bitmap, layout.row_offsets, 64, 0, 16, None)
 
 
 def test_opcheck_and_compiled_graph():

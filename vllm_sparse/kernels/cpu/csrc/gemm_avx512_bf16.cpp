@@ -9,6 +9,7 @@
 namespace {
 
 #include "prefetch.h"
+#include "expand16.h"
 #include "decode_walk.h"
 
 const int64_t kRowChunk = 48;  // a multiple of every row block below
@@ -44,7 +45,7 @@ void block(const VsWeight* w, const VsGemm* g, int64_t r0, int64_t m0, RegionPre
 #pragma GCC unroll 8
         for (int r = 0; r < R; r++) {
             uint32_t mask = bits[r][word];
-            __m512i wv = _mm512_maskz_expandloadu_epi16((__mmask32)mask, v[r]);
+            __m512i wv = vs_expand16(mask, v[r]);
             prefetch_ahead(v[r], bits[r], word);
             v[r] += _mm_popcnt_u32(mask);
             // Activations come straight from L1 as memory operands: registers go to
@@ -87,13 +88,13 @@ void decode_block(const VsWeight* w, const VsGemm* g, int64_t r0, int64_t stop, 
             // Each expand-load's address needs the popcounts before it; each dot
             // depends only on its own accumulator.
             const uint32_t k0 = bits[word], k1 = bits[word + 1], k2 = bits[word + 2], k3 = bits[word + 3];
-            const __m512i e0 = _mm512_maskz_expandloadu_epi16(k0, v);
+            const __m512i e0 = vs_expand16(k0, v);
             v += _mm_popcnt_u32(k0);
-            const __m512i e1 = _mm512_maskz_expandloadu_epi16(k1, v);
+            const __m512i e1 = vs_expand16(k1, v);
             v += _mm_popcnt_u32(k1);
-            const __m512i e2 = _mm512_maskz_expandloadu_epi16(k2, v);
+            const __m512i e2 = vs_expand16(k2, v);
             v += _mm_popcnt_u32(k2);
-            const __m512i e3 = _mm512_maskz_expandloadu_epi16(k3, v);
+            const __m512i e3 = vs_expand16(k3, v);
             v += _mm_popcnt_u32(k3);
             const uint16_t* xw = x + word * 32;
             a0 = _mm512_dpbf16_ps(a0, (__m512bh)e0, (__m512bh)_mm512_loadu_si512(xw));
@@ -103,7 +104,7 @@ void decode_block(const VsWeight* w, const VsGemm* g, int64_t r0, int64_t stop, 
         }
         for (; word < w1; word++) {
             const uint32_t k = bits[word];
-            a0 = _mm512_dpbf16_ps(a0, (__m512bh)_mm512_maskz_expandloadu_epi16(k, v),
+            a0 = _mm512_dpbf16_ps(a0, (__m512bh)vs_expand16(k, v),
                                   (__m512bh)_mm512_loadu_si512(x + word * 32));
             v += _mm_popcnt_u32(k);
         }
@@ -136,13 +137,13 @@ void decode_pair_block(const VsWeight* w, const VsGemm* g, int64_t r0, int64_t s
 #pragma GCC unroll 4
             for (int j = 0; j < 4; j++) {
                 const uint32_t k = bits_a[word + j];
-                ea[j] = _mm512_maskz_expandloadu_epi16(k, va);
+                ea[j] = vs_expand16(k, va);
                 va += _mm_popcnt_u32(k);
             }
 #pragma GCC unroll 4
             for (int j = 0; j < 4; j++) {
                 const uint32_t k = bits_b[word + j];
-                eb[j] = _mm512_maskz_expandloadu_epi16(k, vb);
+                eb[j] = vs_expand16(k, vb);
                 vb += _mm_popcnt_u32(k);
             }
 #pragma GCC unroll 4
@@ -155,8 +156,8 @@ void decode_pair_block(const VsWeight* w, const VsGemm* g, int64_t r0, int64_t s
         for (; word < w1; word++) {
             const __m512bh xw = (__m512bh)_mm512_loadu_si512(x + word * 32);
             const uint32_t ka = bits_a[word], kb = bits_b[word];
-            a[0] = _mm512_dpbf16_ps(a[0], (__m512bh)_mm512_maskz_expandloadu_epi16(ka, va), xw);
-            b[0] = _mm512_dpbf16_ps(b[0], (__m512bh)_mm512_maskz_expandloadu_epi16(kb, vb), xw);
+            a[0] = _mm512_dpbf16_ps(a[0], (__m512bh)vs_expand16(ka, va), xw);
+            b[0] = _mm512_dpbf16_ps(b[0], (__m512bh)vs_expand16(kb, vb), xw);
             va += _mm_popcnt_u32(ka);
             vb += _mm_popcnt_u32(kb);
         }

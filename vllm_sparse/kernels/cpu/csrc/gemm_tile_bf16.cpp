@@ -24,6 +24,7 @@
 namespace {
 
 #include "prefetch.h"
+#include "expand16.h"
 
 const int kNR = VS_TILE_PANEL_ROWS;
 const int kMR = VS_TILE_BLOCK_M;
@@ -120,7 +121,7 @@ extern "C" void vs_panel_from_bitmap(const VsWeight* w, int64_t row0, int64_t ro
             __m512i r[16];
             for (int i = 0; i < 16; i++) {
                 const uint32_t mask = i < live ? bits[i][word] : 0;
-                r[i] = _mm512_maskz_expandloadu_epi16((__mmask32)mask, v[i]);
+                r[i] = vs_expand16(mask, v[i]);
                 v[i] += _mm_popcnt_u32(mask);
             }
             store_pairs(r, panel, word * 16, 16 * half);

@@ -69,6 +69,8 @@ int dtype_code(at::ScalarType t) {
     }
 }
 
+const int64_t kValuePadding = 64;  // layout.py's VALUE_PADDING
+
 VsWeight check_weight(const at::Tensor& values, const at::Tensor& bitmap, const at::Tensor& row_offsets,
                       int64_t in_features) {
     TORCH_CHECK(values.device().is_cpu() && bitmap.device().is_cpu() && row_offsets.device().is_cpu(),
@@ -83,6 +85,11 @@ VsWeight check_weight(const at::Tensor& values, const at::Tensor& bitmap, const 
     TORCH_CHECK(row_offsets.dim() == 1 && row_offsets.scalar_type() == at::kLong && row_offsets.is_contiguous() &&
                     row_offsets.size(0) == n + 1,
                 "row_offsets must be a contiguous int64 tensor of out_features + 1 entries");
+    // The kernels load whole 64-byte vectors of values, up to 64 bytes past a row's
+    // last (layout.py's VALUE_PADDING).
+    const int64_t nnz = row_offsets.data_ptr<int64_t>()[n];
+    TORCH_CHECK(nnz >= 0 && values.numel() >= nnz + kValuePadding, "values holds ", values.numel(),
+                " entries; row_offsets ends at ", nnz, ", and ", kValuePadding, " entries of padding must follow");
     VsWeight w;
     w.values = values.data_ptr();
     w.bitmap = reinterpret_cast<const uint32_t*>(bitmap.data_ptr<int32_t>());
@@ -228,7 +235,8 @@ at::Tensor panel_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const F
 // (``fill_rows(r0, rows, tile)``) and multiplies them with every activation row.
 template <class FillRows, class RegionsOf>
 at::Tensor row_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const FillRows& fill_rows,
-                            const RegionsOf& regions_of, const c10::optional<at::Tensor>& bias) {
+                            const RegionsOf& regions_of, const VsWeight* bitmap,
+                            const c10::optional<at::Tensor>& bias) {
     const int64_t m = x.size(0);
     const int64_t words = (k + 31) / 32;
     const int64_t blocks = (m + VS_ROWTILE_BLOCK_M - 1) / VS_ROWTILE_BLOCK_M;
@@ -242,10 +250,35 @@ at::Tensor row_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const Fil
     const at::Tensor bias_f = float_bias(bias);
     at::Tensor y = at::empty({m, n}, x.options());
     const VsGemm g = gemm_args(x16, m, bias_f, y);
-    auto multiply = [&](const uint32_t* tile, int64_t r0, int64_t rows, const VsRegion* next, int regions) {
-        vs_rowtile_multiply(tile, rows, k, xa64, m, &g, r0, next, regions);
-    };
-    for_each_tile(n, VS_ROWTILE_ROWS, words * 16 * VS_ROWTILE_ROWS, x.options(), fill_rows, multiply, regions_of);
+    const int64_t tile = VS_ROWTILE_ROWS, tile_words = words * 16 * VS_ROWTILE_ROWS;
+    if (bitmap == nullptr) {  // 2:4 records: fill, then multiply
+        auto multiply = [&](const uint32_t* buffer, int64_t r0, int64_t rows, const VsRegion* next, int regions) {
+            vs_rowtile_multiply(buffer, rows, k, xa64, m, &g, r0, next, regions, nullptr);
+        };
+        for_each_tile(n, tile, tile_words, x.options(), fill_rows, multiply, regions_of);
+        return y;
+    }
+    // The bitmap's tiles: each thread fills its first, then fills each next one among
+    // the dots of the one before (a fill as a pass of its own cost up to a quarter of
+    // the call at M = 16), into a second buffer; the two trade places.
+    const int64_t tiles = (n + tile - 1) / tile;
+    at::parallel_for(0, tiles, 1, [&](int64_t first, int64_t last) {
+        at::Tensor buffers = tile_buffer(2 * tile_words, x.options().dtype(at::kInt));
+        uint32_t* current = reinterpret_cast<uint32_t*>(buffers.data_ptr<int32_t>());
+        uint32_t* next_tile = current + tile_words;
+        auto rows_at = [&](int64_t r0) { return std::min(tile, n - r0); };
+        fill_rows(first * tile, rows_at(first * tile), current);
+        for (int64_t t = first; t < last; t++) {
+            const int64_t r0 = t * tile;
+            VsRowtileFill fill;
+            if (t + 1 < last) vs_rowtile_fill_begin(&fill, bitmap, r0 + tile, rows_at(r0 + tile), next_tile);
+            // Into L2 meanwhile: the compressed bytes of the tile after the one filled.
+            VsRegion next[2];
+            const int regions = t + 2 < last ? regions_of(r0 + 2 * tile, std::min(n, r0 + 3 * tile), next) : 0;
+            vs_rowtile_multiply(current, rows_at(r0), k, xa64, m, &g, r0, next, regions, t + 1 < last ? &fill : nullptr);
+            std::swap(current, next_tile);
+        }
+    });
     return y;
 }
 
@@ -258,11 +291,11 @@ at::Tensor row_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const Fil
 template <class UnpackRows, class FillPanel, class FillRows, class RegionsOf>
 at::Tensor tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const at::TensorOptions& weight_options,
                         int64_t isa, const UnpackRows& unpack_rows, const FillPanel& fill_panel,
-                        const FillRows& fill_rows, const RegionsOf& regions_of,
+                        const FillRows& fill_rows, const RegionsOf& regions_of, const VsWeight* bitmap,
                         const c10::optional<at::Tensor>& bias) {
     const at::ScalarType dtype = weight_options.dtype().toScalarType();
     const TileGemm gemm = x.scalar_type() == dtype ? tile_gemm(isa, dtype, k, x.size(0)) : TileGemm::kTorch;
-    if (gemm == TileGemm::kRows) return row_tiled_linear(x, n, k, fill_rows, regions_of, bias);
+    if (gemm == TileGemm::kRows) return row_tiled_linear(x, n, k, fill_rows, regions_of, bitmap, bias);
     if (gemm == TileGemm::kPanels) return panel_tiled_linear(x, n, k, fill_panel, regions_of, bias);
     const int64_t es = c10::elementSize(dtype);
     const int64_t tile = std::min(n, std::max<int64_t>(16, tile_bytes() / (k * es) / 16 * 16));
@@ -309,7 +342,8 @@ at::Tensor sparse_linear(const at::Tensor& x_in, const at::Tensor& values, const
         };
         auto fill_panel = [&](int64_t r0, int64_t rows, uint32_t* panel) { vs_panel_from_bitmap(&w, r0, rows, panel); };
         auto fill_rows = [&](int64_t r0, int64_t rows, uint32_t* tile) { vs_rowtile_from_bitmap(&w, r0, rows, tile); };
-        return tiled_linear(x, w.n, w.k, values.options(), isa, unpack_rows, fill_panel, fill_rows, regions_of, bias);
+        return tiled_linear(x, w.n, w.k, values.options(), isa, unpack_rows, fill_panel, fill_rows, regions_of, &w,
+                            bias);
     }
 
     // The kernels read whole 32-column words: pad the activations with zeros, in
@@ -421,7 +455,8 @@ at::Tensor nm24_linear(const at::Tensor& x_in, const at::Tensor& blocks, int64_t
         };
         auto fill_panel = [&](int64_t r0, int64_t rows, uint32_t* panel) { vs_panel_from_nm24(&w, r0, rows, panel); };
         auto fill_rows = [&](int64_t r0, int64_t rows, uint32_t* tile) { vs_rowtile_from_nm24(&w, r0, rows, tile); };
-        return tiled_linear(x, w.n, w.k, x.options(), isa, unpack_rows, fill_panel, fill_rows, regions_of, bias);
+        return tiled_linear(x, w.n, w.k, x.options(), isa, unpack_rows, fill_panel, fill_rows, regions_of, nullptr,
+                            bias);
     }
     // The x each kernel reads: the lanes kernel's chunk-major (the rows of a pass read
     // one contiguous run per 64-column chunk), the AVX2 kernel's fp32 (widened once).

@@ -106,9 +106,19 @@ enum { VS_ROWTILE_ROWS = 12, VS_ROWTILE_BLOCK_M = 32 };
 void vs_rowtile_pack_activations(const uint16_t* x, int64_t m, int64_t k, int64_t word_begin, int64_t word_end,
                                  uint64_t* xa);
 void vs_rowtile_from_bitmap(const VsWeight* w, int64_t row0, int64_t rows, uint32_t* tile);
+// A bitmap tile's fill done a few words at a time inside the multiply of the tile
+// before it (vs_rowtile_multiply's `fill`); vs_rowtile_fill_begin sets one up.
+typedef struct {
+    const VsWeight* w;
+    uint32_t* tile;
+    int64_t row0, rows;
+    int64_t n, word;  // the next word to expand: tile row n, 32-column word `word`
+    const uint16_t* v;
+} VsRowtileFill;
+void vs_rowtile_fill_begin(VsRowtileFill* fill, const VsWeight* w, int64_t row0, int64_t rows, uint32_t* tile);
 void vs_rowtile_from_nm24(const VsNM24Weight* w, int64_t row0, int64_t rows, uint32_t* tile);
 void vs_rowtile_multiply(const uint32_t* tile, int64_t rows, int64_t k, const uint64_t* xa, int64_t m,
-                         const VsGemm* g, int64_t row0, const VsRegion* next, int regions);
+                         const VsGemm* g, int64_t row0, const VsRegion* next, int regions, VsRowtileFill* fill);
 
 // Dense bf16 W [N, k] (row-major, contiguous) on AVX-512 BF16 (gemv_dense_bf16.cpp):
 // rows [row_begin, row_end) of y = x W^T (+ bias), x bf16 [m, k] contiguous, y bf16.
