@@ -22,8 +22,9 @@
 // (VsRowtileFill, into a second buffer): as a pass of its own a fill cost ~3.6 TSC
 // cycles a word, a fifth to a quarter of the call at M = 16; among the dots ~1.1-1.5.
 // Same process, cold weights, calls alternating (2-core EPYC, 2026-12-06, 50%, five
-// Llama-3-8B / Llama-1B / SmolLM2 shapes): 1.02-1.11x at M = 16-32 (one 0.98x), 1.03-1.05x at
-// M = 64, 1.01-1.05x at M = 128. The 2:4 records still fill, then multiply.
+// Llama-3-8B / Llama-1B / SmolLM2 shapes): 1.02-1.11x at M = 16-32 (one 0.98x),
+// 1.03-1.05x at M = 64, 1.01-1.05x at M = 128. The 2:4 records still fill, then
+// multiply.
 //
 // tile[(word * 12 + n) * 16 + j]: pair j of 32-column word `word` of tile row n;
 // rows past the weight's are zero. As 64-bit words, xa[(b * words * 8 + q) * 32 + i]
@@ -129,16 +130,9 @@ extern "C" void vs_rowtile_fill_begin(VsRowtileFill* fill, const VsWeight* w, in
 }
 
 extern "C" void vs_rowtile_from_bitmap(const VsWeight* w, int64_t row0, int64_t rows, uint32_t* tile) {
-    for (int n = 0; n < rows; n++) {
-        const uint16_t* v = (const uint16_t*)w->values + w->row_offsets[row0 + n];
-        const uint32_t* bits = w->bitmap + (row0 + n) * w->words;
-        for (int64_t word = 0; word < w->words; word++) {
-            const uint32_t mask = bits[word];
-            _mm512_storeu_si512(tile + (word * kTR + n) * 16, vs_expand16(mask, v));
-            v += _mm_popcnt_u32(mask);
-        }
-    }
-    zero_rows(tile, w->words, rows);
+    VsRowtileFill fill;
+    vs_rowtile_fill_begin(&fill, w, row0, rows, tile);
+    fill_some(&fill, rows * w->words);
 }
 
 extern "C" void vs_rowtile_from_nm24(const VsNM24Weight* w, int64_t row0, int64_t rows, uint32_t* tile) {
@@ -155,6 +149,7 @@ extern "C" void vs_rowtile_from_nm24(const VsNM24Weight* w, int64_t row0, int64_
             const uint64_t mask = selector_mask(record_selectors(record[n], slot[n]));
             const uint16_t* v = record_values(record[n], slot[n]);
             _mm512_storeu_si512(tile + (2 * c * kTR + n) * 16, vs_expand16(mask, v));
+            // The memory form: a 64-byte load from v + 16 would run past the last record.
             _mm512_storeu_si512(tile + ((2 * c + 1) * kTR + n) * 16,
                                 _mm512_maskz_expandloadu_epi16((__mmask32)(mask >> 32), v + 16));
             record[n] += kRecord;
