@@ -11,6 +11,7 @@
 namespace {
 
 #include "prefetch.h"
+#include "expand16.h"
 #include "decode_walk.h"
 
 const int64_t kRowChunk = 24;  // a multiple of every row block below
@@ -30,11 +31,13 @@ inline void expand_word(uint32_t mask, const typename Values<DT>::type* v, __m51
     if (DT == VS_F32) {
         const float* f = (const float*)v;
         uint32_t low = mask & 0xffffu;
-        lo = _mm512_maskz_expandloadu_ps((__mmask16)low, f);
-        hi = _mm512_maskz_expandloadu_ps((__mmask16)(mask >> 16), f + _mm_popcnt_u32(low));
+        // Plain loads and the register form, as vs_expand16 (expand16.h); the padding
+        // covers the 64 bytes read.
+        lo = _mm512_maskz_expand_ps((__mmask16)low, _mm512_loadu_ps(f));
+        hi = _mm512_maskz_expand_ps((__mmask16)(mask >> 16), _mm512_loadu_ps(f + _mm_popcnt_u32(low)));
         return;
     }
-    __m512i raw = _mm512_maskz_expandloadu_epi16((__mmask32)mask, v);
+    __m512i raw = vs_expand16(mask, (const uint16_t*)v);
     __m256i a = _mm512_castsi512_si256(raw);
     __m256i b = _mm512_extracti64x4_epi64(raw, 1);
     if (DT == VS_BF16) {
