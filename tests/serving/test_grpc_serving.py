@@ -190,7 +190,10 @@ def test_deadline_shorter_than_generation_aborts(server, channel):
         if after == before + 1 or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    assert after == before + 1
+    metrics = server.get("/metrics")
+    counted = {code: prometheus_value(metrics, "vllm_sparse_grpc_requests_total", method="Generate", code=code)
+               for code in ("OK", "CANCELLED", "DEADLINE_EXCEEDED", "INTERNAL")}
+    assert after == before + 1, f"Generate requests by code: {counted}"
 
 
 def test_32_concurrent_streams_and_counters_match(server, channel):
