@@ -188,7 +188,7 @@ void rowtile_multiply(const uint32_t* tile, int64_t rows, int64_t k, const uint6
     const int64_t steps = (words / 4 + 1) * passes;
     RegionPrefetch ahead[2] = {RegionPrefetch(nullptr, nullptr, 1), RegionPrefetch(nullptr, nullptr, 1)};
     for (int i = 0; i < regions && i < 2; i++) ahead[i] = RegionPrefetch(next[i].begin, next[i].end, steps);
-    // One call of fill_some per word of a pass.
+    // One call of fill_some per word of a pass, rounded up: the passes fill every word.
     const int64_t fill_step = kFill ? (fill->rows * words + passes * words - 1) / (passes * words) : 0;
     for (int64_t m0 = 0; m0 < m; m0 += kBM) {
         const uint64_t* block = xa + m0 * words * 8;
@@ -205,7 +205,6 @@ void rowtile_multiply(const uint32_t* tile, int64_t rows, int64_t k, const uint6
             rowtile_block<1, 12, kFill>(block, tile, words, m0, row0, 0, rows, g, ahead, fill, fill_step);
         }
     }
-    if (kFill) fill_some(fill, fill->rows * words);  // what the rounding left
 }
 
 }  // namespace

@@ -271,11 +271,14 @@ at::Tensor row_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const Fil
         for (int64_t t = first; t < last; t++) {
             const int64_t r0 = t * tile;
             VsRowtileFill fill;
-            if (t + 1 < last) vs_rowtile_fill_begin(&fill, bitmap, r0 + tile, rows_at(r0 + tile), next_tile);
+            VsRowtileFill* filling = nullptr;
+            if (t + 1 < last) {
+                vs_rowtile_fill_begin(&fill, bitmap, r0 + tile, rows_at(r0 + tile), next_tile);
+                filling = &fill;
+            }
             // Into L2 meanwhile: the compressed bytes of the tile after the one filled.
             VsRegion next[2];
             const int regions = t + 2 < last ? regions_of(r0 + 2 * tile, std::min(n, r0 + 3 * tile), next) : 0;
-            VsRowtileFill* filling = t + 1 < last ? &fill : nullptr;
             vs_rowtile_multiply(current, rows_at(r0), k, xa64, m, &g, r0, next, regions, filling);
             std::swap(current, next_tile);
         }
