@@ -39,6 +39,9 @@ int64_t tile_bytes() {
     return bytes;
 }
 
+// Does the large-M path of the AVX-512 BF16 ISA path multiply on AMX tiles here?
+bool amx_ready() { return vs_amx_ready() != 0; }
+
 bool isa_supported(int64_t isa) {
     __builtin_cpu_init();
     const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
@@ -159,17 +162,19 @@ at::Tensor tile_buffer(int64_t numel, const at::TensorOptions& options) {
 }
 
 // Which GEMM the large-M path multiplies its decompressed tiles with. bf16 on the
-// AVX-512 BF16 path (k even) has two of its own: row tiles (gemm_rowtile_bf16.cpp)
-// up to M = 128 where M fills its vectors of 8 activation rows but for at most an
-// eighth of their lanes (15, 16, 24, 32, 40, ..., 128), panels (gemm_tile_bf16.cpp)
-// for the other M, whose rows they take 1 to 12 at a time. Row tiles over panels,
-// same-process A/B on a 2-core EPYC (benchmarks/large_m_ab.py, 2026-12-05 19:44 UTC,
-// Llama-3-8B and Llama-1B shapes, 2:4 / 50% / 70%, geometric means): 1.09x at M = 16,
-// 1.06x at 24, 1.04x at 32 and 40, 1.03x at 64, 1.01x at 128; 0.99x at 512 (every
-// 12-row tile streams all the activations, from L3 once they outgrow L2).
-// Elsewhere torch's GEMM. VLLM_SPARSE_CPU_TILE_GEMM=torch, panels or rows forces one
-// (read on every call: a large-M call takes a tenth of a millisecond or more).
-enum class TileGemm { kTorch, kPanels, kRows };
+// AVX-512 BF16 path (k even) on a CPU with AMX-BF16: tile instructions on the panels
+// (gemm_amx_bf16.cpp) at every M. Without AMX, two of its own: row tiles
+// (gemm_rowtile_bf16.cpp) up to M = 128 where M fills its vectors of 8 activation rows
+// but for at most an eighth of their lanes (15, 16, 24, 32, 40, ..., 128), panels
+// (gemm_tile_bf16.cpp) for the other M, whose rows they take 1 to 12 at a time. Row
+// tiles over panels, same-process A/B on a 2-core EPYC (benchmarks/large_m_ab.py,
+// 2026-12-05 19:44 UTC, Llama-3-8B and Llama-1B shapes, 2:4 / 50% / 70%, geometric
+// means): 1.09x at M = 16, 1.06x at 24, 1.04x at 32 and 40, 1.03x at 64, 1.01x at 128;
+// 0.99x at 512 (every 12-row tile streams all the activations, from L3 once they
+// outgrow L2). Elsewhere torch's GEMM. VLLM_SPARSE_CPU_TILE_GEMM=torch, amx, panels or
+// rows forces one (read on every call: a large-M call takes a tenth of a millisecond
+// or more; amx only where the CPU has it).
+enum class TileGemm { kTorch, kAmx, kPanels, kRows };
 
 TileGemm tile_gemm(int64_t isa, at::ScalarType dtype, int64_t k, int64_t m) {
     const char* forced = getenv("VLLM_SPARSE_CPU_TILE_GEMM");
@@ -177,6 +182,7 @@ TileGemm tile_gemm(int64_t isa, at::ScalarType dtype, int64_t k, int64_t m) {
     if (!(isa == VS_AVX512_BF16 && dtype == at::kBFloat16 && k % 2 == 0)) return TileGemm::kTorch;
     if (forced && strcmp(forced, "panels") == 0) return TileGemm::kPanels;
     if (forced && strcmp(forced, "rows") == 0) return TileGemm::kRows;
+    if (vs_amx_ready()) return TileGemm::kAmx;
     const int64_t idle_lanes = (m + 7) / 8 * 8 - m;
     return m <= 128 && idle_lanes * 8 <= m ? TileGemm::kRows : TileGemm::kPanels;
 }
@@ -225,6 +231,31 @@ at::Tensor panel_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const F
     const int64_t panel_words = (pairs + 16) * VS_TILE_PANEL_ROWS;
     auto multiply = [&](const uint32_t* panel, int64_t r0, int64_t rows, const VsRegion* next, int regions) {
         vs_panel_multiply(panel, rows, k, xa32, m, &g, r0, next, regions);
+    };
+    for_each_tile(n, VS_TILE_PANEL_ROWS, panel_words, x.options(), fill_panel, multiply, regions_of);
+    return y;
+}
+
+// Large M with gemm_amx_bf16.cpp: the activations are packed once as zero-padded A
+// tiles, then each thread fills the panels of
+// gemm_tile_bf16.cpp (``fill_panel(r0, rows, panel)``) and multiplies each with every
+// activation row on the tile unit.
+template <class FillPanel, class RegionsOf>
+at::Tensor amx_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const FillPanel& fill_panel,
+                            const RegionsOf& regions_of, const c10::optional<at::Tensor>& bias) {
+    const int64_t m = x.size(0);
+    const int64_t kp = (k + 31) / 32 * 32, mp = (m + 15) / 16 * 16;
+    at::Tensor padded = at::zeros({mp, kp}, x.options());
+    padded.narrow(0, 0, m).narrow(1, 0, k).copy_(x);
+    const at::Tensor a = padded.view({mp / 16, 16, kp / 32, 32}).permute({0, 2, 1, 3}).contiguous();  // A tiles
+    const uint16_t* a16 = reinterpret_cast<const uint16_t*>(a.data_ptr());
+    const at::Tensor bias_f = float_bias(bias);
+    at::Tensor y = at::empty({m, n}, x.options());
+    const VsGemm g = gemm_args(a16, m, bias_f, y);
+    // A fill writes whole 32-column words of pairs: up to 15 pairs past k / 2.
+    const int64_t panel_words = (k / 2 + 16) * VS_TILE_PANEL_ROWS;
+    auto multiply = [&](const uint32_t* panel, int64_t r0, int64_t rows, const VsRegion* next, int regions) {
+        vs_amx_panel_multiply(panel, rows, a16, m, kp, &g, r0, next, regions);
     };
     for_each_tile(n, VS_TILE_PANEL_ROWS, panel_words, x.options(), fill_panel, multiply, regions_of);
     return y;
@@ -299,6 +330,7 @@ at::Tensor tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const at::Ten
                         const c10::optional<at::Tensor>& bias) {
     const at::ScalarType dtype = weight_options.dtype().toScalarType();
     const TileGemm gemm = x.scalar_type() == dtype ? tile_gemm(isa, dtype, k, x.size(0)) : TileGemm::kTorch;
+    if (gemm == TileGemm::kAmx) return amx_tiled_linear(x, n, k, fill_panel, regions_of, bias);
     if (gemm == TileGemm::kRows) return row_tiled_linear(x, n, k, fill_rows, regions_of, bitmap, bias);
     if (gemm == TileGemm::kPanels) return panel_tiled_linear(x, n, k, fill_panel, regions_of, bias);
     const int64_t es = c10::elementSize(dtype);
@@ -563,6 +595,7 @@ TORCH_LIBRARY_FRAGMENT(vllm_sparse, m) {
           "int isa, int max_direct_m, Tensor? bias) -> Tensor");
     m.def("cpu_sparse_unpack(Tensor values, Tensor bitmap, Tensor row_offsets, int in_features, int isa) -> Tensor");
     m.def("cpu_best_isa() -> int", &best_isa);
+    m.def("cpu_amx_ready() -> bool", &amx_ready);
     m.def("cpu_nm24_linear(Tensor x, Tensor blocks, int out_features, int in_features, int isa, "
           "int max_direct_m, Tensor? bias) -> Tensor");
     m.def("cpu_nm24_unpack(Tensor blocks, int out_features, int in_features, int isa) -> Tensor");

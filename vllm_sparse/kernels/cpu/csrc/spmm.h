@@ -120,6 +120,15 @@ void vs_rowtile_from_nm24(const VsNM24Weight* w, int64_t row0, int64_t rows, uin
 void vs_rowtile_multiply(const uint32_t* tile, int64_t rows, int64_t k, const uint64_t* xa, int64_t m,
                          const VsGemm* g, int64_t row0, const VsRegion* next, int regions, VsRowtileFill* fill);
 
+// The same panels multiplied with AMX tile instructions (gemm_amx_bf16.cpp), on CPUs
+// with AMX-BF16 whose OS grants the tile registers (vs_amx_ready, which asks once).
+// a: the activations x [m, k] as bf16 A tiles, zero past m rows and k columns: with
+// kp = k rounded up to 32, element ((i / 16 * kp / 32 + j / 32) * 16 + i % 16) * 32 + j % 32
+// is x[i, j]. The panel holds kp / 2 pairs (both fills write that many).
+int vs_amx_ready(void);
+void vs_amx_panel_multiply(const uint32_t* panel, int64_t rows, const uint16_t* a, int64_t m, int64_t kp,
+                           const VsGemm* g, int64_t row0, const VsRegion* next, int regions);
+
 // Dense bf16 W [N, k] (row-major, contiguous) on AVX-512 BF16 (gemv_dense_bf16.cpp):
 // rows [row_begin, row_end) of y = x W^T (+ bias), x bf16 [m, k] contiguous, y bf16.
 void vs_dense_gemv_avx512_bf16(const uint16_t* w, int64_t k, const VsGemm* g, int64_t row_begin, int64_t row_end);
