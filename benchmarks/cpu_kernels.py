@@ -71,7 +71,21 @@ SMOLLM2 = [(960, 576), (576, 576), (3072, 576), (576, 1536)]  # as vLLM fuses th
 MS = [1, 2, 4, 8, 16, 64, 512]
 PATTERNS = ["2:4", "4:8", "40%", "50%", "70%", "90%"]
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-CACHE_SPAN_BYTES = 96 << 20  # > 2x a 32 MiB L3
+
+
+def _last_level_cache_bytes() -> int:
+    """The largest CPU cache sysfs reports (0 where it reports none)."""
+    sizes = []
+    for path in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = path.read_text().strip()
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        sizes.append(int(text.rstrip("KMG")) * scale)
+    return max(sizes, default=0)
+
+
+# The weight copies each side cycles through: twice the last-level cache, at least
+# 96 MiB (a Xeon VM here reports a 300 MiB L3: 96 MiB of copies stayed in it).
+CACHE_SPAN_BYTES = max(96 << 20, 2 * _last_level_cache_bytes())
 
 
 def prune(w: torch.Tensor, pattern: str, gen: torch.Generator) -> tuple[torch.Tensor, float]:
@@ -215,6 +229,7 @@ def run_case(shape, pattern, dtype, ms, codes, gen, budget_s, log):
             # on bf16) it runs torch's: on a host without bf16 dot products the direct
             # kernel, multiplying only the nonzeros, may beat it at any M.
             own_tile_gemm = dtype == torch.bfloat16 and code % NM24_OFFSET == isa.AVX512_BF16
+            amx = own_tile_gemm and isa.amx_ready()
             row = {"shape": f"{out}x{k}", "m": m, "pattern": pattern, "sparsity": sparsity,
                    "dtype": [n for n, d in DTYPES.items() if d == dtype][0],
                    "isa": dispatch.NM24_PATHS[code - NM24_OFFSET] if is_nm24(code) else isa.NAMES[code]}
@@ -222,8 +237,8 @@ def run_case(shape, pattern, dtype, ms, codes, gen, budget_s, log):
             for name, max_direct in (("direct", 1 << 30), ("tiled", 0)):
                 if name == "direct" and m > 128 and own_tile_gemm:
                     continue  # compute-bound there by construction; the tiled path's own GEMMs serve it
-                if name == "tiled" and m < 8:
-                    continue
+                if name == "tiled" and m < (2 if own_tile_gemm and amx else 8):
+                    continue  # on AMX the tile unit's large-M path may win from two rows
                 check(layout, dense_w, x, code, max_direct)
                 fns = [lambda lay=lay: run_kernel(lay, x, code, max_direct) for lay in sparse_copies]
                 # At M = 1 (bound by memory) a read of the compressed bytes takes turns
@@ -367,6 +382,7 @@ def main() -> None:
     machine = {**isa.cpu_description(), "threads": torch.get_num_threads(), "torch": torch.__version__,
                "date": datetime.date.today().isoformat(), "read_gbps": round((read_gbps + read_after) / 2, 2),
                "best_isa": isa.NAMES[best], "host_class": args.host_class, "baseline": BASELINE,
+               "dispatch_host": isa.host_class(best) if args.host_class == host_class.NATIVE else args.host_class,
                "command": "python " + " ".join(sys.argv)}
     annotate(records, machine["read_gbps"])
     out = Path(args.out)
@@ -384,9 +400,10 @@ def write_table(target: Path, machine: dict, records: list[dict]) -> None:
     record names its run (``run``), and ``runs`` holds every named run's date, command and read
     bandwidth: a table merges runs that may be hours and code changes apart."""
     keep = ("host", "isa", "dtype", "shape", "pattern", "sparsity", "m", "direct", "tiled")
-    # The host class measured, named by its bitmap kernels' ISA path (as the dispatcher
-    # asks for it): this machine's best, or the class emulated.
-    host = machine["best_isa"] if machine["host_class"] == host_class.NATIVE else machine["host_class"]
+    # The host class measured, as the dispatcher asks for it (isa.host_class): named by
+    # its bitmap kernels' ISA path (this machine's best, or the class emulated), or
+    # avx512_amx where the large-M path runs on AMX.
+    host = machine["dispatch_host"]
 
     def case(r):
         return r.get("host"), r["isa"], r["dtype"], r["shape"], r["pattern"]

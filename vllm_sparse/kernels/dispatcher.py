@@ -113,7 +113,7 @@ def cpu_plan(analysis: WeightAnalysis, dtype: torch.dtype,
         return None
     pattern = None if analysis.nm is None else str(analysis.nm)
     candidates = _cpu_path_names(analysis, dtype)
-    host = cpu_kernels.isa.NAMES[cpu_kernels.isa.default()]  # the class the bitmap path names
+    host = cpu_kernels.isa.host_class()  # the class the bitmap path names (or AMX's)
     choice = cpu_dispatch.choose_among(candidates, _as_2d(analysis.shape), analysis.sparsity, dtype,
                                        max_batch=max_batch, pattern=pattern, host=host)
     if choice is None and forced == CPU_SPARSE:

@@ -46,6 +46,25 @@ def default() -> int:
     return CODES[forced]
 
 
+# The host class of a CPU whose AVX-512 BF16 path multiplies large M on AMX tiles
+# (csrc/gemm_amx_bf16.cpp): its dense baseline (oneDNN on AMX) and its large-M path
+# both differ from an AVX-512 BF16 host's, so the dispatcher keeps their records apart.
+AMX_HOST = "avx512_amx"
+
+
+def amx_ready() -> bool:
+    """Does the large-M path run on AMX tiles here (AMX-BF16, granted by the OS)?"""
+    return bool(torch.ops.vllm_sparse.cpu_amx_ready())
+
+
+def host_class(code: int | None = None) -> str:
+    """The host class whose dispatch records apply to ISA path ``code`` (default: the
+    path in force): the path's name, or ``AMX_HOST`` for the AVX-512 BF16 path of a CPU
+    with AMX (the kernels must be loaded)."""
+    code = default() if code is None else code
+    return AMX_HOST if code == AVX512_BF16 and amx_ready() else NAMES[code]
+
+
 def cpu_description() -> dict:
     """CPU model and the SIMD flags that matter here, for benchmark records."""
     model, flags = platform.processor() or "unknown", set()

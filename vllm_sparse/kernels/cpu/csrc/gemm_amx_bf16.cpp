@@ -1,19 +1,23 @@
 // Large M (and batched decode) on CPUs with AMX-BF16 (Sapphire Rapids and later): the
-// weight, decompressed 32 rows at a time into the same cache-resident panel as
-// gemm_tile_bf16.cpp fills, multiplied by tile instructions.
+// weight, decompressed 32 rows at a time into a cache-resident tile, multiplied by
+// tile instructions.
 //
 // Why its own GEMM: on a 2-core Xeon with AMX (2026-12-06) vLLM's dense GEMM is
 // oneDNN on AMX, and the AVX-512 BF16 row tiles and panels ran 0.1-0.3x of it from
 // M = 64 up, 0.4-0.6x at M = 16; handing decompressed tiles to torch's GEMM (oneDNN,
 // which repacks each on every call) ran 0.5x at M = 64.
 //
-// The panel's layout is already the one a tile multiply reads its second operand in:
-// panel[p * 32 + n] = (W[n, 2p], W[n, 2p + 1]), so 16 column pairs x 16 weight rows is
-// one B tile, loaded with a stride of 32 words. The activations are packed once per
-// call as A tiles, each 16 rows x 32 columns contiguous (1 KiB), zero-padded to whole
-// tiles. (Loaded from the activation matrix itself, a tile's 16 rows lie k * 2 bytes
-// apart, 8 KiB at k = 4096: all in one L1 set.) A block of up to 32 activation rows x
-// the panel's 32 weight rows accumulates in four C tiles over every column.
+// The weight is the first operand (A: 16 rows x 32 columns, row-major), so its rows
+// go from the compressed form to a tile by one expand per 32-column word, with no
+// transpose: the tile holds, per 32-column step, the 32 rows' 64-byte words one after
+// the other (tile[(step * 32 + row) * 32 + j] = W[row0 + row, 32 step + j]), and a
+// 16-row half of a step is one A tile (stride 64 bytes). (Filling gemm_tile_bf16.cpp's
+// panels, laid out as the second operand wants a weight, cost ~14 cycles per word, its
+// transposes included, and held the M = 1-16 calls at 1.7-1.9 ms on 4096 x 4096: the
+// fill, not the tile unit, set their time.) The activations are the second operand,
+// packed once per call: B tiles of 16 column pairs x 16 activation rows, 1 KiB each.
+// C tiles hold y transposed (16 weight rows x 16 activation rows, fp32), transposed
+// back in registers as they are stored.
 #include <cpuid.h>
 #include <immintrin.h>
 #include <stdlib.h>
@@ -22,17 +26,21 @@
 #include <unistd.h>
 #include "store.h"
 
-#pragma GCC target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")
+#pragma GCC target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi2,avx512bf16,popcnt")
 
 namespace {
 
 #include "prefetch.h"
+#include "expand16.h"
+#include "nm24_records.h"
+#include "transpose16.h"
 
-const int kNR = VS_TILE_PANEL_ROWS;  // 32 weight rows: two B tiles side by side
-const int64_t kATileElements = 16 * 32;  // bf16: 16 activation rows x 32 columns
+const int kGroup = VS_TILE_PANEL_ROWS;   // 32 weight rows: two A tiles per step
+const int64_t kTileElements = 16 * 32;  // bf16 elements of one A or B tile
+const int kFillRows = 8;               // weight rows a fill expands side by side
 
-// Tiles: C (fp32 [16, 16]) for activation half a and weight half b is tile 2a + b;
-// A (activations) 4 and 5; B (the panel) 6 and 7. All are 16 rows of 64 bytes.
+// Tiles: C (fp32 [16, 16]) for weight half a and activation half b is tile 2a + b;
+// A (the weight) 4 and 5; B (the activations) 6 and 7. All are 16 rows of 64 bytes.
 struct TileConfig {
     uint8_t palette;
     uint8_t start_row;
@@ -59,61 +67,73 @@ void configure_tiles() {
     _tile_loadconfig(&config);
 }
 
-// HALVES (1 or 2) blocks of 16 activation rows (their tiles from `a` on, one block's
-// after the other's `steps` tiles) x the panel, over `steps` steps of 32 columns,
-// into the C tiles. `ahead` advances every 4 steps.
+// The group's 32 weight rows (A tiles of each step) x HALVES (1 or 2) blocks of 16
+// activation rows (B tiles from `b` on, the second block's `steps` tiles after the
+// first's), over every step of 32 columns, into the C tiles. `ahead` advances every
+// 4 steps.
 template <int HALVES>
-void accumulate(const uint16_t* a, const uint32_t* panel, int64_t steps, RegionPrefetch* ahead) {
+void accumulate(const uint16_t* tile, const uint16_t* b, int64_t steps, RegionPrefetch* ahead) {
     _tile_zero(0);
-    _tile_zero(1);
+    _tile_zero(2);
     if (HALVES == 2) {
-        _tile_zero(2);
+        _tile_zero(1);
         _tile_zero(3);
     }
-    const uint16_t* a_second = a + steps * kATileElements;
-    for (int64_t s = 0; s < steps; s++, panel += 16 * kNR) {
+    const uint16_t* b_second = b + steps * kTileElements;
+    for (int64_t s = 0; s < steps; s++, tile += 2 * kTileElements) {
         if ((s & 3) == 0) {
             ahead[0].advance();
             ahead[1].advance();
         }
-        _tile_loadd(6, panel, kNR * 4);
-        _tile_loadd(7, panel + 16, kNR * 4);
-        _tile_loadd(4, a + s * kATileElements, 64);
+        _tile_loadd(4, tile, 64);
+        _tile_loadd(5, tile + kTileElements, 64);
+        _tile_loadd(6, b + s * kTileElements, 64);
         _tile_dpbf16ps(0, 4, 6);
-        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
         if (HALVES == 2) {
-            _tile_loadd(5, a_second + s * kATileElements, 64);
-            _tile_dpbf16ps(2, 5, 6);
+            _tile_loadd(7, b_second + s * kTileElements, 64);
+            _tile_dpbf16ps(1, 4, 7);
             _tile_dpbf16ps(3, 5, 7);
         }
     }
 }
 
-// The C tiles of a block (activation rows from m0, `live_m` of them) into y's
-// columns row0 .. row0 + rows, plus bias, as bf16.
+// One C tile (weight rows row0 + 16a.., activation rows m0..) into y, transposed,
+// plus bias, as bf16: `rows` weight rows of the group and `live_m` activation rows.
+void store_tile(const float c[16][16], int a, int64_t m0, int64_t live_m, int64_t row0, int64_t rows,
+                const VsGemm* g) {
+    const int64_t live_n = rows - 16 * a;
+    if (live_n <= 0) return;
+    const __mmask16 valid = live_n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << live_n) - 1);
+    const __m512 bias = g->bias ? _mm512_maskz_loadu_ps(valid, g->bias + row0 + 16 * a) : _mm512_setzero_ps();
+    __m512i r[16];
+    for (int i = 0; i < 16; i++) r[i] = _mm512_load_si512(c[i]);
+    transpose16(r);  // r[j] lane i: weight row 16a + i, activation row m0 + j
+    for (int j = 0; j < live_m && j < 16; j++) {
+        uint16_t* y = (uint16_t*)g->y + (m0 + j) * g->ldy + row0 + 16 * a;
+        const __m512 v = _mm512_add_ps(_mm512_castsi512_ps(r[j]), bias);
+        _mm256_mask_storeu_epi16(y, valid, (__m256i)_mm512_cvtneps_pbh(v));
+    }
+}
+
 template <int HALVES>
 void store_block(int64_t m0, int64_t live_m, int64_t row0, int64_t rows, const VsGemm* g) {
     alignas(64) float c[4][16][16];
     _tile_stored(0, c[0], 64);
-    _tile_stored(1, c[1], 64);
+    _tile_stored(2, c[2], 64);
     if (HALVES == 2) {
-        _tile_stored(2, c[2], 64);
+        _tile_stored(1, c[1], 64);
         _tile_stored(3, c[3], 64);
     }
     memory_barrier();
-    const __mmask16 valid[2] = {
-        rows >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << rows) - 1),
-        rows >= 32 ? (__mmask16)0xffff : rows <= 16 ? (__mmask16)0 : (__mmask16)((1u << (rows - 16)) - 1)};
-    __m512 bias[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
-    if (g->bias)
-        for (int b = 0; b < 2; b++) bias[b] = _mm512_maskz_loadu_ps(valid[b], g->bias + row0 + 16 * b);
-    for (int i = 0; i < live_m && i < 16 * HALVES; i++) {
-        uint16_t* y = (uint16_t*)g->y + (m0 + i) * g->ldy + row0;
-        for (int b = 0; b < 2; b++) {
-            const __m512 v = _mm512_add_ps(_mm512_load_ps(c[2 * (i / 16) + b][i % 16]), bias[b]);
-            _mm256_mask_storeu_epi16(y + 16 * b, valid[b], (__m256i)_mm512_cvtneps_pbh(v));
-        }
-    }
+    for (int b = 0; b < HALVES; b++)
+        for (int a = 0; a < 2; a++) store_tile(c[2 * a + b], a, m0 + 16 * b, live_m - 16 * b, row0, rows, g);
+}
+
+// Rows `from`..31 of a group's tile: zeros (rows past the weight).
+void zero_rows(uint16_t* tile, int64_t steps, int64_t from) {
+    for (int64_t s = 0; s < steps; s++)
+        for (int64_t r = from; r < kGroup; r++) _mm512_storeu_si512(tile + (s * kGroup + r) * 32, _mm512_setzero_si512());
 }
 
 bool request_tile_data() {
@@ -133,25 +153,87 @@ extern "C" int vs_amx_ready(void) {
     return ready;
 }
 
-extern "C" void vs_amx_panel_multiply(const uint32_t* panel, int64_t rows, const uint16_t* a, int64_t m,
-                                      int64_t kp, const VsGemm* g, int64_t row0, const VsRegion* next,
-                                      int regions) {
+extern "C" void vs_amx_pack_activations(const uint16_t* x, int64_t m, int64_t k, int64_t tile_begin,
+                                        int64_t tile_end, uint16_t* b) {
+    // A B tile is 16 rows' 16 column pairs transposed: r[i] = row i's pairs, then
+    // r[p] lane i = row i's pair p. Pairs past k and rows past m are zeros.
+    const int64_t steps = (k + 31) / 32, pairs = k / 2;
+    const uint32_t* x32 = (const uint32_t*)x;
+    for (int64_t t = tile_begin; t < tile_end; t++) {
+        const int64_t block = t / steps, step = t % steps;
+        const int64_t p0 = step * 16, live_pairs = pairs - p0 < 16 ? pairs - p0 : 16;
+        const __mmask16 live = (__mmask16)((1u << live_pairs) - 1);
+        __m512i r[16];
+        for (int i = 0; i < 16; i++) {
+            const int64_t row = block * 16 + i;
+            r[i] = row < m ? _mm512_maskz_loadu_epi32(live, x32 + row * pairs + p0) : _mm512_setzero_si512();
+        }
+        transpose16(r);
+        uint16_t* out = b + t * kTileElements;
+        for (int p = 0; p < 16; p++) _mm512_storeu_si512(out + p * 32, r[p]);
+    }
+}
+
+extern "C" void vs_amx_fill_bitmap(const VsWeight* w, int64_t row0, int64_t rows, uint16_t* tile) {
+    // kFillRows rows side by side: where a row's next values start depends on the
+    // popcount of its last word, so a single row's words are a serial chain (one row
+    // at a time the fill ran ~6 cycles per word).
+    for (int64_t r0 = 0; r0 < rows; r0 += kFillRows) {
+        const int live = rows - r0 < kFillRows ? (int)(rows - r0) : kFillRows;
+        const uint16_t* v[kFillRows];
+        const uint32_t* bits[kFillRows];
+        for (int i = 0; i < kFillRows; i++) {
+            const int64_t row = row0 + r0 + (i < live ? i : 0);
+            v[i] = (const uint16_t*)w->values + w->row_offsets[row];
+            bits[i] = w->bitmap + row * w->words;
+        }
+        uint16_t* out = tile + r0 * 32;
+        for (int64_t word = 0; word < w->words; word++, out += kGroup * 32)
+            for (int i = 0; i < live; i++) {
+                const uint32_t mask = bits[i][word];
+                _mm512_storeu_si512(out + i * 32, vs_expand16(mask, v[i]));
+                v[i] += _mm_popcnt_u32(mask);
+            }
+    }
+    zero_rows(tile, w->words, rows);
+}
+
+extern "C" void vs_amx_fill_nm24(const VsNM24Weight* w, int64_t row0, int64_t rows, uint16_t* tile) {
+    const int64_t chunks = w->k / 64;
+    for (int64_t r = 0; r < rows; r++) {
+        const uint8_t* record = block_records(w, (row0 + r) / kRows);
+        const int slot = (int)((row0 + r) % kRows);
+        uint16_t* out = tile + r * 32;
+        for (int64_t c = 0; c < chunks; c++, record += kRecord, out += 2 * kGroup * 32) {
+            const uint64_t mask = selector_mask(record_selectors(record, slot));
+            const uint16_t* v = record_values(record, slot);
+            _mm512_storeu_si512(out, vs_expand16((uint32_t)mask, v));
+            // The memory form: a 64-byte load from v + 16 would run past the last record.
+            _mm512_storeu_si512(out + kGroup * 32, _mm512_maskz_expandloadu_epi16((__mmask32)(mask >> 32), v + 16));
+        }
+    }
+    zero_rows(tile, w->k / 32, rows);
+}
+
+extern "C" void vs_amx_multiply(const uint16_t* tile, int64_t rows, const uint16_t* b, int64_t m, int64_t kp,
+                                const VsGemm* g, int64_t row0, const VsRegion* next, int regions) {
     configure_tiles();
     const int64_t steps = kp / 32;
     const int64_t blocks = (m + 31) / 32;
-    // The next panel's compressed bytes come into L2 over this panel's steps (one per
-    // 4 steps of each activation block): filling the next panel then reads no memory.
+    // The next group's compressed bytes come into L2 over this group's steps (one per
+    // 4 steps of each activation block): filling the next group then reads no memory.
     const int64_t advances = ((steps + 3) / 4) * blocks;
     RegionPrefetch ahead[2] = {RegionPrefetch(nullptr, nullptr, 1), RegionPrefetch(nullptr, nullptr, 1)};
     for (int i = 0; i < regions && i < 2; i++) ahead[i] = RegionPrefetch(next[i].begin, next[i].end, advances);
-    memory_barrier();  // the panel was just filled
+    memory_barrier();  // the tile was just filled
     for (int64_t m0 = 0; m0 < m; m0 += 32) {
         const int64_t live_m = m - m0 < 32 ? m - m0 : 32;
+        const uint16_t* block = b + m0 * kp;  // (m0 / 16) blocks of `steps` B tiles before it
         if (live_m > 16) {
-            accumulate<2>(a + m0 * kp, panel, steps, ahead);
+            accumulate<2>(tile, block, steps, ahead);
             store_block<2>(m0, live_m, row0, rows, g);
         } else {
-            accumulate<1>(a + m0 * kp, panel, steps, ahead);
+            accumulate<1>(tile, block, steps, ahead);
             store_block<1>(m0, live_m, row0, rows, g);
         }
     }

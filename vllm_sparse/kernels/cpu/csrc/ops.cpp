@@ -236,28 +236,30 @@ at::Tensor panel_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const F
     return y;
 }
 
-// Large M with gemm_amx_bf16.cpp: the activations are packed once as zero-padded A
-// tiles, then each thread fills the panels of
-// gemm_tile_bf16.cpp (``fill_panel(r0, rows, panel)``) and multiplies each with every
-// activation row on the tile unit.
-template <class FillPanel, class RegionsOf>
-at::Tensor amx_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const FillPanel& fill_panel,
+// Large M with gemm_amx_bf16.cpp: the activations are packed once as zero-padded B
+// tiles, then each thread fills groups of 32 weight rows (``fill_amx(r0, rows, tile)``)
+// and multiplies each with every activation row on the tile unit.
+template <class FillAmx, class RegionsOf>
+at::Tensor amx_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const FillAmx& fill_amx,
                             const RegionsOf& regions_of, const c10::optional<at::Tensor>& bias) {
     const int64_t m = x.size(0);
     const int64_t kp = (k + 31) / 32 * 32, mp = (m + 15) / 16 * 16;
-    at::Tensor padded = at::zeros({mp, kp}, x.options());
-    padded.narrow(0, 0, m).narrow(1, 0, k).copy_(x);
-    const at::Tensor a = padded.view({mp / 16, 16, kp / 32, 32}).permute({0, 2, 1, 3}).contiguous();  // A tiles
-    const uint16_t* a16 = reinterpret_cast<const uint16_t*>(a.data_ptr());
+    const int64_t b_tiles = mp / 16 * (kp / 32);
+    at::Tensor b = at::empty({b_tiles * 16 * 32}, x.options());
+    uint16_t* b16 = reinterpret_cast<uint16_t*>(b.data_ptr());
+    const uint16_t* x16 = reinterpret_cast<const uint16_t*>(x.data_ptr());
+    at::parallel_for(0, b_tiles, share(b_tiles, 4),
+                     [&](int64_t t0, int64_t t1) { vs_amx_pack_activations(x16, m, k, t0, t1, b16); });
     const at::Tensor bias_f = float_bias(bias);
     at::Tensor y = at::empty({m, n}, x.options());
-    const VsGemm g = gemm_args(a16, m, bias_f, y);
-    // A fill writes whole 32-column words of pairs: up to 15 pairs past k / 2.
-    const int64_t panel_words = (k / 2 + 16) * VS_TILE_PANEL_ROWS;
-    auto multiply = [&](const uint32_t* panel, int64_t r0, int64_t rows, const VsRegion* next, int regions) {
-        vs_amx_panel_multiply(panel, rows, a16, m, kp, &g, r0, next, regions);
+    const VsGemm g = gemm_args(b16, m, bias_f, y);
+    auto fill = [&](int64_t r0, int64_t rows, uint32_t* words) {
+        fill_amx(r0, rows, reinterpret_cast<uint16_t*>(words));
     };
-    for_each_tile(n, VS_TILE_PANEL_ROWS, panel_words, x.options(), fill_panel, multiply, regions_of);
+    auto multiply = [&](const uint32_t* tile, int64_t r0, int64_t rows, const VsRegion* next, int regions) {
+        vs_amx_multiply(reinterpret_cast<const uint16_t*>(tile), rows, b16, m, kp, &g, r0, next, regions);
+    };
+    for_each_tile(n, VS_TILE_PANEL_ROWS, kp * VS_TILE_PANEL_ROWS / 2, x.options(), fill, multiply, regions_of);
     return y;
 }
 
@@ -323,14 +325,14 @@ at::Tensor row_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const Fil
 // weight never exists whole and a tile goes from decompression to GEMM without
 // leaving the core's cache. ``unpack_rows(r0, r1, dst)`` writes dense rows [r0, r1)
 // of the weight into dst.
-template <class UnpackRows, class FillPanel, class FillRows, class RegionsOf>
+template <class UnpackRows, class FillPanel, class FillRows, class FillAmx, class RegionsOf>
 at::Tensor tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const at::TensorOptions& weight_options,
                         int64_t isa, const UnpackRows& unpack_rows, const FillPanel& fill_panel,
-                        const FillRows& fill_rows, const RegionsOf& regions_of, const VsWeight* bitmap,
-                        const c10::optional<at::Tensor>& bias) {
+                        const FillRows& fill_rows, const FillAmx& fill_amx, const RegionsOf& regions_of,
+                        const VsWeight* bitmap, const c10::optional<at::Tensor>& bias) {
     const at::ScalarType dtype = weight_options.dtype().toScalarType();
     const TileGemm gemm = x.scalar_type() == dtype ? tile_gemm(isa, dtype, k, x.size(0)) : TileGemm::kTorch;
-    if (gemm == TileGemm::kAmx) return amx_tiled_linear(x, n, k, fill_panel, regions_of, bias);
+    if (gemm == TileGemm::kAmx) return amx_tiled_linear(x, n, k, fill_amx, regions_of, bias);
     if (gemm == TileGemm::kRows) return row_tiled_linear(x, n, k, fill_rows, regions_of, bitmap, bias);
     if (gemm == TileGemm::kPanels) return panel_tiled_linear(x, n, k, fill_panel, regions_of, bias);
     const int64_t es = c10::elementSize(dtype);
@@ -378,8 +380,9 @@ at::Tensor sparse_linear(const at::Tensor& x_in, const at::Tensor& values, const
         };
         auto fill_panel = [&](int64_t r0, int64_t rows, uint32_t* panel) { vs_panel_from_bitmap(&w, r0, rows, panel); };
         auto fill_rows = [&](int64_t r0, int64_t rows, uint32_t* tile) { vs_rowtile_from_bitmap(&w, r0, rows, tile); };
-        return tiled_linear(x, w.n, w.k, values.options(), isa, unpack_rows, fill_panel, fill_rows, regions_of, &w,
-                            bias);
+        auto fill_amx = [&](int64_t r0, int64_t rows, uint16_t* tile) { vs_amx_fill_bitmap(&w, r0, rows, tile); };
+        return tiled_linear(x, w.n, w.k, values.options(), isa, unpack_rows, fill_panel, fill_rows, fill_amx,
+                            regions_of, &w, bias);
     }
 
     // The kernels read whole 32-column words: pad the activations with zeros, in
@@ -491,8 +494,9 @@ at::Tensor nm24_linear(const at::Tensor& x_in, const at::Tensor& blocks, int64_t
         };
         auto fill_panel = [&](int64_t r0, int64_t rows, uint32_t* panel) { vs_panel_from_nm24(&w, r0, rows, panel); };
         auto fill_rows = [&](int64_t r0, int64_t rows, uint32_t* tile) { vs_rowtile_from_nm24(&w, r0, rows, tile); };
-        return tiled_linear(x, w.n, w.k, x.options(), isa, unpack_rows, fill_panel, fill_rows, regions_of, nullptr,
-                            bias);
+        auto fill_amx = [&](int64_t r0, int64_t rows, uint16_t* tile) { vs_amx_fill_nm24(&w, r0, rows, tile); };
+        return tiled_linear(x, w.n, w.k, x.options(), isa, unpack_rows, fill_panel, fill_rows, fill_amx, regions_of,
+                            nullptr, bias);
     }
     // The x each kernel reads: the lanes kernel's chunk-major (the rows of a pass read
     // one contiguous run per 64-column chunk), the AVX2 kernel's fp32 (widened once).

@@ -120,14 +120,22 @@ void vs_rowtile_from_nm24(const VsNM24Weight* w, int64_t row0, int64_t rows, uin
 void vs_rowtile_multiply(const uint32_t* tile, int64_t rows, int64_t k, const uint64_t* xa, int64_t m,
                          const VsGemm* g, int64_t row0, const VsRegion* next, int regions, VsRowtileFill* fill);
 
-// The same panels multiplied with AMX tile instructions (gemm_amx_bf16.cpp), on CPUs
-// with AMX-BF16 whose OS grants the tile registers (vs_amx_ready, which asks once).
-// a: the activations x [m, k] as bf16 A tiles, zero past m rows and k columns: with
-// kp = k rounded up to 32, element ((i / 16 * kp / 32 + j / 32) * 16 + i % 16) * 32 + j % 32
-// is x[i, j]. The panel holds kp / 2 pairs (both fills write that many).
+// Large M on CPUs with AMX-BF16 whose OS grants the tile registers (vs_amx_ready,
+// which asks once), bf16 only (gemm_amx_bf16.cpp, which gives the layouts). With kp = k
+// rounded up to 32: a group of VS_TILE_PANEL_ROWS weight rows from row0 (`rows` of them,
+// the rest zero) is filled into tile [kp / 32, 32, 32] (bf16, step-major); b holds the
+// activations x [m, k] as B tiles, zero past m rows and k columns: element
+// (((i / 16) * (kp / 32) + j / 32) * 16 + (j % 32) / 2) * 32 + (i % 16) * 2 + j % 2 is
+// x[i, j] (vs_amx_pack_activations writes B tiles [tile_begin, tile_end) of them, k
+// even). vs_amx_multiply writes y[:, row0 .. row0 + rows) (+ bias) and meanwhile
+// brings the `regions` ranges in `next` into L2.
 int vs_amx_ready(void);
-void vs_amx_panel_multiply(const uint32_t* panel, int64_t rows, const uint16_t* a, int64_t m, int64_t kp,
-                           const VsGemm* g, int64_t row0, const VsRegion* next, int regions);
+void vs_amx_pack_activations(const uint16_t* x, int64_t m, int64_t k, int64_t tile_begin, int64_t tile_end,
+                             uint16_t* b);
+void vs_amx_fill_bitmap(const VsWeight* w, int64_t row0, int64_t rows, uint16_t* tile);
+void vs_amx_fill_nm24(const VsNM24Weight* w, int64_t row0, int64_t rows, uint16_t* tile);
+void vs_amx_multiply(const uint16_t* tile, int64_t rows, const uint16_t* b, int64_t m, int64_t kp, const VsGemm* g,
+                     int64_t row0, const VsRegion* next, int regions);
 
 // Dense bf16 W [N, k] (row-major, contiguous) on AVX-512 BF16 (gemv_dense_bf16.cpp):
 // rows [row_begin, row_end) of y = x W^T (+ bias), x bf16 [m, k] contiguous, y bf16.
