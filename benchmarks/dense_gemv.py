@@ -92,7 +92,8 @@ def main() -> None:
         sys.exit(f"the dense GEMV cannot run here (needs AVX-512 BF16): {build.load_error() or 'no such CPU'}")
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     ms = [int(v) for v in args.ms.split(",")]
-    machine = {**isa.cpu_description(), "isa_path": isa.NAMES[isa.default()], "threads": torch.get_num_threads(),
+    machine = {**isa.cpu_description(), "isa_path": isa.NAMES[isa.default()],
+               "host_class": isa.host_class(), "threads": torch.get_num_threads(),
                "baseline": BASELINE, "date": datetime.date.today().isoformat(),
                "command": "python " + " ".join(sys.argv)}
     read_before = read_bandwidth()
@@ -112,9 +113,14 @@ def main() -> None:
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     if args.write_table:
-        table = [{"isa": machine["isa_path"], "dtype": "bf16", "shape": r["shape"], "m": r["m"],
+        # Records by host class ("isa"): this run's replace its class's, others' are kept.
+        table = [{"isa": machine["host_class"], "dtype": "bf16", "shape": r["shape"], "m": r["m"],
                   "speedup": r["speedup"]} for r in records]
-        dispatch.DENSE_GEMV_TABLE_PATH.write_text(json.dumps({"machine": machine, "records": table}, indent=1) + "\n")
+        path = dispatch.DENSE_GEMV_TABLE_PATH
+        old = json.loads(path.read_text()) if path.exists() else {"records": []}
+        kept = [r for r in old["records"] if r["isa"] != machine["host_class"]]
+        runs = {**old.get("runs", {}), machine["host_class"]: machine}
+        path.write_text(json.dumps({"machine": machine, "runs": runs, "records": kept + table}, indent=1) + "\n")
         print(f"wrote {dispatch.DENSE_GEMV_TABLE_PATH}")
 
 

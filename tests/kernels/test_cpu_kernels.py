@@ -167,6 +167,54 @@ def test_own_gemms_of_the_large_m_path_are_exact_to_fp32_accumulation(tile_gemm,
             _check(y, x, w, bias, torch.bfloat16)
 
 
+def test_amx_path_is_exact_to_fp32_accumulation():
+    """bf16 on a CPU with AMX-BF16 (csrc/gemm_amx_bf16.cpp): groups of 32 weight rows
+    filled as A tiles (the bitmap fill 8 rows side by side, the 2:4 fill from its
+    records), activations packed as B tiles, C tiles transposed back as stored. Rows
+    not a multiple of the 16-row tile or the 32-row group (the second half of the last
+    group wholly past the weight), K not a multiple of the 32-column step, M from 1 to
+    both halves of a 32-row block and past it (2, 16, 17, 32, 33, 70); several groups per
+    thread; both layouts; bias on odd M; outputs poisoned beforehand."""
+    if isa.AVX512_BF16 not in isa.supported() or not isa.amx_ready():
+        pytest.skip("this CPU has no AMX-BF16 (or the OS does not grant its tiles)")
+    from vllm_sparse.kernels.cpu import layout24
+
+    gen = _gen(78)
+    cases = [(shape, None) for shape in [(1, 70), (15, 70), (37, 1000), (130, 96), (300, 4100)]]
+    cases += [(shape, (2, 4)) for shape in [(16, 128), (37, 576), (90, 128)]]
+    for shape, pattern in cases:
+        w = _pruned(shape, 0.6, torch.bfloat16, gen, pattern)
+        for m in [1, 2, 16, 17, 32, 33, 70]:
+            x = torch.randn(m, shape[1], generator=gen).bfloat16()
+            bias = torch.randn(shape[0], generator=gen).bfloat16() if m % 2 else None
+            _poison_allocator(m * shape[0], torch.bfloat16)
+            if pattern is None:
+                y = cpu_kernels.linear(x, CpuSparseLayout.pack(w), bias, isa.AVX512_BF16, max_direct_m=0)
+            else:
+                y = layout24.linear(x, layout24.Cpu24Layout.pack(w), bias, max_direct_m=0, isa_code=isa.AVX512_BF16)
+            _check(y, x, w, bias, torch.bfloat16)
+
+
+def test_host_class_names_amx_hosts_apart():
+    """The dispatcher reads the records of the host class it runs on: a CPU with AMX
+    (whose dense GEMM and large-M path both run on the tile unit) is its own class,
+    and records measured on an AVX-512 BF16 host without AMX do not apply to it."""
+    expected = isa.AMX_HOST if isa.default() == isa.AVX512_BF16 and isa.amx_ready() else isa.NAMES[isa.default()]
+    assert isa.host_class() == expected
+    assert isa.host_class(isa.AVX2) == "avx2"
+    zen = tuple({**r, "host": "avx512_bf16"} for r in RECORDS)
+    assert dispatch.choose((4096, 4096), 0.55, torch.bfloat16, "avx2", zen, host=isa.AMX_HOST) is None
+    assert dispatch.choose((4096, 4096), 0.55, torch.bfloat16, "avx2", zen, host="avx512_bf16") is not None
+
+
+def test_every_kernel_source_is_in_the_build_key():
+    """The build cache is keyed by the sources' text: a file under csrc/ missing from
+    SOURCES or HEADERS would leave a stale build in use after it changed."""
+    listed = set(cpu_kernels.build.SOURCES) | set(cpu_kernels.build.HEADERS)
+    on_disk = {p.name for p in cpu_kernels.build.SOURCE_DIR.iterdir() if p.suffix in (".cpp", ".h")}
+    assert on_disk == listed
+
+
 def test_nm24_lanes_kernel_is_exact_to_fp32_accumulation():
     """2:4 on AVX-512 BF16 from M = 4 (gemm_nm24_lanes_bf16.cpp: the weight rows in the
     vector lanes, activations gathered by vpermw): M = 4..7 with each row's sum split

@@ -37,7 +37,8 @@ def gemv_max_m(weight: torch.Tensor) -> int:
         return 0
     if not cpu_kernels.dense_gemv_available() or isa.default() != isa.AVX512_BF16:
         return 0
-    return dispatch.dense_gemv_max_m(tuple(weight.shape), isa.NAMES[isa.AVX512_BF16])
+    # Records of this host class: on a CPU with AMX vLLM's GEMM runs on the tile unit.
+    return dispatch.dense_gemv_max_m(tuple(weight.shape), isa.host_class(isa.AVX512_BF16))
 
 
 class CpuHeadMethod(UnquantizedEmbeddingMethod):

@@ -237,14 +237,15 @@ at::Tensor panel_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const F
 }
 
 // Large M with gemm_amx_bf16.cpp: the activations are packed once as zero-padded B
-// tiles, then each thread fills groups of 32 weight rows (``fill_amx(r0, rows, tile)``)
-// and multiplies each with every activation row on the tile unit.
-template <class FillAmx, class RegionsOf>
-at::Tensor amx_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const FillAmx& fill_amx,
+// tiles, then each thread takes groups of 32 weight rows in turn:
+// ``multiply_group(r0, rows, b, m, g, work, next, regions)`` fills and multiplies one
+// in its own `work` buffer (there is no separate fill step: the group fills a chunk of
+// columns at a time between its multiplies).
+template <class MultiplyGroup, class RegionsOf>
+at::Tensor amx_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const MultiplyGroup& multiply_group,
                             const RegionsOf& regions_of, const c10::optional<at::Tensor>& bias) {
     const int64_t m = x.size(0);
-    const int64_t kp = (k + 31) / 32 * 32, mp = (m + 15) / 16 * 16;
-    const int64_t b_tiles = mp / 16 * (kp / 32);
+    const int64_t b_tiles = (m + 15) / 16 * ((k + 31) / 32);
     at::Tensor b = at::empty({b_tiles * 16 * 32}, x.options());
     uint16_t* b16 = reinterpret_cast<uint16_t*>(b.data_ptr());
     const uint16_t* x16 = reinterpret_cast<const uint16_t*>(x.data_ptr());
@@ -253,13 +254,11 @@ at::Tensor amx_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const Fil
     const at::Tensor bias_f = float_bias(bias);
     at::Tensor y = at::empty({m, n}, x.options());
     const VsGemm g = gemm_args(b16, m, bias_f, y);
-    auto fill = [&](int64_t r0, int64_t rows, uint32_t* words) {
-        fill_amx(r0, rows, reinterpret_cast<uint16_t*>(words));
+    auto no_fill = [](int64_t, int64_t, uint32_t*) {};
+    auto multiply = [&](uint32_t* work, int64_t r0, int64_t rows, const VsRegion* next, int regions) {
+        multiply_group(r0, rows, b16, m, &g, work, next, regions);
     };
-    auto multiply = [&](const uint32_t* tile, int64_t r0, int64_t rows, const VsRegion* next, int regions) {
-        vs_amx_multiply(reinterpret_cast<const uint16_t*>(tile), rows, b16, m, kp, &g, r0, next, regions);
-    };
-    for_each_tile(n, VS_TILE_PANEL_ROWS, kp * VS_TILE_PANEL_ROWS / 2, x.options(), fill, multiply, regions_of);
+    for_each_tile(n, VS_TILE_PANEL_ROWS, vs_amx_work_bytes(m) / 4, x.options(), no_fill, multiply, regions_of);
     return y;
 }
 
@@ -325,14 +324,14 @@ at::Tensor row_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const Fil
 // weight never exists whole and a tile goes from decompression to GEMM without
 // leaving the core's cache. ``unpack_rows(r0, r1, dst)`` writes dense rows [r0, r1)
 // of the weight into dst.
-template <class UnpackRows, class FillPanel, class FillRows, class FillAmx, class RegionsOf>
+template <class UnpackRows, class FillPanel, class FillRows, class AmxGroup, class RegionsOf>
 at::Tensor tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const at::TensorOptions& weight_options,
                         int64_t isa, const UnpackRows& unpack_rows, const FillPanel& fill_panel,
-                        const FillRows& fill_rows, const FillAmx& fill_amx, const RegionsOf& regions_of,
+                        const FillRows& fill_rows, const AmxGroup& amx_group, const RegionsOf& regions_of,
                         const VsWeight* bitmap, const c10::optional<at::Tensor>& bias) {
     const at::ScalarType dtype = weight_options.dtype().toScalarType();
     const TileGemm gemm = x.scalar_type() == dtype ? tile_gemm(isa, dtype, k, x.size(0)) : TileGemm::kTorch;
-    if (gemm == TileGemm::kAmx) return amx_tiled_linear(x, n, k, fill_amx, regions_of, bias);
+    if (gemm == TileGemm::kAmx) return amx_tiled_linear(x, n, k, amx_group, regions_of, bias);
     if (gemm == TileGemm::kRows) return row_tiled_linear(x, n, k, fill_rows, regions_of, bitmap, bias);
     if (gemm == TileGemm::kPanels) return panel_tiled_linear(x, n, k, fill_panel, regions_of, bias);
     const int64_t es = c10::elementSize(dtype);
@@ -380,8 +379,11 @@ at::Tensor sparse_linear(const at::Tensor& x_in, const at::Tensor& values, const
         };
         auto fill_panel = [&](int64_t r0, int64_t rows, uint32_t* panel) { vs_panel_from_bitmap(&w, r0, rows, panel); };
         auto fill_rows = [&](int64_t r0, int64_t rows, uint32_t* tile) { vs_rowtile_from_bitmap(&w, r0, rows, tile); };
-        auto fill_amx = [&](int64_t r0, int64_t rows, uint16_t* tile) { vs_amx_fill_bitmap(&w, r0, rows, tile); };
-        return tiled_linear(x, w.n, w.k, values.options(), isa, unpack_rows, fill_panel, fill_rows, fill_amx,
+        auto amx_group = [&](int64_t r0, int64_t rows, const uint16_t* b, int64_t m, const VsGemm* g, void* work,
+                             const VsRegion* next, int regions) {
+            vs_amx_bitmap_group(&w, r0, rows, b, m, g, work, next, regions);
+        };
+        return tiled_linear(x, w.n, w.k, values.options(), isa, unpack_rows, fill_panel, fill_rows, amx_group,
                             regions_of, &w, bias);
     }
 
@@ -494,8 +496,11 @@ at::Tensor nm24_linear(const at::Tensor& x_in, const at::Tensor& blocks, int64_t
         };
         auto fill_panel = [&](int64_t r0, int64_t rows, uint32_t* panel) { vs_panel_from_nm24(&w, r0, rows, panel); };
         auto fill_rows = [&](int64_t r0, int64_t rows, uint32_t* tile) { vs_rowtile_from_nm24(&w, r0, rows, tile); };
-        auto fill_amx = [&](int64_t r0, int64_t rows, uint16_t* tile) { vs_amx_fill_nm24(&w, r0, rows, tile); };
-        return tiled_linear(x, w.n, w.k, x.options(), isa, unpack_rows, fill_panel, fill_rows, fill_amx, regions_of,
+        auto amx_group = [&](int64_t r0, int64_t rows, const uint16_t* b, int64_t m, const VsGemm* g, void* work,
+                             const VsRegion* next, int regions) {
+            vs_amx_nm24_group(&w, r0, rows, b, m, g, work, next, regions);
+        };
+        return tiled_linear(x, w.n, w.k, x.options(), isa, unpack_rows, fill_panel, fill_rows, amx_group, regions_of,
                             nullptr, bias);
     }
     // The x each kernel reads: the lanes kernel's chunk-major (the rows of a pass read

@@ -121,21 +121,21 @@ void vs_rowtile_multiply(const uint32_t* tile, int64_t rows, int64_t k, const ui
                          const VsGemm* g, int64_t row0, const VsRegion* next, int regions, VsRowtileFill* fill);
 
 // Large M on CPUs with AMX-BF16 whose OS grants the tile registers (vs_amx_ready,
-// which asks once), bf16 only (gemm_amx_bf16.cpp, which gives the layouts). With kp = k
-// rounded up to 32: a group of VS_TILE_PANEL_ROWS weight rows from row0 (`rows` of them,
-// the rest zero) is filled into tile [kp / 32, 32, 32] (bf16, step-major); b holds the
-// activations x [m, k] as B tiles, zero past m rows and k columns: element
-// (((i / 16) * (kp / 32) + j / 32) * 16 + (j % 32) / 2) * 32 + (i % 16) * 2 + j % 2 is
-// x[i, j] (vs_amx_pack_activations writes B tiles [tile_begin, tile_end) of them, k
-// even). vs_amx_multiply writes y[:, row0 .. row0 + rows) (+ bias) and meanwhile
-// brings the `regions` ranges in `next` into L2.
+// which asks once), bf16 only (gemm_amx_bf16.cpp, which gives the layouts). With
+// kp = k rounded up to 32, b holds the activations x [m, k] as B tiles, zero past m
+// rows and k columns: element (((i / 16) * (kp / 32) + j / 32) * 16 + (j % 32) / 2) * 32
+// + (i % 16) * 2 + j % 2 is x[i, j] (vs_amx_pack_activations writes B tiles
+// [tile_begin, tile_end), k even). A group call writes y[:, row0 .. row0 + rows) (+ bias)
+// for up to VS_TILE_PANEL_ROWS weight rows from row0, in `work` (vs_amx_work_bytes(m),
+// the thread's own), and meanwhile brings the `regions` ranges in `next` into L2.
 int vs_amx_ready(void);
 void vs_amx_pack_activations(const uint16_t* x, int64_t m, int64_t k, int64_t tile_begin, int64_t tile_end,
                              uint16_t* b);
-void vs_amx_fill_bitmap(const VsWeight* w, int64_t row0, int64_t rows, uint16_t* tile);
-void vs_amx_fill_nm24(const VsNM24Weight* w, int64_t row0, int64_t rows, uint16_t* tile);
-void vs_amx_multiply(const uint16_t* tile, int64_t rows, const uint16_t* b, int64_t m, int64_t kp, const VsGemm* g,
-                     int64_t row0, const VsRegion* next, int regions);
+int64_t vs_amx_work_bytes(int64_t m);
+void vs_amx_bitmap_group(const VsWeight* w, int64_t row0, int64_t rows, const uint16_t* b, int64_t m,
+                         const VsGemm* g, void* work, const VsRegion* next, int regions);
+void vs_amx_nm24_group(const VsNM24Weight* w, int64_t row0, int64_t rows, const uint16_t* b, int64_t m,
+                       const VsGemm* g, void* work, const VsRegion* next, int regions);
 
 // Dense bf16 W [N, k] (row-major, contiguous) on AVX-512 BF16 (gemv_dense_bf16.cpp):
 // rows [row_begin, row_end) of y = x W^T (+ bias), x bf16 [m, k] contiguous, y bf16.
