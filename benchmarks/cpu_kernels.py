@@ -303,6 +303,9 @@ def markdown(machine, records) -> str:
         f"torch {machine['torch']}; {machine['date']}. Read bandwidth (512 MiB, before and after the run): "
         f"{machine['read_gbps']:.1f} GB/s. Command: `{machine['command']}`.",
         "",
+        *([f"Dispatch host class **{machine['dispatch_host']}**: the large-M path (tiled) multiplies on AMX tiles "
+           "(csrc/gemm_amx_bf16.cpp) and is measured from M = 2.", ""]
+          if machine.get("dispatch_host") == isa.AMX_HOST else []),
         *([f"Run as an **{machine['host_class']}** host: the dense baseline is the one vLLM runs on that host "
            "class (its kernel library, oneDNN and ATen capped to that ISA: vllm_sparse/kernels/cpu/host_class.py); clock, "
            "caches and memory are this machine's.", ""]

@@ -54,7 +54,7 @@ AMX_HOST = "avx512_amx"
 
 def amx_ready() -> bool:
     """Does the large-M path run on AMX tiles here (AMX-BF16, granted by the OS)?"""
-    return bool(torch.ops.vllm_sparse.cpu_amx_ready())
+    return build.load() and bool(torch.ops.vllm_sparse.cpu_amx_ready())
 
 
 def host_class(code: int | None = None) -> str:

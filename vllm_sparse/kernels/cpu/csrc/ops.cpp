@@ -1,7 +1,7 @@
 // Torch ops over the per-ISA kernels (namespace vllm_sparse, CPU backend):
 //   cpu_sparse_linear(x, values, bitmap, row_offsets, in_features, isa, max_direct_m, bias)
 //   cpu_sparse_unpack(values, bitmap, row_offsets, in_features, isa)
-//   cpu_best_isa() -> int
+//   cpu_best_isa() -> int, cpu_amx_ready() -> bool
 //   cpu_nm24_linear(x, blocks, out_features, in_features, isa, max_direct_m, bias), cpu_nm24_unpack(...)
 //   cpu_dense_linear(x, weight, bias): dense bf16, few rows (AVX-512 BF16)
 // Threads: at::parallel_for over output rows, i.e. torch's own OpenMP pool (the
@@ -162,8 +162,8 @@ at::Tensor tile_buffer(int64_t numel, const at::TensorOptions& options) {
 }
 
 // Which GEMM the large-M path multiplies its decompressed tiles with. bf16 on the
-// AVX-512 BF16 path (k even) on a CPU with AMX-BF16: tile instructions on the panels
-// (gemm_amx_bf16.cpp) at every M. Without AMX, two of its own: row tiles
+// AVX-512 BF16 path (k even) on a CPU with AMX-BF16: tile instructions on groups of
+// 32 weight rows (gemm_amx_bf16.cpp) at every M. Without AMX, two of its own: row tiles
 // (gemm_rowtile_bf16.cpp) up to M = 128 where M fills its vectors of 8 activation rows
 // but for at most an eighth of their lanes (15, 16, 24, 32, 40, ..., 128), panels
 // (gemm_tile_bf16.cpp) for the other M, whose rows they take 1 to 12 at a time. Row
