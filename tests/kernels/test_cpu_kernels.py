@@ -141,29 +141,36 @@ def test_own_gemms_of_the_large_m_path_are_exact_to_fp32_accumulation(tile_gemm,
     direct kernel's bound. Rows not a multiple of the 32-row panel or the 12-row tile
     (2:4: the last panel's second half partly or wholly past the weight's 8-row
     blocks), pairs not a multiple of the 16-pair transpose, M across the 12-row blocks
-    of the panels and the 8-row vectors and 32-row blocks of the row tiles (by rule:
-    13, 17 and 20 on panels, the others on row tiles); several row tiles per thread
+    of the panels and the 8-row vectors and 32-row blocks of the row tiles (by rule
+    without AMX: 13, 17 and 20 on panels, the others on row tiles; with AMX, the AMX
+    path); several row tiles per thread
     (the bitmap's next tile is filled among the dots of the one before); both layouts;
     every output poisoned beforehand."""
     if isa.AVX512_BF16 not in isa.supported():
         pytest.skip("this CPU has no AVX-512 BF16 path")
-    from vllm_sparse.kernels.cpu import layout24
-
     if tile_gemm != "by rule":
         monkeypatch.setenv("VLLM_SPARSE_CPU_TILE_GEMM", tile_gemm)
-    gen = _gen(77)
-    cases = [(shape, None) for shape in [(1, 70), (37, 70), (33, 1000), (130, 96)]]
-    cases += [(shape, (2, 4)) for shape in [(37, 576), (64, 128), (90, 128)]]
+    _check_large_m_path(_gen(77), [(1, 70), (37, 70), (33, 1000), (130, 96)], [(37, 576), (64, 128), (90, 128)],
+                        [13, 17, 20, 24, 40, 48, 64, 70], max_direct_m=8)
+
+
+def _check_large_m_path(gen, bitmap_shapes, nm24_shapes, ms, max_direct_m):
+    """bf16 weights pruned 60% (bitmap) or 2:4, times random activations of each M above
+    max_direct_m, bias on odd M, outputs poisoned beforehand, against the fp32 reference."""
+    from vllm_sparse.kernels.cpu import layout24
+
+    cases = [(shape, None) for shape in bitmap_shapes] + [(shape, (2, 4)) for shape in nm24_shapes]
     for shape, pattern in cases:
         w = _pruned(shape, 0.6, torch.bfloat16, gen, pattern)
-        for m in [13, 17, 20, 24, 40, 48, 64, 70]:
+        for m in ms:
             x = torch.randn(m, shape[1], generator=gen).bfloat16()
             bias = torch.randn(shape[0], generator=gen).bfloat16() if m % 2 else None
             _poison_allocator(m * shape[0], torch.bfloat16)
             if pattern is None:
-                y = cpu_kernels.linear(x, CpuSparseLayout.pack(w), bias, isa.AVX512_BF16, max_direct_m=8)
+                y = cpu_kernels.linear(x, CpuSparseLayout.pack(w), bias, isa.AVX512_BF16, max_direct_m=max_direct_m)
             else:
-                y = layout24.linear(x, layout24.Cpu24Layout.pack(w), bias, max_direct_m=8, isa_code=isa.AVX512_BF16)
+                y = layout24.linear(x, layout24.Cpu24Layout.pack(w), bias, max_direct_m=max_direct_m,
+                                    isa_code=isa.AVX512_BF16)
             _check(y, x, w, bias, torch.bfloat16)
 
 
@@ -177,22 +184,8 @@ def test_amx_path_is_exact_to_fp32_accumulation():
     thread; both layouts; bias on odd M; outputs poisoned beforehand."""
     if isa.AVX512_BF16 not in isa.supported() or not isa.amx_ready():
         pytest.skip("this CPU has no AMX-BF16 (or the OS does not grant its tiles)")
-    from vllm_sparse.kernels.cpu import layout24
-
-    gen = _gen(78)
-    cases = [(shape, None) for shape in [(1, 70), (15, 70), (37, 1000), (130, 96), (300, 4100)]]
-    cases += [(shape, (2, 4)) for shape in [(16, 128), (37, 576), (90, 128)]]
-    for shape, pattern in cases:
-        w = _pruned(shape, 0.6, torch.bfloat16, gen, pattern)
-        for m in [1, 2, 16, 17, 32, 33, 70]:
-            x = torch.randn(m, shape[1], generator=gen).bfloat16()
-            bias = torch.randn(shape[0], generator=gen).bfloat16() if m % 2 else None
-            _poison_allocator(m * shape[0], torch.bfloat16)
-            if pattern is None:
-                y = cpu_kernels.linear(x, CpuSparseLayout.pack(w), bias, isa.AVX512_BF16, max_direct_m=0)
-            else:
-                y = layout24.linear(x, layout24.Cpu24Layout.pack(w), bias, max_direct_m=0, isa_code=isa.AVX512_BF16)
-            _check(y, x, w, bias, torch.bfloat16)
+    _check_large_m_path(_gen(78), [(1, 70), (15, 70), (37, 1000), (130, 96), (300, 4100)],
+                        [(16, 128), (37, 576), (90, 128)], [1, 2, 16, 17, 32, 33, 70], max_direct_m=0)
 
 
 def test_host_class_names_amx_hosts_apart():

@@ -79,7 +79,10 @@ def served(base_model, tmp_path_factory):
 
 def test_layers_take_the_measured_path_and_keep_only_compressed_weights(served):
     """Each layer's kernel is what the committed table says for its shape and sparsity
-    on this CPU; every 2:4 layer is on the CPU kernels and stores ~56% of dense."""
+    on this CPU's host class, and a sparse layer stores ~56% of dense or less; 2:4 runs
+    on the CPU kernels in most of the layers wherever the table sends them there (an
+    AVX-512 BF16 host sends them all; an AMX host keeps the 576x1536 down projections
+    dense, where its oneDNN GEMM wins at M = 8)."""
     import torch
 
     from vllm_sparse.kernels.cpu import build, isa
@@ -100,7 +103,7 @@ def test_layers_take_the_measured_path_and_keep_only_compressed_weights(served):
             if row[4] != "dense":
                 assert float(row[6]) < 0.6 * float(row[5]), row  # stored MiB vs dense MiB
         if name.startswith("2of4") and isa_name != "avx2":
-            assert all(row[4].startswith("cpu_sparse/") for row in rows), table
+            assert sum(row[4].startswith("cpu_sparse/") for row in rows) >= len(rows) // 2, table
 
 
 def test_lm_head_takes_the_dense_gemv_where_the_cpu_has_it(served):
@@ -179,6 +182,7 @@ def test_side_by_side_speed_measurement(base_model, tmp_path):
         assert len(side["round_prefill_s"]) == 3 and min(side["round_prefill_s"]) > 0
         assert side["prefill_s"] == pytest.approx(statistics.median(side["round_prefill_s"]), abs=1e-4)
     assert "layer_table" not in both["dense"]  # stock vLLM: no plugin, no table
-    assert 0 < both["sparse"]["linear_stored_bytes"] < 0.6 * both["sparse"]["linear_dense_bytes"]
+    # 2:4 stores 56% of dense; a layer the table keeps dense stores all of it.
+    assert 0 < both["sparse"]["linear_stored_bytes"] < 0.8 * both["sparse"]["linear_dense_bytes"]
     with pytest.raises(RuntimeError, match="failed or timed out"):
         measure_side_by_side({"missing": (spec(tmp_path / "no-such-model"), False)})

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from checkpoints import tiny_llama
 from vllm_runner import run_engines
@@ -30,6 +31,9 @@ TWO_CORES = {"VLLM_CPU_OMP_THREADS_BIND": "0|1"}
 # In float32, so that what TP changes (the order of the all-reduce sums) stays far
 # below the gap between the first and second choice.
 LOGPROB_TOLERANCE = 1e-3
+# vLLM's CPU W8A8 GEMM on a CPU with AMX (torch.ops._C.int8_scaled_mm_with_quant) takes
+# bf16 or fp16 activations only, stock vLLM as ours: the INT8 engines run in bf16 there.
+INT8_DTYPE = "bfloat16" if torch.cpu._is_amx_tile_supported() else "float32"
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +61,10 @@ def served(checkpoints, tmp_path_factory):
     # INT8's reference at TP=2 is stock at TP=2 (below), so TP=1 runs the other two.
     tp1_names = [n for n in names if n != "int8_2of4"]
     tp1 = run_engines([_job(checkpoints[n]) for n in tp1_names], work / "tp1", env=TWO_CORES)
-    tp2 = run_engines([_job(checkpoints[n], tensor_parallel_size=2) for n in names], work / "tp2", env=TWO_CORES)
-    stock_tp2 = run_engines([_job(QUANTIZED / "int8_plain", tensor_parallel_size=2)], work / "stock-tp2",
+    int8 = {"dtype": INT8_DTYPE}
+    tp2 = run_engines([_job(checkpoints[n], tensor_parallel_size=2, **(int8 if n.startswith("int8") else {}))
+                       for n in names], work / "tp2", env=TWO_CORES)
+    stock_tp2 = run_engines([_job(QUANTIZED / "int8_plain", tensor_parallel_size=2, **int8)], work / "stock-tp2",
                             env=TWO_CORES, plugins=False)[0]
     return dict(zip(tp1_names, tp1)), dict(zip(names, tp2)), stock_tp2, (work / "tp2" / "runner.log").read_text()
 

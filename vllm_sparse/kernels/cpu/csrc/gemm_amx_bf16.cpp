@@ -176,25 +176,30 @@ void store_block(int64_t m0, int64_t live_m, int64_t row0, int64_t rows, const V
 // kFillRows rows are expanded side by side: a row's next values start after its last
 // word's popcount, so one row's words are a serial chain (one row at a time the fill
 // ran ~6 cycles a word).
-struct BitmapRows {
-    const VsWeight* w;
+struct FillCursor {
     int64_t row0;
     int live;
-    const uint16_t* v[kGroup];
-    int64_t s0 = 0, s1 = 0, step = 0;
-    int r0 = 0;
+    int64_t s0 = 0, s1 = 0, step = 0;  // the steps filled, and the next one
+    int r0 = 0;                        // the first of the rows being filled side by side
     uint16_t* tile = nullptr;
 
-    BitmapRows(const VsWeight* weight, int64_t first, int64_t rows) : w(weight), row0(first), live((int)rows) {
-        for (int i = 0; i < live; i++) v[i] = (const uint16_t*)w->values + w->row_offsets[row0 + i];
-    }
-    int64_t units(int64_t steps) const { return (live + kFillRows - 1) / kFillRows * steps; }
+    FillCursor(int64_t first, int64_t rows) : row0(first), live((int)rows) {}
     void begin(int64_t first_step, int64_t end_step, uint16_t* out) {
         s0 = step = first_step;
         s1 = end_step;
         r0 = 0;
         tile = out;
     }
+};
+
+struct BitmapRows : FillCursor {
+    const VsWeight* w;
+    const uint16_t* v[kGroup];
+
+    BitmapRows(const VsWeight* weight, int64_t first, int64_t rows) : FillCursor(first, rows), w(weight) {
+        for (int i = 0; i < live; i++) v[i] = (const uint16_t*)w->values + w->row_offsets[row0 + i];
+    }
+    int64_t units(int64_t steps) const { return (live + kFillRows - 1) / kFillRows * steps; }
     void fill_some(int64_t units) {
         while (units > 0 && r0 < live) {
             const int n = live - r0 < kFillRows ? live - r0 : kFillRows;
@@ -217,23 +222,12 @@ struct BitmapRows {
 };
 
 // A 2:4 group's rows: step s of row r is half of record s / 2 of its 8-row block.
-struct NM24Rows {
+// Its steps begun are both even: whole records.
+struct NM24Rows : FillCursor {
     const VsNM24Weight* w;
-    int64_t row0;
-    int live;
-    int64_t s0 = 0, s1 = 0, step = 0;
-    int r0 = 0;
-    uint16_t* tile = nullptr;
 
-    NM24Rows(const VsNM24Weight* weight, int64_t first, int64_t rows) : w(weight), row0(first), live((int)rows) {}
+    NM24Rows(const VsNM24Weight* weight, int64_t first, int64_t rows) : FillCursor(first, rows), w(weight) {}
     int64_t units(int64_t steps) const { return (live + kRows - 1) / kRows * (steps / 2); }
-    // Steps [first_step, end_step) are both even: whole records.
-    void begin(int64_t first_step, int64_t end_step, uint16_t* out) {
-        s0 = step = first_step;
-        s1 = end_step;
-        r0 = 0;
-        tile = out;
-    }
     void fill_some(int64_t units) {
         while (units > 0 && r0 < live) {
             const int n = live - r0 < kRows ? live - r0 : kRows;
