@@ -120,8 +120,9 @@ def _same_kind(records: list[dict], pattern: str | None) -> list[dict]:
 
 
 def _measured_on(record: dict, host: str | None) -> bool:
-    """Was ``record`` measured on host class ``host`` (its bitmap kernels' ISA path:
-    "avx512_bf16", "avx512", "avx2")? A kernel path's speed-up depends on the dense
+    """Was ``record`` measured on host class ``host`` (``isa.host_class``: its bitmap
+    kernels' ISA path, "avx512_bf16", "avx512", "avx2", or "avx512_amx" for an AVX-512
+    BF16 CPU with AMX)? A kernel path's speed-up depends on the dense
     GEMM of the host it ran on, and one path can serve two classes (the AVX2 2:4
     kernel is also the 2:4 kernel of AVX-512 hosts without BF16). Records without a
     host, and a query without one, match any."""
