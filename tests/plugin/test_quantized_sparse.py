@@ -251,8 +251,11 @@ def smollm2_served(base_model, tmp_path_factory):
 
     work = tmp_path_factory.mktemp("smollm2")
     twins = sorted(set(TWINS.values()))
-    ours = run_engines([job(name) for name in TWINS], work / "ours")
-    stock = run_engines([job(name) for name in twins], work / "stock", plugins=False)
+    # Four engines one after the other: past the runner's default 15 minutes on a 2-core
+    # Xeon with AMX beside the other test worker (2026-12-06; one of them alone, 2
+    # prompts x 8 tokens, took 1.5 min there); under 15 on the EPYC.
+    ours = run_engines([job(name) for name in TWINS], work / "ours", timeout=1800)
+    stock = run_engines([job(name) for name in twins], work / "stock", plugins=False, timeout=1800)
     return dict(zip(TWINS, ours)), dict(zip(twins, stock))
 
 
