@@ -32,18 +32,25 @@ MAX_TOKENS = 32
 STOCK_REFUSAL = "Sparsity support has been removed from compressed-tensors"
 
 
-@pytest.mark.parametrize("kind", ["int8", "fp8"])
-def test_decompressed_values_are_the_twins_quantized_values(kind):
-    sparse = load_file(QUANTIZED / f"{kind}_2of4" / "model.safetensors")
-    plain = load_file(QUANTIZED / f"{kind}_plain" / "model.safetensors")
+def _check_decompressed_values_equal_the_twins(folder: Path, kind: str) -> None:
+    """Every linear layer of ``{kind}_2of4`` is stored sparse-24-bitmask, and its
+    decompressed values and scales are those of ``{kind}_plain``."""
+    sparse = load_file(folder / f"{kind}_2of4" / "model.safetensors")
+    plain = load_file(folder / f"{kind}_plain" / "model.safetensors")
     prefixes = weight_part_names(sparse, "sparse-24-bitmask")
-    assert len(prefixes) == 14  # 7 linear layers x 2 decoder layers
+    linear = {name.removesuffix(".weight") for name in plain if name.endswith("_proj.weight")}
+    assert set(prefixes) == linear and linear
     for prefix, parts in prefixes.items():
         values = decompress_weight({part: sparse[f"{prefix}.{part}"] for part in parts}, "sparse-24-bitmask", prefix)
         twin = plain[f"{prefix}.weight"]
         assert values.dtype == twin.dtype == (torch.int8 if kind == "int8" else torch.float8_e4m3fn)
         assert torch.equal(values.view(torch.int8), twin.view(torch.int8)), prefix
         assert torch.equal(sparse[f"{prefix}.weight_scale"], plain[f"{prefix}.weight_scale"])
+
+
+@pytest.mark.parametrize("kind", ["int8", "fp8"])
+def test_decompressed_values_are_the_twins_quantized_values(kind):
+    _check_decompressed_values_equal_the_twins(QUANTIZED, kind)
 
 
 def _job(name: str) -> dict:
@@ -235,41 +242,62 @@ TEXT_PROMPTS = ["The capital of France is", "Once upon a time", "The best way to
                 "A healthy breakfast includes"]
 
 
-@pytest.fixture(scope="module")
-def smollm2_served(base_model, tmp_path_factory):
-    """SmolLM2-135M 2:4-pruned and written by 0.14.0.1 in each layout (~1 min; kept
-    for later runs), served by the plugin and its twins by stock vLLM."""
-    out = MODELS / "test-checkpoints" / "ct014-smollm2"
-    if not all((out / name / "config.json").exists() for name in (*TWINS, *TWINS.values())):
-        script = Path(__file__).resolve().parents[1] / "checkpoint" / "make_ct014_fixtures.py"
-        made = subprocess.run([str(CT014_PYTHON), str(script), "write-quantized-model", str(base_model), str(out),
-                               "int8", "fp8", "w4a16", "dense"], capture_output=True, text=True, timeout=900)
-        assert made.returncode == 0, made.stderr[-3000:]
+# Served through engines: each layout but FP8. vLLM's CPU FP8 GEMM (torch._scaled_mm)
+# runs where it exists (AMX hosts) on oneDNN's reference matmul: one SmolLM2 engine took
+# 2.5-3 min for 1 prompt x 4 tokens on a 2-core Xeon with AMX (2026-12-06). FP8 is served
+# token for token on the tiny model above; SmolLM2's FP8 values are checked below.
+SMOLLM2_TWINS = {name: twin for name, twin in TWINS.items() if not name.startswith("fp8")}
+SMOLLM2 = MODELS / "test-checkpoints" / "ct014-smollm2"
 
+
+@pytest.fixture(scope="module")
+def smollm2_checkpoints(base_model) -> Path:
+    """SmolLM2-135M 2:4-pruned and written by 0.14.0.1 in each layout (~1 min; kept
+    for later runs)."""
+    if not CT014_PYTHON.exists():
+        pytest.skip(".venv-ct014 is absent (scripts/ct014_venv.sh creates it)")
+    if not all((SMOLLM2 / name / "config.json").exists() for name in (*TWINS, *TWINS.values())):
+        script = Path(__file__).resolve().parents[1] / "checkpoint" / "make_ct014_fixtures.py"
+        made = subprocess.run([str(CT014_PYTHON), str(script), "write-quantized-model", str(base_model),
+                               str(SMOLLM2), "int8", "fp8", "w4a16", "dense"], capture_output=True, text=True,
+                              timeout=900)
+        assert made.returncode == 0, made.stderr[-3000:]
+    return SMOLLM2
+
+
+@pytest.fixture(scope="module")
+def smollm2_served(smollm2_checkpoints, tmp_path_factory):
+    """The plugin's engines on SMOLLM2_TWINS' checkpoints and stock vLLM's on their twins
+    (~1 min in all)."""
     def job(name: str) -> dict:
-        return {"model": str(out / name), "prompts": TEXT_PROMPTS, "max_tokens": MAX_TOKENS}
+        return {"model": str(smollm2_checkpoints / name), "prompts": TEXT_PROMPTS, "max_tokens": MAX_TOKENS}
 
     work = tmp_path_factory.mktemp("smollm2")
-    twins = sorted(set(TWINS.values()))
-    # Four engines one after the other: past the runner's default 15 minutes on a 2-core
-    # Xeon with AMX beside the other test worker (2026-12-06; one of them alone, 2
-    # prompts x 8 tokens, took 1.5 min there); under 15 on the EPYC.
-    ours = run_engines([job(name) for name in TWINS], work / "ours", timeout=1800)
-    stock = run_engines([job(name) for name in twins], work / "stock", plugins=False, timeout=1800)
-    return dict(zip(TWINS, ours)), dict(zip(twins, stock))
+    twins = sorted(set(SMOLLM2_TWINS.values()))
+    ours = run_engines([job(name) for name in SMOLLM2_TWINS], work / "ours")
+    stock = run_engines([job(name) for name in twins], work / "stock", plugins=False)
+    return dict(zip(SMOLLM2_TWINS, ours)), dict(zip(twins, stock))
+
+
+@pytest.mark.parametrize("kind", ["int8", "fp8"])
+def test_smollm2_decompressed_values_are_the_twins(smollm2_checkpoints, kind):
+    _check_decompressed_values_equal_the_twins(smollm2_checkpoints, kind)
 
 
 @pytest.mark.vllm
-@pytest.mark.skipif(not CT014_PYTHON.exists(), reason=".venv-ct014 is absent (scripts/ct014_venv.sh creates it)")
-@pytest.mark.parametrize("name", list(TWINS))
+@pytest.mark.parametrize("name", list(SMOLLM2_TWINS))
 def test_smollm2_written_by_ct014_serves_like_stock_on_the_twin(smollm2_served, name):
     ours, stock = smollm2_served
-    reference = stock[TWINS[name]]
-    if "error" in reference:  # FP8 on a CPU without vLLM's FP8 kernel
-        assert ours[name].get("error", "").split(":")[0] == reference["error"].split(":")[0], ours[name]
+    reference = stock[SMOLLM2_TWINS[name]]
+    if "error" in reference:
+        # vLLM's own kernel refuses the twin on this CPU (W4A16 on an AMX host: its
+        # kernel wants whole groups of 128 along K, and SmolLM2's hidden size is 576):
+        # ours must fail the same way, not in our loader.
+        print(f"stock vLLM on {SMOLLM2_TWINS[name]}: {reference['error'][:300]}")
+        assert ours[name].get("error") == reference["error"], ours[name]
         return
     assert "error" not in ours[name], ours[name]["error"]
     print(f"SmolLM2-135M {name}: max |dlogprob| {_max_dlogprob(ours[name], reference):.2e} against stock on "
-          f"{TWINS[name]} ({len(TEXT_PROMPTS)} prompts x {MAX_TOKENS} tokens)")
+          f"{SMOLLM2_TWINS[name]} ({len(TEXT_PROMPTS)} prompts x {MAX_TOKENS} tokens)")
     assert ours[name]["tokens"] == reference["tokens"]
     assert _max_dlogprob(ours[name], reference) < 1e-3
