@@ -180,8 +180,9 @@ def test_amx_path_is_exact_to_fp32_accumulation():
     records), activations packed as B tiles, C tiles transposed back as stored. Rows
     not a multiple of the 16-row tile or the 32-row group (the second half of the last
     group wholly past the weight), K not a multiple of the 32-column step, M from 1 to
-    both halves of a 32-row block and past it (2, 16, 17, 32, 33, 70); several groups per
-    thread; both layouts; bias on odd M; outputs poisoned beforehand."""
+    both halves of a 32-row block and past it (2, 16, 17, 32, 33, 70: chunks of 4 steps
+    for one or two blocks, 64 for three; K = 4100 leaves a last chunk of one step);
+    several groups per thread; both layouts; bias on odd M; outputs poisoned beforehand."""
     if isa.AVX512_BF16 not in isa.supported() or not isa.amx_ready():
         pytest.skip("this CPU has no AMX-BF16 (or the OS does not grant its tiles)")
     _check_large_m_path(_gen(78), [(1, 70), (15, 70), (37, 1000), (130, 96), (300, 4100)],

@@ -38,15 +38,21 @@ namespace {
 const int kGroup = VS_TILE_PANEL_ROWS;   // 32 weight rows: two A tiles per step
 const int64_t kTileElements = 16 * 32;  // bf16 elements of one A or B tile
 const int kFillRows = 8;               // weight rows a fill expands side by side
-// Columns filled and multiplied at a time: 16 steps of 32 where M is one block of up
-// to 32 rows (the group's 32 rows of them are 32 KiB, in L1 while the tile unit reads
-// them; the sums stay in the C tiles), 64 where there are more blocks (fewer round
-// trips of their sums through memory). Same-process A/B on a 2-core Xeon with AMX,
-// 2026-12-06, cold weights, 50% and 2:4 on Llama-3-8B, Llama-1B and SmolLM2 shapes:
-// the whole row in one chunk took 1.0-1.84x the time of 16-step chunks at M = 2-16
-// (most on the long rows: 4096 x 14336 1.5-1.8x); at M = 64 and 512, 64-step chunks
-// took 0.91-0.99x the time of 16-step ones, 128-step ones 0.92-1.33x.
-const int64_t kChunkSteps = 16;
+// Columns filled and multiplied at a time. Up to two activation blocks (M <= 64):
+// 4 steps of 32, so that both fill buffers (8 KiB each) and the chunk's B tiles stay
+// in L1 (48 KiB here) while the core stores into one and the tile unit reads the
+// other; the sums stay in the C tiles where there is one block, else wait in a
+// per-thread buffer. More blocks: 64 steps (fewer round trips of their sums through
+// memory; the fill is spread over more tile work). Same-process A/B on a 2-core Xeon
+// with AMX (Emerald Rapids, 2026-12-06, cold weights, 4096 x 4096 and 2048 x 8192 at
+// 2:4 and 50%, bitmap layout): at M = 2-16, 16-step chunks (32 KiB buffers: two and
+// the B tiles overflow L1) ran 0.84-0.98x of oneDNN, 8 steps 1.04-1.09x, 4 steps
+// 1.06-1.19x, 2 steps 1.06-1.11x; the 2:4 layout 0.78-0.86x at 16 and 0.88-0.98x at 4
+// (with 16384 x 2048). At M = 64, 4 steps ran 0.89-1.15x against 0.78-1.11x for 64;
+// at M = 512, 4 steps 0.61-0.70x against 0.77-0.91x. The fill, not memory or the
+// tile unit, bounds the path: without it the call ran at the read bandwidth.
+const int64_t kChunkStepsFewBlocks = 4;
+const int kFewBlocks = 2;
 const int64_t kChunkStepsManyBlocks = 64;
 const int64_t kChunkBytesMax = kChunkStepsManyBlocks * kGroup * 64;
 
@@ -270,16 +276,16 @@ template <class Rows>
 void multiply_group(Rows& rows_of, int64_t rows, const uint16_t* b, int64_t m, int64_t kp, const VsGemm* g,
                     int64_t row0, void* work, const VsRegion* next, int regions) {
     configure_tiles();
-    uint16_t* buffers[2] = {(uint16_t*)work, (uint16_t*)((char*)work + kChunkBytesMax)};
-    float* partial = (float*)((char*)work + 2 * kChunkBytesMax);
     const int64_t steps = kp / 32, blocks = (m + 31) / 32;
+    const int64_t chunk_steps = blocks <= kFewBlocks ? kChunkStepsFewBlocks : kChunkStepsManyBlocks;
+    uint16_t* buffers[2] = {(uint16_t*)work, (uint16_t*)work + chunk_steps * kGroup * 32};  // side by side
+    float* partial = (float*)((char*)work + 2 * kChunkBytesMax);
     // The next group's compressed bytes come into L2 over this group's steps (one
     // advance per 4 steps of each activation block): filling the next group then
     // reads no memory.
     const int64_t advances = blocks * (steps + 3) / 4;
     RegionPrefetch ahead[2] = {RegionPrefetch(nullptr, nullptr, 1), RegionPrefetch(nullptr, nullptr, 1)};
     for (int i = 0; i < regions && i < 2; i++) ahead[i] = RegionPrefetch(next[i].begin, next[i].end, advances);
-    const int64_t chunk_steps = blocks == 1 ? kChunkSteps : kChunkStepsManyBlocks;
     auto end_of = [&](int64_t s0) { return steps - s0 < chunk_steps ? steps : s0 + chunk_steps; };
     rows_of.begin(0, end_of(0), buffers[0]);
     rows_of.fill_some(rows_of.units(end_of(0)));
