@@ -227,27 +227,45 @@ struct BitmapRows : FillCursor {
     }
 };
 
+// The 64-column masks of a 2:4 record's 8 rows at once (row i's in masks[i]): each
+// selector byte holds the four selectors of two groups of 4 columns, and a nibble's
+// two selectors become its group's 4-bit mask by one in-lane table lookup. (Looking
+// each byte up in a 256-entry table, 64 scalar lookups a record, left the 2:4 fill
+// 10-25% slower than the bitmap one.)
+inline void record_masks(const uint8_t* record, uint64_t* masks) {
+    const __m512i nibble_masks = _mm512_broadcast_i32x4(
+        _mm_setr_epi8(0x1, 0x3, 0x5, 0x9, 0x3, 0x2, 0x6, 0xa, 0x5, 0x6, 0x4, 0xc, 0x9, 0xa, 0xc, 0x8));
+    const __m512i low = _mm512_set1_epi8(0x0f);
+    const __m512i selectors = _mm512_loadu_si512(record);
+    const __m512i lo = _mm512_shuffle_epi8(nibble_masks, _mm512_and_si512(selectors, low));
+    const __m512i hi = _mm512_shuffle_epi8(nibble_masks, _mm512_and_si512(_mm512_srli_epi16(selectors, 4), low));
+    _mm512_store_si512(masks, _mm512_or_si512(lo, _mm512_slli_epi16(hi, 4)));
+}
+
 // A 2:4 group's rows: step s of row r is half of record s / 2 of its 8-row block.
-// Its steps begun are both even: whole records.
+// Its steps begun are both even: whole records. A row's 32 values of a record are its
+// 16 of each 32-column half, so each half is one expand with no popcount.
 struct NM24Rows : FillCursor {
     const VsNM24Weight* w;
 
     NM24Rows(const VsNM24Weight* weight, int64_t first, int64_t rows) : FillCursor(first, rows), w(weight) {}
     int64_t units(int64_t steps) const { return (live + kRows - 1) / kRows * (steps / 2); }
     void fill_some(int64_t units) {
+        alignas(64) uint64_t masks[kRows];
         while (units > 0 && r0 < live) {
             const int n = live - r0 < kRows ? live - r0 : kRows;
             const uint8_t* block = block_records(w, (row0 + r0) / kRows);
             for (; units > 0 && step < s1; units--, step += 2) {
                 const uint8_t* record = block + step / 2 * kRecord;
                 uint16_t* out = tile + ((step - s0) * kGroup + r0) * 32;
+                record_masks(record, masks);
                 for (int i = 0; i < n; i++) {
-                    const uint64_t mask = selector_mask(record_selectors(record, i));
+                    __mmask32* mask = (__mmask32*)&masks[i];
                     const uint16_t* values = record_values(record, i);
-                    _mm512_storeu_si512(out + i * 32, vs_expand16((uint32_t)mask, values));
-                    // The memory form: a 64-byte load from values + 16 would run past the last record.
-                    _mm512_storeu_si512(out + (kGroup + i) * 32,
-                                        _mm512_maskz_expandloadu_epi16((__mmask32)(mask >> 32), values + 16));
+                    _mm512_storeu_si512(out + i * 32, _mm512_maskz_expand_epi16(_load_mask32(mask),
+                                        _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)values))));
+                    _mm512_storeu_si512(out + (kGroup + i) * 32, _mm512_maskz_expand_epi16(_load_mask32(mask + 1),
+                                        _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(values + 16)))));
                 }
             }
             if (step >= s1) {
