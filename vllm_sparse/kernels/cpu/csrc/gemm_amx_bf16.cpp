@@ -262,12 +262,13 @@ struct NM24Rows : FillCursor {
                 uint16_t* out = tile + ((step - s0) * kGroup + r0) * 32;
                 record_masks(record, masks);
                 for (int i = 0; i < n; i++) {
-                    __mmask32* mask = (__mmask32*)&masks[i];
-                    const uint16_t* values = record_values(record, i);
-                    _mm512_storeu_si512(out + i * 32, _mm512_maskz_expand_epi16(_load_mask32(mask),
-                                        _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)values))));
-                    _mm512_storeu_si512(out + (kGroup + i) * 32, _mm512_maskz_expand_epi16(_load_mask32(mask + 1),
-                                        _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(values + 16)))));
+                    __mmask32* halves = (__mmask32*)&masks[i];  // the row's two 32-column masks
+                    const __m256i* values = (const __m256i*)record_values(record, i);
+                    const __m512i first = _mm512_castsi256_si512(_mm256_loadu_si256(values));
+                    const __m512i second = _mm512_castsi256_si512(_mm256_loadu_si256(values + 1));
+                    _mm512_storeu_si512(out + i * 32, _mm512_maskz_expand_epi16(_load_mask32(halves), first));
+                    _mm512_storeu_si512(out + (kGroup + i) * 32,
+                                        _mm512_maskz_expand_epi16(_load_mask32(halves + 1), second));
                 }
             }
             if (step >= s1) {
