@@ -32,8 +32,7 @@ inline __m512i gather_index(uint64_t selectors, __m512i shift_control, __m512i g
 }
 
 // The 8 rows of block `block` against activation rows [m0, m0 + MB), the block's
-// records read as `Streams` streams at once: its columns in `Streams` parts, a record
-// of each part in turn. One stream per thread left memory idle: same-process A/B,
+// records read as `Streams` streams (visit_records). Same-process A/B,
 // 2-core Xeon (Emerald Rapids), 2026-12-06, cold weights, M = 1, Llama-3-8B shapes:
 // four streams 1.24-1.31x faster than one (two 1.20-1.23x, eight 1.17-1.23x), as fast
 // as the bitmap kernel's decode, which keeps many rows' streams in flight. Prefetching
@@ -44,7 +43,6 @@ template <int MB, int Streams>
 void block_rows(const VsNM24Weight* w, const VsGemm* g, int64_t block, int64_t m0, __m512i control, __m512i base) {
     const int R = kRows;
     const int chunks = (int)(w->k / 64);
-    const int part = chunks / Streams;
     const uint16_t* x = (const uint16_t*)g->x + m0 * w->k;
     const uint8_t* records = block_records(w, block);
     __m512 acc[R][MB];
@@ -67,9 +65,7 @@ void block_rows(const VsNM24Weight* w, const VsGemm* g, int64_t block, int64_t m
             }
         }
     };
-    for (int c = 0; c < part; c++)
-        for (int s = 0; s < Streams; s++) chunk(s * part + c);
-    for (int c = Streams * part; c < chunks; c++) chunk(c);
+    visit_records<Streams>(chunks, chunk);
     for (int r = 0; r < R; r++) {
         const int64_t row = block * kRows + r;
         if (row < w->n)
