@@ -39,7 +39,8 @@ def run_engines(jobs: list[dict], workdir: Path, *, plugins: bool = True, timeou
     [dropped, kept]} and, with ``ffn_trace``, ``ffn_trace``
     [[layer, position, skipped], ...] when ``ffn_skip`` is given) or
     ``{"error": "..."}`` when the engine failed to start. ``env``: extra environment
-    variables for the child (e.g. ``VLLM_SPARSE_PATH``)."""
+    variables for the child (e.g. ``VLLM_SPARSE_PATH``); a job's own ``env``: set
+    for that job's engine alone (in-process engine: read while it loads)."""
     workdir.mkdir(parents=True, exist_ok=True)
     job_path, result_path = workdir / "jobs.json", workdir / "results.json"
     job_path.write_text(json.dumps(jobs))
@@ -136,9 +137,22 @@ def _since(before: dict, after: dict) -> dict:
             for layer, (a, b) in after.items()}
 
 
+def _run_job_in_its_env(job: dict) -> dict:
+    saved = {name: os.environ.get(name) for name in job.get("env", {})}
+    os.environ.update(job.get("env", {}))
+    try:
+        return _run_job(job)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def main(job_path: str, result_path: str) -> None:
     jobs = json.loads(Path(job_path).read_text())
-    results = [_run_job(job) for job in jobs]
+    results = [_run_job_in_its_env(job) for job in jobs]
     Path(result_path).write_text(json.dumps(results))
 
 
