@@ -34,9 +34,9 @@ inline __m512i gather_index(uint64_t selectors, __m512i shift_control, __m512i g
 // The 8 rows of block `block` against activation rows [m0, m0 + MB), the block's
 // records read as `Streams` streams (visit_records). Same-process A/B,
 // 2-core Xeon (Emerald Rapids), 2026-12-06, cold weights, M = 1, Llama-3-8B shapes:
-// four streams 1.24-1.31x faster than one (two 1.20-1.23x, eight 1.17-1.23x), as fast
-// as the bitmap kernel's decode, which keeps many rows' streams in flight. Prefetching
-// the one stream further ahead (8-32 KiB, to L1 or L2) gained nothing. Passes of two
+// four streams 1.24-1.31x faster than one (two 1.20-1.23x, eight 1.17-1.23x), close to
+// the bitmap kernel's decode, which keeps many rows' streams in flight. Prefetching
+// the one stream further ahead (16-32 KiB, to L1 or L2) gained nothing. Passes of two
 // activation rows take two streams: 1.29-1.38x faster than one at M = 2 (four:
 // 1.27-1.35x). Not measured on the EPYC.
 template <int MB, int Streams>
