@@ -13,8 +13,9 @@ a run of 576-byte records, one per 64-column chunk:
 Bytes per weight: 1 (values) + 1/8 (selectors), the same as the bitmap layout at 2:4,
 but the kernel needs no expand instruction: it gathers the activations to the values
 (vpermt2w) instead of spreading the values to the activations' columns. A block is
-one sequential stream, which the hardware prefetcher follows better than two
-streams per row (measured: decode ~1.2x faster than row-by-row storage).
+one contiguous run of records, which the hardware prefetcher follows better than two
+streams per row (measured: decode ~1.2x faster than row-by-row storage); the kernels
+read it as a few streams at once (csrc/nm24_records.h, visit_records).
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ struct VsGemm {
 // 8b .. 8b+7 (rows past N are zeros) as K/64 records of 576 bytes, one per 64-column
 // chunk: first the 8 rows' selectors (uint64 each: bits 2l, 2l+1 give the column,
 // 0..3 within its group of four, of value l), then the 8 rows' 32 bf16 values (two
-// per group, zero-padded where a group holds fewer). A block is one sequential stream.
+// per group, zero-padded where a group holds fewer). A block is one contiguous run.
 enum { VS_NM24_BLOCK_ROWS = 8, VS_NM24_RECORD_BYTES = 64 + 8 * 64 };
 struct VsNM24Weight {
     const uint8_t* blocks;
