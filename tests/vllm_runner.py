@@ -138,6 +138,8 @@ def _since(before: dict, after: dict) -> dict:
 
 
 def _run_job_in_its_env(job: dict) -> dict:
+    # Only the job's own names are put back (not the whole environment, as
+    # mock.patch.dict would): VLLM_SPARSE_FFN_SKIP, set by an FFN-skip job, must outlive it.
     saved = {name: os.environ.get(name) for name in job.get("env", {})}
     os.environ.update(job.get("env", {}))
     try:

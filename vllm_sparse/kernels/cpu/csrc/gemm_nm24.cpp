@@ -58,8 +58,7 @@ void block_rows(const VsNM24Weight* w, const VsGemm* g, int64_t block, int64_t m
     auto chunk = [&](int c) __attribute__((always_inline)) {
         const uint8_t* record = records + c * kRecord;
         prefetch_ahead(record);
-        if (next)
-            for (int line = 0; line < kRecord; line += 64) _mm_prefetch((const char*)next + c * kRecord + line, _MM_HINT_T1);
+        if (next) prefetch_record_to_l2(next + c * kRecord);
         __m512i xlo[MB], xhi[MB];
         for (int i = 0; i < MB; i++) {
             xlo[i] = _mm512_loadu_si512(x + i * w->k + c * 64);

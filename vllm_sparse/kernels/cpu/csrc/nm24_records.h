@@ -26,6 +26,11 @@ inline void prefetch_record(const uint8_t* record, int records) {
         _mm_prefetch((const char*)record + records * kRecord + line, _MM_HINT_T0);
 }
 
+// A whole record into L2 (for the next block, while this one is read).
+inline void prefetch_record_to_l2(const uint8_t* record) {
+    for (int line = 0; line < kRecord; line += 64) _mm_prefetch((const char*)record + line, _MM_HINT_T1);
+}
+
 // Calls visit(c) for each of a block's `chunks` records, reading them as `Streams`
 // streams at once: the columns in `Streams` parts, a record of each part in turn, then
 // what the parts leave over. One stream per thread leaves memory idle at decode (the
