@@ -182,11 +182,14 @@ def test_amx_path_is_exact_to_fp32_accumulation():
     group wholly past the weight), K not a multiple of the 32-column step, M from 1 to
     both halves of a 32-row block and past it (2, 16, 17, 32, 33, 70: chunks of 4 steps
     for one or two blocks, 64 for three; K = 4100 leaves a last chunk of one step);
+    rows in passes where their B tiles outgrow 1 MiB (K = 8192: 64 rows a pass, M = 70
+    and 130 in two and three; K = 4100: 96, M = 130 in two, the last pass of 34 rows);
     several groups per thread; both layouts; bias on odd M; outputs poisoned beforehand."""
     if isa.AVX512_BF16 not in isa.supported() or not isa.amx_ready():
         pytest.skip("this CPU has no AMX-BF16 (or the OS does not grant its tiles)")
-    _check_large_m_path(_gen(78), [(1, 70), (15, 70), (37, 1000), (130, 96), (300, 4100)],
-                        [(16, 128), (37, 576), (90, 128)], [1, 2, 16, 17, 32, 33, 70], max_direct_m=0)
+    _check_large_m_path(_gen(78), [(1, 70), (15, 70), (37, 1000), (130, 96), (300, 4100), (45, 8192)],
+                        [(16, 128), (37, 576), (90, 128), (37, 8192)], [1, 2, 16, 17, 32, 33, 70, 130],
+                        max_direct_m=0)
 
 
 def test_host_class_names_amx_hosts_apart():

@@ -241,11 +241,28 @@ at::Tensor panel_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const F
 // ``multiply_group(r0, rows, b, m, g, work, next, regions)`` fills and multiplies one
 // in its own `work` buffer (there is no separate fill step: the group fills a chunk of
 // columns at a time between its multiplies).
+//
+// A group multiplies every activation row it is given, so each group streams all of
+// their B tiles (2 K bytes per row) through the core. Where they outgrow L2 (2 MiB a
+// core on the Xeon measured), they come from L3 once per group, and the tile unit
+// waits on them: the rows go in passes of at most kAmxPassBytes of B tiles, each pass
+// over every group (the fill is repeated per pass, so a pass of fewer than 64 rows is
+// not worth it: K = 14336 stays one pass). Same-process A/B, 2-core Emerald Rapids,
+// 2026-12-06, cold weights, 2:4 (see benchmarks/CPU_KERNELS.md, "AMX passes").
+const int64_t kAmxPassBytes = 1 << 20;
+const int64_t kAmxMinPassRows = 64;
+
+int64_t amx_pass_rows(int64_t m, int64_t k) {
+    const int64_t fit = kAmxPassBytes / (2 * ((k + 31) / 32 * 32)) / 32 * 32;
+    return fit >= kAmxMinPassRows && fit < m ? fit : m;
+}
+
 template <class MultiplyGroup, class RegionsOf>
 at::Tensor amx_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const MultiplyGroup& multiply_group,
                             const RegionsOf& regions_of, const c10::optional<at::Tensor>& bias) {
     const int64_t m = x.size(0);
-    const int64_t b_tiles = (m + 15) / 16 * ((k + 31) / 32);
+    const int64_t steps = (k + 31) / 32;
+    const int64_t b_tiles = (m + 15) / 16 * steps;
     at::Tensor b = at::empty({b_tiles * 16 * 32}, x.options());
     uint16_t* b16 = reinterpret_cast<uint16_t*>(b.data_ptr());
     const uint16_t* x16 = reinterpret_cast<const uint16_t*>(x.data_ptr());
@@ -253,12 +270,19 @@ at::Tensor amx_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const Mul
                      [&](int64_t t0, int64_t t1) { vs_amx_pack_activations(x16, m, k, t0, t1, b16); });
     const at::Tensor bias_f = float_bias(bias);
     at::Tensor y = at::empty({m, n}, x.options());
-    const VsGemm g = gemm_args(b16, m, bias_f, y);
+    const int64_t pass_rows = amx_pass_rows(m, k);
     auto no_fill = [](int64_t, int64_t, uint32_t*) {};
-    auto multiply = [&](uint32_t* work, int64_t r0, int64_t rows, const VsRegion* next, int regions) {
-        multiply_group(r0, rows, b16, m, &g, work, next, regions);
-    };
-    for_each_tile(n, VS_TILE_PANEL_ROWS, vs_amx_work_bytes(m) / 4, x.options(), no_fill, multiply, regions_of);
+    for (int64_t m0 = 0; m0 < m; m0 += pass_rows) {
+        const int64_t rows_m = std::min(pass_rows, m - m0);
+        at::Tensor y_pass = y.narrow(0, m0, rows_m);
+        const uint16_t* b_pass = b16 + m0 * steps * 32;  // whole 32-row blocks: pass_rows is a multiple of 32
+        const VsGemm g = gemm_args(b_pass, rows_m, bias_f, y_pass);
+        auto multiply = [&](uint32_t* work, int64_t r0, int64_t rows, const VsRegion* next, int regions) {
+            multiply_group(r0, rows, b_pass, rows_m, &g, work, next, regions);
+        };
+        for_each_tile(n, VS_TILE_PANEL_ROWS, vs_amx_work_bytes(rows_m) / 4, x.options(), no_fill, multiply,
+                      regions_of);
+    }
     return y;
 }
 
