@@ -399,7 +399,8 @@ def main() -> None:
 
 def write_table(target: Path, machine: dict, records: list[dict]) -> None:
     """The dispatcher's table: this run's records replace those of the cases it
-    measured (host class, ISA path, dtype, shape, pattern); the others are kept. Each
+    measured (host class, ISA path, dtype, shape, pattern, M); the others are kept, so
+    a run of a few M (``--ms 64,512``) leaves the table's other M as they were. Each
     record names its run (``run``), and ``runs`` holds every named run's date, command and read
     bandwidth: a table merges runs that may be hours and code changes apart."""
     keep = ("host", "isa", "dtype", "shape", "pattern", "sparsity", "m", "direct", "tiled")
@@ -409,7 +410,7 @@ def write_table(target: Path, machine: dict, records: list[dict]) -> None:
     host = machine["dispatch_host"]
 
     def case(r):
-        return r.get("host"), r["isa"], r["dtype"], r["shape"], r["pattern"]
+        return r.get("host"), r["isa"], r["dtype"], r["shape"], r["pattern"], r["m"]
 
     run_id = datetime.datetime.now().isoformat(timespec="minutes")
     records = [{**r, "host": host} for r in records]

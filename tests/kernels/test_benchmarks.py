@@ -1,5 +1,6 @@
 """The benchmark scripts run end to end in their tiny modes (no GPU here)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -40,3 +41,22 @@ def test_cpu_linear_quick(tmp_path):
     text = out.read_text()
     assert "| float32 | 192x576 | 70% | 1 | dense F.linear |" in text
     assert "CSR torch.sparse.mm" in text
+
+
+def test_a_table_run_of_a_few_m_keeps_the_other_m(tmp_path, monkeypatch):
+    """benchmarks/cpu_kernels.py --write-table merges a run into the dispatch table: a
+    run of M = 64 alone replaces that M's record of each case it measured and keeps
+    every other record (other M, other patterns) as it was."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import cpu_kernels as bench
+
+    def record(m, pattern, direct):
+        return {"isa": "avx512_bf16", "dtype": "bf16", "shape": "64x64", "pattern": pattern, "sparsity": 0.5,
+                "m": m, "direct": direct, "tiled": None}
+
+    machine = {"dispatch_host": "avx512_amx", "date": "2026-12-06", "command": "test", "read_gbps": 30.0}
+    table = tmp_path / "table.json"
+    bench.write_table(table, machine, [record(1, "50%", 1.7), record(64, "50%", 0.5), record(1, "70%", 2.2)])
+    bench.write_table(table, machine, [record(64, "50%", 0.9)])
+    records = {(r["pattern"], r["m"]): r["direct"] for r in json.loads(table.read_text())["records"]}
+    assert records == {("50%", 1): 1.7, ("50%", 64): 0.9, ("70%", 1): 2.2}

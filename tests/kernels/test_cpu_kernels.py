@@ -530,6 +530,12 @@ def test_committed_table_covers_this_host_class():
     # two classes, each against its own dense GEMM.
     hosts = {(r["host"], r["isa"]) for r in table["records"]}
     assert {("avx2", dispatch.NM24_AVX2), ("avx512", dispatch.NM24_AVX2)} <= hosts, hosts
+    # Every case measured at some M has its M = 1 record: without it the dispatcher keeps
+    # the layer dense (a merge that once dropped them sent a whole host class dense).
+    def cases(records):
+        return {(r["host"], r["isa"], r["dtype"], r["shape"], r["pattern"]) for r in records}
+
+    assert cases(table["records"]) == cases(r for r in table["records"] if r["m"] == 1)
 
 
 def test_records_count_only_on_the_host_class_they_were_measured_on():
