@@ -248,7 +248,8 @@ at::Tensor panel_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const F
 // waits on them: the rows go in passes of at most kAmxPassBytes of B tiles, each pass
 // over every group (the fill is repeated per pass, so a pass of fewer than 64 rows is
 // not worth it: K = 14336 stays one pass). Same-process A/B, 2-core Emerald Rapids,
-// 2026-12-06, cold weights, 2:4 (see benchmarks/CPU_KERNELS.md, "AMX passes").
+// 2026-12-06, cold weights, 2:4 and 70%, M = 256 and 512: 1.1-1.5x at M = 512 where
+// K <= 8192 (benchmarks/CPU_KERNELS.md, "AMX passes over the activation rows").
 const int64_t kAmxPassBytes = 1 << 20;
 const int64_t kAmxMinPassRows = 64;
 
