@@ -169,9 +169,10 @@ def _compare(results: dict) -> tuple[list[str], str]:
 @alone
 def test_bench_vllm_grpc_agrees_between_stock_launcher_and_ours_on_the_dense_model(stock, ours, tmp_path):
     """Where the best of three rounds each leaves a figure outside the tolerance, three
-    more rounds each are run and the best of six decides: a neighbour on this shared machine once left the
-    best of three 13-16% apart (stock's own rounds 1.99-2.45 req/s at concurrency 4),
-    and a real slowdown of ours survives more rounds where such noise does not."""
+    more rounds each are run and the best of six decides: a neighbour on this shared
+    machine once left the best of three 13-16% apart (stock's own rounds 1.99-2.45
+    req/s at concurrency 4), and a real slowdown of ours survives more rounds where
+    such noise does not."""
     targets = {"stock": stock.target, "ours": f"127.0.0.1:{ours.grpc_port}"}
     results = {(server, workload): [] for server in targets for workload in WORKLOADS}
     rounds_done = {server: 0 for server in targets}

@@ -253,8 +253,9 @@ at::Tensor panel_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const F
 const int64_t kAmxPassBytes = 1 << 20;
 const int64_t kAmxMinPassRows = 64;
 
-int64_t amx_pass_rows(int64_t m, int64_t k) {
-    const int64_t fit = kAmxPassBytes / (2 * ((k + 31) / 32 * 32)) / 32 * 32;
+// Activation rows per pass (a multiple of 32, or all m) for K padded to `steps` x 32.
+int64_t amx_pass_rows(int64_t m, int64_t steps) {
+    const int64_t fit = kAmxPassBytes / (2 * steps * 32) / 32 * 32;
     return fit >= kAmxMinPassRows && fit < m ? fit : m;
 }
 
@@ -271,12 +272,12 @@ at::Tensor amx_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const Mul
                      [&](int64_t t0, int64_t t1) { vs_amx_pack_activations(x16, m, k, t0, t1, b16); });
     const at::Tensor bias_f = float_bias(bias);
     at::Tensor y = at::empty({m, n}, x.options());
-    const int64_t pass_rows = amx_pass_rows(m, k);
+    const int64_t pass_rows = amx_pass_rows(m, steps);
     auto no_fill = [](int64_t, int64_t, uint32_t*) {};
     for (int64_t m0 = 0; m0 < m; m0 += pass_rows) {
         const int64_t rows_m = std::min(pass_rows, m - m0);
         at::Tensor y_pass = y.narrow(0, m0, rows_m);
-        const uint16_t* b_pass = b16 + m0 * steps * 32;  // whole 32-row blocks: pass_rows is a multiple of 32
+        const uint16_t* b_pass = b16 + m0 * steps * 32;  // m0: whole 32-row blocks of B tiles
         const VsGemm g = gemm_args(b_pass, rows_m, bias_f, y_pass);
         auto multiply = [&](uint32_t* work, int64_t r0, int64_t rows, const VsRegion* next, int regions) {
             multiply_group(r0, rows, b_pass, rows_m, &g, work, next, regions);
