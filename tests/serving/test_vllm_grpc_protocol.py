@@ -112,7 +112,6 @@ def test_stock_launcher_serves_the_compressed_checkpoint_through_the_plugin(chec
 
 # ---------------------------------------------------------------- load test, same client, both servers
 
-ROUNDS = 3
 TURNS = ("stock", "ours", "ours", "stock", "stock", "ours")  # ABBA: a linear drift falls on both alike
 # (number of requests, concurrency) and the figures compared. TTFT is compared at
 # concurrency 1: with fixed lengths at concurrency 4 it depends on whether a group

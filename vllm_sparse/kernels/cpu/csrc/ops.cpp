@@ -187,14 +187,14 @@ TileGemm tile_gemm(int64_t isa, at::ScalarType dtype, int64_t k, int64_t m) {
     return m <= 128 && idle_lanes * 8 <= m ? TileGemm::kRows : TileGemm::kPanels;
 }
 
-// Each thread takes tiles of `tile` weight rows in turn: ``fill(r0, rows, buffer)``
-// decompresses one into the thread's own cache-resident buffer (``buffer_words``
-// 32-bit words), ``multiply(buffer, r0, rows, next, regions)`` multiplies it with every
-// activation row while the next tile's compressed bytes (``regions_of(r0, r1, out)``:
-// at most two ranges, returns how many) are brought into L2.
-template <class Fill, class Multiply, class RegionsOf>
-void for_each_tile(int64_t n, int64_t tile, int64_t buffer_words, const at::TensorOptions& options, const Fill& fill,
-                   const Multiply& multiply, const RegionsOf& regions_of) {
+// Each thread takes tiles of `tile` weight rows in turn: ``work(buffer, r0, rows, next,
+// regions)`` decompresses one into the thread's own cache-resident buffer
+// (``buffer_words`` 32-bit words) and multiplies it with every activation row while
+// the next tile's compressed bytes (``regions_of(r0, r1, out)``: at most two ranges,
+// returns how many) are brought into L2.
+template <class TileWork, class RegionsOf>
+void for_each_tile(int64_t n, int64_t tile, int64_t buffer_words, const at::TensorOptions& options,
+                   const TileWork& work, const RegionsOf& regions_of) {
     const int64_t tiles = (n + tile - 1) / tile;
     at::parallel_for(0, tiles, 1, [&](int64_t first, int64_t last) {
         at::Tensor buffer = tile_buffer(buffer_words, options.dtype(at::kInt));
@@ -202,10 +202,9 @@ void for_each_tile(int64_t n, int64_t tile, int64_t buffer_words, const at::Tens
         for (int64_t t = first; t < last; t++) {
             const int64_t r0 = t * tile;
             const int64_t rows = std::min(tile, n - r0);
-            fill(r0, rows, words);
             VsRegion next[2];
             const int regions = t + 1 < last ? regions_of(r0 + tile, std::min(n, r0 + 2 * tile), next) : 0;
-            multiply(words, r0, rows, next, regions);
+            work(words, r0, rows, next, regions);
         }
     });
 }
@@ -229,10 +228,11 @@ at::Tensor panel_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const F
     const VsGemm g = gemm_args(x16, m, bias_f, y);
     // A fill writes whole 32-column words of pairs: up to 15 pairs past k / 2.
     const int64_t panel_words = (pairs + 16) * VS_TILE_PANEL_ROWS;
-    auto multiply = [&](const uint32_t* panel, int64_t r0, int64_t rows, const VsRegion* next, int regions) {
+    auto fill_and_multiply = [&](uint32_t* panel, int64_t r0, int64_t rows, const VsRegion* next, int regions) {
+        fill_panel(r0, rows, panel);
         vs_panel_multiply(panel, rows, k, xa32, m, &g, r0, next, regions);
     };
-    for_each_tile(n, VS_TILE_PANEL_ROWS, panel_words, x.options(), fill_panel, multiply, regions_of);
+    for_each_tile(n, VS_TILE_PANEL_ROWS, panel_words, x.options(), fill_and_multiply, regions_of);
     return y;
 }
 
@@ -273,7 +273,6 @@ at::Tensor amx_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const Mul
     const at::Tensor bias_f = float_bias(bias);
     at::Tensor y = at::empty({m, n}, x.options());
     const int64_t pass_rows = amx_pass_rows(m, steps);
-    auto no_fill = [](int64_t, int64_t, uint32_t*) {};
     for (int64_t m0 = 0; m0 < m; m0 += pass_rows) {
         const int64_t rows_m = std::min(pass_rows, m - m0);
         at::Tensor y_pass = y.narrow(0, m0, rows_m);
@@ -282,7 +281,7 @@ at::Tensor amx_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const Mul
         auto multiply = [&](uint32_t* work, int64_t r0, int64_t rows, const VsRegion* next, int regions) {
             multiply_group(r0, rows, b_pass, rows_m, &g, work, next, regions);
         };
-        for_each_tile(n, VS_TILE_PANEL_ROWS, vs_amx_work_bytes(rows_m) / 4, x.options(), no_fill, multiply,
+        for_each_tile(n, VS_TILE_PANEL_ROWS, vs_amx_work_bytes(rows_m) / 4, x.options(), multiply,
                       regions_of);
     }
     return y;
@@ -310,10 +309,11 @@ at::Tensor row_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const Fil
     const VsGemm g = gemm_args(x16, m, bias_f, y);
     const int64_t tile = VS_ROWTILE_ROWS, tile_words = words * 16 * VS_ROWTILE_ROWS;
     if (bitmap == nullptr) {  // 2:4 records: fill, then multiply
-        auto multiply = [&](const uint32_t* buffer, int64_t r0, int64_t rows, const VsRegion* next, int regions) {
+        auto fill_and_multiply = [&](uint32_t* buffer, int64_t r0, int64_t rows, const VsRegion* next, int regions) {
+            fill_rows(r0, rows, buffer);
             vs_rowtile_multiply(buffer, rows, k, xa64, m, &g, r0, next, regions, nullptr);
         };
-        for_each_tile(n, tile, tile_words, x.options(), fill_rows, multiply, regions_of);
+        for_each_tile(n, tile, tile_words, x.options(), fill_and_multiply, regions_of);
         return y;
     }
     // The bitmap's tiles: each thread fills its first, then fills each next one among
