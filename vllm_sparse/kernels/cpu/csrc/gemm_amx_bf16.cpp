@@ -186,7 +186,8 @@ void store_block(int64_t m0, int64_t live_m, int64_t row0, int64_t rows, const V
 struct FillCursor {
     int64_t row0;
     int live;
-    int64_t s0 = 0, s1 = 0, step = 0;  // the steps filled, and the next one
+    int64_t base = 0;                  // the weight's step of the part's step 0
+    int64_t s0 = 0, s1 = 0, step = 0;  // the steps filled, and the next one (in the part)
     int r0 = 0;                        // the first of the rows being filled side by side
     uint16_t* tile = nullptr;
 
@@ -203,8 +204,17 @@ struct BitmapRows : FillCursor {
     const VsWeight* w;
     const uint16_t* v[kGroup];
 
-    BitmapRows(const VsWeight* weight, int64_t first, int64_t rows) : FillCursor(first, rows), w(weight) {
-        for (int i = 0; i < live; i++) v[i] = (const uint16_t*)w->values + w->row_offsets[row0 + i];
+    BitmapRows(const VsWeight* weight, int64_t first, int64_t rows, const VsAmxPart* part)
+        : FillCursor(first, rows), w(weight) {
+        const bool resume = part && part->step0 > 0;
+        base = part ? part->step0 : 0;
+        for (int i = 0; i < live; i++)
+            v[i] = (const uint16_t*)w->values + (resume ? part->row_values[row0 + i] : w->row_offsets[row0 + i]);
+    }
+    // Where each row's values continue after the part (all of it filled by now).
+    void save(const VsAmxPart* part) const {
+        if (part && part->row_values)
+            for (int i = 0; i < live; i++) part->row_values[row0 + i] = v[i] - (const uint16_t*)w->values;
     }
     int64_t units(int64_t steps) const { return (live + kFillRows - 1) / kFillRows * steps; }
     void fill_some(int64_t units) {
@@ -215,7 +225,7 @@ struct BitmapRows : FillCursor {
             for (; units > 0 && step < s1; units--, step++) {
                 uint16_t* out = tile + ((step - s0) * kGroup + r0) * 32;
                 for (int i = 0; i < n; i++) {
-                    const uint32_t mask = bits[i * w->words + step];
+                    const uint32_t mask = bits[i * w->words + base + step];
                     _mm512_storeu_si512(out + i * 32, vs_expand16(mask, vr[i]));
                     vr[i] += _mm_popcnt_u32(mask);
                 }
@@ -252,7 +262,11 @@ inline void record_masks(const uint8_t* record, uint64_t* masks) {
 struct NM24Rows : FillCursor {
     const VsNM24Weight* w;
 
-    NM24Rows(const VsNM24Weight* weight, int64_t first, int64_t rows) : FillCursor(first, rows), w(weight) {}
+    NM24Rows(const VsNM24Weight* weight, int64_t first, int64_t rows, const VsAmxPart* part)
+        : FillCursor(first, rows), w(weight) {
+        base = part ? part->step0 : 0;  // even: parts are whole records
+    }
+    void save(const VsAmxPart*) const {}
     int64_t units(int64_t steps) const { return (live + kRows - 1) / kRows * (steps / 2); }
     void fill_some(int64_t units) {
         alignas(64) uint64_t masks[kRows];
@@ -260,7 +274,7 @@ struct NM24Rows : FillCursor {
             const int n = live - r0 < kRows ? live - r0 : kRows;
             const uint8_t* block = block_records(w, (row0 + r0) / kRows);
             for (; units > 0 && step < s1; units--, step += 2) {
-                const uint8_t* record = block + step / 2 * kRecord;
+                const uint8_t* record = block + (base + step) / 2 * kRecord;
                 uint16_t* out = tile + ((step - s0) * kGroup + r0) * 32;
                 record_masks(record, masks);
                 for (int i = 0; i < n; i++) {
@@ -297,7 +311,10 @@ void zero_rows(uint16_t* tile, int64_t steps, int64_t from) {
 // wait in `partial` (4 KiB per block). The group's first chunk is filled on its own.
 template <class Rows>
 void multiply_group(Rows& rows_of, int64_t rows, const uint16_t* b, int64_t m, int64_t kp, const VsGemm* g,
-                    int64_t row0, void* work, const VsRegion* next, int regions) {
+                    int64_t row0, void* work, const VsRegion* next, int regions, const VsAmxPart* part) {
+    if (part) kp = part->steps * 32;
+    const float* carry_in = part ? part->carry_in : nullptr;
+    float* carry_out = part ? part->carry_out : nullptr;
     configure_tiles();
     const int64_t steps = kp / 32, blocks = (m + 31) / 32;
     const int64_t chunk_steps = blocks <= kFewBlocks ? kChunkStepsFewBlocks : kChunkStepsManyBlocks;
@@ -334,21 +351,28 @@ void multiply_group(Rows& rows_of, int64_t rows, const uint16_t* b, int64_t m, i
             const int64_t m0 = 32 * j, live_m = m - m0 < 32 ? m - m0 : 32;
             const uint16_t* block = b + m0 * kp + s0 * kTileElements;  // 2j blocks of `steps` B tiles before it
             float* sums = partial + j * 4 * 256;
+            // The parts of K before this one left their sums in carry_in; this part's
+            // last chunk leaves them in carry_out, or (the last part) writes y.
+            const float* start = first && carry_in ? carry_in + j * 4 * 256 : sums;
+            const bool from_zero = first && !carry_in;
             if (live_m > 16) {
-                if (blocks > 1 || first) begin_block<2>(sums, first);
+                if (blocks > 1 || first) begin_block<2>(start, from_zero);
                 accumulate<2>(tile, block, steps, s0, s1, ahead, prefetch_every - 1, rows_of, per_step);
-                if (last) store_block<2>(m0, live_m, row0, rows, g);
+                if (last && carry_out) save_block<2>(carry_out + j * 4 * 256);
+                else if (last) store_block<2>(m0, live_m, row0, rows, g);
                 else if (blocks > 1) save_block<2>(sums);
             } else {
-                if (blocks > 1 || first) begin_block<1>(sums, first);
+                if (blocks > 1 || first) begin_block<1>(start, from_zero);
                 accumulate<1>(tile, block, steps, s0, s1, ahead, prefetch_every - 1, rows_of, per_step);
-                if (last) store_block<1>(m0, live_m, row0, rows, g);
+                if (last && carry_out) save_block<1>(carry_out + j * 4 * 256);
+                else if (last) store_block<1>(m0, live_m, row0, rows, g);
                 else if (blocks > 1) save_block<1>(sums);
             }
         }
         if (s1 < steps) rows_of.fill_some(rows_of.units(end_of(s1) - s1));  // whatever the steps left over
     }
     _tile_release();
+    rows_of.save(part);
 }
 
 bool request_tile_data() {
@@ -368,14 +392,14 @@ extern "C" int vs_amx_ready(void) {
     return ready;
 }
 
-extern "C" void vs_amx_pack_activations(const uint16_t* x, int64_t m, int64_t k, int64_t tile_begin,
-                                        int64_t tile_end, uint16_t* b) {
+extern "C" void vs_amx_pack_activations(const uint16_t* x, int64_t m, int64_t k, int64_t step0, int64_t part_steps,
+                                        int64_t tile_begin, int64_t tile_end, uint16_t* b) {
     // A B tile is 16 rows' 16 column pairs transposed: r[i] = row i's pairs, then
     // r[p] lane i = row i's pair p. Pairs past k and rows past m are zeros.
-    const int64_t steps = (k + 31) / 32, pairs = k / 2;
+    const int64_t pairs = k / 2;
     const uint32_t* x32 = (const uint32_t*)x;
     for (int64_t t = tile_begin; t < tile_end; t++) {
-        const int64_t block = t / steps, step = t % steps;
+        const int64_t block = t / part_steps, step = step0 + t % part_steps;
         const int64_t p0 = step * 16, live_pairs = pairs - p0 < 16 ? pairs - p0 : 16;
         const __mmask16 live = (__mmask16)((1u << live_pairs) - 1);
         __m512i r[16];
@@ -391,14 +415,18 @@ extern "C" void vs_amx_pack_activations(const uint16_t* x, int64_t m, int64_t k,
 
 extern "C" int64_t vs_amx_work_bytes(int64_t m) { return 2 * kChunkBytesMax + (m + 31) / 32 * 4 * 1024; }
 
+extern "C" int64_t vs_amx_carry_floats(int64_t m) { return (m + 31) / 32 * 4 * 256; }
+
 extern "C" void vs_amx_bitmap_group(const VsWeight* w, int64_t row0, int64_t rows, const uint16_t* b, int64_t m,
-                                    const VsGemm* g, void* work, const VsRegion* next, int regions) {
-    BitmapRows rows_of(w, row0, rows);
-    multiply_group(rows_of, rows, b, m, w->words * 32, g, row0, work, next, regions);
+                                    const VsGemm* g, void* work, const VsRegion* next, int regions,
+                                    const VsAmxPart* part) {
+    BitmapRows rows_of(w, row0, rows, part);
+    multiply_group(rows_of, rows, b, m, w->words * 32, g, row0, work, next, regions, part);
 }
 
 extern "C" void vs_amx_nm24_group(const VsNM24Weight* w, int64_t row0, int64_t rows, const uint16_t* b, int64_t m,
-                                  const VsGemm* g, void* work, const VsRegion* next, int regions) {
-    NM24Rows rows_of(w, row0, rows);
-    multiply_group(rows_of, rows, b, m, w->k, g, row0, work, next, regions);
+                                  const VsGemm* g, void* work, const VsRegion* next, int regions,
+                                  const VsAmxPart* part) {
+    NM24Rows rows_of(w, row0, rows, part);
+    multiply_group(rows_of, rows, b, m, w->k, g, row0, work, next, regions, part);
 }

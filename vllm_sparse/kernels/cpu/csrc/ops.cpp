@@ -236,27 +236,42 @@ at::Tensor panel_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const F
     return y;
 }
 
-// Large M with gemm_amx_bf16.cpp: the activations are packed once as zero-padded B
-// tiles, then each thread takes groups of 32 weight rows in turn:
-// ``multiply_group(r0, rows, b, m, g, work, next, regions)`` fills and multiplies one
-// in its own `work` buffer (there is no separate fill step: the group fills a chunk of
-// columns at a time between its multiplies).
+// Large M with gemm_amx_bf16.cpp: the activations are packed as zero-padded B tiles,
+// then each thread takes groups of 32 weight rows in turn:
+// ``multiply_group(r0, rows, b, m, g, work, next, regions, part)`` fills and multiplies
+// one in its own `work` buffer (there is no separate fill step: the group fills a
+// chunk of columns at a time between its multiplies).
 //
 // A group multiplies every activation row it is given, so each group streams all of
 // their B tiles (2 K bytes per row) through the core. Where they outgrow L2 (2 MiB a
 // core on the Xeon measured), they come from L3 once per group, and the tile unit
 // waits on them: the rows go in passes of at most kAmxPassBytes of B tiles, each pass
-// over every group (the fill is repeated per pass, so a pass of fewer than 64 rows is
-// not worth it: K = 14336 stays one pass). Same-process A/B, 2-core Emerald Rapids,
-// 2026-12-06, cold weights, 2:4 and 70%, M = 256 and 512: 1.1-1.5x at M = 512 where
-// K <= 8192 (benchmarks/CPU_KERNELS.md, "AMX passes over the activation rows").
+// over every group (benchmarks/CPU_KERNELS.md, "AMX passes over the activation rows").
+// Each pass fills every group again, so where a pass over all of K would hold fewer
+// than kAmxPartRows rows (K = 4096 from M = 129, 8192 from 65, 14336 from 33), the
+// pass takes that many rows over K in parts instead, each part's B tiles within
+// kAmxPassBytes, the groups' fp32 sums carried from part to part: a group is filled
+// once per pass, not once per 64 or 128 rows. Same-process A/B against passes over all
+// of K, 2-core Emerald Rapids, 2026-12-06, cold weights, 2:4 and 70%, M = 96-512
+// (benchmarks/CPU_KERNELS.md, "K in parts"): 1.1-1.5x on the cases it changes, the
+// 2:4 layout at K = 14336 and M <= 128 excepted (0.93-0.94x with the next group
+// prefetched whole, 1.07x without).
 const int64_t kAmxPassBytes = 1 << 20;
-const int64_t kAmxMinPassRows = 64;
+const int64_t kAmxPartRows = 256;
 
-// Activation rows per pass (a multiple of 32, or all m) for K padded to `steps` x 32.
-int64_t amx_pass_rows(int64_t m, int64_t steps) {
-    const int64_t fit = kAmxPassBytes / (2 * steps * 32) / 32 * 32;
-    return fit >= kAmxMinPassRows && fit < m ? fit : m;
+// How a call is cut: passes of `rows` activation rows (a multiple of 32, or all m),
+// each over K in parts of `part_steps` 32-column steps (all of K: one part).
+struct AmxPlan {
+    int64_t rows, part_steps;
+};
+
+AmxPlan amx_plan(int64_t m, int64_t steps) {
+    const int64_t fit = kAmxPassBytes / (steps * 32 * 2) / 32 * 32;  // rows whose B tiles over all of K fit
+    if (fit >= std::min(m, kAmxPartRows)) return {std::min(fit, m), steps};
+    const int64_t rows = std::min(m, kAmxPartRows);
+    const int64_t padded = (rows + 31) / 32 * 32;
+    const int64_t part_steps = std::max<int64_t>(2, kAmxPassBytes / (padded * 32 * 2) / 2 * 2);  // even: whole 2:4 records
+    return {rows, std::min(part_steps, steps)};
 }
 
 template <class MultiplyGroup, class RegionsOf>
@@ -264,25 +279,50 @@ at::Tensor amx_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const Mul
                             const RegionsOf& regions_of, const c10::optional<at::Tensor>& bias) {
     const int64_t m = x.size(0);
     const int64_t steps = (k + 31) / 32;
-    const int64_t b_tiles = (m + 15) / 16 * steps;
-    at::Tensor b = at::empty({b_tiles * 16 * 32}, x.options());
-    uint16_t* b16 = reinterpret_cast<uint16_t*>(b.data_ptr());
+    const AmxPlan plan = amx_plan(m, steps);
+    const bool in_parts = plan.part_steps < steps;
     const uint16_t* x16 = reinterpret_cast<const uint16_t*>(x.data_ptr());
-    at::parallel_for(0, b_tiles, share(b_tiles, 4),
-                     [&](int64_t t0, int64_t t1) { vs_amx_pack_activations(x16, m, k, t0, t1, b16); });
+    // All of K: every pass's B tiles packed at once. In parts: one part's at a time.
+    const int64_t b_tiles_all = in_parts ? (plan.rows + 15) / 16 * plan.part_steps : (m + 15) / 16 * steps;
+    at::Tensor b = at::empty({b_tiles_all * 16 * 32}, x.options());
+    uint16_t* b16 = reinterpret_cast<uint16_t*>(b.data_ptr());
+    auto pack = [&](const uint16_t* rows_x, int64_t rows, int64_t s0, int64_t part_steps) {
+        const int64_t tiles = (rows + 15) / 16 * part_steps;
+        at::parallel_for(0, tiles, share(tiles, 4), [&](int64_t t0, int64_t t1) {
+            vs_amx_pack_activations(rows_x, rows, k, s0, part_steps, t0, t1, b16);
+        });
+    };
+    if (!in_parts) pack(x16, m, 0, steps);
+    const int64_t groups = (n + VS_TILE_PANEL_ROWS - 1) / VS_TILE_PANEL_ROWS;
+    const int64_t carry_floats = vs_amx_carry_floats(plan.rows);
+    at::Tensor carry = at::empty({in_parts ? groups * carry_floats : 0}, x.options().dtype(at::kFloat));
+    at::Tensor row_values = at::empty({in_parts ? n : 0}, x.options().dtype(at::kLong));
     const at::Tensor bias_f = float_bias(bias);
     at::Tensor y = at::empty({m, n}, x.options());
-    const int64_t pass_rows = amx_pass_rows(m, steps);
-    for (int64_t m0 = 0; m0 < m; m0 += pass_rows) {
-        const int64_t rows_m = std::min(pass_rows, m - m0);
+    for (int64_t m0 = 0; m0 < m; m0 += plan.rows) {
+        const int64_t rows_m = std::min(plan.rows, m - m0);
         at::Tensor y_pass = y.narrow(0, m0, rows_m);
-        const uint16_t* b_pass = b16 + m0 * steps * 32;  // m0: whole 32-row blocks of B tiles
+        // All of K: the pass's B tiles start m0 rows (whole 32-row blocks) in; in parts,
+        // each part's are packed at the buffer's start.
+        const uint16_t* b_pass = in_parts ? b16 : b16 + m0 * steps * 32;
         const VsGemm g = gemm_args(b_pass, rows_m, bias_f, y_pass);
-        auto multiply = [&](uint32_t* work, int64_t r0, int64_t rows, const VsRegion* next, int regions) {
-            multiply_group(r0, rows, b_pass, rows_m, &g, work, next, regions);
-        };
-        for_each_tile(n, VS_TILE_PANEL_ROWS, vs_amx_work_bytes(rows_m) / 4, x.options(), multiply,
-                      regions_of);
+        for (int64_t s0 = 0; s0 < steps; s0 += plan.part_steps) {
+            const int64_t part_steps = std::min(plan.part_steps, steps - s0);
+            if (in_parts) pack(x16 + m0 * k, rows_m, s0, part_steps);
+            float* carry_base = in_parts ? carry.data_ptr<float>() : nullptr;
+            const bool first_part = s0 == 0, last_part = s0 + part_steps == steps;
+            auto multiply = [&](uint32_t* work, int64_t r0, int64_t rows, const VsRegion* next, int regions) {
+                float* own = in_parts ? carry_base + r0 / VS_TILE_PANEL_ROWS * carry_floats : nullptr;
+                const VsAmxPart part = {s0, part_steps, first_part ? nullptr : own, last_part ? nullptr : own,
+                                        in_parts ? row_values.data_ptr<int64_t>() : nullptr};
+                // In parts, the next group's bytes are not brought in: its whole rows
+                // would crowd L2 for a part's share of them (same-process A/B, parts with
+                // against without: 1.01-1.46x without, most at K = 8192 and 14336).
+                multiply_group(r0, rows, b_pass, rows_m, &g, work, next, in_parts ? 0 : regions,
+                               in_parts ? &part : nullptr);
+            };
+            for_each_tile(n, VS_TILE_PANEL_ROWS, vs_amx_work_bytes(rows_m) / 4, x.options(), multiply, regions_of);
+        }
     }
     return y;
 }
@@ -406,8 +446,8 @@ at::Tensor sparse_linear(const at::Tensor& x_in, const at::Tensor& values, const
         auto fill_panel = [&](int64_t r0, int64_t rows, uint32_t* panel) { vs_panel_from_bitmap(&w, r0, rows, panel); };
         auto fill_rows = [&](int64_t r0, int64_t rows, uint32_t* tile) { vs_rowtile_from_bitmap(&w, r0, rows, tile); };
         auto amx_group = [&](int64_t r0, int64_t rows, const uint16_t* b, int64_t m, const VsGemm* g, void* work,
-                             const VsRegion* next, int regions) {
-            vs_amx_bitmap_group(&w, r0, rows, b, m, g, work, next, regions);
+                             const VsRegion* next, int regions, const VsAmxPart* part) {
+            vs_amx_bitmap_group(&w, r0, rows, b, m, g, work, next, regions, part);
         };
         return tiled_linear(x, w.n, w.k, values.options(), isa, unpack_rows, fill_panel, fill_rows, amx_group,
                             regions_of, &w, bias);
@@ -523,8 +563,8 @@ at::Tensor nm24_linear(const at::Tensor& x_in, const at::Tensor& blocks, int64_t
         auto fill_panel = [&](int64_t r0, int64_t rows, uint32_t* panel) { vs_panel_from_nm24(&w, r0, rows, panel); };
         auto fill_rows = [&](int64_t r0, int64_t rows, uint32_t* tile) { vs_rowtile_from_nm24(&w, r0, rows, tile); };
         auto amx_group = [&](int64_t r0, int64_t rows, const uint16_t* b, int64_t m, const VsGemm* g, void* work,
-                             const VsRegion* next, int regions) {
-            vs_amx_nm24_group(&w, r0, rows, b, m, g, work, next, regions);
+                             const VsRegion* next, int regions, const VsAmxPart* part) {
+            vs_amx_nm24_group(&w, r0, rows, b, m, g, work, next, regions, part);
         };
         return tiled_linear(x, w.n, w.k, x.options(), isa, unpack_rows, fill_panel, fill_rows, amx_group, regions_of,
                             nullptr, bias);

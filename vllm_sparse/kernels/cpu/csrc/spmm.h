@@ -128,14 +128,29 @@ void vs_rowtile_multiply(const uint32_t* tile, int64_t rows, int64_t k, const ui
 // [tile_begin, tile_end), k even). A group call writes y[:, row0 .. row0 + rows) (+ bias)
 // for up to VS_TILE_PANEL_ROWS weight rows from row0, in `work` (vs_amx_work_bytes(m),
 // the thread's own), and meanwhile brings the `regions` ranges in `next` into L2.
+//
+// A part of K (long rows go in parts, fp32 partial sums carried between them): the
+// weight's 32-column steps [step0, step0 + steps); b then holds only those steps' B
+// tiles (kp = steps * 32 above; vs_amx_pack_activations packs steps from step0).
+// carry_in: the group's sums of the parts before (nullptr on the first part),
+// carry_out: where to leave them (nullptr on the last part, which writes y); both
+// vs_amx_carry_floats(m) floats per group. row_values (bitmap layout): each weight
+// row's offset into values at step0, advanced past the part (read from step0 > 0 on).
+typedef struct {
+    int64_t step0, steps;
+    const float* carry_in;
+    float* carry_out;
+    int64_t* row_values;
+} VsAmxPart;
 int vs_amx_ready(void);
-void vs_amx_pack_activations(const uint16_t* x, int64_t m, int64_t k, int64_t tile_begin, int64_t tile_end,
-                             uint16_t* b);
+void vs_amx_pack_activations(const uint16_t* x, int64_t m, int64_t k, int64_t step0, int64_t steps,
+                             int64_t tile_begin, int64_t tile_end, uint16_t* b);
 int64_t vs_amx_work_bytes(int64_t m);
+int64_t vs_amx_carry_floats(int64_t m);
 void vs_amx_bitmap_group(const VsWeight* w, int64_t row0, int64_t rows, const uint16_t* b, int64_t m,
-                         const VsGemm* g, void* work, const VsRegion* next, int regions);
+                         const VsGemm* g, void* work, const VsRegion* next, int regions, const VsAmxPart* part);
 void vs_amx_nm24_group(const VsNM24Weight* w, int64_t row0, int64_t rows, const uint16_t* b, int64_t m,
-                       const VsGemm* g, void* work, const VsRegion* next, int regions);
+                       const VsGemm* g, void* work, const VsRegion* next, int regions, const VsAmxPart* part);
 
 // Dense bf16 W [N, k] (row-major, contiguous) on AVX-512 BF16 (gemv_dense_bf16.cpp):
 // rows [row_begin, row_end) of y = x W^T (+ bias), x bf16 [m, k] contiguous, y bf16.
