@@ -24,6 +24,7 @@
 #include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#include <type_traits>
 #include "store.h"
 
 #pragma GCC target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi2,avx512bf16,popcnt")
@@ -55,6 +56,7 @@ const int64_t kChunkStepsFewBlocks = 4;
 const int kFewBlocks = 2;
 const int64_t kChunkStepsManyBlocks = 64;
 const int64_t kChunkBytesMax = kChunkStepsManyBlocks * kGroup * 64;
+const int64_t kBlockSums = 4 * 256;  // fp32 sums of a block's four C tiles (32 weight x 32 activation rows)
 
 // Tiles: C (fp32 [16, 16]) for weight half a and activation half b is tile 2a + b;
 // A (the weight) 4 and 5; B (the activations) 6 and 7. All are 16 rows of 64 bytes.
@@ -350,24 +352,21 @@ void multiply_group(Rows& rows_of, int64_t rows, const uint16_t* b, int64_t m, i
         for (int64_t j = 0; j < blocks; j++) {
             const int64_t m0 = 32 * j, live_m = m - m0 < 32 ? m - m0 : 32;
             const uint16_t* block = b + m0 * kp + s0 * kTileElements;  // 2j blocks of `steps` B tiles before it
-            float* sums = partial + j * 4 * 256;
+            float* sums = partial + j * kBlockSums;
             // The parts of K before this one left their sums in carry_in; this part's
             // last chunk leaves them in carry_out, or (the last part) writes y.
-            const float* start = first && carry_in ? carry_in + j * 4 * 256 : sums;
+            const float* start = first && carry_in ? carry_in + j * kBlockSums : sums;
             const bool from_zero = first && !carry_in;
-            if (live_m > 16) {
-                if (blocks > 1 || first) begin_block<2>(start, from_zero);
-                accumulate<2>(tile, block, steps, s0, s1, ahead, prefetch_every - 1, rows_of, per_step);
-                if (last && carry_out) save_block<2>(carry_out + j * 4 * 256);
-                else if (last) store_block<2>(m0, live_m, row0, rows, g);
-                else if (blocks > 1) save_block<2>(sums);
-            } else {
-                if (blocks > 1 || first) begin_block<1>(start, from_zero);
-                accumulate<1>(tile, block, steps, s0, s1, ahead, prefetch_every - 1, rows_of, per_step);
-                if (last && carry_out) save_block<1>(carry_out + j * 4 * 256);
-                else if (last) store_block<1>(m0, live_m, row0, rows, g);
-                else if (blocks > 1) save_block<1>(sums);
-            }
+            auto multiply_block = [&](auto halves) {  // halves: 1 or 2 live 16-row halves
+                constexpr int H = decltype(halves)::value;
+                if (blocks > 1 || first) begin_block<H>(start, from_zero);
+                accumulate<H>(tile, block, steps, s0, s1, ahead, prefetch_every - 1, rows_of, per_step);
+                if (last && carry_out) save_block<H>(carry_out + j * kBlockSums);
+                else if (last) store_block<H>(m0, live_m, row0, rows, g);
+                else if (blocks > 1) save_block<H>(sums);
+            };
+            if (live_m > 16) multiply_block(std::integral_constant<int, 2>());
+            else multiply_block(std::integral_constant<int, 1>());
         }
         if (s1 < steps) rows_of.fill_some(rows_of.units(end_of(s1) - s1));  // whatever the steps left over
     }
@@ -413,9 +412,11 @@ extern "C" void vs_amx_pack_activations(const uint16_t* x, int64_t m, int64_t k,
     }
 }
 
-extern "C" int64_t vs_amx_work_bytes(int64_t m) { return 2 * kChunkBytesMax + (m + 31) / 32 * 4 * 1024; }
+extern "C" int64_t vs_amx_work_bytes(int64_t m) {
+    return 2 * kChunkBytesMax + (m + 31) / 32 * kBlockSums * (int64_t)sizeof(float);
+}
 
-extern "C" int64_t vs_amx_carry_floats(int64_t m) { return (m + 31) / 32 * 4 * 256; }
+extern "C" int64_t vs_amx_carry_floats(int64_t m) { return (m + 31) / 32 * kBlockSums; }
 
 extern "C" void vs_amx_bitmap_group(const VsWeight* w, int64_t row0, int64_t rows, const uint16_t* b, int64_t m,
                                     const VsGemm* g, void* work, const VsRegion* next, int regions,

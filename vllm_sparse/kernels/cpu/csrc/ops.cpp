@@ -293,10 +293,13 @@ at::Tensor amx_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const Mul
         });
     };
     if (!in_parts) pack(x16, m, 0, steps);
+    // In parts: each group's carried sums, and each weight row's place in its values.
     const int64_t groups = (n + VS_TILE_PANEL_ROWS - 1) / VS_TILE_PANEL_ROWS;
     const int64_t carry_floats = vs_amx_carry_floats(plan.rows);
     at::Tensor carry = at::empty({in_parts ? groups * carry_floats : 0}, x.options().dtype(at::kFloat));
     at::Tensor row_values = at::empty({in_parts ? n : 0}, x.options().dtype(at::kLong));
+    float* carry_base = carry.data_ptr<float>();
+    int64_t* row_values_base = row_values.data_ptr<int64_t>();
     const at::Tensor bias_f = float_bias(bias);
     at::Tensor y = at::empty({m, n}, x.options());
     for (int64_t m0 = 0; m0 < m; m0 += plan.rows) {
@@ -309,17 +312,16 @@ at::Tensor amx_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const Mul
         for (int64_t s0 = 0; s0 < steps; s0 += plan.part_steps) {
             const int64_t part_steps = std::min(plan.part_steps, steps - s0);
             if (in_parts) pack(x16 + m0 * k, rows_m, s0, part_steps);
-            float* carry_base = in_parts ? carry.data_ptr<float>() : nullptr;
             const bool first_part = s0 == 0, last_part = s0 + part_steps == steps;
             auto multiply = [&](uint32_t* work, int64_t r0, int64_t rows, const VsRegion* next, int regions) {
-                float* own = in_parts ? carry_base + r0 / VS_TILE_PANEL_ROWS * carry_floats : nullptr;
+                if (!in_parts) return multiply_group(r0, rows, b_pass, rows_m, &g, work, next, regions, nullptr);
+                float* own = carry_base + r0 / VS_TILE_PANEL_ROWS * carry_floats;
                 const VsAmxPart part = {s0, part_steps, first_part ? nullptr : own, last_part ? nullptr : own,
-                                        in_parts ? row_values.data_ptr<int64_t>() : nullptr};
+                                        row_values_base};
                 // In parts, the next group's bytes are not brought in: its whole rows
                 // would crowd L2 for a part's share of them (same-process A/B, parts with
                 // against without: 1.01-1.46x without, most at K = 8192 and 14336).
-                multiply_group(r0, rows, b_pass, rows_m, &g, work, next, in_parts ? 0 : regions,
-                               in_parts ? &part : nullptr);
+                multiply_group(r0, rows, b_pass, rows_m, &g, work, next, 0, &part);
             };
             for_each_tile(n, VS_TILE_PANEL_ROWS, vs_amx_work_bytes(rows_m) / 4, x.options(), multiply, regions_of);
         }
