@@ -662,6 +662,40 @@ def test_weights_copied_onto_huge_pages_keep_their_values():
     assert torch.isfinite(copy.float()).all()  # the copy owns its memory
 
 
+def _huge_kib_backing(address: int) -> int:
+    """AnonHugePages (KiB) of the mapping of this process that holds `address`."""
+    inside = False
+    for line in open("/proc/self/smaps"):
+        fields = line.split()
+        if "-" in fields[0] and len(fields) >= 5 and all(c in "0123456789abcdef-" for c in fields[0]):
+            start, end = (int(part, 16) for part in fields[0].split("-"))
+            inside = start <= address < end
+        elif inside and fields[0] == "AnonHugePages:":
+            return int(fields[1])
+    return 0
+
+
+def test_huge_page_copies_get_huge_pages_after_the_heap_has_been_used():
+    """Copies made after large allocations were freed (glibc then serves big requests
+    from memory already faulted in on 4 KiB pages) still get 2 MiB pages wherever the
+    system's transparent huge pages honour the advice."""
+    from vllm_sparse.kernels.cpu.hugepages import HUGE_PAGE, on_huge_pages
+
+    mode = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    honoured = mode.exists() and ("[madvise]" in mode.read_text() or "[always]" in mode.read_text())
+    churn = [torch.ones(12 << 20, dtype=torch.uint8) for _ in range(8)]  # touched, then freed
+    del churn
+    source = torch.randint(0, 255, (4 * HUGE_PAGE + 4096,), dtype=torch.uint8, generator=_gen(3))
+    copies = [on_huge_pages(source) for _ in range(4)]
+    for copy in copies:
+        assert torch.equal(copy, source)
+    if honoured:
+        huge_kib = [_huge_kib_backing(copy.data_ptr()) for copy in copies]
+        # Each copy's four whole huge pages (a mapping may hold two copies; allow one
+        # copy that the kernel could not back).
+        assert sum(kib >= 4 * HUGE_PAGE // 1024 for kib in huge_kib) >= 3, huge_kib
+
+
 def test_dense_gemv_matches_reference_or_is_refused():
     """The LM head's dense GEMV (AVX-512 BF16): every row count it splits into passes
     (1, 2, passes of 4 then 2 then 1), row blocks of 16 / 8 / 6 with their tails,
