@@ -3,6 +3,7 @@ multi-process mode) and wait until it is ready."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -64,7 +65,9 @@ class OpenAIServer:
         try:
             with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
                 return response.status == 200
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
+        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError):
+            # HTTPException: something other than our server answered on the port (it
+            # then fails to bind, and start() reports its exit with the log).
             return False
 
     def stop(self) -> None:
