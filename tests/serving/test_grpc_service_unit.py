@@ -182,6 +182,18 @@ def test_tls_only_clients_with_the_certificate_get_in(tmp_path):
     run(_with_server(GrpcSettings(host="localhost", port=free_port(), tls_cert=cert, tls_key=key, shutdown_drain_seconds=0), FakeEngine(), body))
 
 
+def test_a_second_server_on_a_taken_port_fails_to_start():
+    """grpc binds with SO_REUSEPORT unless told not to: a second server on the same
+    port would then start and share the port's connections with the first."""
+    settings = _plain()
+
+    async def body(front):
+        with pytest.raises(RuntimeError, match="could not bind"):
+            GrpcFrontEnd(settings, FakeEngine(), "fake-model", max_model_len=128)
+
+    run(_with_server(settings, FakeEngine(), body))
+
+
 def test_settings_reject_bad_values(tmp_path):
     with pytest.raises(ValueError, match="both a certificate and a key"):
         GrpcSettings(tls_cert=tmp_path / "a.pem").validate()

@@ -35,6 +35,9 @@ SERVER_OPTIONS = (
     ("grpc.http2.max_ping_strikes", 0),
     ("grpc.http2.min_ping_interval_without_data_ms", 10000),
     ("grpc.keepalive_permit_without_calls", True),
+    # grpc binds with SO_REUSEPORT by default: a second server started on a port
+    # already served would bind it too and take a share of its connections silently.
+    ("grpc.so_reuseport", 0),
 )
 # Probes (kubelet, grpc_health_probe) cannot send a token: health stays open.
 _UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.Health/",)
@@ -84,15 +87,18 @@ class GrpcFrontEnd:
         )
         self._stopping: asyncio.Future | None = None
         address = f"{settings.host}:{settings.port}"
-        if settings.tls_cert:
-            credentials = grpc.ssl_server_credentials(
-                [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())]
-            )
-            self.port = self.server.add_secure_port(address, credentials)
-        else:
-            self.port = self.server.add_insecure_port(address)
+        try:
+            if settings.tls_cert:
+                credentials = grpc.ssl_server_credentials(
+                    [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())]
+                )
+                self.port = self.server.add_secure_port(address, credentials)
+            else:
+                self.port = self.server.add_insecure_port(address)
+        except RuntimeError as error:  # grpcio raises where older releases returned 0
+            raise RuntimeError(f"gRPC server could not bind {address} (is the port in use?): {error}") from error
         if self.port == 0:
-            raise RuntimeError(f"gRPC server could not bind {address}")
+            raise RuntimeError(f"gRPC server could not bind {address} (is the port in use?)")
 
     async def start(self) -> None:
         await self.server.start()
