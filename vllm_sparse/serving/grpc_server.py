@@ -87,6 +87,7 @@ class GrpcFrontEnd:
         )
         self._stopping: asyncio.Future | None = None
         address = f"{settings.host}:{settings.port}"
+        refusal = f"gRPC server could not bind {address} (is the port in use?)"
         try:
             if settings.tls_cert:
                 credentials = grpc.ssl_server_credentials(
@@ -96,9 +97,9 @@ class GrpcFrontEnd:
             else:
                 self.port = self.server.add_insecure_port(address)
         except RuntimeError as error:  # grpcio raises where older releases returned 0
-            raise RuntimeError(f"gRPC server could not bind {address} (is the port in use?): {error}") from error
+            raise RuntimeError(f"{refusal}: {error}") from error
         if self.port == 0:
-            raise RuntimeError(f"gRPC server could not bind {address} (is the port in use?)")
+            raise RuntimeError(refusal)
 
     async def start(self) -> None:
         await self.server.start()
