@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -154,30 +155,35 @@ def test_own_gemms_of_the_large_m_path_are_exact_to_fp32_accumulation(tile_gemm,
                         [13, 17, 20, 24, 40, 48, 64, 70], max_direct_m=8)
 
 
-def _check_large_m_path(gen, bitmap_shapes, nm24_shapes, ms, max_direct_m):
-    """bf16 weights pruned 60% (bitmap) or 2:4, times random activations of each M above
-    max_direct_m, bias on odd M, outputs poisoned beforehand, against the fp32 reference."""
+def _check_large_m_path(gen, bitmap_shapes, nm24_shapes, ms, max_direct_m, bitmap_24_shapes=()):
+    """bf16 weights pruned 60% (bitmap layout) or 2:4 (2:4 layout; in the bitmap layout
+    for ``bitmap_24_shapes``), times random activations of each M above max_direct_m,
+    bias on odd M, outputs poisoned beforehand, against the fp32 reference."""
     from vllm_sparse.kernels.cpu import layout24
 
-    cases = [(shape, None) for shape in bitmap_shapes] + [(shape, (2, 4)) for shape in nm24_shapes]
-    for shape, pattern in cases:
+    cases = ([(shape, None, "bitmap") for shape in bitmap_shapes] + [(shape, (2, 4), "2:4") for shape in nm24_shapes]
+             + [(shape, (2, 4), "bitmap") for shape in bitmap_24_shapes])
+    for shape, pattern, kind in cases:
         w = _pruned(shape, 0.6, torch.bfloat16, gen, pattern)
+        layout = CpuSparseLayout.pack(w) if kind == "bitmap" else layout24.Cpu24Layout.pack(w)
+        if kind == "bitmap":
+            assert layout.sixteen_per_word == (pattern is not None)
         for m in ms:
             x = torch.randn(m, shape[1], generator=gen).bfloat16()
             bias = torch.randn(shape[0], generator=gen).bfloat16() if m % 2 else None
             _poison_allocator(m * shape[0], torch.bfloat16)
-            if pattern is None:
-                y = cpu_kernels.linear(x, CpuSparseLayout.pack(w), bias, isa.AVX512_BF16, max_direct_m=max_direct_m)
+            if kind == "bitmap":
+                y = cpu_kernels.linear(x, layout, bias, isa.AVX512_BF16, max_direct_m=max_direct_m)
             else:
-                y = layout24.linear(x, layout24.Cpu24Layout.pack(w), bias, max_direct_m=max_direct_m,
-                                    isa_code=isa.AVX512_BF16)
+                y = layout24.linear(x, layout, bias, max_direct_m=max_direct_m, isa_code=isa.AVX512_BF16)
             _check(y, x, w, bias, torch.bfloat16)
 
 
 def test_amx_path_is_exact_to_fp32_accumulation():
     """bf16 on a CPU with AMX-BF16 (csrc/gemm_amx_bf16.cpp): groups of 32 weight rows
-    filled as A tiles (the bitmap fill 8 rows side by side, the 2:4 fill from its
-    records), activations packed as B tiles, C tiles transposed back as stored. Rows
+    filled as A tiles (the bitmap fill four words of a row at a time, a 2:4 weight in the
+    bitmap layout without popcounts, two words a load; the 2:4 fill from its records),
+    activations packed as B tiles, C tiles transposed back as stored. Rows
     not a multiple of the 16-row tile or the 32-row group (the second half of the last
     group wholly past the weight), K not a multiple of the 32-column step, M from 1 to
     both halves of a 32-row block and past it (2, 16, 17, 32, 33, 70: chunks of 4 steps
@@ -187,12 +193,14 @@ def test_amx_path_is_exact_to_fp32_accumulation():
     between them (K = 4100: M = 130 in parts of 102 and 27 steps, M = 290 in passes of
     256 and 34 rows, each in parts of 64, 64 and 1 step, the last with K's ragged tail;
     K = 8192: M = 70 in two parts, 130 in three, 290 in two passes of four);
-    several groups per thread; both layouts; bias on odd M; outputs poisoned beforehand."""
+    several groups per thread; both layouts, and 2:4 in the bitmap layout (K = 160: a
+    chunk of 4 steps and one of 1; 576: a last chunk of 2; 8192 in parts); bias on odd
+    M; outputs poisoned beforehand."""
     if isa.AVX512_BF16 not in isa.supported() or not isa.amx_ready():
         pytest.skip("this CPU has no AMX-BF16 (or the OS does not grant its tiles)")
     _check_large_m_path(_gen(78), [(1, 70), (15, 70), (37, 1000), (130, 96), (300, 4100), (45, 8192)],
                         [(16, 128), (37, 576), (90, 128), (37, 8192)], [1, 2, 16, 17, 32, 33, 70, 130, 290],
-                        max_direct_m=0)
+                        max_direct_m=0, bitmap_24_shapes=[(37, 160), (90, 576), (37, 8192)])
 
 
 def test_host_class_names_amx_hosts_apart():
@@ -343,6 +351,10 @@ def test_layout_validation_names_the_problem():
     layout = CpuSparseLayout(good.values, past_k, good.row_offsets, (8, 60))
     with pytest.raises(SparseLayoutError, match="past in_features"):
         layout.validate()
+    # The AMX fill trusts sixteen_per_word: set on a weight it does not describe, refused.
+    assert not good.sixteen_per_word
+    with pytest.raises(SparseLayoutError, match="other than 16 values"):
+        replace(good, sixteen_per_word=True).validate()
 
 
 def test_op_rejects_bad_arguments():
@@ -362,6 +374,10 @@ def test_op_rejects_bad_arguments():
     unpadded = layout.values[: layout.row_offsets[-1].item() + 63]
     with pytest.raises(RuntimeError, match="64 entries of padding must follow"):
         torch.ops.vllm_sparse.cpu_sparse_linear(x, unpadded, layout.bitmap, layout.row_offsets, 64, 0, 16, None)
+    assert layout.nnz != 8 * 2 * 16  # a 50% weight whose count is not 16 a word: told it is, refused
+    with pytest.raises(RuntimeError, match="sixteen_per_word"):
+        torch.ops.vllm_sparse.cpu_sparse_linear(x, layout.values, layout.bitmap, layout.row_offsets, 64, 0, 16, None,
+                                                True)
 
 
 def test_opcheck_and_compiled_graph():

@@ -321,7 +321,8 @@ def sparse_linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | No
                                                       packed.cpu_isa, packed.max_direct_m, bias)
         else:
             y = torch.ops.vllm_sparse.cpu_sparse_linear(xw, lay.values, lay.bitmap, lay.row_offsets,
-                                                        packed.in_features, packed.cpu_isa, packed.max_direct_m, bias)
+                                                        packed.in_features, packed.cpu_isa, packed.max_direct_m, bias,
+                                                        lay.sixteen_per_word)
         y = y if y.dtype == x2.dtype else y.to(x2.dtype)
     else:
         raise ValueError(f"unknown path {packed.path!r}")

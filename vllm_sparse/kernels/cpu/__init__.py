@@ -25,7 +25,7 @@ def linear(x: torch.Tensor, layout: CpuSparseLayout, bias: torch.Tensor | None =
     """x [M, in] @ W^T (+ bias) through the C++ kernels; x must have W's dtype."""
     return torch.ops.vllm_sparse.cpu_sparse_linear(
         x, layout.values, layout.bitmap, layout.row_offsets, layout.shape[1],
-        isa.default() if isa_code is None else isa_code, max_direct_m, bias,
+        isa.default() if isa_code is None else isa_code, max_direct_m, bias, layout.sixteen_per_word,
     )
 
 

@@ -147,7 +147,7 @@ def load_error() -> str | None:
 
 def _register_fakes() -> None:
     @torch.library.register_fake("vllm_sparse::cpu_sparse_linear")
-    def _(x, values, bitmap, row_offsets, in_features, isa, max_direct_m, bias):
+    def _(x, values, bitmap, row_offsets, in_features, isa, max_direct_m, bias, sixteen_per_word=False):
         return x.new_empty(x.shape[0], bitmap.shape[0])
 
     @torch.library.register_fake("vllm_sparse::cpu_nm24_linear")

@@ -54,6 +54,13 @@ def _pack_words(mask: torch.Tensor) -> torch.Tensor:
     return torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
 
 
+def _sixteen_per_word(mask: torch.Tensor) -> bool:
+    """Does every whole 32-column word of every row hold exactly 16 values (and K end
+    on a word)?"""
+    rows, k = mask.shape
+    return k % WORD_BITS == 0 and bool((mask.view(rows, -1, WORD_BITS).sum(-1) == WORD_BITS // 2).all())
+
+
 def _unpack_words(bitmap: torch.Tensor, k: int) -> torch.Tensor:
     shifts = torch.arange(WORD_BITS, dtype=torch.int32, device=bitmap.device)
     bits = (bitmap.unsqueeze(-1) >> shifts) & 1
@@ -66,6 +73,9 @@ class CpuSparseLayout:
     bitmap: torch.Tensor
     row_offsets: torch.Tensor
     shape: tuple[int, int]  # dense [out_features, in_features]
+    # Every 32-column word of every row holds exactly 16 values (a 2:4 weight): the
+    # large-M path on AMX then fills its tiles without popcounts (csrc/gemm_amx_bf16.cpp).
+    sixteen_per_word: bool = False
 
     @property
     def dtype(self) -> torch.dtype:
@@ -95,7 +105,8 @@ class CpuSparseLayout:
         _bits.int_view(values)[:nnz] = _bits.int_view(weight)[mask]
         offsets = torch.zeros(weight.shape[0] + 1, dtype=torch.int64, device=weight.device)
         offsets[1:] = mask.sum(1).cumsum(0)
-        return cls(values, _pack_words(mask), offsets, (int(weight.shape[0]), int(weight.shape[1])))
+        shape = (int(weight.shape[0]), int(weight.shape[1]))
+        return cls(values, _pack_words(mask), offsets, shape, _sixteen_per_word(mask))
 
     def validate(self) -> "CpuSparseLayout":
         """Raise SparseLayoutError naming what is inconsistent (the kernels trust it)."""
@@ -114,6 +125,8 @@ class CpuSparseLayout:
             raise SparseLayoutError(f"row_offsets must be int64 [{out + 1}], got {offsets.dtype} {tuple(offsets.shape)}")
         if int(offsets[0]) != 0 or not torch.equal(offsets[1:] - offsets[:-1], counts):
             raise SparseLayoutError("row_offsets disagree with the bitmap's per-row counts")
+        if self.sixteen_per_word and not _sixteen_per_word(mask[:, :k]):
+            raise SparseLayoutError("sixteen_per_word is set but a 32-column word holds other than 16 values")
         if self.values.dim() != 1 or self.values.numel() < self.nnz + VALUE_PADDING:
             raise SparseLayoutError(
                 f"values holds {self.values.numel()} entries; the bitmap marks {self.nnz} (+{VALUE_PADDING} padding)"

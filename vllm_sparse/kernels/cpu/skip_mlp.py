@@ -51,7 +51,7 @@ class Projection:
             return cls(NM24, (lay.blocks,), (packed.out_features, packed.in_features, packed.cpu_isa,
                                              packed.max_direct_m))
         return cls(BITMAP, (lay.values, lay.bitmap, lay.row_offsets),
-                   (packed.in_features, packed.cpu_isa, packed.max_direct_m))
+                   (packed.in_features, packed.cpu_isa, packed.max_direct_m, int(lay.sixteen_per_word)))
 
 
 def skip_params(*, hot: bool, check: bool, threshold: float, skip_layers: int,

@@ -1,5 +1,5 @@
 // Torch ops over the per-ISA kernels (namespace vllm_sparse, CPU backend):
-//   cpu_sparse_linear(x, values, bitmap, row_offsets, in_features, isa, max_direct_m, bias)
+//   cpu_sparse_linear(x, values, bitmap, row_offsets, in_features, isa, max_direct_m, bias, sixteen_per_word)
 //   cpu_sparse_unpack(values, bitmap, row_offsets, in_features, isa)
 //   cpu_best_isa() -> int, cpu_amx_ready() -> bool
 //   cpu_nm24_linear(x, blocks, out_features, in_features, isa, max_direct_m, bias), cpu_nm24_unpack(...)
@@ -101,6 +101,7 @@ VsWeight check_weight(const at::Tensor& values, const at::Tensor& bitmap, const 
     w.k = in_features;
     w.words = words;
     w.dtype = dtype_code(values.scalar_type());
+    w.sixteen_per_word = 0;
     return w;
 }
 
@@ -425,9 +426,13 @@ at::Tensor tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const at::Ten
 
 at::Tensor sparse_linear(const at::Tensor& x_in, const at::Tensor& values, const at::Tensor& bitmap,
                          const at::Tensor& row_offsets, int64_t in_features, int64_t isa, int64_t max_direct_m,
-                         const c10::optional<at::Tensor>& bias) {
+                         const c10::optional<at::Tensor>& bias, bool sixteen_per_word) {
     check_isa(isa);
     VsWeight w = check_weight(values, bitmap, row_offsets, in_features);
+    // The caller's word (layout.py checks it against the bitmap); at least the count.
+    TORCH_CHECK(!sixteen_per_word || w.row_offsets[w.n] == w.n * w.words * 16,
+                "sixteen_per_word: the bitmap must mark 16 of every 32 columns");
+    w.sixteen_per_word = sixteen_per_word ? 1 : 0;
     TORCH_CHECK(x_in.dim() == 2 && x_in.size(1) == in_features, "x must be [M, ", in_features, "], got ",
                 x_in.sizes());
     TORCH_CHECK(x_in.scalar_type() == values.scalar_type(), "x is ", x_in.scalar_type(), " but the weight is ",
@@ -685,7 +690,7 @@ at::Tensor hugepage_copy(const at::Tensor& src) {
 
 TORCH_LIBRARY_FRAGMENT(vllm_sparse, m) {
     m.def("cpu_sparse_linear(Tensor x, Tensor values, Tensor bitmap, Tensor row_offsets, int in_features, "
-          "int isa, int max_direct_m, Tensor? bias) -> Tensor");
+          "int isa, int max_direct_m, Tensor? bias, bool sixteen_per_word=False) -> Tensor");
     m.def("cpu_sparse_unpack(Tensor values, Tensor bitmap, Tensor row_offsets, int in_features, int isa) -> Tensor");
     m.def("cpu_best_isa() -> int", &best_isa);
     m.def("cpu_amx_ready() -> bool", &amx_ready);

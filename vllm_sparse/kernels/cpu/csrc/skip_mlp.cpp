@@ -57,7 +57,7 @@ constexpr int64_t kDecodeRows = 16;
 enum LinearKind : int64_t {
     kDenseWeight = 0,  // tensors [weight]: at::linear
     kOneDnn = 1,       // tensors [handler], ints [out_features]: vLLM's _C::onednn_mm
-    kBitmap = 2,       // tensors [values, bitmap, row_offsets], ints [in_features, isa, max_direct_m]
+    kBitmap = 2,       // tensors [values, bitmap, row_offsets], ints [in_features, isa, max_direct_m, sixteen_per_word]
     kNm24 = 3,         // tensors [blocks], ints [out_features, in_features, isa, max_direct_m]
 };
 
@@ -87,9 +87,9 @@ at::Tensor run_linear(const at::Tensor& x, int64_t kind, const std::vector<at::T
             return out;
         }
         case kBitmap: {
-            TORCH_CHECK(t.size() == 3 && ints.size() == 3, "cpu_skip_mlp: a bitmap projection takes 3 tensors, 3 ints");
+            TORCH_CHECK(t.size() == 3 && ints.size() == 4, "cpu_skip_mlp: a bitmap projection takes 3 tensors, 4 ints");
             static const c10::OperatorHandle bitmap = op_handle("vllm_sparse::cpu_sparse_linear");
-            return call_returning(bitmap, {x, t[0], t[1], t[2], ints[0], ints[1], ints[2], c10::IValue()});
+            return call_returning(bitmap, {x, t[0], t[1], t[2], ints[0], ints[1], ints[2], c10::IValue(), ints[3] != 0});
         }
         case kNm24: {
             TORCH_CHECK(t.size() == 1 && ints.size() == 4, "cpu_skip_mlp: a 2:4 projection takes [blocks], 4 ints");

@@ -21,6 +21,7 @@ struct VsWeight {
     int64_t k;       // in_features
     int64_t words;   // ceil(k / 32)
     int dtype;       // VsDtype of values
+    int sixteen_per_word;  // every word of every row holds exactly 16 values (a 2:4 weight)
 };
 
 // y[m, r] = sum_k W[r, k] x[m, k] (+ bias[r]) for rows [row_begin, row_end).
