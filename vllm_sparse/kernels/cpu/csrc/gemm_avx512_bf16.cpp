@@ -2,6 +2,7 @@
 // products summed into fp32), so a word costs one expand-load and one dot per
 // activation row, with no widening. Other dtypes take the plain AVX-512 kernel.
 #include <immintrin.h>
+#include <stdlib.h>
 #include "store.h"
 
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi2,avx512bf16,popcnt")
@@ -167,14 +168,91 @@ void decode_pair_block(const VsWeight* w, const VsGemm* g, int64_t r0, int64_t s
     decode_walk<uint16_t, R, 2>(w, g, r0, stop, m0, 128, 4, pair_slice);
 }
 
+// The same pairs with fp32 FMAs instead of the bf16 dot: each expanded word is split
+// into its even and odd columns as fp32 (a shift and an and) against the activation
+// row split likewise (`xs`, per word 16 even then 16 odd columns, fp32: split_row). On
+// an Emerald Rapids core a vpexpandw and a vdpbf16ps each hold the vector pipes ~0.5 ns
+// and do not overlap, where the expand, shift, and and two FMAs take ~0.84 ns a word
+// against ~1.0 (benchmarks/cpu_pipes.c); the walk is bound by that work as much as by
+// memory at 70% and above. Same-process A/B against the dot form (2-core Emerald
+// Rapids, 2026-12-06, cold weights, M = 1, Llama-3-8B shapes): 70% 0.97-1.05x (most
+// 1.02-1.05x), 90% 1.22-1.24x; 50% (rows one by one) no faster, so not there. Taken
+// on CPUs with AMX (the cores measured); not measured on the EPYC, which keeps the dot.
+template <int R>
+void decode_pair_fma_block(const VsWeight* w, const VsGemm* g, int64_t r0, int64_t stop, int64_t m0,
+                           const float* xs) {
+    auto pair_slice = [xs](const uint16_t*& va, const uint16_t*& vb, const uint32_t* bits_a, const uint32_t* bits_b,
+                           int w0, int w1, RegionPrefetch* next, __m512& total_a, __m512& total_b)
+        __attribute__((always_inline)) {
+        const __m512i high = _mm512_set1_epi32((int)0xffff0000u);
+        __m512 a[4], b[4];  // even and odd columns of two words in turn
+        for (int j = 0; j < 4; j++) a[j] = b[j] = _mm512_setzero_ps();
+        auto multiply = [&](__m512& sum_even, __m512& sum_odd, __m512i e, __m512 x_even, __m512 x_odd)
+            __attribute__((always_inline)) {
+            sum_even = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(e, 16)), x_even, sum_even);
+            sum_odd = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(e, high)), x_odd, sum_odd);
+        };
+        int word = w0;
+        for (; word + 2 <= w1; word += 2) {
+            if ((word & 3) == 0) {  // the prefetches' pace: every four words, as the dot form
+                decode_prefetch(next, va, bits_a, word);
+                prefetch_ahead(vb, bits_b, word);
+            }
+            __m512i ea[2], eb[2];
+#pragma GCC unroll 2
+            for (int j = 0; j < 2; j++) {
+                const uint32_t k = bits_a[word + j];
+                ea[j] = vs_expand16(k, va);
+                va += _mm_popcnt_u32(k);
+            }
+#pragma GCC unroll 2
+            for (int j = 0; j < 2; j++) {
+                const uint32_t k = bits_b[word + j];
+                eb[j] = vs_expand16(k, vb);
+                vb += _mm_popcnt_u32(k);
+            }
+#pragma GCC unroll 2
+            for (int j = 0; j < 2; j++) {
+                const __m512 x_even = _mm512_loadu_ps(xs + (word + j) * 32), x_odd = _mm512_loadu_ps(xs + (word + j) * 32 + 16);
+                multiply(a[2 * j], a[2 * j + 1], ea[j], x_even, x_odd);
+                multiply(b[2 * j], b[2 * j + 1], eb[j], x_even, x_odd);
+            }
+        }
+        for (; word < w1; word++) {
+            const __m512 x_even = _mm512_loadu_ps(xs + word * 32), x_odd = _mm512_loadu_ps(xs + word * 32 + 16);
+            const uint32_t ka = bits_a[word], kb = bits_b[word];
+            multiply(a[0], a[1], vs_expand16(ka, va), x_even, x_odd);
+            multiply(b[0], b[1], vs_expand16(kb, vb), x_even, x_odd);
+            va += _mm_popcnt_u32(ka);
+            vb += _mm_popcnt_u32(kb);
+        }
+        total_a = _mm512_add_ps(total_a, _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])));
+        total_b = _mm512_add_ps(total_b, _mm512_add_ps(_mm512_add_ps(b[0], b[1]), _mm512_add_ps(b[2], b[3])));
+    };
+    decode_walk<uint16_t, R, 2>(w, g, r0, stop, m0, 128, 4, pair_slice);
+}
+
+// Activation row `x` (bf16, `words` words) as decode_pair_fma_block reads it.
+void split_row(const uint16_t* x, int64_t words, float* xs) {
+    const __m512i high = _mm512_set1_epi32((int)0xffff0000u);
+    for (int64_t word = 0; word < words; word++) {
+        const __m512i v = _mm512_loadu_si512(x + word * 32);
+        _mm512_storeu_si512(xs + word * 32, _mm512_slli_epi32(v, 16));
+        _mm512_storeu_si512(xs + word * 32 + 16, _mm512_and_si512(v, high));
+    }
+}
+
 // Below this share of kept weights the one-row decode walks rows in pairs.
 const double kPairsBelowDensity = 0.45;
 
+// `xs`: the row split for decode_pair_fma_block, or null for the dot form.
 template <int R>
 void decode_rows(const VsWeight* w, const VsGemm* g, int64_t begin, int64_t end, int64_t stop, int64_t m0,
-                 bool in_pairs) {
+                 bool in_pairs, const float* xs) {
     int64_t r = begin;
-    if (in_pairs) {
+    if (in_pairs && xs) {
+        for (; r + R <= end; r += R) decode_pair_fma_block<R>(w, g, r, stop, m0, xs);
+    } else if (in_pairs) {
         for (; r + R <= end; r += R) decode_pair_block<R>(w, g, r, stop, m0);
     } else {
         for (; r + R <= end; r += R) decode_block<R>(w, g, r, stop, m0);
@@ -209,8 +287,14 @@ extern "C" void vs_gemm_avx512_bf16(const VsWeight* w, const VsGemm* g, int64_t 
         vs_gemm_avx512(w, g, row_begin, row_end);
         return;
     }
-    // The one-row decode walks rows in pairs below kPairsBelowDensity of the entries kept.
+    // The one-row decode walks rows in pairs below kPairsBelowDensity of the entries kept,
+    // with fp32 FMAs on CPUs with AMX: the decoded row (the last, where M is odd) split once.
     const bool in_pairs = (double)w->row_offsets[w->n] < kPairsBelowDensity * (double)w->n * (double)w->k;
+    float* xs = nullptr;
+    if (in_pairs && g->m % 2 == 1 && vs_amx_ready()) {
+        xs = (float*)aligned_alloc(64, w->words * 32 * sizeof(float));
+        if (xs) split_row((const uint16_t*)g->x + (g->m - 1) * w->words * 32, w->words, xs);
+    }
     // Rows in chunks that stay in L2 while every activation block passes over them:
     // the weight streams from memory once whatever M is.
     for (int64_t c0 = row_begin; c0 < row_end; c0 += kRowChunk) {
@@ -234,6 +318,7 @@ extern "C" void vs_gemm_avx512_bf16(const VsWeight* w, const VsGemm* g, int64_t 
         for (; m0 + 8 <= g->m; m0 += 8) rows<8, 2>(w, g, c0, c1, m0, ahead);
         for (; m0 + 4 <= g->m; m0 += 4) rows<4, 4>(w, g, c0, c1, m0, ahead);
         if (m0 + 2 <= g->m) { rows<2, 4>(w, g, c0, c1, m0, ahead); m0 += 2; }
-        if (m0 < g->m) decode_rows<16>(w, g, c0, c1, row_end, m0, in_pairs);
+        if (m0 < g->m) decode_rows<16>(w, g, c0, c1, row_end, m0, in_pairs, xs);
     }
+    free(xs);
 }
