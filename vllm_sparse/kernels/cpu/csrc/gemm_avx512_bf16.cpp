@@ -115,6 +115,26 @@ void decode_block(const VsWeight* w, const VsGemm* g, int64_t r0, int64_t stop, 
     decode_walk<uint16_t, R>(w, g, r0, stop, m0, 128, 4, row_slice);
 }
 
+// N words from `word` of two rows, a and b, expanded into ea and eb, and their value
+// pointers moved past them: the step of both pair walks below.
+template <int N>
+__attribute__((always_inline)) inline void expand_two_rows(const uint32_t* bits_a, const uint32_t* bits_b, int word,
+                                                           const uint16_t*& va, const uint16_t*& vb, __m512i* ea,
+                                                           __m512i* eb) {
+#pragma GCC unroll 4
+    for (int j = 0; j < N; j++) {
+        const uint32_t k = bits_a[word + j];
+        ea[j] = vs_expand16(k, va);
+        va += _mm_popcnt_u32(k);
+    }
+#pragma GCC unroll 4
+    for (int j = 0; j < N; j++) {
+        const uint32_t k = bits_b[word + j];
+        eb[j] = vs_expand16(k, vb);
+        vb += _mm_popcnt_u32(k);
+    }
+}
+
 // The same two rows at a time, four words a step: one activation load feeds both
 // rows' dots, so a word costs one load fewer. Measured on a 2-core EPYC (same process,
 // calls alternating, both sides over the same cold copies, M = 1, the 12 Llama-3-8B,
@@ -135,18 +155,7 @@ void decode_pair_block(const VsWeight* w, const VsGemm* g, int64_t r0, int64_t s
             decode_prefetch(next, va, bits_a, word);
             prefetch_ahead(vb, bits_b, word);
             __m512i ea[4], eb[4];
-#pragma GCC unroll 4
-            for (int j = 0; j < 4; j++) {
-                const uint32_t k = bits_a[word + j];
-                ea[j] = vs_expand16(k, va);
-                va += _mm_popcnt_u32(k);
-            }
-#pragma GCC unroll 4
-            for (int j = 0; j < 4; j++) {
-                const uint32_t k = bits_b[word + j];
-                eb[j] = vs_expand16(k, vb);
-                vb += _mm_popcnt_u32(k);
-            }
+            expand_two_rows<4>(bits_a, bits_b, word, va, vb, ea, eb);
 #pragma GCC unroll 4
             for (int j = 0; j < 4; j++) {
                 const __m512bh xj = (__m512bh)_mm512_loadu_si512(x + (word + j) * 32);
@@ -156,11 +165,10 @@ void decode_pair_block(const VsWeight* w, const VsGemm* g, int64_t r0, int64_t s
         }
         for (; word < w1; word++) {
             const __m512bh xw = (__m512bh)_mm512_loadu_si512(x + word * 32);
-            const uint32_t ka = bits_a[word], kb = bits_b[word];
-            a[0] = _mm512_dpbf16_ps(a[0], (__m512bh)vs_expand16(ka, va), xw);
-            b[0] = _mm512_dpbf16_ps(b[0], (__m512bh)vs_expand16(kb, vb), xw);
-            va += _mm_popcnt_u32(ka);
-            vb += _mm_popcnt_u32(kb);
+            __m512i ea, eb;
+            expand_two_rows<1>(bits_a, bits_b, word, va, vb, &ea, &eb);
+            a[0] = _mm512_dpbf16_ps(a[0], (__m512bh)ea, xw);
+            b[0] = _mm512_dpbf16_ps(b[0], (__m512bh)eb, xw);
         }
         total_a = _mm512_add_ps(total_a, _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])));
         total_b = _mm512_add_ps(total_b, _mm512_add_ps(_mm512_add_ps(b[0], b[1]), _mm512_add_ps(b[2], b[3])));
@@ -175,8 +183,8 @@ void decode_pair_block(const VsWeight* w, const VsGemm* g, int64_t r0, int64_t s
 // and do not overlap, where the expand, shift, and and two FMAs take ~0.84 ns a word
 // against ~1.0 (benchmarks/cpu_pipes.c); the walk is bound by that work as much as by
 // memory at 70% and above. Same-process A/B against the dot form (2-core Emerald
-// Rapids, 2026-12-06, cold weights, M = 1, Llama-3-8B shapes): 70% 0.97-1.05x (most
-// 1.02-1.05x), 90% 1.22-1.24x; 50% (rows one by one) no faster, so not there. Taken
+// Rapids, 2026-12-06, cold weights, M = 1, Llama-3-8B shapes, two runs): 70%
+// 0.97-1.05x (median 1.02x), 90% 1.22-1.24x; 50% no faster, so not there. Taken
 // on CPUs with AMX (the cores measured); not measured on the EPYC, which keeps the dot.
 template <int R>
 void decode_pair_fma_block(const VsWeight* w, const VsGemm* g, int64_t r0, int64_t stop, int64_t m0,
@@ -199,32 +207,21 @@ void decode_pair_fma_block(const VsWeight* w, const VsGemm* g, int64_t r0, int64
                 prefetch_ahead(vb, bits_b, word);
             }
             __m512i ea[2], eb[2];
+            expand_two_rows<2>(bits_a, bits_b, word, va, vb, ea, eb);
 #pragma GCC unroll 2
             for (int j = 0; j < 2; j++) {
-                const uint32_t k = bits_a[word + j];
-                ea[j] = vs_expand16(k, va);
-                va += _mm_popcnt_u32(k);
-            }
-#pragma GCC unroll 2
-            for (int j = 0; j < 2; j++) {
-                const uint32_t k = bits_b[word + j];
-                eb[j] = vs_expand16(k, vb);
-                vb += _mm_popcnt_u32(k);
-            }
-#pragma GCC unroll 2
-            for (int j = 0; j < 2; j++) {
-                const __m512 x_even = _mm512_loadu_ps(xs + (word + j) * 32), x_odd = _mm512_loadu_ps(xs + (word + j) * 32 + 16);
+                const float* xw = xs + (word + j) * 32;
+                const __m512 x_even = _mm512_loadu_ps(xw), x_odd = _mm512_loadu_ps(xw + 16);
                 multiply(a[2 * j], a[2 * j + 1], ea[j], x_even, x_odd);
                 multiply(b[2 * j], b[2 * j + 1], eb[j], x_even, x_odd);
             }
         }
         for (; word < w1; word++) {
             const __m512 x_even = _mm512_loadu_ps(xs + word * 32), x_odd = _mm512_loadu_ps(xs + word * 32 + 16);
-            const uint32_t ka = bits_a[word], kb = bits_b[word];
-            multiply(a[0], a[1], vs_expand16(ka, va), x_even, x_odd);
-            multiply(b[0], b[1], vs_expand16(kb, vb), x_even, x_odd);
-            va += _mm_popcnt_u32(ka);
-            vb += _mm_popcnt_u32(kb);
+            __m512i ea, eb;
+            expand_two_rows<1>(bits_a, bits_b, word, va, vb, &ea, &eb);
+            multiply(a[0], a[1], ea, x_even, x_odd);
+            multiply(b[0], b[1], eb, x_even, x_odd);
         }
         total_a = _mm512_add_ps(total_a, _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])));
         total_b = _mm512_add_ps(total_b, _mm512_add_ps(_mm512_add_ps(b[0], b[1]), _mm512_add_ps(b[2], b[3])));
