@@ -94,11 +94,12 @@ def test_direct_kernel_matches_reference(code, dtype):
 def test_long_rows_at_decode(code):
     """One activation row over rows longer than the decode loops' slices (4096 columns
     for bf16 on AVX-512 BF16, 2048 for 16-bit weights on AVX-512; K = 4263: a last,
-    partial slice ending in single words; K = 8192: whole slices), 40 rows: a block of 16
-    (or 8) and a tail for each of one or two threads, in both 16-bit dtypes. On AVX-512 BF16 the 90% weight
-    takes the walk of rows in pairs (below 45% kept; with fp32 FMAs on a row split once
-    where the CPU has AMX), the 50% one the walk row by row; M = 3 and 9 decode their
-    last row so, after passes of 2, and of 8 whose rows are interleaved."""
+    partial slice ending in single words; K = 8192: whole slices), 40 rows: a block of
+    16 (or 8) and a tail for each of one or two threads, in both 16-bit dtypes. On
+    AVX-512 BF16 the 90% weight takes the walk of rows in pairs (below 45% kept; with
+    fp32 FMAs on a row split once where the CPU has AMX), the 50% one the walk row by
+    row; M = 3 and 9 decode their last row so, after passes of 2, and of 8 whose rows
+    are interleaved."""
     gen = _gen(77 + code)
     for dtype in (torch.bfloat16, torch.float16):
         for shape in [(40, 4263), (40, 8192)]:
