@@ -100,7 +100,20 @@ def test_long_rows_at_decode(code):
     fp32 FMAs on a row split once where the CPU has AMX), the 50% one the walk row by
     row; M = 3 and 9 decode their last row so, after passes of 2, and of 8 whose rows
     are interleaved."""
-    gen = _gen(77 + code)
+    _check_long_rows(code, _gen(77 + code))
+
+
+@pytest.mark.parametrize("pair_form", ["dot", "fma"])
+def test_both_forms_of_the_pair_walk(pair_form, monkeypatch):
+    """The pair walk with the bf16 dot and with fp32 FMAs, each forced
+    (VLLM_SPARSE_CPU_DECODE), whichever the host would take: the cases above."""
+    if isa.AVX512_BF16 not in isa.supported():
+        pytest.skip("this CPU has no AVX-512 BF16 path")
+    monkeypatch.setenv("VLLM_SPARSE_CPU_DECODE", pair_form)
+    _check_long_rows(isa.AVX512_BF16, _gen(91))
+
+
+def _check_long_rows(code, gen):
     for dtype in (torch.bfloat16, torch.float16):
         for shape in [(40, 4263), (40, 8192)]:
             for sparsity in (0.5, 0.9):

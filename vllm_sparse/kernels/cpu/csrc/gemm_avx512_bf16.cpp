@@ -3,6 +3,7 @@
 // activation row, with no widening. Other dtypes take the plain AVX-512 kernel.
 #include <immintrin.h>
 #include <stdlib.h>
+#include <string.h>
 #include "store.h"
 
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi2,avx512bf16,popcnt")
@@ -242,6 +243,17 @@ void split_row(const uint16_t* x, int64_t words, float* xs) {
 // Below this share of kept weights the one-row decode walks rows in pairs.
 const double kPairsBelowDensity = 0.45;
 
+// Does the pair walk multiply with fp32 FMAs (decode_pair_fma_block) rather than the
+// bf16 dot? On CPUs with AMX (where it was measured faster), unless
+// VLLM_SPARSE_CPU_DECODE=dot or =fma names a form (tests and benchmarks; read on
+// every call, as a decode call takes microseconds).
+bool pairs_with_fmas() {
+    const char* forced = getenv("VLLM_SPARSE_CPU_DECODE");
+    if (forced && strcmp(forced, "dot") == 0) return false;
+    if (forced && strcmp(forced, "fma") == 0) return true;
+    return vs_amx_ready() != 0;
+}
+
 // `xs`: the row split for decode_pair_fma_block, or null for the dot form.
 template <int R>
 void decode_rows(const VsWeight* w, const VsGemm* g, int64_t begin, int64_t end, int64_t stop, int64_t m0,
@@ -288,7 +300,7 @@ extern "C" void vs_gemm_avx512_bf16(const VsWeight* w, const VsGemm* g, int64_t 
     // with fp32 FMAs on CPUs with AMX: the decoded row (the last, where M is odd) split once.
     const bool in_pairs = (double)w->row_offsets[w->n] < kPairsBelowDensity * (double)w->n * (double)w->k;
     float* xs = nullptr;
-    if (in_pairs && g->m % 2 == 1 && vs_amx_ready()) {
+    if (in_pairs && g->m % 2 == 1 && pairs_with_fmas()) {
         xs = (float*)aligned_alloc(64, w->words * 32 * sizeof(float));
         if (xs) split_row((const uint16_t*)g->x + (g->m - 1) * w->words * 32, w->words, xs);
     }
