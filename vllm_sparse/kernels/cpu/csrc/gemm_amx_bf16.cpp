@@ -175,11 +175,6 @@ void store_block(int64_t m0, int64_t live_m, int64_t row0, int64_t rows, const V
         for (int a = 0; a < 2; a++) store_tile(c[2 * a + b], a, m0 + 16 * b, live_m - 16 * b, row0, rows, g);
 }
 
-// A group's fill as a cursor: begin(s0, s1, tile) sets up steps [s0, s1) into `tile`
-// (step-major from s0); fill_some(units) does the next `units` units of it. A unit
-// is kFillSteps steps of kFillRows rows (bitmap) or one record of an 8-row block
-// (2:4, two steps).
-
 // A row's `words` 32-column words from its values at `v` into the tile at `out`
 // (word q at out + q * kGroup * 32); returns where the row's values continue.
 inline const uint16_t* expand_words(const uint32_t* bits, const uint16_t* v, int words, uint16_t* out) {
@@ -218,12 +213,17 @@ inline const uint16_t* expand_half_full_words(const uint32_t* bits, const uint16
 // 1.46-1.47x in the same hour).
 const int kFillSteps = 4;
 
+// A group's fill as a cursor: begin(s0, s1, tile) sets up steps [s0, s1) into `tile`
+// (step-major from s0); fill_some(units) does the next `units` units of it. A unit
+// is kFillSteps steps of kFillRows rows (bitmap) or one record of an 8-row block
+// (2:4, two steps).
+
 struct FillCursor {
     int64_t row0;
     int live;
     int64_t base = 0;                  // the weight's step of the part's step 0
     int64_t s0 = 0, s1 = 0, step = 0;  // the steps filled, and the next one (in the part)
-    int r0 = 0;                        // the first of the rows being filled side by side
+    int r0 = 0;                        // the first of the rows being filled
     uint16_t* tile = nullptr;
 
     FillCursor(int64_t first, int64_t rows) : row0(first), live((int)rows) {}
@@ -261,6 +261,7 @@ struct BitmapRows : FillCursor {
                 const int words = s1 - step < kFillSteps ? (int)(s1 - step) : kFillSteps;
                 uint16_t* out = tile + ((step - s0) * kGroup + r0) * 32;
                 const uint32_t* bits = w->bitmap + (row0 + r0) * w->words + base + step;
+                // (A whole unit's count passed as the constant, so that its words unroll.)
                 for (int i = 0; i < n; i++, bits += w->words) {
                     const uint16_t*& row = v[r0 + i];
                     if (w->sixteen_per_word)

@@ -117,7 +117,7 @@ void decode_block(const VsWeight* w, const VsGemm* g, int64_t r0, int64_t stop, 
 }
 
 // N words from `word` of two rows, a and b, expanded into ea and eb, and their value
-// pointers moved past them: the step of both pair walks below.
+// pointers moved past them: the step of the pair walk below.
 template <int N>
 __attribute__((always_inline)) inline void expand_two_rows(const uint32_t* bits_a, const uint32_t* bits_b, int word,
                                                            const uint16_t*& va, const uint16_t*& vb, __m512i* ea,
@@ -136,93 +136,78 @@ __attribute__((always_inline)) inline void expand_two_rows(const uint32_t* bits_
     }
 }
 
-// The same two rows at a time, four words a step: one activation load feeds both
-// rows' dots, so a word costs one load fewer. Measured on a 2-core EPYC (same process,
-// calls alternating, both sides over the same cold copies, M = 1, the 12 Llama-3-8B,
-// Llama-1B and SmolLM2 shapes, 2026-12-05): 1.01-1.10x at 70% (1.05-1.10x on the
-// Llama shapes), 1.04-1.12x at 90%, 1.00-1.10x at 60%, but 0.94-0.99x at 50%, whose
-// words carry the most bytes: there the loads are not what the walk waits on, and a
-// pair's two value streams cost more than the load saved. Hence kPairsBelowDensity.
-template <int R>
-void decode_pair_block(const VsWeight* w, const VsGemm* g, int64_t r0, int64_t stop, int64_t m0) {
-    const uint16_t* x = (const uint16_t*)g->x + m0 * w->words * 32;
+// How the pair walk below multiplies one word of both rows (`ea`, `eb`) with the
+// activations at `xw`, into each row's sums for that word: the bf16 dot on x as it is,
+// one sum a word, four words a step.
+struct DotForm {
+    using X = uint16_t;
+    static constexpr int kWords = 4, kSums = 1;
+    __attribute__((always_inline)) static inline void multiply(__m512* a, __m512* b, __m512i ea, __m512i eb,
+                                                               const X* xw) {
+        const __m512bh x = (__m512bh)_mm512_loadu_si512(xw);
+        a[0] = _mm512_dpbf16_ps(a[0], (__m512bh)ea, x);
+        b[0] = _mm512_dpbf16_ps(b[0], (__m512bh)eb, x);
+    }
+};
+
+// fp32 FMAs instead of the bf16 dot: each expanded word is split into its even and odd
+// columns as fp32 (a shift and an and) against the activation row split likewise
+// (split_row: per word 16 even then 16 odd columns), two sums a word, two words a
+// step. On an Emerald Rapids core a vpexpandw and a vdpbf16ps each hold the vector
+// pipes ~0.5 ns and do not overlap, where the expand, shift, and and two FMAs take
+// ~0.84 ns a word against ~1.0 (benchmarks/cpu_pipes.c); the walk is bound by that
+// work as much as by memory at 70% and above. Same-process A/B against the dot form
+// (2-core Emerald Rapids, 2026-12-06, cold weights, M = 1, Llama-3-8B shapes, two
+// runs): 70% 0.97-1.05x (median 1.02x), 90% 1.22-1.24x; 50% no faster, so not there.
+// Taken on CPUs with AMX (the cores measured); the EPYC, not measured, keeps the dot.
+struct FmaForm {
+    using X = float;
+    static constexpr int kWords = 2, kSums = 2;
+    __attribute__((always_inline)) static inline void multiply(__m512* a, __m512* b, __m512i ea, __m512i eb,
+                                                               const X* xw) {
+        const __m512i high = _mm512_set1_epi32((int)0xffff0000u);
+        const __m512 x_even = _mm512_loadu_ps(xw), x_odd = _mm512_loadu_ps(xw + 16);
+        a[0] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(ea, 16)), x_even, a[0]);
+        a[1] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(ea, high)), x_odd, a[1]);
+        b[0] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(eb, 16)), x_even, b[0]);
+        b[1] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(eb, high)), x_odd, b[1]);
+    }
+};
+
+// The same two rows at a time: one activation load feeds both rows' products, so a
+// word costs one load fewer. `x`: the decoded activation row as Form reads it.
+// Measured with the dot on a 2-core EPYC (same process, calls alternating, both sides
+// over the same cold copies, M = 1, the 12 Llama-3-8B, Llama-1B and SmolLM2 shapes,
+// 2026-12-05): 1.01-1.10x at 70% (1.05-1.10x on the Llama shapes), 1.04-1.12x at 90%,
+// 1.00-1.10x at 60%, but 0.94-0.99x at 50%, whose words carry the most bytes: there
+// the loads are not what the walk waits on, and a pair's two value streams cost more
+// than the load saved. Hence kPairsBelowDensity.
+template <class Form, int R>
+void decode_pair_block(const VsWeight* w, const VsGemm* g, int64_t r0, int64_t stop, int64_t m0,
+                       const typename Form::X* x) {
+    constexpr int kSums = Form::kWords * Form::kSums;
+    static_assert(kSums == 4, "four sums a row, added in pairs");
     auto pair_slice = [x](const uint16_t*& va, const uint16_t*& vb, const uint32_t* bits_a, const uint32_t* bits_b,
                           int w0, int w1, RegionPrefetch* next, __m512& total_a, __m512& total_b)
         __attribute__((always_inline)) {
-        __m512 a[4], b[4];
-        for (int j = 0; j < 4; j++) a[j] = b[j] = _mm512_setzero_ps();
+        __m512 a[kSums], b[kSums];
+        for (int j = 0; j < kSums; j++) a[j] = b[j] = _mm512_setzero_ps();
         int word = w0;
-        for (; word + 4 <= w1; word += 4) {
-            decode_prefetch(next, va, bits_a, word);
-            prefetch_ahead(vb, bits_b, word);
-            __m512i ea[4], eb[4];
-            expand_two_rows<4>(bits_a, bits_b, word, va, vb, ea, eb);
-#pragma GCC unroll 4
-            for (int j = 0; j < 4; j++) {
-                const __m512bh xj = (__m512bh)_mm512_loadu_si512(x + (word + j) * 32);
-                a[j] = _mm512_dpbf16_ps(a[j], (__m512bh)ea[j], xj);
-                b[j] = _mm512_dpbf16_ps(b[j], (__m512bh)eb[j], xj);
-            }
-        }
-        for (; word < w1; word++) {
-            const __m512bh xw = (__m512bh)_mm512_loadu_si512(x + word * 32);
-            __m512i ea, eb;
-            expand_two_rows<1>(bits_a, bits_b, word, va, vb, &ea, &eb);
-            a[0] = _mm512_dpbf16_ps(a[0], (__m512bh)ea, xw);
-            b[0] = _mm512_dpbf16_ps(b[0], (__m512bh)eb, xw);
-        }
-        total_a = _mm512_add_ps(total_a, _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])));
-        total_b = _mm512_add_ps(total_b, _mm512_add_ps(_mm512_add_ps(b[0], b[1]), _mm512_add_ps(b[2], b[3])));
-    };
-    decode_walk<uint16_t, R, 2>(w, g, r0, stop, m0, 128, 4, pair_slice);
-}
-
-// The same pairs with fp32 FMAs instead of the bf16 dot: each expanded word is split
-// into its even and odd columns as fp32 (a shift and an and) against the activation
-// row split likewise (`xs`, per word 16 even then 16 odd columns, fp32: split_row). On
-// an Emerald Rapids core a vpexpandw and a vdpbf16ps each hold the vector pipes ~0.5 ns
-// and do not overlap, where the expand, shift, and and two FMAs take ~0.84 ns a word
-// against ~1.0 (benchmarks/cpu_pipes.c); the walk is bound by that work as much as by
-// memory at 70% and above. Same-process A/B against the dot form (2-core Emerald
-// Rapids, 2026-12-06, cold weights, M = 1, Llama-3-8B shapes, two runs): 70%
-// 0.97-1.05x (median 1.02x), 90% 1.22-1.24x; 50% no faster, so not there. Taken
-// on CPUs with AMX (the cores measured); not measured on the EPYC, which keeps the dot.
-template <int R>
-void decode_pair_fma_block(const VsWeight* w, const VsGemm* g, int64_t r0, int64_t stop, int64_t m0,
-                           const float* xs) {
-    auto pair_slice = [xs](const uint16_t*& va, const uint16_t*& vb, const uint32_t* bits_a, const uint32_t* bits_b,
-                           int w0, int w1, RegionPrefetch* next, __m512& total_a, __m512& total_b)
-        __attribute__((always_inline)) {
-        const __m512i high = _mm512_set1_epi32((int)0xffff0000u);
-        __m512 a[4], b[4];  // even and odd columns of two words in turn
-        for (int j = 0; j < 4; j++) a[j] = b[j] = _mm512_setzero_ps();
-        auto multiply = [&](__m512& sum_even, __m512& sum_odd, __m512i e, __m512 x_even, __m512 x_odd)
-            __attribute__((always_inline)) {
-            sum_even = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(e, 16)), x_even, sum_even);
-            sum_odd = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(e, high)), x_odd, sum_odd);
-        };
-        int word = w0;
-        for (; word + 2 <= w1; word += 2) {
-            if ((word & 3) == 0) {  // the prefetches' pace: every four words, as the dot form
+        for (; word + Form::kWords <= w1; word += Form::kWords) {
+            if ((word & 3) == 0) {  // the prefetches' pace: every four words
                 decode_prefetch(next, va, bits_a, word);
                 prefetch_ahead(vb, bits_b, word);
             }
-            __m512i ea[2], eb[2];
-            expand_two_rows<2>(bits_a, bits_b, word, va, vb, ea, eb);
-#pragma GCC unroll 2
-            for (int j = 0; j < 2; j++) {
-                const float* xw = xs + (word + j) * 32;
-                const __m512 x_even = _mm512_loadu_ps(xw), x_odd = _mm512_loadu_ps(xw + 16);
-                multiply(a[2 * j], a[2 * j + 1], ea[j], x_even, x_odd);
-                multiply(b[2 * j], b[2 * j + 1], eb[j], x_even, x_odd);
-            }
+            __m512i ea[Form::kWords], eb[Form::kWords];
+            expand_two_rows<Form::kWords>(bits_a, bits_b, word, va, vb, ea, eb);
+#pragma GCC unroll 4
+            for (int j = 0; j < Form::kWords; j++)
+                Form::multiply(a + j * Form::kSums, b + j * Form::kSums, ea[j], eb[j], x + (word + j) * 32);
         }
         for (; word < w1; word++) {
-            const __m512 x_even = _mm512_loadu_ps(xs + word * 32), x_odd = _mm512_loadu_ps(xs + word * 32 + 16);
             __m512i ea, eb;
             expand_two_rows<1>(bits_a, bits_b, word, va, vb, &ea, &eb);
-            multiply(a[0], a[1], ea, x_even, x_odd);
-            multiply(b[0], b[1], eb, x_even, x_odd);
+            Form::multiply(a, b, ea, eb, x + word * 32);
         }
         total_a = _mm512_add_ps(total_a, _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])));
         total_b = _mm512_add_ps(total_b, _mm512_add_ps(_mm512_add_ps(b[0], b[1]), _mm512_add_ps(b[2], b[3])));
@@ -230,7 +215,7 @@ void decode_pair_fma_block(const VsWeight* w, const VsGemm* g, int64_t r0, int64
     decode_walk<uint16_t, R, 2>(w, g, r0, stop, m0, 128, 4, pair_slice);
 }
 
-// Activation row `x` (bf16, `words` words) as decode_pair_fma_block reads it.
+// Activation row `x` (bf16, `words` words) as FmaForm reads it.
 void split_row(const uint16_t* x, int64_t words, float* xs) {
     const __m512i high = _mm512_set1_epi32((int)0xffff0000u);
     for (int64_t word = 0; word < words; word++) {
@@ -243,7 +228,7 @@ void split_row(const uint16_t* x, int64_t words, float* xs) {
 // Below this share of kept weights the one-row decode walks rows in pairs.
 const double kPairsBelowDensity = 0.45;
 
-// Does the pair walk multiply with fp32 FMAs (decode_pair_fma_block) rather than the
+// Does the pair walk multiply with fp32 FMAs (FmaForm) rather than the
 // bf16 dot? On CPUs with AMX (where it was measured faster), unless
 // VLLM_SPARSE_CPU_DECODE=dot or =fma names a form (tests and benchmarks; read on
 // every call, as a decode call takes microseconds).
@@ -254,15 +239,16 @@ bool pairs_with_fmas() {
     return vs_amx_ready() != 0;
 }
 
-// `xs`: the row split for decode_pair_fma_block, or null for the dot form.
+// `xs`: the row split for FmaForm, or null for the dot form.
 template <int R>
 void decode_rows(const VsWeight* w, const VsGemm* g, int64_t begin, int64_t end, int64_t stop, int64_t m0,
                  bool in_pairs, const float* xs) {
     int64_t r = begin;
     if (in_pairs && xs) {
-        for (; r + R <= end; r += R) decode_pair_fma_block<R>(w, g, r, stop, m0, xs);
+        for (; r + R <= end; r += R) decode_pair_block<FmaForm, R>(w, g, r, stop, m0, xs);
     } else if (in_pairs) {
-        for (; r + R <= end; r += R) decode_pair_block<R>(w, g, r, stop, m0);
+        const uint16_t* x = (const uint16_t*)g->x + m0 * w->words * 32;
+        for (; r + R <= end; r += R) decode_pair_block<DotForm, R>(w, g, r, stop, m0, x);
     } else {
         for (; r + R <= end; r += R) decode_block<R>(w, g, r, stop, m0);
     }
