@@ -210,7 +210,8 @@ def test_amx_path_is_exact_to_fp32_accumulation():
     between them (K = 4100: M = 130 in parts of 102 and 27 steps, M = 290 in passes of
     256 and 34 rows, each in parts of 64, 64 and 1 step, the last with K's ragged tail;
     K = 8192: M = 70 in two parts, 130 in three, 290 in two passes of four);
-    several groups per thread; both layouts, and 2:4 in the bitmap layout (K = 160: a
+    several groups per thread, each filling the first chunk of the thread's next (the
+    last group's rows short of 32); both layouts, and 2:4 in the bitmap layout (K = 160: a
     chunk of 4 steps and one of 1; 576: a last chunk of 2; 8192 in parts); bias on odd
     M; outputs poisoned beforehand."""
     if isa.AVX512_BF16 not in isa.supported() or not isa.amx_ready():

@@ -126,9 +126,24 @@ void save_block(float* partial) {
 // chunk (`rows_of`), among the tile instructions: the tile unit works on while the
 // core expands. `ahead` advances on the steps whose bits under `every_mask` are clear
 // (every 2^n steps: a mask, not a division, in the step loop).
+// How a chunk's fill is spread over the steps: `units` units every `every` steps,
+// evenly over all of them. (Same-process A/B against `ceil(units / steps)` a step,
+// which ends the fill within the first block where units are fewer than steps:
+// M = 512, 50%, three Llama shapes 1.04-1.06x; M = 64, four 0.99-1.02x, 2:4 on three
+// 0.96-0.99x.)
+struct FillPace {
+    int64_t units = 0, every = 1, countdown = 1;
+    FillPace() = default;
+    FillPace(int64_t total_units, int64_t total_steps) {
+        if (total_units <= 0) return;
+        if (total_units >= total_steps) units = (total_units + total_steps - 1) / total_steps;
+        else units = 1, every = countdown = total_steps / total_units;
+    }
+};
+
 template <int HALVES, class Rows>
 void accumulate(const uint16_t* tile, const uint16_t* b, int64_t steps, int64_t s0, int64_t s1,
-                RegionPrefetch* ahead, int64_t every_mask, Rows& rows_of, int64_t units) {
+                RegionPrefetch* ahead, int64_t every_mask, Rows& rows_of, FillPace& pace) {
     const uint16_t* b_second = b + steps * kTileElements;
     for (int64_t s = 0; s < s1 - s0; s++, tile += 2 * kTileElements) {
         if (((s0 + s) & every_mask) == 0) {  // a few lines at a time: in bursts they slowed the fill
@@ -145,7 +160,10 @@ void accumulate(const uint16_t* tile, const uint16_t* b, int64_t steps, int64_t 
             _tile_dpbf16ps(1, 4, 7);
             _tile_dpbf16ps(3, 5, 7);
         }
-        if (units) rows_of.fill_some(units);
+        if (pace.units && --pace.countdown == 0) {
+            rows_of.fill_some(pace.units);
+            pace.countdown = pace.every;
+        }
     }
 }
 
@@ -350,17 +368,31 @@ void zero_rows(uint16_t* tile, int64_t steps, int64_t from) {
 // 2026-12-06, 50% and 2:4 on six Llama-3-8B / Llama-1B / SmolLM2 shapes, M = 2-512:
 // 1.02-1.12x on most cases, two at 0.83 and 0.89x, the median 1.04x); a
 // block's sums stay in the C tiles from chunk to chunk where there is one block, else
-// wait in `partial` (4 KiB per block). The group's first chunk is filled on its own.
+// wait in `partial` (4 KiB per block).
+//
+// The group's last chunk fills the first chunk of the thread's next group
+// (`next_of`, null where there is none), so that a group of one chunk (K up to 2048
+// from M = 65) fills while the tile unit works too, from bytes brought into L2 while
+// the group before multiplied (ops.cpp looks two groups ahead there: a fill that waits
+// on memory holds up the tile instructions behind it). Same-process A/B against each
+// group filling its first chunk on its own (2-core Emerald Rapids, 2026-12-07, cold
+// weights, M = 512): 50% on five Llama shapes 1.01-1.10x, 2:4 in its layout on three
+// 1.03-1.05x; at M = 64 (chunks of 4 steps) 1.00-1.02x. `*first_buffer`: in, the
+// buffer (0 or 1) the group before left this group's first chunk in, or -1 where it
+// did not (this group fills it on its own); out, the buffer of the next group's.
 template <class Rows>
-void multiply_group(Rows& rows_of, int64_t rows, const uint16_t* b, int64_t m, int64_t kp, const VsGemm* g,
-                    int64_t row0, void* work, const VsRegion* next, int regions, const VsAmxPart* part) {
+void multiply_group(Rows& rows_of, Rows* next_of, int* first_buffer, int64_t rows, const uint16_t* b, int64_t m,
+                    int64_t kp, const VsGemm* g, int64_t row0, void* work, const VsRegion* next, int regions,
+                    const VsAmxPart* part) {
     if (part) kp = part->steps * 32;
     const float* carry_in = part ? part->carry_in : nullptr;
     float* carry_out = part ? part->carry_out : nullptr;
     configure_tiles();
     const int64_t steps = kp / 32, blocks = (m + 31) / 32;
-    const int64_t chunk_steps = blocks <= kFewBlocks ? kChunkStepsFewBlocks : kChunkStepsManyBlocks;
+    const int64_t chunk_steps = vs_amx_chunk_steps(m);
     uint16_t* buffers[2] = {(uint16_t*)work, (uint16_t*)work + chunk_steps * kGroup * 32};  // side by side
+    const int first_chunk_buffer = *first_buffer >= 0 ? *first_buffer : 0;
+    auto buffer_of = [&](int64_t chunk) { return buffers[(chunk + first_chunk_buffer) & 1]; };
     float* partial = (float*)((char*)work + 2 * kChunkBytesMax);
     // The next group's compressed bytes come into L2 over this group's steps (one
     // advance per `prefetch_every` steps of each activation block): filling the next
@@ -374,19 +406,23 @@ void multiply_group(Rows& rows_of, int64_t rows, const uint16_t* b, int64_t m, i
     RegionPrefetch ahead[2] = {RegionPrefetch(nullptr, nullptr, 1), RegionPrefetch(nullptr, nullptr, 1)};
     for (int i = 0; i < regions && i < 2; i++) ahead[i] = RegionPrefetch(next[i].begin, next[i].end, advances);
     auto end_of = [&](int64_t s0) { return steps - s0 < chunk_steps ? steps : s0 + chunk_steps; };
-    rows_of.begin(0, end_of(0), buffers[0]);
-    rows_of.fill_some(rows_of.units(end_of(0)));
+    if (*first_buffer < 0) {
+        rows_of.begin(0, end_of(0), buffer_of(0));
+        rows_of.fill_some(rows_of.units(end_of(0)));
+    }
     for (int64_t s0 = 0, c = 0; s0 < steps; s0 += chunk_steps, c++) {
         const int64_t s1 = end_of(s0);
-        uint16_t* tile = buffers[c & 1];
+        uint16_t* tile = buffer_of(c);
         if (rows < kGroup) zero_rows(tile, s1 - s0, rows);
         memory_barrier();  // the chunk was just filled
-        // The next chunk's units, spread over this chunk's steps of every block.
-        int64_t per_step = 0;
-        if (s1 < steps) {
-            rows_of.begin(s1, end_of(s1), buffers[(c + 1) & 1]);
-            const int64_t total = blocks * (s1 - s0);
-            per_step = (rows_of.units(end_of(s1) - s1) + total - 1) / total;
+        // The chunk filled meanwhile (this group's next, or the next group's first),
+        // its units spread over this chunk's steps of every block.
+        Rows* filler = s1 < steps ? &rows_of : next_of;
+        const int64_t fill_from = s1 < steps ? s1 : 0;
+        FillPace pace;
+        if (filler) {
+            filler->begin(fill_from, end_of(fill_from), buffer_of(c + 1));
+            pace = FillPace(filler->units(end_of(fill_from) - fill_from), blocks * (s1 - s0));
         }
         const bool first = s0 == 0, last = s1 == steps;
         for (int64_t j = 0; j < blocks; j++) {
@@ -400,7 +436,8 @@ void multiply_group(Rows& rows_of, int64_t rows, const uint16_t* b, int64_t m, i
             auto multiply_block = [&](auto halves) {  // halves: 1 or 2 live 16-row halves
                 constexpr int H = decltype(halves)::value;
                 if (blocks > 1 || first) begin_block<H>(start, from_zero);
-                accumulate<H>(tile, block, steps, s0, s1, ahead, prefetch_every - 1, rows_of, per_step);
+                accumulate<H>(tile, block, steps, s0, s1, ahead, prefetch_every - 1, filler ? *filler : rows_of,
+                              pace);
                 if (last && carry_out) save_block<H>(carry_out + j * kBlockSums);
                 else if (last) store_block<H>(m0, live_m, row0, rows, g);
                 else if (blocks > 1) save_block<H>(sums);
@@ -408,10 +445,48 @@ void multiply_group(Rows& rows_of, int64_t rows, const uint16_t* b, int64_t m, i
             if (live_m > 16) multiply_block(std::integral_constant<int, 2>());
             else multiply_block(std::integral_constant<int, 1>());
         }
-        if (s1 < steps) rows_of.fill_some(rows_of.units(end_of(s1) - s1));  // whatever the steps left over
+        if (filler) filler->fill_some(filler->units(end_of(fill_from) - fill_from));  // whatever the steps left over
+        if (last) *first_buffer = (int)((c + 1 + first_chunk_buffer) & 1);
     }
     _tile_release();
     rows_of.save(part);
+}
+
+// Where a thread's work buffer keeps the next group's fill cursor between calls
+// (after the chunk buffers and the blocks' sums).
+struct KeptFill {
+    int buffer;  // which chunk buffer holds the group's first chunk
+    alignas(8) unsigned char cursor[512];
+};
+static_assert(sizeof(BitmapRows) <= sizeof(KeptFill::cursor) && sizeof(NM24Rows) <= sizeof(KeptFill::cursor),
+              "a fill cursor must fit the kept space");
+
+KeptFill* kept_fill(void* work, int64_t m) {
+    return (KeptFill*)((char*)work + 2 * kChunkBytesMax + (m + 31) / 32 * kBlockSums * (int64_t)sizeof(float));
+}
+
+// A group of a thread's run: its cursor as the group before left it, or a new one;
+// the next group's cursor kept for the next call.
+template <class Rows, class Weight>
+void multiply_chained(const Weight* w, int64_t row0, int64_t rows, const uint16_t* b, int64_t m, int64_t kp,
+                      const VsGemm* g, void* work, const VsRegion* next, int regions, const VsAmxPart* part,
+                      const VsAmxChain* chain) {
+    static_assert(std::is_trivially_copyable<Rows>::value, "a cursor is kept by its bytes");
+    KeptFill* kept = kept_fill(work, m);
+    Rows rows_of(w, row0, rows, part);
+    int first_buffer = -1;
+    if (chain && chain->prefilled) {
+        memcpy((void*)&rows_of, kept->cursor, sizeof(Rows));
+        first_buffer = kept->buffer;
+    }
+    const bool has_next = chain && chain->next_rows > 0;
+    Rows next_of(w, row0 + kGroup, has_next ? chain->next_rows : 0, part);
+    multiply_group(rows_of, has_next ? &next_of : nullptr, &first_buffer, rows, b, m, kp, g, row0, work, next,
+                   regions, part);
+    if (has_next) {
+        memcpy(kept->cursor, (const void*)&next_of, sizeof(Rows));
+        kept->buffer = first_buffer;
+    }
 }
 
 bool request_tile_data() {
@@ -453,21 +528,23 @@ extern "C" void vs_amx_pack_activations(const uint16_t* x, int64_t m, int64_t k,
 }
 
 extern "C" int64_t vs_amx_work_bytes(int64_t m) {
-    return 2 * kChunkBytesMax + (m + 31) / 32 * kBlockSums * (int64_t)sizeof(float);
+    return 2 * kChunkBytesMax + (m + 31) / 32 * kBlockSums * (int64_t)sizeof(float) + (int64_t)sizeof(KeptFill);
+}
+
+extern "C" int64_t vs_amx_chunk_steps(int64_t m) {
+    return (m + 31) / 32 <= kFewBlocks ? kChunkStepsFewBlocks : kChunkStepsManyBlocks;
 }
 
 extern "C" int64_t vs_amx_carry_floats(int64_t m) { return (m + 31) / 32 * kBlockSums; }
 
 extern "C" void vs_amx_bitmap_group(const VsWeight* w, int64_t row0, int64_t rows, const uint16_t* b, int64_t m,
                                     const VsGemm* g, void* work, const VsRegion* next, int regions,
-                                    const VsAmxPart* part) {
-    BitmapRows rows_of(w, row0, rows, part);
-    multiply_group(rows_of, rows, b, m, w->words * 32, g, row0, work, next, regions, part);
+                                    const VsAmxPart* part, const VsAmxChain* chain) {
+    multiply_chained<BitmapRows>(w, row0, rows, b, m, w->words * 32, g, work, next, regions, part, chain);
 }
 
 extern "C" void vs_amx_nm24_group(const VsNM24Weight* w, int64_t row0, int64_t rows, const uint16_t* b, int64_t m,
                                   const VsGemm* g, void* work, const VsRegion* next, int regions,
-                                  const VsAmxPart* part) {
-    NM24Rows rows_of(w, row0, rows, part);
-    multiply_group(rows_of, rows, b, m, w->k, g, row0, work, next, regions, part);
+                                  const VsAmxPart* part, const VsAmxChain* chain) {
+    multiply_chained<NM24Rows>(w, row0, rows, b, m, w->k, g, work, next, regions, part, chain);
 }

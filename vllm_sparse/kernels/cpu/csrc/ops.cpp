@@ -189,13 +189,15 @@ TileGemm tile_gemm(int64_t isa, at::ScalarType dtype, int64_t k, int64_t m) {
 }
 
 // Each thread takes tiles of `tile` weight rows in turn: ``work(buffer, r0, rows, next,
-// regions)`` decompresses one into the thread's own cache-resident buffer
+// regions, chain)`` decompresses one into the thread's own cache-resident buffer
 // (``buffer_words`` 32-bit words) and multiplies it with every activation row while
-// the next tile's compressed bytes (``regions_of(r0, r1, out)``: at most two ranges,
-// returns how many) are brought into L2.
+// the compressed bytes of the tile `lookahead` tiles on (``regions_of(r0, r1, out)``: at
+// most two ranges, returns how many) are brought into L2. ``chain`` says whether the
+// same thread ran the tile before (`prefilled`: a work that fills its next tile ahead
+// may have) and how many rows the thread's next tile has (0: none).
 template <class TileWork, class RegionsOf>
 void for_each_tile(int64_t n, int64_t tile, int64_t buffer_words, const at::TensorOptions& options,
-                   const TileWork& work, const RegionsOf& regions_of) {
+                   const TileWork& work, const RegionsOf& regions_of, int64_t lookahead = 1) {
     const int64_t tiles = (n + tile - 1) / tile;
     at::parallel_for(0, tiles, 1, [&](int64_t first, int64_t last) {
         at::Tensor buffer = tile_buffer(buffer_words, options.dtype(at::kInt));
@@ -204,8 +206,10 @@ void for_each_tile(int64_t n, int64_t tile, int64_t buffer_words, const at::Tens
             const int64_t r0 = t * tile;
             const int64_t rows = std::min(tile, n - r0);
             VsRegion next[2];
-            const int regions = t + 1 < last ? regions_of(r0 + tile, std::min(n, r0 + 2 * tile), next) : 0;
-            work(words, r0, rows, next, regions);
+            const int64_t ahead = r0 + lookahead * tile;
+            const int regions = t + lookahead < last ? regions_of(ahead, std::min(n, ahead + tile), next) : 0;
+            const VsAmxChain chain = {t > first, t + 1 < last ? std::min(tile, n - r0 - tile) : 0};
+            work(words, r0, rows, next, regions, chain);
         }
     });
 }
@@ -229,7 +233,8 @@ at::Tensor panel_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const F
     const VsGemm g = gemm_args(x16, m, bias_f, y);
     // A fill writes whole 32-column words of pairs: up to 15 pairs past k / 2.
     const int64_t panel_words = (pairs + 16) * VS_TILE_PANEL_ROWS;
-    auto fill_and_multiply = [&](uint32_t* panel, int64_t r0, int64_t rows, const VsRegion* next, int regions) {
+    auto fill_and_multiply = [&](uint32_t* panel, int64_t r0, int64_t rows, const VsRegion* next, int regions,
+                                 const VsAmxChain&) {
         fill_panel(r0, rows, panel);
         vs_panel_multiply(panel, rows, k, xa32, m, &g, r0, next, regions);
     };
@@ -239,7 +244,7 @@ at::Tensor panel_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const F
 
 // Large M with gemm_amx_bf16.cpp: the activations are packed as zero-padded B tiles,
 // then each thread takes groups of 32 weight rows in turn:
-// ``multiply_group(r0, rows, b, m, g, work, next, regions, part)`` fills and multiplies
+// ``multiply_group(r0, rows, b, m, g, work, next, regions, part, chain)`` fills and multiplies
 // one in its own `work` buffer (there is no separate fill step: the group fills a
 // chunk of columns at a time between its multiplies).
 //
@@ -305,6 +310,9 @@ at::Tensor amx_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const Mul
     at::Tensor y = at::empty({m, n}, x.options());
     for (int64_t m0 = 0; m0 < m; m0 += plan.rows) {
         const int64_t rows_m = std::min(plan.rows, m - m0);
+        // A group of one chunk of columns is filled whole while the group before it
+        // multiplies (gemm_amx_bf16.cpp): bring in the bytes of the group after that.
+        const int64_t lookahead = !in_parts && steps <= vs_amx_chunk_steps(rows_m) ? 2 : 1;
         at::Tensor y_pass = y.narrow(0, m0, rows_m);
         // All of K: the pass's B tiles start m0 rows (whole 32-row blocks) in; in parts,
         // each part's are packed at the buffer's start.
@@ -314,17 +322,21 @@ at::Tensor amx_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const Mul
             const int64_t part_steps = std::min(plan.part_steps, steps - s0);
             if (in_parts) pack(x16 + m0 * k, rows_m, s0, part_steps);
             const bool first_part = s0 == 0, last_part = s0 + part_steps == steps;
-            auto multiply = [&](uint32_t* work, int64_t r0, int64_t rows, const VsRegion* next, int regions) {
-                if (!in_parts) return multiply_group(r0, rows, b_pass, rows_m, &g, work, next, regions, nullptr);
+            auto multiply = [&](uint32_t* work, int64_t r0, int64_t rows, const VsRegion* next, int regions,
+                                const VsAmxChain& chain) {
+                if (!in_parts) return multiply_group(r0, rows, b_pass, rows_m, &g, work, next, regions, nullptr, &chain);
                 float* own = carry_base + r0 / VS_TILE_PANEL_ROWS * carry_floats;
                 const VsAmxPart part = {s0, part_steps, first_part ? nullptr : own, last_part ? nullptr : own,
                                         row_values_base};
                 // In parts, the next group's bytes are not brought in: its whole rows
                 // would crowd L2 for a part's share of them (same-process A/B, parts with
-                // against without: 1.01-1.46x without, most at K = 8192 and 14336).
-                multiply_group(r0, rows, b_pass, rows_m, &g, work, next, 0, &part);
+                // against without: 1.01-1.46x without, most at K = 8192 and 14336). Nor is
+                // the next group filled ahead, which would then read memory among the
+                // tile instructions (2048 x 8192 50%, M = 512: 0.81x of oneDNN -> 0.76x).
+                multiply_group(r0, rows, b_pass, rows_m, &g, work, next, 0, &part, nullptr);
             };
-            for_each_tile(n, VS_TILE_PANEL_ROWS, vs_amx_work_bytes(rows_m) / 4, x.options(), multiply, regions_of);
+            for_each_tile(n, VS_TILE_PANEL_ROWS, vs_amx_work_bytes(rows_m) / 4, x.options(), multiply, regions_of,
+                          lookahead);
         }
     }
     return y;
@@ -352,7 +364,8 @@ at::Tensor row_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const Fil
     const VsGemm g = gemm_args(x16, m, bias_f, y);
     const int64_t tile = VS_ROWTILE_ROWS, tile_words = words * 16 * VS_ROWTILE_ROWS;
     if (bitmap == nullptr) {  // 2:4 records: fill, then multiply
-        auto fill_and_multiply = [&](uint32_t* buffer, int64_t r0, int64_t rows, const VsRegion* next, int regions) {
+        auto fill_and_multiply = [&](uint32_t* buffer, int64_t r0, int64_t rows, const VsRegion* next, int regions,
+                                     const VsAmxChain&) {
             fill_rows(r0, rows, buffer);
             vs_rowtile_multiply(buffer, rows, k, xa64, m, &g, r0, next, regions, nullptr);
         };
@@ -453,8 +466,8 @@ at::Tensor sparse_linear(const at::Tensor& x_in, const at::Tensor& values, const
         auto fill_panel = [&](int64_t r0, int64_t rows, uint32_t* panel) { vs_panel_from_bitmap(&w, r0, rows, panel); };
         auto fill_rows = [&](int64_t r0, int64_t rows, uint32_t* tile) { vs_rowtile_from_bitmap(&w, r0, rows, tile); };
         auto amx_group = [&](int64_t r0, int64_t rows, const uint16_t* b, int64_t m, const VsGemm* g, void* work,
-                             const VsRegion* next, int regions, const VsAmxPart* part) {
-            vs_amx_bitmap_group(&w, r0, rows, b, m, g, work, next, regions, part);
+                             const VsRegion* next, int regions, const VsAmxPart* part, const VsAmxChain* chain) {
+            vs_amx_bitmap_group(&w, r0, rows, b, m, g, work, next, regions, part, chain);
         };
         return tiled_linear(x, w.n, w.k, values.options(), isa, unpack_rows, fill_panel, fill_rows, amx_group,
                             regions_of, &w, bias);
@@ -570,8 +583,8 @@ at::Tensor nm24_linear(const at::Tensor& x_in, const at::Tensor& blocks, int64_t
         auto fill_panel = [&](int64_t r0, int64_t rows, uint32_t* panel) { vs_panel_from_nm24(&w, r0, rows, panel); };
         auto fill_rows = [&](int64_t r0, int64_t rows, uint32_t* tile) { vs_rowtile_from_nm24(&w, r0, rows, tile); };
         auto amx_group = [&](int64_t r0, int64_t rows, const uint16_t* b, int64_t m, const VsGemm* g, void* work,
-                             const VsRegion* next, int regions, const VsAmxPart* part) {
-            vs_amx_nm24_group(&w, r0, rows, b, m, g, work, next, regions, part);
+                             const VsRegion* next, int regions, const VsAmxPart* part, const VsAmxChain* chain) {
+            vs_amx_nm24_group(&w, r0, rows, b, m, g, work, next, regions, part, chain);
         };
         return tiled_linear(x, w.n, w.k, x.options(), isa, unpack_rows, fill_panel, fill_rows, amx_group, regions_of,
                             nullptr, bias);

@@ -143,15 +143,26 @@ typedef struct {
     float* carry_out;
     int64_t* row_values;
 } VsAmxPart;
+// A thread's groups one after another: the thread's group before this one filled
+// this group's first chunk of columns into `work` (prefilled), and this group fills
+// the next one's while it multiplies its own last chunk (next_rows > 0: the rows of
+// the group VS_TILE_PANEL_ROWS rows on, which the thread takes next).
+typedef struct {
+    int prefilled;
+    int64_t next_rows;
+} VsAmxChain;
 int vs_amx_ready(void);
 void vs_amx_pack_activations(const uint16_t* x, int64_t m, int64_t k, int64_t step0, int64_t steps,
                              int64_t tile_begin, int64_t tile_end, uint16_t* b);
 int64_t vs_amx_work_bytes(int64_t m);
+int64_t vs_amx_chunk_steps(int64_t m);  // 32-column steps a group fills and multiplies at a time
 int64_t vs_amx_carry_floats(int64_t m);
 void vs_amx_bitmap_group(const VsWeight* w, int64_t row0, int64_t rows, const uint16_t* b, int64_t m,
-                         const VsGemm* g, void* work, const VsRegion* next, int regions, const VsAmxPart* part);
+                         const VsGemm* g, void* work, const VsRegion* next, int regions, const VsAmxPart* part,
+                         const VsAmxChain* chain);
 void vs_amx_nm24_group(const VsNM24Weight* w, int64_t row0, int64_t rows, const uint16_t* b, int64_t m,
-                       const VsGemm* g, void* work, const VsRegion* next, int regions, const VsAmxPart* part);
+                       const VsGemm* g, void* work, const VsRegion* next, int regions, const VsAmxPart* part,
+                       const VsAmxChain* chain);
 
 // Dense bf16 W [N, k] (row-major, contiguous) on AVX-512 BF16 (gemv_dense_bf16.cpp):
 // rows [row_begin, row_end) of y = x W^T (+ bias), x bf16 [m, k] contiguous, y bf16.
