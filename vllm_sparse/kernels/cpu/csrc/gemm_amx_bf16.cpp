@@ -159,13 +159,6 @@ struct PendingStore {
     void finish() { write_some(tiles); }
 };
 
-// The chunk's weight rows (two A tiles per step, `tile` step-major) x HALVES (1 or 2)
-// blocks of 16 activation rows (their B tiles of the chunk's first step at b, the
-// second block's `steps` tiles after the first's), over the chunk's steps (s0 .. s1 of
-// the group's), into the C tiles. Each step also fills `units` units of the next
-// chunk (`rows_of`), among the tile instructions: the tile unit works on while the
-// core expands. `ahead` advances on the steps whose bits under `every_mask` are clear
-// (every 2^n steps: a mask, not a division, in the step loop).
 // How a chunk's fill is spread over the steps: `units` units every `every` steps,
 // evenly over all of them. (Same-process A/B against `ceil(units / steps)` a step,
 // which ends the fill within the first block where units are fewer than steps:
@@ -181,6 +174,14 @@ struct FillPace {
     }
 };
 
+// The chunk's weight rows (two A tiles per step, `tile` step-major) x HALVES (1 or 2)
+// blocks of 16 activation rows (their B tiles of the chunk's first step at b, the
+// second block's `steps` tiles after the first's), over the chunk's steps (s0 .. s1 of
+// the group's), into the C tiles. Among the tile instructions, the steps also fill
+// the chunk filled meanwhile (`rows_of`, at `pace`) and write the block before's
+// results (`pending`): the tile unit works on while the core expands and transposes.
+// `ahead` advances on the steps whose bits under `every_mask` are clear (every 2^n
+// steps: a mask, not a division, in the step loop).
 template <int HALVES, class Rows>
 void accumulate(const uint16_t* tile, const uint16_t* b, int64_t steps, int64_t s0, int64_t s1,
                 RegionPrefetch* ahead, int64_t every_mask, Rows& rows_of, FillPace& pace, PendingStore& pending) {
