@@ -205,7 +205,8 @@ def test_amx_path_is_exact_to_fp32_accumulation():
     group wholly past the weight), K not a multiple of the 32-column step, M from 1 to
     both halves of a 32-row block and past it (2, 16, 17, 32, 33, 70: chunks of 4 steps
     for one or two blocks, 64 for three; K = 4100 leaves a last chunk of one step);
-    B tiles within 1 MiB a pass (K = 1000: one pass of all 290 rows) and, where a pass
+    B tiles within 1 MiB a pass (K = 1000: one pass of all 290 rows; K = 2048: passes
+    of 256 and 34 rows, each packed in turn into the same scratch) and, where a pass
     over all of K would hold fewer than 256 rows, K in parts with fp32 sums carried
     between them (K = 4100: M = 130 in parts of 102 and 27 steps, M = 290 in passes of
     256 and 34 rows, each in parts of 64, 64 and 1 step, the last with K's ragged tail;
@@ -216,7 +217,7 @@ def test_amx_path_is_exact_to_fp32_accumulation():
     M; outputs poisoned beforehand."""
     if isa.AVX512_BF16 not in isa.supported() or not isa.amx_ready():
         pytest.skip("this CPU has no AMX-BF16 (or the OS does not grant its tiles)")
-    _check_large_m_path(_gen(78), [(1, 70), (15, 70), (37, 1000), (130, 96), (300, 4100), (45, 8192)],
+    _check_large_m_path(_gen(78), [(1, 70), (15, 70), (37, 1000), (45, 2048), (130, 96), (300, 4100), (45, 8192)],
                         [(16, 128), (37, 576), (90, 128), (37, 8192)], [1, 2, 16, 17, 32, 33, 70, 130, 290],
                         max_direct_m=0, bitmap_24_shapes=[(37, 160), (90, 576), (37, 8192)])
 

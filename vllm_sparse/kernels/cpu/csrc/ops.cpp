@@ -153,13 +153,74 @@ at::Tensor unpack(const at::Tensor& values, const at::Tensor& bitmap, const at::
     return dense;
 }
 
-// A per-thread scratch buffer kept across calls: a fresh multi-megabyte allocation
-// costs a page fault per 4 KiB on first touch, as much as the decompression itself.
+const uintptr_t kHugePage = uintptr_t(2) << 20;
+
+// Memory the kernel may back with 2 MiB pages: a mapping of its own, aligned to 2 MiB,
+// advised (MADV_HUGEPAGE, which the systems' default "madvise" mode of transparent
+// huge pages honours) before anything touches it, since the advice only shapes page
+// faults still to come. Only its whole 2 MiB pieces are advised, so a tail costs no
+// extra memory. Freed by munmap(memory, length).
+struct HugePageMemory {
+    void* memory;
+    uintptr_t length;
+};
+
+HugePageMemory map_huge_pages(uintptr_t bytes) {
+    const uintptr_t kPage = 4096;
+    bytes = std::max<uintptr_t>(bytes, 1);
+    const uintptr_t length = (bytes + kPage - 1) / kPage * kPage;
+    // Map a huge page more than needed, then unmap what lies outside the aligned span.
+    void* mapped = mmap(nullptr, length + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    TORCH_CHECK(mapped != MAP_FAILED, "vllm_sparse: out of memory (", bytes, " bytes)");
+    const uintptr_t raw = reinterpret_cast<uintptr_t>(mapped);
+    const uintptr_t begin = (raw + kHugePage - 1) / kHugePage * kHugePage;
+    const uintptr_t end = raw + length + kHugePage;
+    if (begin > raw) munmap(mapped, begin - raw);
+    if (end > begin + length) munmap(reinterpret_cast<void*>(begin + length), end - (begin + length));
+    void* memory = reinterpret_cast<void*>(begin);
+    const uintptr_t whole = bytes / kHugePage * kHugePage;
+    if (whole) madvise(memory, whole, MADV_HUGEPAGE);  // advice only: ignored where unsupported
+    return {memory, length};
+}
+
+// A thread's scratch memory, kept from call to call (a fresh multi-megabyte
+// allocation costs a page fault per page on first touch, as much as the decompression
+// itself) and grown on demand, in whole 2 MiB pages. The large-M paths stream their packed activations and decompressed
+// tiles through the tile unit or the FMA units many times a call; on 4 KiB pages a
+// span of 1.5-2 MiB already runs out of TLB reach (benchmarks/amx_tiles.c on a 2-core
+// Emerald Rapids: 15.7 ns per tile multiply streaming 2 MiB on 4 KiB pages, 6.6 on
+// 2 MiB pages).
+class ScratchMemory {
+  public:
+    ScratchMemory() = default;
+    ScratchMemory(const ScratchMemory&) = delete;
+    ScratchMemory& operator=(const ScratchMemory&) = delete;
+    ~ScratchMemory() {
+        if (held_.memory) munmap(held_.memory, held_.length);
+    }
+    void* get(uintptr_t bytes) {
+        if (bytes > held_.length) {
+            if (held_.memory) munmap(held_.memory, held_.length);
+            held_ = {nullptr, 0};
+            held_ = map_huge_pages((bytes + kHugePage - 1) / kHugePage * kHugePage);
+        }
+        return held_.memory;
+    }
+
+  private:
+    HugePageMemory held_{nullptr, 0};
+};
+
+// `numel` elements of the calling thread's scratch memory (valid until its next call).
 at::Tensor tile_buffer(int64_t numel, const at::TensorOptions& options) {
-    thread_local at::Tensor buffer;
-    if (!buffer.defined() || buffer.numel() < numel || buffer.scalar_type() != options.dtype().toScalarType())
-        buffer = at::empty({numel}, options);
-    return buffer.narrow(0, 0, numel);
+    thread_local ScratchMemory scratch;
+    return at::from_blob(scratch.get(numel * options.dtype().itemsize()), {numel}, options);
+}
+
+// The calling thread's packed activations for the AMX path (one pass's B tiles).
+void* activation_scratch(uintptr_t bytes) {
+    thread_local ScratchMemory scratch;
+    return scratch.get(bytes);
 }
 
 // Which GEMM the large-M path multiplies its decompressed tiles with. bf16 on the
@@ -288,17 +349,20 @@ at::Tensor amx_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const Mul
     const AmxPlan plan = amx_plan(m, steps);
     const bool in_parts = plan.part_steps < steps;
     const uint16_t* x16 = reinterpret_cast<const uint16_t*>(x.data_ptr());
-    // All of K: every pass's B tiles packed at once. In parts: one part's at a time.
-    const int64_t b_tiles_all = in_parts ? (plan.rows + 15) / 16 * plan.part_steps : (m + 15) / 16 * steps;
-    at::Tensor b = at::empty({b_tiles_all * 16 * 32}, x.options());
-    uint16_t* b16 = reinterpret_cast<uint16_t*>(b.data_ptr());
+    // One pass's B tiles at a time (one part's, in parts), packed just before they are
+    // multiplied, in the calling thread's scratch on 2 MiB pages (at most about
+    // kAmxPassBytes). Same-process A/B against all of M packed at once into memory from
+    // torch's allocator (2-core Emerald Rapids, 2026-12-07, cold weights, 50%): M = 512
+    // 1.00-1.07x on five Llama shapes, the 2:4 layout 1.04-1.07x on three; M = 64
+    // 1.00-1.07x, M = 8 1.01-1.04x.
+    const int64_t b_tiles = (plan.rows + 15) / 16 * plan.part_steps;
+    uint16_t* b16 = static_cast<uint16_t*>(activation_scratch(b_tiles * 16 * 32 * sizeof(uint16_t)));
     auto pack = [&](const uint16_t* rows_x, int64_t rows, int64_t s0, int64_t part_steps) {
         const int64_t tiles = (rows + 15) / 16 * part_steps;
         at::parallel_for(0, tiles, share(tiles, 4), [&](int64_t t0, int64_t t1) {
             vs_amx_pack_activations(rows_x, rows, k, s0, part_steps, t0, t1, b16);
         });
     };
-    if (!in_parts) pack(x16, m, 0, steps);
     // In parts: each group's carried sums, and each weight row's place in its values.
     const int64_t groups = (n + VS_TILE_PANEL_ROWS - 1) / VS_TILE_PANEL_ROWS;
     const int64_t carry_floats = vs_amx_carry_floats(plan.rows);
@@ -314,17 +378,14 @@ at::Tensor amx_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const Mul
         // multiplies (gemm_amx_bf16.cpp): bring in the bytes of the group after that.
         const int64_t lookahead = !in_parts && steps <= vs_amx_chunk_steps(rows_m) ? 2 : 1;
         at::Tensor y_pass = y.narrow(0, m0, rows_m);
-        // All of K: the pass's B tiles start m0 rows (whole 32-row blocks) in; in parts,
-        // each part's are packed at the buffer's start.
-        const uint16_t* b_pass = in_parts ? b16 : b16 + m0 * steps * 32;
-        const VsGemm g = gemm_args(b_pass, rows_m, bias_f, y_pass);
+        const VsGemm g = gemm_args(b16, rows_m, bias_f, y_pass);
         for (int64_t s0 = 0; s0 < steps; s0 += plan.part_steps) {
             const int64_t part_steps = std::min(plan.part_steps, steps - s0);
-            if (in_parts) pack(x16 + m0 * k, rows_m, s0, part_steps);
+            pack(x16 + m0 * k, rows_m, s0, part_steps);  // the pass's B tiles over this part of K
             const bool first_part = s0 == 0, last_part = s0 + part_steps == steps;
             auto multiply = [&](uint32_t* work, int64_t r0, int64_t rows, const VsRegion* next, int regions,
                                 const VsAmxChain& chain) {
-                if (!in_parts) return multiply_group(r0, rows, b_pass, rows_m, &g, work, next, regions, nullptr, &chain);
+                if (!in_parts) return multiply_group(r0, rows, b16, rows_m, &g, work, next, regions, nullptr, &chain);
                 float* own = carry_base + r0 / VS_TILE_PANEL_ROWS * carry_floats;
                 const VsAmxPart part = {s0, part_steps, first_part ? nullptr : own, last_part ? nullptr : own,
                                         row_values_base};
@@ -333,7 +394,7 @@ at::Tensor amx_tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const Mul
                 // against without: 1.01-1.46x without, most at K = 8192 and 14336). Nor is
                 // the next group filled ahead, which would then read memory among the
                 // tile instructions (2048 x 8192 50%, M = 512: 0.81x of oneDNN -> 0.76x).
-                multiply_group(r0, rows, b_pass, rows_m, &g, work, next, 0, &part, nullptr);
+                multiply_group(r0, rows, b16, rows_m, &g, work, next, 0, &part, nullptr);
             };
             for_each_tile(n, VS_TILE_PANEL_ROWS, vs_amx_work_bytes(rows_m) / 4, x.options(), multiply, regions_of,
                           lookahead);
@@ -666,35 +727,19 @@ int64_t stream_read(const at::Tensor& data) {
     return (int64_t)total.load();
 }
 
-// A copy of `src` in memory the kernel may back with 2 MiB pages (madvise; the
-// systems' default "madvise" mode of transparent huge pages honours it). A decode
-// kernel streams each weight once per step: on 4 KiB pages it takes a TLB miss every
-// 4 KiB. Only the whole 2 MiB pieces are advised, so the tail costs no extra memory.
+// A copy of `src` on 2 MiB pages (map_huge_pages). A decode kernel streams each
+// weight once per step: on 4 KiB pages it takes a TLB miss every 4 KiB.
 //
-// The memory is a mapping of its own, advised before anything touches it: the advice
-// only shapes page faults still to come. posix_memalign, used before, hands back heap
+// The memory is a mapping of its own: posix_memalign, used before, hands back heap
 // memory that earlier, freed allocations had already faulted in on 4 KiB pages once
 // glibc's mmap threshold has risen (it does after large frees), and there the advice
 // changed nothing: of four 18 MiB copies of a 2:4 weight packed one after another,
 // one lay on 2 MiB pages (2026-12-06, 2-core Xeon; now all four).
 at::Tensor hugepage_copy(const at::Tensor& src) {
     TORCH_CHECK(src.is_contiguous() && src.device().is_cpu(), "hugepage_copy: a contiguous CPU tensor");
-    const uintptr_t kHugePage = uintptr_t(2) << 20;
-    const uintptr_t kPage = 4096;
-    const uintptr_t bytes = std::max<uintptr_t>(src.nbytes(), 1);
-    const uintptr_t length = (bytes + kPage - 1) / kPage * kPage;
-    // Map a huge page more than needed, then unmap what lies outside the aligned span.
-    void* mapped = mmap(nullptr, length + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    TORCH_CHECK(mapped != MAP_FAILED, "hugepage_copy: out of memory (", bytes, " bytes)");
-    const uintptr_t raw = reinterpret_cast<uintptr_t>(mapped);
-    const uintptr_t begin = (raw + kHugePage - 1) / kHugePage * kHugePage;
-    const uintptr_t end = raw + length + kHugePage;
-    if (begin > raw) munmap(mapped, begin - raw);
-    if (end > begin + length) munmap(reinterpret_cast<void*>(begin + length), end - (begin + length));
-    void* memory = reinterpret_cast<void*>(begin);
-    const uintptr_t whole = bytes / kHugePage * kHugePage;
-    if (whole) madvise(memory, whole, MADV_HUGEPAGE);  // advice only: ignored where unsupported
-    at::Tensor out = at::from_blob(memory, src.sizes(), [length](void* p) { munmap(p, length); }, src.options());
+    const HugePageMemory mapped = map_huge_pages(src.nbytes());
+    const uintptr_t length = mapped.length;
+    at::Tensor out = at::from_blob(mapped.memory, src.sizes(), [length](void* p) { munmap(p, length); }, src.options());
     out.copy_(src);
     return out;
 }
