@@ -2,13 +2,17 @@
 // (csrc/gemm_amx_bf16.cpp: per 32-column step two weight tiles and two activation
 // tiles loaded, four tdpbf16ps into four C tiles), by where the loaded tiles live.
 //
-//     cc -O2 -mamx-tile -mamx-bf16 benchmarks/amx_tiles.c -o /tmp/amx_tiles && /tmp/amx_tiles
+//     cc -O2 -pthread -mamx-tile -mamx-bf16 benchmarks/amx_tiles.c -o /tmp/amx_tiles && /tmp/amx_tiles [threads]
 //
 // Each line: nanoseconds per tile multiply (16 x 16 fp32 += 16 x 32 bf16 times
 // 32 x 16 bf16: 16384 flops), best of 5 runs, one thread. "span" is the bytes the
 // loads cycle over; "4 KiB" and "2 MiB" the pages backing them (2 MiB: madvise, as
 // the weights' copies; the line says when the kernel refused). Needs AMX-BF16 and a
-// Linux that grants the tile state (elsewhere it says so and stops).
+// Linux that grants the tile state (elsewhere it says so and stops). With a thread
+// count, the last lines time the 1 MiB span (2 MiB pages, all four loads streamed) on
+// one thread, then on that many threads at once, each over its own span: what the
+// large-M path's threads can get from their cores' tile units together.
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,6 +67,43 @@ static double time_steps(const char* buf, size_t span, enum Source source) {
     return best;
 }
 
+static char* span_memory(size_t bytes, int huge);
+static void configure(void);
+
+struct Shared {
+    pthread_barrier_t start;
+    double wall;
+};
+
+// One thread's share: its own tile state and span, every thread starting together.
+static void* stream_span(void* arg) {
+    struct Shared* shared = (struct Shared*)arg;
+    const size_t span = (size_t)1 << 20;
+    configure();
+    char* buf = span_memory(span, 1);
+    pthread_barrier_wait(&shared->start);
+    const double t = seconds();
+    for (int run = 0; run < RUNS; run++) time_steps(buf, span, BOTH_STREAMED);
+    shared->wall = seconds() - t;  // the same for every thread but the last to finish
+    free(buf);
+    _tile_release();
+    return NULL;
+}
+
+// Nanoseconds per tile multiply of all `threads` threads together (wall time over the
+// multiplies of every thread), each streaming its own 1 MiB span.
+static double together(int threads) {
+    pthread_t ids[64];
+    struct Shared shared;
+    pthread_barrier_init(&shared.start, NULL, (unsigned)threads);
+    const double t = seconds();
+    for (int i = 0; i < threads; i++) pthread_create(&ids[i], NULL, stream_span, &shared);
+    for (int i = 0; i < threads; i++) pthread_join(ids[i], NULL);
+    const double wall = seconds() - t;
+    pthread_barrier_destroy(&shared.start);
+    return wall / ((double)threads * RUNS * RUNS * ITERS * 4) * 1e9;
+}
+
 static char* span_memory(size_t bytes, int huge) {
     const size_t page = (size_t)2 << 20;
     const size_t rounded = (bytes + page - 1) / page * page;
@@ -73,12 +114,7 @@ static char* span_memory(size_t bytes, int huge) {
     return memory;
 }
 
-int main(void) {
-    const long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
-    if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) != 0) {
-        printf("the kernel does not grant the AMX tile state here\n");
-        return 1;
-    }
+static void configure(void) {
     struct TileConfig config;
     memset(&config, 0, sizeof(config));
     config.palette = 1;
@@ -86,11 +122,27 @@ int main(void) {
         config.bytes_per_row[t] = 64;
         config.rows[t] = 16;
     }
+    // ldtilecfg's operand names only the first bytes: keep the other stores above it.
+    __asm__ volatile("" ::: "memory");
     _tile_loadconfig(&config);
     _tile_zero(0);  // tile numbers are immediates
     _tile_zero(1);
     _tile_zero(2);
     _tile_zero(3);
+}
+
+int main(int argc, char** argv) {
+    const long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) != 0) {
+        printf("the kernel does not grant the AMX tile state here\n");
+        return 1;
+    }
+    const int threads = argc > 1 ? atoi(argv[1]) : 0;
+    if (threads < 0 || threads > 64) {
+        printf("threads: 1 to 64\n");
+        return 1;
+    }
+    configure();
     char* small = span_memory(STEP_BYTES, 0);
     _tile_loadd(4, small, 64);
     _tile_loadd(5, small, 64);
@@ -111,6 +163,11 @@ int main(void) {
     }
     free(small);
     _tile_release();
+    if (threads > 0) {
+        const double one = together(1), all = together(threads);
+        printf("1 MiB span, 2 MiB pages, streamed: one thread %6.2f ns per tile multiply; %d threads at once %6.2f ns "
+               "(%.2fx the one thread's rate)\n", one, threads, all, one / all);
+    }
     return 0;
 }
 #else
