@@ -55,6 +55,9 @@ const int kFillRows = 8;               // weight rows of a bitmap fill's unit
 const int64_t kChunkStepsFewBlocks = 4;
 const int kFewBlocks = 2;
 const int64_t kChunkStepsManyBlocks = 64;
+// Does a call of m activation rows have few blocks (short steps: chunks of
+// kChunkStepsFewBlocks, and a prefetch advance every step)?
+inline bool few_blocks(int64_t m) { return (m + 31) / 32 <= kFewBlocks; }
 const int64_t kChunkBytesMax = kChunkStepsManyBlocks * kGroup * 64;
 const int64_t kBlockSums = 4 * 256;  // fp32 sums of a block's four C tiles (32 weight x 32 activation rows)
 
@@ -417,7 +420,7 @@ void multiply_group(Rows& rows_of, Rows* next_of, int* first_buffer, int64_t row
     // step against every 4 at M = 2-16, 50% bitmap 1.03-1.20x -> 1.28-1.31x of oneDNN,
     // the 2:4 layout 0.88-0.92x -> 1.07-1.14x, M = 64 0.82-1.01x -> 0.95-1.07x; at M =
     // 512 every 4 steps stayed ahead, 0.97-1.19x against 0.92-0.99x).
-    const int64_t prefetch_every = blocks <= kFewBlocks ? 1 : 4;  // a power of two
+    const int64_t prefetch_every = few_blocks(m) ? 1 : 4;  // a power of two
     const int64_t advances = blocks * ((steps + prefetch_every - 1) / prefetch_every);
     RegionPrefetch ahead[2] = {RegionPrefetch(nullptr, nullptr, 1), RegionPrefetch(nullptr, nullptr, 1)};
     for (int i = 0; i < regions && i < 2; i++) ahead[i] = RegionPrefetch(next[i].begin, next[i].end, advances);
@@ -556,7 +559,7 @@ extern "C" int64_t vs_amx_work_bytes(int64_t m) {
 }
 
 extern "C" int64_t vs_amx_chunk_steps(int64_t m) {
-    return (m + 31) / 32 <= kFewBlocks ? kChunkStepsFewBlocks : kChunkStepsManyBlocks;
+    return few_blocks(m) ? kChunkStepsFewBlocks : kChunkStepsManyBlocks;
 }
 
 extern "C" int64_t vs_amx_carry_floats(int64_t m) { return (m + 31) / 32 * kBlockSums; }
