@@ -185,11 +185,11 @@ HugePageMemory map_huge_pages(uintptr_t bytes) {
 
 // A thread's scratch memory, kept from call to call (a fresh multi-megabyte
 // allocation costs a page fault per page on first touch, as much as the decompression
-// itself) and grown on demand, in whole 2 MiB pages. The large-M paths stream their packed activations and decompressed
-// tiles through the tile unit or the FMA units many times a call; on 4 KiB pages a
-// span of 1.5-2 MiB already runs out of TLB reach (benchmarks/amx_tiles.c on a 2-core
-// Emerald Rapids: 15.7 ns per tile multiply streaming 2 MiB on 4 KiB pages, 6.6 on
-// 2 MiB pages).
+// itself) and grown on demand, in whole 2 MiB pages. The large-M paths stream their
+// packed activations and decompressed tiles through the tile unit or the FMA units
+// many times a call; on 4 KiB pages a span of 1.5-2 MiB already runs out of TLB reach
+// (benchmarks/amx_tiles.c on a 2-core Emerald Rapids: 15.7 ns per tile multiply
+// streaming 2 MiB on 4 KiB pages, 6.6 on 2 MiB pages).
 class ScratchMemory {
   public:
     ScratchMemory() = default;
