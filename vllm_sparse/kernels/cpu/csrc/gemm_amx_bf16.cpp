@@ -492,6 +492,14 @@ KeptFill* kept_fill(void* work, int64_t m) {
     return (KeptFill*)((char*)work + 2 * kChunkBytesMax + (m + 31) / 32 * kBlockSums * (int64_t)sizeof(float));
 }
 
+// The fill cursor the group before kept for this one.
+template <class Rows>
+Rows kept_cursor(const KeptFill* kept) {
+    alignas(Rows) unsigned char bytes[sizeof(Rows)];
+    memcpy(bytes, kept->cursor, sizeof(Rows));
+    return *reinterpret_cast<const Rows*>(bytes);  // trivially copyable: its bytes are the cursor
+}
+
 // A group of a thread's run: its cursor as the group before left it, or a new one;
 // the next group's cursor kept for the next call.
 template <class Rows, class Weight>
@@ -500,12 +508,9 @@ void multiply_chained(const Weight* w, int64_t row0, int64_t rows, const uint16_
                       const VsAmxChain* chain) {
     static_assert(std::is_trivially_copyable<Rows>::value, "a cursor is kept by its bytes");
     KeptFill* kept = kept_fill(work, m);
-    Rows rows_of(w, row0, rows, part);
-    int first_buffer = -1;
-    if (chain && chain->prefilled) {
-        memcpy((void*)&rows_of, kept->cursor, sizeof(Rows));
-        first_buffer = kept->buffer;
-    }
+    const bool prefilled = chain && chain->prefilled;
+    Rows rows_of = prefilled ? kept_cursor<Rows>(kept) : Rows(w, row0, rows, part);
+    int first_buffer = prefilled ? kept->buffer : -1;
     const bool has_next = chain && chain->next_rows > 0;
     Rows next_of(w, row0 + kGroup, has_next ? chain->next_rows : 0, part);
     multiply_group(rows_of, has_next ? &next_of : nullptr, &first_buffer, rows, b, m, kp, g, row0, work, next,
