@@ -1,6 +1,6 @@
 """``vllm-sparse bench --backend openai`` and vLLM's own benchmark client
 (``vllm bench serve``, vllm/benchmarks/serve.py) measure the same workload on the
-same vLLM server (SmolLM2-135M): request throughput and median TTFT must agree.
+same vLLM server (SmolLM2-135M): request throughput, TTFT and ITL must agree.
 
 Two workloads. At concurrency 4, request throughput. Median TTFT there is not a
 property of the client's timing but of its phase: with fixed lengths a group of 4
@@ -12,10 +12,8 @@ one prompt's prefill whoever sends it.
 
 The clients take turns, each alone on the server (running them side by side made
 TTFT depend on how one client's wave of requests fell against the other's: ratios
-of 0.87 to 1.37 from the same code). The turns go vLLM, ours, ours, vLLM, vLLM,
-ours, so a slow drift of the shared machine's speed falls on both alike, and each
-client's figure is the median over its rounds, so one round caught by a load burst
-(a 2x slower server was seen between two 6-second runs) does not decide the test.
+of 0.87 to 1.37 from the same code). The turns go vLLM, ours, ours, vLLM, so a
+slow drift of the shared machine's speed falls on both alike.
 
 Even so the shared machine's speed moves between turns by more than the clients
 differ (one CI run: vLLM's rounds 39.7, 37.2, 35.6 ms median ITL, ours 43.6, 44.9,
@@ -23,6 +21,10 @@ differ (one CI run: vLLM's rounds 39.7, 37.2, 35.6 ms median ITL, ours 43.6, 44.
 compared as each client's figure over the server's own (vLLM's TTFT and ITL
 histograms, scraped from /metrics before and after each run): that asks whether
 the client measures what the server did in that very window, whatever its pace.
+The histograms give the server's mean, so the clients' means are compared, not
+their medians: a run with a few slow steps lifts the mean over the median, by as
+much as 25% in one CI run (ours 0.80x of vLLM's in median ITL over the server's
+mean, on the same front end that agreed within 3% in the runs before).
 Request throughput likewise (one CI run: the server ran 25% faster in two of our
 turns, ratio 1.20): it is compared as the client's rate times the server's mean
 request latency in the same run, i.e. how many requests the client kept in flight
@@ -51,11 +53,15 @@ pytestmark = [pytest.mark.vllm, pytest.mark.alone]
 
 INPUT_LEN, OUTPUT_LEN = 64, 32
 # (number of requests, concurrency) and the figures compared on each.
-WORKLOADS = {"c4": (16, 4), "c1": (6, 1)}
-COMPARED = {"c4": ("request_throughput",), "c1": ("request_throughput", "median_ttft_ms", "median_itl_ms")}
-ROUNDS = 3  # per client
+WORKLOADS = {"c4": (8, 4), "c1": (4, 1)}
+COMPARED = {"c4": ("request_throughput",), "c1": ("request_throughput", "mean_ttft_ms", "mean_itl_ms")}
+# Per client. Over the server's own figures the rounds agree within 1-3% (two of
+# three would do); sizes and rounds are small because a slower host multiplies them:
+# on an AVX2-only EPYC, where vLLM's bf16 prefill runs through F.linear, a round of 16
+# requests at concurrency 4 took 48-53 s (8-12 s on the AVX-512 hosts).
+ROUNDS = 2
 # Whose turn it is: an ABBA order, so a linear drift in machine speed cancels.
-TURNS = ("vllm", "ours", "ours", "vllm", "vllm", "ours")
+TURNS = ("vllm", "ours", "ours", "vllm")
 TOLERANCE = 0.15
 DONE = "@@run-done"
 
@@ -117,7 +123,8 @@ def _read_ours(out: Path, num_requests: int) -> dict:
     assert data["input_tokens"] == num_requests * INPUT_LEN  # the server's usage counts
     assert data["output_tokens"] == num_requests * OUTPUT_LEN
     return {"request_throughput": data["request_throughput"], "median_ttft_ms": data["ttft_ms"]["p50"],
-            "median_itl_ms": data["itl_ms"]["p50"], "output_throughput": data["output_token_throughput"],
+            "median_itl_ms": data["itl_ms"]["p50"], "mean_ttft_ms": data["ttft_ms"]["mean"],
+            "mean_itl_ms": data["itl_ms"]["mean"], "output_throughput": data["output_token_throughput"],
             "duration_s": data["duration_s"]}
 
 
@@ -126,13 +133,13 @@ def _read_vllm(out: Path, num_requests: int) -> dict:
     assert data["completed"] == num_requests and data["failed"] == 0
     assert data["total_input_tokens"] == num_requests * INPUT_LEN
     assert data["total_output_tokens"] == num_requests * OUTPUT_LEN
-    keys = ("request_throughput", "median_ttft_ms", "median_itl_ms", "output_throughput")
+    keys = ("request_throughput", "median_ttft_ms", "median_itl_ms", "mean_ttft_ms", "mean_itl_ms", "output_throughput")
     return {**{key: data[key] for key in keys}, "duration_s": data["duration"]}
 
 
 # The server's own latency histograms (vLLM's /metrics), per figure a client reports.
-SERVER_HISTOGRAMS = {"median_ttft_ms": "vllm:time_to_first_token_seconds",
-                     "median_itl_ms": "vllm:inter_token_latency_seconds",
+SERVER_HISTOGRAMS = {"mean_ttft_ms": "vllm:time_to_first_token_seconds",
+                     "mean_itl_ms": "vllm:inter_token_latency_seconds",
                      "request_throughput": "vllm:e2e_request_latency_seconds"}
 
 
@@ -259,7 +266,8 @@ def test_bench_agrees_with_vllm_bench_serve(base_model, tmp_path):
     started = time.monotonic()
     with server:
         results = _runs(server.url, base_model, tmp_path, env)
-    keys = ("request_throughput", "median_ttft_ms", "median_itl_ms", "output_throughput", "duration_s")
+    keys = ("request_throughput", "median_ttft_ms", "median_itl_ms", "mean_ttft_ms", "mean_itl_ms", "output_throughput",
+            "duration_s")
     lines = [f"{ROUNDS} rounds each, in turns; ratio = median of vllm-sparse bench / median of vllm bench serve"]
     for workload, pairs in results.items():
         num_requests, concurrency = WORKLOADS[workload]
