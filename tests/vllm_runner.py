@@ -10,6 +10,7 @@ Usage as a script: ``python tests/vllm_runner.py JOB.json RESULT.json``.
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import os
@@ -160,3 +161,19 @@ def main(job_path: str, result_path: str) -> None:
 
 if __name__ == "__main__":
     main(*sys.argv[1:3])
+
+
+# What the plugin's refusal of W4A16 layers says on such hosts (plugin/sparse_marlin24.py).
+NO_WNA16_REFUSAL = "vLLM's AVX2 build has no 4-bit GEMM"
+
+
+@functools.cache
+def vllm_cpu_has_wna16() -> bool:
+    """Whether the CPU library vLLM loads on this host has its 4-bit GEMM
+    (``_C::cpu_gemm_wna16``): its AVX-512 build does, its AVX2 build does not, and
+    there the W4A16 kernel fails at the first forward, taking the engine process down
+    (so tests leave W4A16 jobs out of shared engine processes on such hosts)."""
+    probe = "import torch\nfrom vllm import _custom_ops\nprint(hasattr(torch.ops._C, 'cpu_gemm_wna16'))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip().splitlines()[-1] == "True"

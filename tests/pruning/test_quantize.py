@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from checkpoints import tiny_llama
-from vllm_runner import run_engines
+from vllm_runner import NO_WNA16_REFUSAL, run_engines, vllm_cpu_has_wna16
 from vllm_sparse.checkpoint.compressed_tensors_format import compress_weight, decompress_weight
 from vllm_sparse.checkpoint.writer import load_state_dict
 from vllm_sparse.cli import main
@@ -162,9 +162,13 @@ def test_plugin_serves_what_our_writer_writes_like_stock_serves_the_twin(written
                 "max_model_len": 256}
 
     names = list(SCHEMES)
-    ours = run_engines([job(written[n, COMPRESSED[n]]) for n in names], tmp_path / "ours")
+    ours = dict(zip(names, run_engines([job(written[n, COMPRESSED[n]]) for n in names], tmp_path / "ours")))
+    if not vllm_cpu_has_wna16():  # no 4-bit GEMM in vLLM on this CPU: refused at load, saying so
+        assert NO_WNA16_REFUSAL in ours["w4a16"].get("error", ""), ours["w4a16"]
+        names.remove("w4a16")
     stock = run_engines([job(written[n, "twin"]) for n in names], tmp_path / "stock", plugins=False)
-    for name, mine, theirs in zip(names, ours, stock):
+    for name, theirs in zip(names, stock):
+        mine = ours[name]
         assert "error" not in mine and "error" not in theirs, (name, mine.get("error"), theirs.get("error"))
         assert mine["tokens"] == theirs["tokens"], name
         delta = max(abs(a - b) for la, lb in zip(mine["logprobs"], theirs["logprobs"]) for a, b in zip(la, lb))

@@ -67,6 +67,11 @@ Internals:
   decode batch, which the CPU dispatcher's batched-decode rule is held to).
 - the ``vllm`` logger namespace: our start-up table is logged under ``vllm.sparse``
   so it appears in vLLM's own log stream and format.
+- ``CPUWNA16LinearKernel`` (model_executor/kernels/linear/mixed_precision/cpu.py):
+  the W4A16 scheme's CPU kernel, which calls ``torch.ops._C.cpu_gemm_wna16``. vLLM's
+  AVX2 library (``vllm._C_AVX2``, loaded on CPUs without AVX-512) has no such op, so
+  the kernel is chosen and fails at the first forward; ``cpu_wna16_gemm_missing``
+  tells beforehand.
 """
 
 from vllm import ModelRegistry
@@ -111,6 +116,16 @@ def skip_capable_model_classes() -> dict[str, type]:
     return {"LlamaForCausalLM": LlamaForCausalLM, "Qwen2ForCausalLM": Qwen2ForCausalLM,
             "MistralForCausalLM": MistralForCausalLM}
 
+def cpu_wna16_gemm_missing(kernel) -> bool:
+    """Whether ``kernel`` (a W4A16 scheme's chosen kernel) is vLLM's CPU kernel while
+    the op it calls is absent from the CPU library this host loaded."""
+    import torch
+
+    from vllm import _custom_ops  # noqa: F401  (loads the host's CPU library into torch.ops._C)
+
+    return type(kernel).__name__ == "CPUWNA16LinearKernel" and not hasattr(torch.ops._C, "cpu_gemm_wna16")
+
+
 def cpu_onednn_handler(linear):
     """The oneDNN handler behind a dense layer's CPU GEMM (``handler_tensor``, ``n``),
     or None when the layer runs another CPU GEMM (zentorch, sgl, torch fallback)."""
@@ -131,6 +146,7 @@ __all__ = [
     "CompilationMode",
     "ModelRegistry",
     "cpu_onednn_handler",
+    "cpu_wna16_gemm_missing",
     "get_forward_context",
     "is_forward_context_available",
     "skip_capable_model_classes",
