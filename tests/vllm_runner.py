@@ -159,10 +159,6 @@ def main(job_path: str, result_path: str) -> None:
     Path(result_path).write_text(json.dumps(results))
 
 
-if __name__ == "__main__":
-    main(*sys.argv[1:3])
-
-
 # What the plugin's refusal of W4A16 layers says on such hosts (plugin/sparse_marlin24.py).
 NO_WNA16_REFUSAL = "vLLM's AVX2 build has no 4-bit GEMM"
 
@@ -173,7 +169,25 @@ def vllm_cpu_has_wna16() -> bool:
     (``_C::cpu_gemm_wna16``): its AVX-512 build does, its AVX2 build does not, and
     there the W4A16 kernel fails at the first forward, taking the engine process down
     (so tests leave W4A16 jobs out of shared engine processes on such hosts)."""
-    probe = "import torch\nfrom vllm import _custom_ops\nprint(hasattr(torch.ops._C, 'cpu_gemm_wna16'))"
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    return _probe("from vllm import _custom_ops\nprint(hasattr(torch.ops._C, 'cpu_gemm_wna16'))")
+
+
+@functools.cache
+def vllm_cpu_onednn_takes_bf16() -> bool:
+    """Whether vLLM's oneDNN GEMM takes bf16 weights on this host (it refuses them on
+    CPUs without AVX-512, where vLLM runs F.linear instead)."""
+    return _probe("from vllm import _custom_ops as ops\n"
+                  "try:\n    ops.create_onednn_mm(torch.zeros(64, 64, dtype=torch.bfloat16).t(), 32)\n"
+                  "except RuntimeError:\n    print(False)\nelse:\n    print(True)")
+
+
+def _probe(code: str) -> bool:
+    """What a fresh Python process with vLLM's CPU library loaded prints last (True/False)."""
+    out = subprocess.run([sys.executable, "-c", "import torch\n" + code], capture_output=True, text=True,
+                         timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout.strip().splitlines()[-1] == "True"
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])
