@@ -116,6 +116,7 @@ def skip_capable_model_classes() -> dict[str, type]:
     return {"LlamaForCausalLM": LlamaForCausalLM, "Qwen2ForCausalLM": Qwen2ForCausalLM,
             "MistralForCausalLM": MistralForCausalLM}
 
+
 def cpu_wna16_gemm_missing(kernel) -> bool:
     """Whether ``kernel`` (a W4A16 scheme's chosen kernel) is vLLM's CPU kernel while
     the op it calls is absent from the CPU library this host loaded."""
