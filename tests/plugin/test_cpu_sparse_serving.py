@@ -7,8 +7,9 @@ tokens for at least 3 of 8 prompts x 32 tokens each, eager and compiled, and 9 o
 16 in all (measured on the AVX-512 VBMI/BF16 host: 7 (eager) and 5 (compiled) of 8;
 with the bitmap kernel it was 6 and 7; on an AVX2-only EPYC 3 and 6; each kernel
 output is within one bf16 ulp of the exact result, see tests/kernels; divergences
-come at near-ties, logprobs ~1e-3 apart), eager against stock eager and compiled (vLLM's default) against stock compiled (stock compiled and
-stock eager themselves agree on only about half the prompts in bf16). Served in fp32
+come at near-ties, logprobs ~1e-3 apart), eager against stock eager and compiled
+(vLLM's default) against stock compiled (stock compiled and stock eager themselves
+agree on only about half the prompts in bf16). Served in fp32
 (every layer forced onto the kernels), the same checkpoint must give stock's fp32
 tokens for at least 7 of 8 prompts: the bf16 divergences are rounding. The checkpoint
 is Wanda-pruned 2:4: magnitude-pruned SmolLM2 is so degenerate (perplexity in the
