@@ -159,7 +159,7 @@ def main(job_path: str, result_path: str) -> None:
     Path(result_path).write_text(json.dumps(results))
 
 
-# What the plugin's refusal of W4A16 layers says on such hosts (plugin/sparse_marlin24.py).
+# What the plugin's refusal of W4A16 layers says on such hosts (plugin/scheme_wrapper.py).
 NO_WNA16_REFUSAL = "vLLM's AVX2 build has no 4-bit GEMM"
 
 

@@ -10,7 +10,13 @@ import torch
 from ..checkpoint.layer_table import LayerRow
 from .layer_report import LayerReport
 from .sparse_linear import layer_shard_names, shard_shapes
-from .vllm_internals import CompressedTensorsLinearMethod, LinearMethodBase
+from .vllm_internals import CompressedTensorsLinearMethod, LinearMethodBase, cpu_wna16_gemm_missing
+
+# Where vLLM's CPU library has no 4-bit GEMM, its W4A16 kernel would be chosen and fail
+# at the first forward, taking the engine down mid-request: refused at load instead.
+NO_CPU_WNA16 = ("vLLM's W4A16 kernel on this CPU calls torch.ops._C.cpu_gemm_wna16, which the CPU library "
+                "vLLM loaded here lacks (vLLM's AVX2 build has no 4-bit GEMM; its AVX-512 build has one): "
+                "stock vLLM cannot run this checkpoint's plain pack-quantized twin here either")
 
 
 class SchemeWrappingMethod(LinearMethodBase):
@@ -34,6 +40,8 @@ class SchemeWrappingMethod(LinearMethodBase):
                       stored_bytes: int) -> None:
         """The scheme's own post-processing, then the layer's row in the table."""
         scheme = type(layer.scheme).__name__.removeprefix("CompressedTensors")
+        if cpu_wna16_gemm_missing(getattr(layer.scheme, "kernel", None)):
+            raise RuntimeError(f"{self.prefix}: {NO_CPU_WNA16}")
         self.inner.process_weights_after_loading(layer)
         self.report.add(LayerRow(name=self.prefix, shape=shape, pattern=pattern, sparsity=sparsity,
                                  kernel=f"vllm {scheme}", dense_bytes=stored_bytes, stored_bytes=stored_bytes,

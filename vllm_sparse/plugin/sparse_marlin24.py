@@ -18,17 +18,7 @@ from ..checkpoint.marlin24 import MARLIN24_PARTS, decompress_marlin24
 from .layer_report import LayerReport
 from .scheme_wrapper import SchemeWrappingMethod
 from .sparse_linear import ShardAssembler, call_loader
-from .vllm_internals import (
-    CompressedTensorsLinearMethod,
-    cpu_wna16_gemm_missing,
-    register_weight_loader_v2_supported_method,
-)
-
-# Where vLLM's CPU library has no 4-bit GEMM, its W4A16 kernel would be chosen and fail
-# at the first forward, taking the engine down mid-request: refused at load instead.
-NO_CPU_WNA16 = ("vLLM's W4A16 kernel on this CPU calls torch.ops._C.cpu_gemm_wna16, which the CPU library "
-                "vLLM loaded here lacks (vLLM's AVX2 build has no 4-bit GEMM; its AVX-512 build has one): "
-                "stock vLLM cannot run this checkpoint's plain pack-quantized twin here either")
+from .vllm_internals import CompressedTensorsLinearMethod, register_weight_loader_v2_supported_method
 
 
 @register_weight_loader_v2_supported_method
@@ -79,7 +69,5 @@ class Marlin24LinearMethod(SchemeWrappingMethod):
         del layer.sparse_scheme_weight
         if self._worst_group > 2:
             raise CheckpointError(f"{self.prefix}: marlin-24 values with {self._worst_group} non-zeros in a group of 4")
-        if cpu_wna16_gemm_missing(getattr(layer.scheme, "kernel", None)):
-            raise RuntimeError(f"{self.prefix}: {NO_CPU_WNA16}")
         rows, cols = sum(assembler.partition_rows), layer.weight_packed.shape[1] * 32 // self.num_bits
         self.finish_scheme(layer, (rows, cols), "2:4", self._zeros / self._total, layer.weight_packed.numel() * 4)

@@ -182,13 +182,13 @@ template <int DT, int MB, int R>
 void rows(const Tables& t, const VsWeight* w, const VsGemm* g, int64_t begin, int64_t end, int64_t m0,
           RegionPrefetch* ahead) {
     int64_t r = begin;
-    if (DT == VS_BF16 && MB == 1) {
+    if constexpr (DT == VS_BF16 && MB == 1) {
         for (; r + R <= end; r += R) block_one_row_bf16<R>(t, w, g, r, m0, ahead);
         for (; r < end; r++) block_one_row_bf16<1>(t, w, g, r, m0, ahead);
-        return;
+    } else {
+        for (; r + R <= end; r += R) block<DT, MB, R>(t, w, g, r, m0, ahead);
+        for (; r < end; r++) block<DT, MB, 1>(t, w, g, r, m0, ahead);
     }
-    for (; r + R <= end; r += R) block<DT, MB, R>(t, w, g, r, m0, ahead);
-    for (; r < end; r++) block<DT, MB, 1>(t, w, g, r, m0, ahead);
 }
 
 template <int DT>
