@@ -151,6 +151,35 @@ def test_tiled_large_m_path_and_unpack(code, dtype):
         assert torch.allclose(y.float(), F.linear(x, w, bias).float(), rtol=1e-2, atol=1e-2 * x.shape[1] ** 0.5)
 
 
+@pytest.mark.parametrize("code", _isa_params())
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
+def test_widened_tiles_are_exact_to_fp32_accumulation(code, dtype, monkeypatch):
+    """bf16 and fp16 weights above max_direct_m, their tiles widened to fp32 for torch's
+    fp32 GEMM (``torch_fp32``, the rule on every ISA path but AVX-512 BF16): fp32
+    accumulation, the bias added in fp32 and one rounding, so held to the direct
+    kernel's bound. 600 x 1000 spans a full 512-row tile and a ragged one (2 MiB of
+    fp32 a tile); outputs poisoned beforehand; both layouts where the path has both."""
+    from vllm_sparse.kernels.cpu import layout24
+
+    monkeypatch.setenv("VLLM_SPARSE_CPU_TILE_GEMM", "torch_fp32")
+    gen = _gen(90 + code)
+    for shape, pattern in [((600, 1000), None), ((37, 70), None), ((96, 1536), (2, 4))]:
+        w = _pruned(shape, 0.6, dtype, gen, pattern)
+        layouts = [CpuSparseLayout.pack(w)]
+        if pattern is not None and dtype == torch.bfloat16 and code in (isa.AVX2, isa.AVX512_BF16):
+            layouts.append(layout24.Cpu24Layout.pack(w))
+        for layout in layouts:
+            for m in (9, 70):
+                x = torch.randn(m, shape[1], generator=gen).to(dtype)
+                bias = torch.randn(shape[0], generator=gen).to(dtype) if m % 2 else None
+                _poison_allocator(m * shape[0], dtype)
+                if isinstance(layout, CpuSparseLayout):
+                    y = cpu_kernels.linear(x, layout, bias, code, max_direct_m=8)
+                else:
+                    y = layout24.linear(x, layout, bias, max_direct_m=8, isa_code=code)
+                _check(y, x, w, bias, dtype)
+
+
 @pytest.mark.parametrize("tile_gemm", ["panels", "rows", "by rule"])
 def test_own_gemms_of_the_large_m_path_are_exact_to_fp32_accumulation(tile_gemm, monkeypatch):
     """bf16 on the AVX-512 BF16 path: the large-M path decompresses the compressed

@@ -233,14 +233,22 @@ void* activation_scratch(uintptr_t bytes) {
 // 2026-12-05 19:44 UTC, Llama-3-8B and Llama-1B shapes, 2:4 / 50% / 70%, geometric
 // means): 1.09x at M = 16, 1.06x at 24, 1.04x at 32 and 40, 1.03x at 64, 1.01x at 128;
 // 0.99x at 512 (every 12-row tile streams all the activations, from L3 once they
-// outgrow L2). Elsewhere torch's GEMM. VLLM_SPARSE_CPU_TILE_GEMM=torch, amx, panels or
-// rows forces one (read on every call: a large-M call takes a tenth of a millisecond
-// or more; amx only where the CPU has it).
-enum class TileGemm { kTorch, kAmx, kPanels, kRows };
+// outgrow L2). Elsewhere torch's GEMM: on the tile as it is stored, or, for bf16 and
+// fp16 tiles on the other ISA paths (CPUs without bf16 dot products), on the tile
+// widened to fp32 (`kTorchFloat`): there torch's half-precision GEMM is a slow
+// fallback. One thread of a 2-core AVX2-only EPYC (Zen 3), 2026-12-07, torch.mm on a
+// 2 MiB tile: bf16 7-10 GFLOPS at M = 16..512, fp32 31-40 at M = 16 and 68-76 at
+// M >= 64. VLLM_SPARSE_CPU_TILE_GEMM=torch, torch_fp32, amx, panels or rows forces one
+// (read on every call: a large-M call takes a tenth of a millisecond or more; amx only
+// where the CPU has it, the others only where the tile is bf16 or fp16).
+enum class TileGemm { kTorch, kTorchFloat, kAmx, kPanels, kRows };
 
 TileGemm tile_gemm(int64_t isa, at::ScalarType dtype, int64_t k, int64_t m) {
     const char* forced = getenv("VLLM_SPARSE_CPU_TILE_GEMM");
+    const bool half = dtype == at::kBFloat16 || dtype == at::kHalf;
     if (forced && strcmp(forced, "torch") == 0) return TileGemm::kTorch;
+    if (half && forced && strcmp(forced, "torch_fp32") == 0) return TileGemm::kTorchFloat;
+    if (half && isa != VS_AVX512_BF16) return TileGemm::kTorchFloat;
     if (!(isa == VS_AVX512_BF16 && dtype == at::kBFloat16 && k % 2 == 0)) return TileGemm::kTorch;
     if (forced && strcmp(forced, "panels") == 0) return TileGemm::kPanels;
     if (forced && strcmp(forced, "rows") == 0) return TileGemm::kRows;
@@ -477,24 +485,35 @@ at::Tensor tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const at::Ten
     if (gemm == TileGemm::kAmx) return amx_tiled_linear(x, n, k, amx_group, regions_of, bias);
     if (gemm == TileGemm::kRows) return row_tiled_linear(x, n, k, fill_rows, regions_of, bitmap, bias);
     if (gemm == TileGemm::kPanels) return panel_tiled_linear(x, n, k, fill_panel, regions_of, bias);
-    const int64_t es = c10::elementSize(dtype);
+    const bool widen = gemm == TileGemm::kTorchFloat;
+    // The tile's size is the GEMM's operand: fp32 where widened.
+    const int64_t es = widen ? 4 : c10::elementSize(dtype);
     const int64_t tile = std::min(n, std::max<int64_t>(16, tile_bytes() / (k * es) / 16 * 16));
     const int64_t tiles = (n + tile - 1) / tile;
     at::Tensor y = at::empty({x.size(0), n}, x.options());
+    const at::Tensor xg = widen ? x.to(at::kFloat) : x;  // widened once, for every tile
+    const at::Tensor bias_f = widen ? float_bias(bias) : at::Tensor();
     // Torch ops run on the worker threads here: give them the caller's thread-local
     // state (inference mode, grad mode), or vLLM's inference tensors refuse the copy.
     const at::ThreadLocalState caller_state;
     at::parallel_for(0, tiles, 1, [&](int64_t first, int64_t last) {
         at::ThreadLocalStateGuard state_guard(caller_state);
-        at::Tensor buffer = tile_buffer(tile * k, weight_options).view({tile, k});
+        // One scratch block: the tile as unpacked, then (widened) its fp32 copy.
+        const int64_t stored_words = (tile * k * c10::elementSize(dtype) + 3) / 4;
+        at::Tensor scratch = tile_buffer(stored_words + (widen ? tile * k : 0), weight_options.dtype(at::kFloat));
+        at::Tensor buffer = at::from_blob(scratch.data_ptr(), {tile, k}, weight_options);
+        at::Tensor widened = widen ? scratch.narrow(0, stored_words, tile * k).view({tile, k}) : buffer;
         for (int64_t t = first; t < last; t++) {
             const int64_t r0 = t * tile;
             const int64_t rows = std::min(tile, n - r0);
             unpack_rows(r0, r0 + rows, buffer.data_ptr());
-            y.narrow(1, r0, rows).copy_(at::mm(x, buffer.narrow(0, 0, rows).t()));
+            if (widen) widened.narrow(0, 0, rows).copy_(buffer.narrow(0, 0, rows));
+            at::Tensor part = at::mm(xg, widened.narrow(0, 0, rows).t());
+            if (widen && bias_f.defined()) part.add_(bias_f.narrow(0, r0, rows));  // in fp32: one rounding
+            y.narrow(1, r0, rows).copy_(part);
         }
     });
-    if (bias.has_value() && bias->defined()) y.add_(*bias);
+    if (!widen && bias.has_value() && bias->defined()) y.add_(*bias);
     return y;
 }
 
