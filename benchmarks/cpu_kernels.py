@@ -295,6 +295,10 @@ def annotate(records, read_gbps):
         r["speedup_of_path_run"] = r[r["path"]] if r["chosen"] else 1.0
 
 
+def _times(speedup: float | None) -> str:
+    return "-" if speedup is None else f"{speedup:.2f}x"
+
+
 def markdown(machine, records) -> str:
     lines = [
         f"# CPU sparse kernels vs dense ({machine['baseline']})",
@@ -313,7 +317,8 @@ def markdown(machine, records) -> str:
         "speedup = dense time / sparse time, same run, calls alternating; direct = the sparse kernel (the 2:4 "
         "layout on AVX-512 BF16 from M = 4: the kernel with the weight rows in the lanes), "
         "tiled = the large-M path (AVX-512 BF16: weight rows decompressed into L2 a tile at a time and multiplied "
-        "by our own vdpbf16ps GEMMs, row tiles or panels; elsewhere tiles into torch's dense GEMM); GB/s = compressed bytes / direct time; "
+        "by our own vdpbf16ps GEMMs, row tiles or panels; elsewhere tiles into torch's dense GEMM, bf16 and fp16 "
+        "tiles widened to fp32 for it); a dash: not measured at that M; GB/s = compressed bytes / direct time; "
         "% of read = GB/s over a read of as many bytes from memory timed alternating with the two at M = 1; "
         "path = what the dispatcher runs for this layer and M (dense: the layer stays dense; other 2:4 kernel: a "
         "2:4 layer runs on the other kernel of this ISA path, faster over M = 1..8, or within 3% there and "
@@ -327,7 +332,7 @@ def markdown(machine, records) -> str:
         share = "" if gbps is None else f"{100 * gbps / r['read_gbps']:.0f}%"
         lines.append(
             f"| {r['isa']} | {r['dtype']} | {r['shape']} | {r['pattern']} | {r['m']} | {r['dense_ms']:.3f} | "
-            f"{r.get('direct', float('nan')):.2f}x | {r.get('tiled', float('nan')):.2f}x | "
+            f"{_times(r.get('direct'))} | {_times(r.get('tiled'))} | "
             f"{'' if gbps is None else f'{gbps:.1f}'} | "
             f"{share} | {r['path']} |"
         )
