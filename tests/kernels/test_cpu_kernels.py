@@ -554,8 +554,7 @@ def test_dispatch_rule_from_a_table():
     one_at_a_time = choose((2048, 2048), 0.5, torch.bfloat16, "avx2", RECORDS, max_batch=1)
     assert one_at_a_time is not None and one_at_a_time.decode_speedup == 1.3  # engine never batches decode
     assert choose((4096, 4096), 0.5, torch.bfloat16, "avx512_bf16", RECORDS) is None  # ISA never measured
-    # Ahead of the large-M path at every measured M, the largest included (a host
-    # without bf16 dot products, whose large-M path is torch's GEMM): direct at any M.
+    # Ahead of the large-M path at every measured M, the largest included: direct at any M.
     ahead = tuple({**r, "direct": max(r["direct"], r["tiled"] + 0.1)} for r in RECORDS)
     assert choose((4096, 4096), 0.55, torch.bfloat16, "avx2", ahead).max_direct_m == dispatch.EVERY_M
     # Records by kind of pattern: a 4:8 layer its own, a 2:4 one (never measured on

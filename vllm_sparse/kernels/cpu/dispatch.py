@@ -23,8 +23,7 @@ shape (by weight size, then in_features) give its expected speed-up per M:
   stays dense, as stock vLLM runs it;
 * ``max_direct_m``: the largest measured M at which the direct kernel is still at
   least as fast as the tiled path; above it, the tiled path runs. Where the direct
-  kernel is ahead at every measured M, the largest included (hosts without bf16 dot
-  products, where the large-M path multiplies with torch's GEMM), it runs at any M.
+  kernel is ahead at every measured M, the largest included, it runs at any M.
 
 Where a weight can take more than one kernel path (a 2:4 weight: the 2:4 kernel or
 the bitmap kernel, the same bytes), the one with the best geometric mean over the

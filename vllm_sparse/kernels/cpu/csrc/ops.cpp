@@ -239,8 +239,9 @@ void* activation_scratch(uintptr_t bytes) {
 // fallback. One thread of a 2-core AVX2-only EPYC (Zen 3), 2026-12-07, torch.mm on a
 // 2 MiB tile: bf16 7-10 GFLOPS at M = 16..512, fp32 31-40 at M = 16 and 68-76 at
 // M >= 64. VLLM_SPARSE_CPU_TILE_GEMM=torch, torch_fp32, amx, panels or rows forces one
-// (read on every call: a large-M call takes a tenth of a millisecond or more; amx only
-// where the CPU has it, the others only where the tile is bf16 or fp16).
+// (read on every call: a large-M call takes a tenth of a millisecond or more;
+// torch_fp32 only for bf16 and fp16 tiles; amx, panels and rows only for bf16 on the
+// AVX-512 BF16 path, amx where the CPU has it).
 enum class TileGemm { kTorch, kTorchFloat, kAmx, kPanels, kRows };
 
 TileGemm tile_gemm(int64_t isa, at::ScalarType dtype, int64_t k, int64_t m) {
