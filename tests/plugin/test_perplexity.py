@@ -1,5 +1,12 @@
 """Perplexity of a sparse model served through vLLM + the plugin (the project's own
-command) agrees with transformers on the same weights."""
+command) agrees with transformers on the same weights.
+
+Within 2%: the magnitude-pruned 2:4 SmolLM2 is degenerate (perplexity ~1370), so small
+differences in rounding move it, and vLLM's own pipeline differs from transformers'
+there. On a 2-core AVX2-only EPYC (2026-12-07): transformers bf16 1373.57 (fp32
+1368.58), stock vLLM on the dense twin 1356.96 (1.2% below transformers), the plugin
+on the compressed checkpoint 1359.60 (0.2% from stock vLLM). Agreement with stock
+vLLM itself is held to 0.5% in test_cpu_sparse_serving.py."""
 
 from __future__ import annotations
 
@@ -40,4 +47,4 @@ def test_served_perplexity_matches_transformers(base_model, tmp_path):
     model = LlamaForCausalLM.from_pretrained(dirs.stock, dtype=torch.bfloat16).eval()
     reference = transformers_perplexity(model, corpus_windows(tokenizer, CORPUS, WINDOW, COUNT))
     print(f"perplexity on {CORPUS.name}: served {served:.3f}, transformers {reference:.3f}")
-    assert served == pytest.approx(reference, rel=0.01)
+    assert served == pytest.approx(reference, rel=0.02)
