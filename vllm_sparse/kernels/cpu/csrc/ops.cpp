@@ -493,14 +493,15 @@ at::Tensor tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const at::Ten
     const int64_t tiles = (n + tile - 1) / tile;
     at::Tensor y = at::empty({x.size(0), n}, x.options());
     const at::Tensor xg = widen ? x.to(at::kFloat) : x;  // widened once, for every tile
-    const at::Tensor bias_f = widen ? float_bias(bias) : at::Tensor();
+    // Added to each tile's product before it is stored: in fp32 where widened (one rounding).
+    const at::Tensor tile_bias = widen ? float_bias(bias) : bias.has_value() ? *bias : at::Tensor();
+    // One scratch block a thread: the tile as unpacked, then (widened) its fp32 copy.
+    const int64_t stored_words = (tile * k * c10::elementSize(dtype) + 3) / 4;
     // Torch ops run on the worker threads here: give them the caller's thread-local
     // state (inference mode, grad mode), or vLLM's inference tensors refuse the copy.
     const at::ThreadLocalState caller_state;
     at::parallel_for(0, tiles, 1, [&](int64_t first, int64_t last) {
         at::ThreadLocalStateGuard state_guard(caller_state);
-        // One scratch block: the tile as unpacked, then (widened) its fp32 copy.
-        const int64_t stored_words = (tile * k * c10::elementSize(dtype) + 3) / 4;
         at::Tensor scratch = tile_buffer(stored_words + (widen ? tile * k : 0), weight_options.dtype(at::kFloat));
         at::Tensor buffer = at::from_blob(scratch.data_ptr(), {tile, k}, weight_options);
         at::Tensor widened = widen ? scratch.narrow(0, stored_words, tile * k).view({tile, k}) : buffer;
@@ -510,11 +511,10 @@ at::Tensor tiled_linear(const at::Tensor& x, int64_t n, int64_t k, const at::Ten
             unpack_rows(r0, r0 + rows, buffer.data_ptr());
             if (widen) widened.narrow(0, 0, rows).copy_(buffer.narrow(0, 0, rows));
             at::Tensor part = at::mm(xg, widened.narrow(0, 0, rows).t());
-            if (widen && bias_f.defined()) part.add_(bias_f.narrow(0, r0, rows));  // in fp32: one rounding
+            if (tile_bias.defined()) part.add_(tile_bias.narrow(0, r0, rows));
             y.narrow(1, r0, rows).copy_(part);
         }
     });
-    if (!widen && bias.has_value() && bias->defined()) y.add_(*bias);
     return y;
 }
 
