@@ -18,7 +18,7 @@ if ! command -v prometheus >/dev/null; then
 fi
 wait "$ct014" || echo "note: .venv-ct014 could not be built; live compressed-tensors 0.14 check skipped"
 # The slowest tests are listed at the end, to keep the run under its time budget.
-pytest=(.venv/bin/python -m pytest -q -ra --durations=15)
+pytest=(.venv/bin/python -m pytest -q -ra --durations=40)
 if [ "$#" -gt 0 ]; then
     exec "${pytest[@]}" "$@"
 fi

@@ -38,8 +38,12 @@ def test_self_is_identical_and_noise_moves_every_measure(base_model, tmp_path, m
     save_file(state, str(noisy / WEIGHTS_FILE), metadata={"format": "pt"})
 
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    # fp32: this checks the evaluation, not a dtype, and on CPUs without AVX-512 vLLM's
+    # bf16 runs through torch's slow bf16 GEMM (on an AVX2-only EPYC the three bf16
+    # passes took 344 s, most of it prefilling the cloze contexts).
     settings = EvalSettings(window=256, count=2, greedy_prompts=4, greedy_tokens=16, cloze_items=12,
-                            chat_tokens=24, chat_prompts=("Why is the sky blue?", "How do plants make their food?"))
+                            chat_tokens=24, chat_prompts=("Why is the sky blue?", "How do plants make their food?"),
+                            dtype="float32")
     out = tmp_path / "report"
     same, perturbed = run_eval([ModelSpec("same", base_model), ModelSpec("noisy", noisy)], base_model, CORPUS, out,
                                settings)
