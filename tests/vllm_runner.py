@@ -28,7 +28,8 @@ def run_engines(jobs: list[dict], workdir: Path, *, plugins: bool = True, timeou
                 env: dict | None = None) -> list[dict]:
     """``jobs``: dicts with ``model``, optional ``quantization``, ``prompts``,
     ``max_tokens``, ``logprobs``, ``perplexity_windows``, ``enforce_eager`` (default
-    True), ``max_num_batched_tokens`` (a compiled engine's defaults to ``max_model_len``), ``max_model_len``, ``skip_tokenizer_init``
+    True), ``max_num_batched_tokens`` (a compiled engine's defaults to
+    ``max_model_len``), ``max_model_len``, ``skip_tokenizer_init``
     (then prompts are lists of token ids), ``tensor_parallel_size``,
     ``pipeline_parallel_size``; FFN-skip keys: ``ffn_skip`` (a profile path,
     ``ffn_python_step`` (run the Python skip step, not the C++ op),
