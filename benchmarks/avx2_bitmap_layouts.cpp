@@ -1,13 +1,15 @@
-// The AVX2 one-row bf16 decode of the bitmap layout (csrc/gemm_avx2.cpp,
-// block_one_row_bf16, copied here as it is) against the same weight laid out per
-// block of 8 rows as one contiguous run of records: per 64 (CW = 2) or 128 (CW = 4)
-// columns, the 8 rows' 32-bit bitmap words, then the 8 rows' values, row after row.
+// The AVX2 one-row bf16 decode of the bitmap layout (the library's own
+// vs_gemm_avx2, linked from csrc/) against the same weight laid out per block of 8
+// rows as one contiguous run of records: per 64 (CW = 2) or 128 (CW = 4) columns, the
+// 8 rows' 32-bit bitmap words, then the 8 rows' values, row after row.
 //
-//     g++ -O3 -march=native -fopenmp benchmarks/avx2_bitmap_layouts.cpp -o /tmp/layouts
+//     c=vllm_sparse/kernels/cpu/csrc
+//     g++ -O3 -march=native -fopenmp -I$c benchmarks/avx2_bitmap_layouts.cpp \
+//         $c/gemm_avx2.cpp $c/gemm_scalar.cpp -o /tmp/layouts
 //     OMP_NUM_THREADS=2 /tmp/layouts 4096 14336 0.5 20       # out, in, sparsity, calls
 //     HOT=1 OMP_NUM_THREADS=1 /tmp/layouts 96 4096 0.7 200   # one copy, in L2
 //
-// Variants: prod (the library's loop: 8 value pointers, 8 bitmap rows, the next 24
+// Variants: prod (the library's kernel: 8 value pointers, 8 bitmap rows, the next 24
 // rows brought into L2 while it multiplies); blocked2 / blocked4 (per-row pointers
 // found from each record's bitmap words); blocked2+region (the same, with the next
 // block brought into L2); rowwise2 / rowwise4 (one pointer walks each record's rows
@@ -27,6 +29,9 @@
 #include <random>
 #include <algorithm>
 
+#include "spmm.h"
+#include "prefetch.h"  // RegionPrefetch, as the library's kernels use it
+
 alignas(64) static uint8_t widen_bf16[256][32];
 static void init_tables() {
   for (int b = 0; b < 256; b++) { int rank = 0; for (int j = 0; j < 8; j++) {
@@ -39,53 +44,24 @@ static inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s)); s = _mm_add_ss(s, _mm_movehdup_ps(s)); return _mm_cvtss_f32(s);
 }
-struct RegionPrefetch { const char* next; const char* end; int64_t step;
-  RegionPrefetch(const void* b, const void* e, int64_t steps): next((const char*)b), end((const char*)e) {
-    int64_t bytes = end > next ? end - next : 0; step = steps > 0 ? ((bytes / steps + 63) & ~(int64_t)63) : bytes; }
-  void advance() { for (int64_t d = 0; d < step && next < end; d += 64, next += 64) _mm_prefetch(next, _MM_HINT_T1); } };
-
-template <int R>
-__attribute__((noinline)) void prod_block(const uint16_t* values, const int64_t* row_offsets, const uint32_t* bitmap,
-    int64_t words, const float* x, int64_t r0, float* y, RegionPrefetch* ahead) {
-  const char* widen = (const char*)widen_bf16;
-  const uint32_t* bits = bitmap + r0 * words;
-  __m256 acc[R]; const char* v[R];
-#pragma GCC unroll 8
-  for (int r = 0; r < R; r++) { v[r] = (const char*)values + row_offsets[r0 + r] * 2; acc[r] = _mm256_setzero_ps(); }
-  for (int64_t word = 0; word < words; word++) {
-    const float* xw = x + word * 32;
-    ahead[0].advance(); ahead[1].advance();
-    const __m256 xq[4] = {_mm256_loadu_ps(xw), _mm256_loadu_ps(xw + 8), _mm256_loadu_ps(xw + 16), _mm256_loadu_ps(xw + 24)};
-#pragma GCC unroll 8
-    for (int r = 0; r < R; r++) {
-      const uint32_t mask = bits[r * words + word];
-      const uint32_t offset[4] = {(mask << 5) & 0x1fe0u, (mask >> 3) & 0x1fe0u, (mask >> 11) & 0x1fe0u, (mask >> 19) & 0x1fe0u};
-      const char* p = v[r]; __m256 a = acc[r];
+// One 32-column bitmap word of a row: each byte's packed values placed in its 8
+// columns' fp32 lanes by one shuffle (as the library's one-row loop does), times the
+// activations xq[byte], added into a; p moves past the word's values.
+static inline __m256 word_dot(const char*& p, uint32_t mask, const __m256* xq, __m256 a) {
+  const uint32_t offset[4] = {(mask << 5) & 0x1fe0u, (mask >> 3) & 0x1fe0u, (mask >> 11) & 0x1fe0u, (mask >> 19) & 0x1fe0u};
 #pragma GCC unroll 4
-      for (int q = 0; q < 4; q++) {
-        const __m256i placed = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)p)),
-                                                   _mm256_load_si256((const __m256i*)(widen + offset[q])));
-        a = _mm256_fmadd_ps(_mm256_castsi256_ps(placed), xq[q], a);
-        p += (int64_t)_mm_popcnt_u64(offset[q]) * 2;
-      }
-      acc[r] = a; v[r] = p;
-    }
+  for (int q = 0; q < 4; q++) {
+    const __m256i placed = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)p)),
+                                               _mm256_load_si256((const __m256i*)((const char*)widen_bf16 + offset[q])));
+    a = _mm256_fmadd_ps(_mm256_castsi256_ps(placed), xq[q], a);
+    p += (int64_t)_mm_popcnt_u64(offset[q]) * 2;
   }
-#pragma GCC unroll 8
-  for (int r = 0; r < R; r++) y[r0 + r] = hsum(acc[r]);
-}
-void prod_rows(const uint16_t* values, const int64_t* off, const uint32_t* bitmap, int64_t words, const float* x, float* y, int64_t begin, int64_t end) {
-  const int64_t chunk = 24;
-  for (int64_t c0 = begin; c0 < end; c0 += chunk) { int64_t c1 = std::min(c0 + chunk, end), n1 = std::min(c1 + chunk, end);
-    int64_t steps = ((c1 - c0 + 7) / 8) * words;
-    RegionPrefetch ahead[2] = {RegionPrefetch(values + off[c1], values + off[n1], steps), RegionPrefetch(bitmap + c1 * words, bitmap + n1 * words, steps)};
-    for (int64_t r = c0; r < c1; r += 8) prod_block<8>(values, off, bitmap, words, x, r, y, ahead); }
+  return a;
 }
 
 // Blocked: group g of 8 rows starts at data + goff[g]; per chunk of CW words: uint32 bits[8][CW], then the 8 rows' values.
 template <int CW, bool REGION>
 __attribute__((noinline)) void blocked_group(const char* p, int64_t chunks, const float* x, float* y, RegionPrefetch* ahead) {
-  const char* widen = (const char*)widen_bf16;
   __m256 acc[8];
 #pragma GCC unroll 8
   for (int r = 0; r < 8; r++) acc[r] = _mm256_setzero_ps();
@@ -106,17 +82,7 @@ __attribute__((noinline)) void blocked_group(const char* p, int64_t chunks, cons
 #pragma GCC unroll 4
         for (int kk = 0; kk < CW; kk++) rowcount += _mm_popcnt_u32(bits[r * CW + kk]);
         vr += rowcount * 2;
-        const uint32_t mask = bits[r * CW + k];
-        const uint32_t offset[4] = {(mask << 5) & 0x1fe0u, (mask >> 3) & 0x1fe0u, (mask >> 11) & 0x1fe0u, (mask >> 19) & 0x1fe0u};
-        __m256 a = acc[r];
-#pragma GCC unroll 4
-        for (int q = 0; q < 4; q++) {
-          const __m256i placed = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)pr)),
-                                                     _mm256_load_si256((const __m256i*)(widen + offset[q])));
-          a = _mm256_fmadd_ps(_mm256_castsi256_ps(placed), xq[q], a);
-          pr += (int64_t)_mm_popcnt_u64(offset[q]) * 2;
-        }
-        acc[r] = a;
+        acc[r] = word_dot(pr, bits[r * CW + k], xq, acc[r]);
       }
       if (k == CW - 1) p = vr;
     }
@@ -127,7 +93,6 @@ __attribute__((noinline)) void blocked_group(const char* p, int64_t chunks, cons
 // Variant: rows of the chunk walked one after another, all CW words of a row (one pointer, no prefix sums).
 template <int CW>
 __attribute__((noinline)) void blocked_group_rowwise(const char* p, int64_t chunks, const float* x, float* y) {
-  const char* widen = (const char*)widen_bf16;
   __m256 acc[8];
 #pragma GCC unroll 8
   for (int r = 0; r < 8; r++) acc[r] = _mm256_setzero_ps();
@@ -140,15 +105,9 @@ __attribute__((noinline)) void blocked_group_rowwise(const char* p, int64_t chun
       __m256 a = acc[r];
 #pragma GCC unroll 4
       for (int k = 0; k < CW; k++) {
-        const uint32_t mask = bits[r * CW + k];
-        const uint32_t offset[4] = {(mask << 5) & 0x1fe0u, (mask >> 3) & 0x1fe0u, (mask >> 11) & 0x1fe0u, (mask >> 19) & 0x1fe0u};
-#pragma GCC unroll 4
-        for (int q = 0; q < 4; q++) {
-          const __m256i placed = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i*)pr)),
-                                                     _mm256_load_si256((const __m256i*)(widen + offset[q])));
-          a = _mm256_fmadd_ps(_mm256_castsi256_ps(placed), _mm256_loadu_ps(xc + k * 32 + 8 * q), a);
-          pr += (int64_t)_mm_popcnt_u64(offset[q]) * 2;
-        }
+        const float* xw = xc + k * 32;
+        const __m256 xq[4] = {_mm256_loadu_ps(xw), _mm256_loadu_ps(xw + 8), _mm256_loadu_ps(xw + 16), _mm256_loadu_ps(xw + 24)};
+        a = word_dot(pr, bits[r * CW + k], xq, a);
       }
       acc[r] = a;
     }
@@ -195,7 +154,12 @@ int main(int argc, char** argv) {
   auto run = [&](int v, const Copy& c, int t, int nt) {
     int64_t g0 = groups * t / nt, g1 = groups * (t + 1) / nt;
     switch (v) {
-      case 0: prod_rows(c.v, off.data(), c.b, words, x.data(), y.data(), g0 * 8, g1 * 8); break;
+      case 0: {  // the library's kernel, on this thread's rows
+        const VsWeight w = {c.v, c.b, off.data(), n, k, words, VS_BF16, 0};
+        const VsGemm g = {x.data(), 1, nullptr, y.data(), n, VS_F32};
+        vs_gemm_avx2(&w, &g, g0 * 8, g1 * 8);
+        break;
+      }
       case 1: for (int64_t g = g0; g < g1; g++) { RegionPrefetch a(nullptr, nullptr, 1); blocked_group<2, false>((const char*)c.b2 + goff2[g], words / 2, x.data(), y.data() + g * 8, &a); } break;
       case 2: for (int64_t g = g0; g < g1; g++) { int64_t ne = std::min(g + 2, groups); RegionPrefetch a((const char*)c.b2 + goff2[g + 1], (const char*)c.b2 + goff2[ne], words); blocked_group<2, true>((const char*)c.b2 + goff2[g], words / 2, x.data(), y.data() + g * 8, &a); } break;
       case 3: for (int64_t g = g0; g < g1; g++) { RegionPrefetch a(nullptr, nullptr, 1); blocked_group<4, false>((const char*)c.b4 + goff4[g], words / 4, x.data(), y.data() + g * 8, &a); } break;
