@@ -43,6 +43,10 @@ MAX_INFLIGHT = 6  # ours: the 7th concurrent stream is refused
 # slower (ours 1.07-1.11x its request throughput with it on). Both off: the two
 # servers then run the same engine and differ in the front end alone.
 STOCK_ENV = {"SMG_VLLM_SERVICER_WARMUP": "off", "SMG_VLLM_SERVICER_KV_EVENTS": "off"}
+# The two long-lived servers compare front ends, whatever the engine's dtype: fp32,
+# since on an AVX2-only CPU vLLM's bf16 linear layers run several times slower than
+# fp32 ones and the load test's rounds took most of this file's 9 minutes there.
+FRONT_END_ARGS = ["--dtype", "float32"]
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +57,7 @@ def checkpoint(base_model):
 @pytest.fixture(scope="module")
 def stock(base_model, tmp_path_factory):
     server = VllmGrpcLauncher(base_model, free_port(), tmp_path_factory.mktemp("stock") / "server.log",
-                              env=STOCK_ENV)
+                              extra_args=FRONT_END_ARGS, env=STOCK_ENV)
     with server:
         yield server
 
@@ -61,7 +65,8 @@ def stock(base_model, tmp_path_factory):
 @pytest.fixture(scope="module")
 def ours(base_model, tmp_path_factory):
     server = SparseServer(base_model, free_port(), free_port(), tmp_path_factory.mktemp("ours") / "server.log",
-                          grpc_args=["--grpc-max-inflight", str(MAX_INFLIGHT), "--grpc-shutdown-grace", "1"])
+                          grpc_args=["--grpc-max-inflight", str(MAX_INFLIGHT), "--grpc-shutdown-grace", "1"],
+                          extra_args=FRONT_END_ARGS)
     with server:
         yield server
 
