@@ -112,6 +112,18 @@ def test_layers_take_the_measured_path_and_keep_only_compressed_weights(served):
             assert sum(row[4].startswith("cpu_sparse/") for row in rows) >= len(rows) // 2, table
 
 
+def test_the_compiled_engine_hands_its_warm_up_heap_back(served):
+    """Once, after the compiled engine's warm-up (the eager ones have none), with
+    RSS no higher after than before."""
+    import re
+
+    releases = re.findall(r"compiled warm-up over; freed heap handed back, RSS (\d+) -> (\d+) MiB", served[3])
+    assert len(releases) == 1, releases
+    before, after = (int(v) for v in releases[0])
+    print(f"compiled engine after its warm-up: RSS {before} -> {after} MiB")
+    assert after <= before
+
+
 def test_lm_head_takes_the_dense_gemv_where_the_cpu_has_it(served):
     """The tied 49152 x 576 head: our GEMV where the table says it wins here (AVX-512
     BF16), in every engine; else vLLM's."""

@@ -8,6 +8,7 @@ import logging
 from ..checkpoint.layer_table import LayerRow, format_layer_table
 from ..runtime import release_freed_memory
 from .run_files import write_layer_table
+from .vllm_internals import after_cpu_warm_up
 from .worker_metrics import record_layer_sparsity
 
 
@@ -27,5 +28,18 @@ class LayerReport:
         record_layer_sparsity(row.name, row.pattern, row.kernel, row.sparsity, row.dense_bytes, row.stored_bytes)
         if not self._pending:
             release_freed_memory()
+            # And again once a compiled engine's warm-up is over: compiling and running
+            # that forward frees hundreds of MiB that glibc would otherwise keep, so the
+            # process's RSS would not show what the compressed weights saved.
+            after_cpu_warm_up(self._release_after_warm_up)
             self._logger.info("vllm-sparse layer table:\n%s", format_layer_table(self.rows))
             write_layer_table(self.rows, quantization="vllm-sparse")
+
+    def _release_after_warm_up(self) -> None:
+        import psutil  # a dependency of vLLM's
+
+        process = psutil.Process()
+        before = process.memory_info().rss
+        release_freed_memory()
+        self._logger.info("vllm-sparse: compiled warm-up over; freed heap handed back, RSS %.0f -> %.0f MiB",
+                          before / 2**20, process.memory_info().rss / 2**20)

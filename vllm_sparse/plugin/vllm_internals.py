@@ -72,7 +72,14 @@ Internals:
   AVX2 library (``vllm._C_AVX2``, loaded on CPUs without AVX-512) has no such op, so
   the kernel is chosen and fails at the first forward; ``cpu_wna16_gemm_missing``
   tells beforehand.
+- ``CPUModelRunner.warming_up_model`` (v1/worker/cpu_model_runner.py): in compiled
+  mode the CPU worker compiles and runs one warm-up forward there, once, after the
+  weights are loaded; ``after_cpu_warm_up`` wraps it (on the class, in the process
+  that loads the model) to hand the heap it freed back to the OS.
 """
+
+import functools
+import sys
 
 from vllm import ModelRegistry
 from vllm.config import CompilationMode, CUDAGraphMode, get_current_vllm_config_or_none
@@ -127,6 +134,31 @@ def cpu_wna16_gemm_missing(kernel) -> bool:
     return type(kernel).__name__ == "CPUWNA16LinearKernel" and not hasattr(torch.ops._C, "cpu_gemm_wna16")
 
 
+def after_cpu_warm_up(callback) -> bool:
+    """Run ``callback()`` each time vLLM's CPU model runner ends its compile-mode
+    warm-up in this process (an eager engine has none). False where no CPU model
+    runner is loaded here (another platform, or a process that does not run the
+    model)."""
+    module = sys.modules.get("vllm.v1.worker.cpu_model_runner")
+    runner = getattr(module, "CPUModelRunner", None)
+    if runner is None:
+        return False
+    warm_up = runner.warming_up_model
+    if getattr(warm_up, "vllm_sparse_after", None) is not None:
+        return True  # wrapped once per process
+
+    @functools.wraps(warm_up)
+    def warming_up_model(self, *args, **kwargs):
+        result = warm_up(self, *args, **kwargs)
+        if self.vllm_config.compilation_config.mode != CompilationMode.NONE:
+            callback()
+        return result
+
+    warming_up_model.vllm_sparse_after = callback
+    runner.warming_up_model = warming_up_model
+    return True
+
+
 def cpu_onednn_handler(linear):
     """The oneDNN handler behind a dense layer's CPU GEMM (``handler_tensor``, ``n``),
     or None when the layer runs another CPU GEMM (zentorch, sgl, torch fallback)."""
@@ -146,6 +178,7 @@ __all__ = [
     "CUDAGraphMode",
     "CompilationMode",
     "ModelRegistry",
+    "after_cpu_warm_up",
     "cpu_onednn_handler",
     "cpu_wna16_gemm_missing",
     "get_forward_context",
