@@ -261,8 +261,8 @@ def _ratio_to_server(pairs: list, key: str) -> float:
 def test_bench_agrees_with_vllm_bench_serve(base_model, tmp_path):
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "VLLM_CACHE_ROOT": private_vllm_cache(tmp_path)}
     # No prefix caching: every round then costs the server the same. fp32: the clients are
-    # compared, not the engine, and on an AVX2-only CPU vLLM's bf16 linear layers run
-    # several times slower than fp32 ones.
+    # compared, not the engine, and on an AVX2-only CPU vLLM's bf16 linear layers take
+    # torch's slow bf16 GEMM from two rows up (prefill, batched decode).
     server = OpenAIServer(base_model, free_port(), tmp_path / "server.log",
                           extra_args=["--no-enable-prefix-caching", "--dtype", "float32"], env=env)
     started = time.monotonic()

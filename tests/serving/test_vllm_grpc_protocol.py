@@ -44,8 +44,9 @@ MAX_INFLIGHT = 6  # ours: the 7th concurrent stream is refused
 # servers then run the same engine and differ in the front end alone.
 STOCK_ENV = {"SMG_VLLM_SERVICER_WARMUP": "off", "SMG_VLLM_SERVICER_KV_EVENTS": "off"}
 # The two long-lived servers compare front ends, whatever the engine's dtype: fp32,
-# since on an AVX2-only CPU vLLM's bf16 linear layers run several times slower than
-# fp32 ones and the load test's rounds took most of this file's 9 minutes there.
+# since on an AVX2-only CPU vLLM's bf16 linear layers take torch's slow bf16 GEMM from
+# two rows up (prefill, batched decode) and the load test took most of this file's 9
+# minutes there (its alone part: 558 s of CI in fp32, 815 s in bf16).
 FRONT_END_ARGS = ["--dtype", "float32"]
 
 
