@@ -46,7 +46,7 @@ STOCK_ENV = {"SMG_VLLM_SERVICER_WARMUP": "off", "SMG_VLLM_SERVICER_KV_EVENTS": "
 # The two long-lived servers compare front ends, whatever the engine's dtype: fp32,
 # since on an AVX2-only CPU vLLM's bf16 linear layers take torch's slow bf16 GEMM from
 # two rows up (prefill, batched decode) and the load test took most of this file's 9
-# minutes there (its alone part: 558 s of CI in fp32, 815 s in bf16).
+# minutes there (CI's alone part, this file and test_bench_vs_vllm.py: 558 s in fp32, 815 s in bf16).
 FRONT_END_ARGS = ["--dtype", "float32"]
 
 
