@@ -5,6 +5,7 @@ release: tests/plugin/test_cpu_sparse_serving.py.)"""
 
 from __future__ import annotations
 
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -36,8 +37,6 @@ def test_callback_runs_after_vllms_warm_up_and_wraps_once(monkeypatch):
 
 
 def test_no_cpu_model_runner_loaded_is_reported(monkeypatch):
-    import sys
-
     from vllm_sparse.plugin.vllm_internals import after_cpu_warm_up
 
     monkeypatch.delitem(sys.modules, "vllm.v1.worker.cpu_model_runner", raising=False)
