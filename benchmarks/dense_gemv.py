@@ -1,5 +1,6 @@
 """The LM head's dense GEMV (``vllm_sparse::cpu_dense_linear``) against the GEMM vLLM's
-CPU worker runs for it (oneDNN on a prepacked weight), side by side in one process.
+CPU worker runs for it (oneDNN on a prepacked weight; ``F.linear`` on AVX2-only CPUs,
+where oneDNN takes no bf16), side by side in one process.
 
     python benchmarks/dense_gemv.py [--rounds 9] [--out benchmarks/results/dense_gemv]
     python benchmarks/dense_gemv.py --write-table      # also refresh the plugin's table
@@ -9,8 +10,8 @@ model of cpu_e2e.py (49152 x 2048), Llama-3.2-1B (128256 x 2048), Llama-2-7B (32
 4096); M = 1, 2, 4, 8, 16 rows (decode batch). bf16, random weights, each checked
 against the fp32 product first. Calls of the three variants alternate round by round
 (ours on 2 MiB pages, as the plugin serves it; ours on the ordinary 4 KiB pages;
-vLLM's oneDNN), each round the median of 3 calls, then the median over rounds.
-speedup = oneDNN time / ours time. gbps = weight bytes / time; read_gbps: a 512 MiB
+vLLM's GEMM), each round the median of 3 calls, then the median over rounds.
+speedup = vLLM's time / ours time. gbps = weight bytes / time; read_gbps: a 512 MiB
 read in the same run (cpu_kernels.py's ``read_bandwidth``), the limit.
 ``--write-table``: the speed-ups become ``vllm_sparse/kernels/cpu/dense_gemv_table.json``,
 from which the plugin decides, per LM head shape, up to which M our GEMV runs.
@@ -89,7 +90,7 @@ def main() -> None:
     from vllm_sparse.kernels.cpu import build, dense_gemv_available, dispatch, isa
 
     if not dense_gemv_available():
-        sys.exit(f"the dense GEMV cannot run here (needs AVX-512 BF16): {build.load_error() or 'no such CPU'}")
+        sys.exit(f"the dense GEMV cannot run here (needs AVX2 + FMA or AVX-512 BF16): {build.load_error() or 'no such CPU'}")
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     ms = [int(v) for v in args.ms.split(",")]
     machine = {**isa.cpu_description(), "isa_path": isa.NAMES[isa.default()],
@@ -103,11 +104,11 @@ def main() -> None:
     args.out.with_suffix(".json").write_text(json.dumps({"machine": machine, "records": records}, indent=1) + "\n")
     lines = ["# Dense bf16 GEMV (the LM head) against vLLM's CPU GEMM", "",
              f"Machine: {machine['cpu']}, {machine['threads']} threads, ISA path {machine['isa_path']}; "
-             f"{machine['date']}. Baseline: `{BASELINE}` (vLLM's prepacked oneDNN GEMM). Command: "
+             f"{machine['date']}. Baseline: `{BASELINE}` (what vLLM runs for the head here). Command: "
              f"`{machine['command']}`. Read bandwidth in the same run: {machine['read_gbps'][0]} GB/s before, "
              f"{machine['read_gbps'][1]} GB/s after. Calls alternating in one process; medians.", "",
-             "| shape | M | oneDNN ms | ours ms (2 MiB pages) | ours ms (4 KiB pages) | speed-up | "
-             "speed-up on 4 KiB pages | ours GB/s | oneDNN GB/s |", "|---|---|---|---|---|---|---|---|---|"]
+             "| shape | M | vLLM's ms | ours ms (2 MiB pages) | ours ms (4 KiB pages) | speed-up | "
+             "speed-up on 4 KiB pages | ours GB/s | vLLM's GB/s |", "|---|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['shape']} | {r['m']} | {r['baseline_ms']} | {r['ours_huge_ms']} | {r['ours_4k_ms']} | "
               f"{r['speedup']}x | {r['speedup_4k']}x | {r['gbps']} | {r['baseline_gbps']} |" for r in records]
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")

@@ -634,9 +634,22 @@ def test_dense_gemv_rule_from_a_table():
 
 def test_committed_dense_gemv_table_measures_common_heads():
     table = json.loads(dispatch.DENSE_GEMV_TABLE_PATH.read_text())
-    shapes = {r["shape"] for r in table["records"] if r["isa"] == "avx512_bf16"}
-    assert {"49152x576", "49152x2048", "128256x2048", "32000x4096"} <= shapes, shapes
+    for host in ("avx512_bf16", "avx2"):
+        shapes = {r["shape"] for r in table["records"] if r["isa"] == host}
+        assert {"49152x576", "49152x2048", "128256x2048", "32000x4096"} <= shapes, (host, shapes)
     assert table["machine"]["cpu"] and table["machine"]["date"] and table["machine"]["read_gbps"]
+
+
+def test_another_dense_gemv_table_by_environment(tmp_path, monkeypatch):
+    """``VLLM_SPARSE_CPU_DENSE_GEMV_TABLE``: a table without records keeps every head
+    on vLLM's GEMM (the A side of an end-to-end A/B); the committed one takes the GEMV
+    for SmolLM2's head on both measured host classes."""
+    for host in ("avx512_bf16", "avx2"):
+        assert dispatch.dense_gemv_max_m((49152, 576), host) >= 1
+    empty = tmp_path / "no_heads.json"
+    empty.write_text(json.dumps({"records": []}))
+    monkeypatch.setenv(dispatch.DENSE_GEMV_TABLE_ENV, str(empty))
+    assert dispatch.dense_gemv_max_m((49152, 576), "avx2") == 0
 
 
 def _run_python(code: str, env: dict) -> subprocess.CompletedProcess:
@@ -759,33 +772,36 @@ def test_huge_page_copies_get_huge_pages_after_the_heap_has_been_used():
         assert sum(kib >= 4 * HUGE_PAGE // 1024 for kib in huge_kib) >= 3, huge_kib
 
 
-def test_dense_gemv_matches_reference_or_is_refused():
-    """The LM head's dense GEMV (AVX-512 BF16): every row count it splits into passes
-    (1, 2, passes of 4 then 2 then 1), row blocks of 16 / 8 / 6 with their tails,
-    several L2-sized chunks of rows, and a partial last 32-column word; on other CPUs
-    the op refuses with the reason."""
-    gen = _gen(77)
-    if not cpu_kernels.dense_gemv_available():
-        x, w = torch.randn(1, 64).bfloat16(), torch.randn(8, 64).bfloat16()
-        with pytest.raises(RuntimeError, match="AVX-512 BF16"):
-            cpu_kernels.dense_linear(x, w)
-        return
-    for shape in [(1, 1), (7, 33), (37, 70), (130, 96), (61, 2048), (200, 576), (300, 2048)]:
+@pytest.mark.parametrize("code", [isa.AVX2, isa.AVX512_BF16], ids=["avx2", "avx512_bf16"])
+def test_dense_gemv_matches_reference_or_is_refused(code):
+    """The LM head's dense GEMV on each ISA path it has (AVX-512 BF16; AVX2, which
+    AVX-512 without BF16 runs too): every row count it splits into passes (1, 2,
+    passes of 4 then 2 then 1), the AVX-512 kernel's row blocks of 16 / 8 / 6 with
+    their tails, several L2-sized chunks of rows, a partial last 16- or 32-column
+    group; on other CPUs and the scalar path the op refuses with the reason."""
+    gen = _gen(77 + code)
+    if code not in isa.supported():
+        pytest.skip(f"this CPU has no {isa.NAMES[code]} path")
+    x, w = torch.randn(1, 64).bfloat16(), torch.randn(8, 64).bfloat16()
+    with pytest.raises(RuntimeError, match="needs AVX2"):
+        cpu_kernels.dense_linear(x, w, isa_code=isa.SCALAR)
+    assert cpu_kernels.dense_gemv_isa(code) == code and cpu_kernels.dense_gemv_isa(isa.SCALAR) is None
+    for shape in [(1, 1), (7, 33), (37, 70), (130, 96), (61, 2048), (200, 576), (300, 2048), (9, 40)]:
         w = torch.randn(shape, generator=gen).bfloat16()
         for m in (1, 2, 3, 4, 5, 7, 8, 9, 17):
             x = torch.randn(m, shape[1], generator=gen).bfloat16()
             bias = torch.randn(shape[0], generator=gen).bfloat16() if m % 2 else None
             _poison_allocator(m * shape[0], torch.bfloat16)
-            _check(cpu_kernels.dense_linear(x, w, bias), x, w, bias, torch.bfloat16)
+            _check(cpu_kernels.dense_linear(x, w, bias, isa_code=code), x, w, bias, torch.bfloat16)
     # At M = 1 a row's result does not depend on where it falls (tensor-parallel shards,
     # thread shares): bit for bit the same from a shifted slice and from one thread.
     w, x = torch.randn(301, 576, generator=gen).bfloat16(), torch.randn(1, 576, generator=gen).bfloat16()
-    full = cpu_kernels.dense_linear(x, w)
-    assert torch.equal(cpu_kernels.dense_linear(x, w[5:].contiguous()), full[:, 5:])
+    full = cpu_kernels.dense_linear(x, w, isa_code=code)
+    assert torch.equal(cpu_kernels.dense_linear(x, w[5:].contiguous(), isa_code=code), full[:, 5:])
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        assert torch.equal(cpu_kernels.dense_linear(x, w), full)
+        assert torch.equal(cpu_kernels.dense_linear(x, w, isa_code=code), full)
     finally:
         torch.set_num_threads(threads)
     w = torch.randn(16, 64).bfloat16()

@@ -43,9 +43,13 @@ def test_head_takes_our_gemv_up_to_its_m_and_vllms_gemm_above(monkeypatch):
 
 
 def test_a_forced_lower_path_or_dense_keeps_vllms_gemm(monkeypatch):
+    from vllm_sparse.kernels.cpu import isa
     from vllm_sparse.plugin.lm_head import gemv_max_m
 
-    monkeypatch.setenv("VLLM_SPARSE_CPU_ISA", "avx2")
+    if not cpu_kernels.dense_gemv_available():
+        pytest.skip("the CPU kernels are not built here")
+    # One path below the best: its records were measured against another baseline.
+    monkeypatch.setenv("VLLM_SPARSE_CPU_ISA", "avx2" if isa.best() > isa.AVX2 else "scalar")
     assert gemv_max_m(torch.zeros(4096, 2048, dtype=torch.bfloat16)) == 0
     monkeypatch.delenv("VLLM_SPARSE_CPU_ISA")
     assert gemv_max_m(torch.zeros(4096, 2048)) == 0  # fp32: vLLM's

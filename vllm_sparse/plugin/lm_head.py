@@ -3,13 +3,14 @@
 The LM head is never pruned (layer_names.py says why) and, in a small model, is the
 largest single weight a decode step reads: Llama-3.2-1B-shaped models with a 49152 x
 2048 tied head move ~201 MB for it every step, ~22% of a 70%-sparse step's weight
-bytes. vLLM's CPU path multiplies it with a oneDNN GEMM prepacked for 32 rows; at the
-few rows of a decode step our dense GEMV (``vllm_sparse::cpu_dense_linear``, weights
-on 2 MiB pages) reads it faster (benchmarks/results/dense_gemv.md). Up to which M is
-measured per shape (``cpu.dispatch.dense_gemv_max_m``); above it, where the table
-says vLLM's GEMM wins at M = 1 already, on CPUs without AVX-512 BF16 (or with the
-kernels off, another ISA path forced, or ``VLLM_SPARSE_PATH=dense``) and for other
-dtypes, vLLM's own path runs, unchanged.
+bytes. vLLM's CPU path multiplies it with a oneDNN GEMM prepacked for 32 rows (AVX-512
+BF16) or with F.linear (AVX2, where oneDNN takes no bf16); at the few rows of a decode
+step our dense GEMV (``vllm_sparse::cpu_dense_linear``, weights on 2 MiB pages) reads
+it faster (benchmarks/results/dense_gemv.md, dense_gemv_avx2.md). Up to which M is
+measured per shape and host class (``cpu.dispatch.dense_gemv_max_m``); above it, where
+the table says vLLM's GEMM wins at M = 1 already, on host classes without records (or
+with the kernels off, a lower ISA path forced, or ``VLLM_SPARSE_PATH=dense``) and for
+other dtypes, vLLM's own path runs, unchanged.
 """
 
 from __future__ import annotations
@@ -35,10 +36,14 @@ def gemv_max_m(weight: torch.Tensor) -> int:
         return 0
     if forced_path() == DENSE:  # every layer on vLLM's own GEMM (tests compare bit for bit)
         return 0
-    if not cpu_kernels.dense_gemv_available() or isa.default() != isa.AVX512_BF16:
+    if not cpu_kernels.dense_gemv_available():
         return 0
-    # Records of this host class: on a CPU with AMX vLLM's GEMM runs on the tile unit.
-    return dispatch.dense_gemv_max_m(tuple(weight.shape), isa.host_class(isa.AVX512_BF16))
+    # Records measured against what vLLM runs for the head on this host class (oneDNN
+    # with AVX-512 BF16, on the tile unit with AMX; F.linear on AVX2): a lower path
+    # forced on a bigger CPU has none that apply, and keeps vLLM's.
+    if isa.default() != isa.best():
+        return 0
+    return dispatch.dense_gemv_max_m(tuple(weight.shape), isa.host_class())
 
 
 class CpuHeadMethod(UnquantizedEmbeddingMethod):

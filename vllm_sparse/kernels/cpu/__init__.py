@@ -36,16 +36,29 @@ def unpack(layout: CpuSparseLayout, isa_code: int | None = None) -> torch.Tensor
     )
 
 
-def dense_gemv_available() -> bool:
-    """Can ``dense_linear`` run here (kernels built, an AVX-512 BF16 CPU)?"""
-    return build.load() and bool(torch.ops.vllm_sparse.cpu_dense_gemv_supported())
+def dense_gemv_isa(isa_code: int | None = None) -> int | None:
+    """The ISA path the dense GEMV runs on for path ``isa_code`` (default: the one in
+    force): AVX-512 BF16 has its own kernel, AVX2 and AVX-512 without BF16 run the AVX2
+    one; None where it cannot run (kernels not built, scalar path)."""
+    if not build.load():
+        return None
+    code = isa.default() if isa_code is None else isa_code
+    if not torch.ops.vllm_sparse.cpu_dense_gemv_supported(code):
+        return None
+    return isa.AVX512_BF16 if code == isa.AVX512_BF16 else isa.AVX2
 
 
-def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def dense_gemv_available(isa_code: int | None = None) -> bool:
+    """Can ``dense_linear`` run here on ISA path ``isa_code`` (default: the one in force)?"""
+    return dense_gemv_isa(isa_code) is not None
+
+
+def dense_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                 isa_code: int | None = None) -> torch.Tensor:
     """x [M, in] @ weight^T (+ bias) for a dense bf16 weight and a few rows of x (up to
     which M it beats vLLM's GEMM: ``dispatch.dense_gemv_max_m``)."""
-    return torch.ops.vllm_sparse.cpu_dense_linear(x, weight, bias)
+    return torch.ops.vllm_sparse.cpu_dense_linear(x, weight, bias, isa.default() if isa_code is None else isa_code)
 
 
-__all__ = ["CpuSparseLayout", "DEFAULT_MAX_DIRECT_M", "build", "dense_gemv_available",
+__all__ = ["CpuSparseLayout", "DEFAULT_MAX_DIRECT_M", "build", "dense_gemv_available", "dense_gemv_isa",
            "dense_linear", "isa", "linear", "unpack"]

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 SOURCE_DIR = Path(__file__).parent / "csrc"
 SOURCES = ("ops.cpp", "gemm_scalar.cpp", "gemm_avx2.cpp", "gemm_avx512.cpp", "gemm_avx512_bf16.cpp", "gemm_nm24.cpp",
            "gemm_nm24_avx2.cpp", "gemm_nm24_lanes_bf16.cpp", "gemm_tile_bf16.cpp", "gemm_rowtile_bf16.cpp",
-           "gemm_amx_bf16.cpp", "gemv_dense_bf16.cpp", "skip_mlp.cpp", "silu_mul.cpp", "neuron_mlp.cpp")
+           "gemm_amx_bf16.cpp", "gemv_dense_bf16.cpp", "gemv_dense_avx2.cpp", "skip_mlp.cpp", "silu_mul.cpp", "neuron_mlp.cpp")
 HEADERS = ("spmm.h", "store.h", "prefetch.h", "decode_walk.h", "nm24_records.h", "neuron_mlp.h", "silu_mul.h", "bf16.h",
            "transpose16.h", "expand16.h")
 # -mtune=native schedules for this CPU without using any instruction it lacks (each
@@ -164,7 +164,7 @@ def _register_fakes() -> None:
         return torch.empty_like(x), torch.empty_like(countdown)
 
     @torch.library.register_fake("vllm_sparse::cpu_dense_linear")
-    def _(x, weight, bias):
+    def _(x, weight, bias, isa):
         return x.new_empty(x.shape[0], weight.shape[0])
 
     @torch.library.register_fake("vllm_sparse::cpu_sparse_unpack")

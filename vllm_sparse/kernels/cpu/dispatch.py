@@ -51,8 +51,11 @@ from .isa import AVX2, AVX512_BF16
 TABLE_PATH = Path(__file__).parent / "dispatch_table.json"
 TABLE_ENV = "VLLM_SPARSE_CPU_DISPATCH_TABLE"
 # Same-run speed-ups of the dense GEMV (a model's LM head) over vLLM's GEMM, per ISA
-# path, shape and M, as written by ``python benchmarks/dense_gemv.py --write-table``.
+# path, shape and M, as written by ``python benchmarks/dense_gemv.py --write-table``;
+# ``VLLM_SPARSE_CPU_DENSE_GEMV_TABLE`` names another (one without records keeps every
+# head on vLLM's GEMM: the A side of an end-to-end A/B).
 DENSE_GEMV_TABLE_PATH = Path(__file__).parent / "dense_gemv_table.json"
+DENSE_GEMV_TABLE_ENV = "VLLM_SPARSE_CPU_DENSE_GEMV_TABLE"
 # The 2:4 kernels (csrc/gemm_nm24.cpp, gemm_nm24_avx2.cpp), recorded in the table as
 # paths of their own, by the ISA code they run on.
 NM24 = "avx512_nm24"
@@ -78,11 +81,11 @@ class CpuChoice:
     overall_mean: float = float("nan")  # geometric mean over every measured M
 
 
-def table_path() -> Path:
-    """The dispatch table in force: the one ``VLLM_SPARSE_CPU_DISPATCH_TABLE`` names,
+def table_path(env: str = TABLE_ENV, committed: Path = TABLE_PATH) -> Path:
+    """The dispatch table in force: the one the environment variable ``env`` names,
     else the committed one."""
-    named = os.environ.get(TABLE_ENV)
-    return Path(named).expanduser() if named else TABLE_PATH
+    named = os.environ.get(env)
+    return Path(named).expanduser() if named else committed
 
 
 def load_table(path: Path | None = None) -> tuple[dict, ...]:
@@ -204,7 +207,8 @@ def dense_gemv_max_m(shape: tuple[int, int], isa: str, records: tuple[dict, ...]
     nearest measured shape (by row length first: the per-row costs set how a GEMV
     streams, then by size): it must beat vLLM's GEMM by ``MIN_DECODE_GAIN`` at M = 1
     and be no slower at every measured M up to the one returned."""
-    records = load_table(DENSE_GEMV_TABLE_PATH) if records is None else records
+    if records is None:
+        records = load_table(table_path(DENSE_GEMV_TABLE_ENV, DENSE_GEMV_TABLE_PATH))
     mine = [r for r in records if r["isa"] == isa]
     if not mine:
         return 0

@@ -3,7 +3,7 @@
 //   cpu_sparse_unpack(values, bitmap, row_offsets, in_features, isa)
 //   cpu_best_isa() -> int, cpu_amx_ready() -> bool
 //   cpu_nm24_linear(x, blocks, out_features, in_features, isa, max_direct_m, bias), cpu_nm24_unpack(...)
-//   cpu_dense_linear(x, weight, bias): dense bf16, few rows (AVX-512 BF16)
+//   cpu_dense_linear(x, weight, bias, isa): dense bf16, few rows (AVX-512 BF16 or AVX2)
 // Threads: at::parallel_for over output rows, i.e. torch's own OpenMP pool (the
 // threads vLLM's CPU worker sizes and pins).
 #include <ATen/ATen.h>
@@ -13,11 +13,13 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
 
 #include "spmm.h"
+#include "store.h"
 
 namespace {
 
@@ -687,12 +689,31 @@ at::Tensor nm24_linear(const at::Tensor& x_in, const at::Tensor& blocks, int64_t
 
 // ---- dense bf16 GEMV (gemv_dense_bf16.cpp) ---------------------------------------
 
-bool dense_gemv_supported() { return isa_supported(VS_AVX512_BF16); }
+// The AVX-512 BF16 path has its own kernel; AVX2 and AVX-512 without BF16 run the
+// AVX2 one.
+bool dense_gemv_supported(int64_t isa) { return isa >= VS_AVX2 && isa <= VS_AVX512_BF16 && isa_supported(isa); }
+
+// x [m, k] bf16 as the AVX2 GEMV reads it: fp32, each 16 columns as their 8 even then
+// their 8 odd values, rows padded with zeros to a multiple of 16.
+at::Tensor split_even_odd(const at::Tensor& x) {
+    const int64_t m = x.size(0), k = x.size(1), kx = (k + 15) / 16 * 16;
+    at::Tensor out = at::zeros({m, kx}, x.options().dtype(at::kFloat));
+    const uint16_t* src = reinterpret_cast<const uint16_t*>(x.data_ptr());
+    float* dst = out.data_ptr<float>();
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t c = 0; c < k; c++) {
+            const int64_t j = c % 16;
+            dst[i * kx + c - j + ((j & 1) ? 8 + j / 2 : j / 2)] = vs_bf16_to_f32(src[i * k + c]);
+        }
+    return out;
+}
 
 // y = x W^T (+ bias) for a dense bf16 weight and a few activation rows (the LM head
 // of a sparse model at decode); threads split the output rows.
-at::Tensor dense_linear(const at::Tensor& x_in, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
-    TORCH_CHECK(dense_gemv_supported(), "this CPU cannot run the dense GEMV (AVX-512 BF16)");
+at::Tensor dense_linear(const at::Tensor& x_in, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                        int64_t isa) {
+    TORCH_CHECK(dense_gemv_supported(isa), "the dense GEMV has no ", kIsaName[std::clamp<int64_t>(isa, 0, 3)],
+                " kernel on this CPU (it needs AVX2 + FMA or AVX-512 BF16)");
     TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kBFloat16 && weight.is_contiguous() &&
                     weight.device().is_cpu(),
                 "weight must be a contiguous bf16 [out_features, in_features] CPU tensor, got ",
@@ -705,9 +726,15 @@ at::Tensor dense_linear(const at::Tensor& x_in, const at::Tensor& weight, const 
     at::Tensor y = at::empty({x.size(0), n}, x.options());
     if (x.size(0) == 0) return y;
     const at::Tensor bias_f = float_bias(bias);
-    const VsGemm g = gemm_args(x.data_ptr(), x.size(0), bias_f, y);
     const uint16_t* w = reinterpret_cast<const uint16_t*>(weight.data_ptr());
-    at::parallel_for(0, n, share(n, 16), [&](int64_t b, int64_t e) { vs_dense_gemv_avx512_bf16(w, k, &g, b, e); });
+    if (isa == VS_AVX512_BF16) {
+        const VsGemm g = gemm_args(x.data_ptr(), x.size(0), bias_f, y);
+        at::parallel_for(0, n, share(n, 16), [&](int64_t b, int64_t e) { vs_dense_gemv_avx512_bf16(w, k, &g, b, e); });
+    } else {
+        const at::Tensor xs = split_even_odd(x);
+        const VsGemm g = gemm_args(xs.data_ptr(), x.size(0), bias_f, y);
+        at::parallel_for(0, n, share(n, 8), [&](int64_t b, int64_t e) { vs_dense_gemv_avx2(w, k, &g, b, e); });
+    }
     return y;
 }
 
@@ -776,8 +803,8 @@ TORCH_LIBRARY_FRAGMENT(vllm_sparse, m) {
           "int max_direct_m, Tensor? bias) -> Tensor");
     m.def("cpu_nm24_unpack(Tensor blocks, int out_features, int in_features, int isa) -> Tensor");
     m.def("cpu_nm24_supported(int isa) -> bool", &nm24_supported);
-    m.def("cpu_dense_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
-    m.def("cpu_dense_gemv_supported() -> bool", &dense_gemv_supported);
+    m.def("cpu_dense_linear(Tensor x, Tensor weight, Tensor? bias, int isa) -> Tensor");
+    m.def("cpu_dense_gemv_supported(int isa) -> bool", &dense_gemv_supported);
     m.def("cpu_stream_read(Tensor data) -> int", &stream_read);
     m.def("cpu_hugepage_copy(Tensor src) -> Tensor", &hugepage_copy);
 }

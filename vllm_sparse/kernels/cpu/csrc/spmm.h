@@ -167,6 +167,9 @@ void vs_amx_nm24_group(const VsNM24Weight* w, int64_t row0, int64_t rows, const 
 // Dense bf16 W [N, k] (row-major, contiguous) on AVX-512 BF16 (gemv_dense_bf16.cpp):
 // rows [row_begin, row_end) of y = x W^T (+ bias), x bf16 [m, k] contiguous, y bf16.
 void vs_dense_gemv_avx512_bf16(const uint16_t* w, int64_t k, const VsGemm* g, int64_t row_begin, int64_t row_end);
+// The same on AVX2 + FMA (gemv_dense_avx2.cpp), x fp32 [m, ceil(k / 16) * 16] with each
+// 16 columns laid out as their 8 even then their 8 odd values.
+void vs_dense_gemv_avx2(const uint16_t* w, int64_t k, const VsGemm* g, int64_t row_begin, int64_t row_end);
 #ifdef __cplusplus
 }
 #endif
