@@ -444,6 +444,24 @@ def test_opcheck_and_compiled_graph():
     assert torch.equal(compiled(x5), f(x5))
 
 
+def test_dense_gemv_opcheck_and_compiled_graph():
+    """The head's op as vLLM's compiled graph runs it: fake shapes, dynamic M."""
+    code = cpu_kernels.dense_gemv_isa()
+    if code is None:
+        pytest.skip("the dense GEMV has no kernel on this CPU")
+    w, bias = torch.randn(40, 80).bfloat16(), torch.randn(40).bfloat16()
+    x = torch.randn(3, 80).bfloat16()
+    torch.library.opcheck(torch.ops.vllm_sparse.cpu_dense_linear.default, (x, w, bias, code))
+
+    def f(inp):
+        return torch.relu(torch.ops.vllm_sparse.cpu_dense_linear(inp, w, bias, code)) * 2
+
+    compiled = torch.compile(f, fullgraph=True, dynamic=True)
+    assert torch.equal(compiled(x), f(x))
+    x5 = torch.randn(5, 80).bfloat16()
+    assert torch.equal(compiled(x5), f(x5))
+
+
 def test_dispatcher_runs_the_cpu_path_through_sparse_linear(monkeypatch):
     monkeypatch.setenv("VLLM_SPARSE_PATH", CPU_SPARSE)  # whatever the committed table says
     w = _pruned((40, 128), 0.7, torch.bfloat16, _gen(8))

@@ -125,8 +125,9 @@ def test_the_compiled_engine_hands_its_warm_up_heap_back(served):
 
 
 def test_lm_head_takes_the_dense_gemv_where_the_cpu_has_it(served):
-    """The tied 49152 x 576 head: our GEMV where the table says it wins here (AVX-512
-    BF16), in every engine; else vLLM's."""
+    """The tied 49152 x 576 head: our GEMV where the table says it wins on this host
+    class (AVX-512 BF16 and AVX2-only CPUs are measured), in both bf16 engines; else
+    vLLM's."""
     import torch
 
     from vllm_sparse.plugin.lm_head import gemv_max_m

@@ -235,7 +235,7 @@ def test_metrics_endpoint_carries_sparse_figures(server):
     assert dense > 0 and 0 < stored <= dense
     if prometheus_value(text, "vllm_sparse_kernel_layers", kernel="dense") < 120:  # some layers on cpu_sparse
         assert stored < 0.8 * dense
-    # The tied 49152 x 576 head: on our GEMV where this CPU has it (the committed table: up to 8 rows),
+    # The tied 49152 x 576 head: on our GEMV where this host class has records (the committed table),
     # as the plugin's own rule decides for that weight (torch.empty touches no memory).
     from vllm_sparse.plugin.lm_head import gemv_max_m
 
