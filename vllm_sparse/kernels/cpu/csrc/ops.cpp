@@ -687,7 +687,7 @@ at::Tensor nm24_linear(const at::Tensor& x_in, const at::Tensor& blocks, int64_t
     return y;
 }
 
-// ---- dense bf16 GEMV (gemv_dense_bf16.cpp) ---------------------------------------
+// ---- dense bf16 GEMV (gemv_dense_bf16.cpp, gemv_dense_avx2.cpp) -------------------
 
 // The AVX-512 BF16 path has its own kernel; AVX2 and AVX-512 without BF16 run the
 // AVX2 one.
