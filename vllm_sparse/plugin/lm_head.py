@@ -50,12 +50,14 @@ class CpuHeadMethod(UnquantizedEmbeddingMethod):
     """vLLM's unquantized LM head method, with our GEMV for decode-sized inputs."""
 
     max_m = 0  # rows up to which our GEMV runs, set once the weight is loaded
+    isa_code = None  # the ISA path it runs on, looked up once (not per decode step)
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         weight = layer.weight
         self.max_m = gemv_max_m(weight)
         record_head_gemv(self.max_m)
         if self.max_m:
+            self.isa_code = isa.default()
             # A tied head shares this parameter with the token embedding: both then
             # read the one copy on huge pages; the old storage is freed.
             weight.data = on_huge_pages(weight.data)
@@ -64,7 +66,7 @@ class CpuHeadMethod(UnquantizedEmbeddingMethod):
 
     def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         if x.dim() == 2 and x.shape[0] <= self.max_m and x.dtype == torch.bfloat16:
-            return cpu_kernels.dense_linear(x, layer.weight, bias)
+            return cpu_kernels.dense_linear(x, layer.weight, bias, self.isa_code)
         return super().apply(layer, x, bias)
 
 

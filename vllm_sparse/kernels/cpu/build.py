@@ -35,7 +35,7 @@ SOURCES = ("ops.cpp", "gemm_scalar.cpp", "gemm_avx2.cpp", "gemm_avx512.cpp", "ge
            "gemm_nm24_avx2.cpp", "gemm_nm24_lanes_bf16.cpp", "gemm_tile_bf16.cpp", "gemm_rowtile_bf16.cpp",
            "gemm_amx_bf16.cpp", "gemv_dense_bf16.cpp", "gemv_dense_avx2.cpp", "skip_mlp.cpp", "silu_mul.cpp", "neuron_mlp.cpp")
 HEADERS = ("spmm.h", "store.h", "prefetch.h", "decode_walk.h", "nm24_records.h", "neuron_mlp.h", "silu_mul.h", "bf16.h",
-           "transpose16.h", "expand16.h")
+           "transpose16.h", "expand16.h", "hsum256.h")
 # -mtune=native schedules for this CPU without using any instruction it lacks (each
 # ISA file still names its own with a target pragma): on an AMD EPYC (znver3 tuning)
 # it made the unstructured decode kernel ~1.4x faster than GCC's generic tuning.

@@ -75,12 +75,7 @@ inline __m256 expand_byte_widened_bf16(const Tables& t, uint32_t b, const void* 
     return _mm256_castsi256_ps(_mm256_shuffle_epi8(raw, _mm256_load_si256((const __m256i*)t.widen_bf16[b])));
 }
 
-inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
+#include "hsum256.h"
 
 template <int DT, int MB, int R>
 void block(const Tables& t, const VsWeight* w, const VsGemm* g, int64_t r0, int64_t m0, RegionPrefetch* ahead) {

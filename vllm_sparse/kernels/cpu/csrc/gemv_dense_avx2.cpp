@@ -15,15 +15,7 @@
 
 namespace {
 
-inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-// Position of column j (0..15) of a 16-column group in the split activations.
-inline int64_t split_index(int64_t j) { return (j & 1) ? 8 + j / 2 : j / 2; }
+#include "hsum256.h"
 
 // Each thread reads its rows one after another, so its share of the weight is one
 // sequential stream, asked for 1 KiB ahead into L1. Measured on a 2-core EPYC (AVX2
@@ -82,7 +74,7 @@ void rows(const uint16_t* w, int64_t k, int64_t kx, const VsGemm* g, int64_t beg
             for (int a = 1; a < A; a++) total = _mm256_add_ps(total, acc[i][a]);
             float sum = hsum(total);
             for (int64_t cc = whole; cc < k; cc++)  // the last, partial group
-                sum += vs_bf16_to_f32(row[cc]) * x[i * kx + whole + split_index(cc - whole)];
+                sum += vs_bf16_to_f32(row[cc]) * x[i * kx + whole + vs_even_odd_slot(cc - whole)];
             vs_store_out(g, m0 + i, r, sum);
         }
     }

@@ -701,10 +701,8 @@ at::Tensor split_even_odd(const at::Tensor& x) {
     const uint16_t* src = reinterpret_cast<const uint16_t*>(x.data_ptr());
     float* dst = out.data_ptr<float>();
     for (int64_t i = 0; i < m; i++)
-        for (int64_t c = 0; c < k; c++) {
-            const int64_t j = c % 16;
-            dst[i * kx + c - j + ((j & 1) ? 8 + j / 2 : j / 2)] = vs_bf16_to_f32(src[i * k + c]);
-        }
+        for (int64_t c = 0; c < k; c++)
+            dst[i * kx + c / 16 * 16 + vs_even_odd_slot(c % 16)] = vs_bf16_to_f32(src[i * k + c]);
     return out;
 }
 

@@ -65,6 +65,10 @@ static inline uint16_t vs_f32_to_f16(float f) {
     return (uint16_t)(sign | ((r - 0x38000000u) >> 13));
 }
 
+// Where column j (0..15) of a 16-column group sits in activations split into its 8
+// even then its 8 odd columns (the AVX2 dense GEMV's layout).
+static inline int64_t vs_even_odd_slot(int64_t j) { return (j & 1) ? 8 + j / 2 : j / 2; }
+
 static inline float vs_load_value(const void* values, int dtype, int64_t i) {
     if (dtype == VS_F32) return ((const float*)values)[i];
     uint16_t h = ((const uint16_t*)values)[i];
