@@ -31,8 +31,8 @@ inline void expand_word(uint32_t mask, const typename Values<DT>::type* v, __m51
     if (DT == VS_F32) {
         const float* f = (const float*)v;
         uint32_t low = mask & 0xffffu;
-        // Plain loads and the register form, as vs_expand16 (expand16.h); the padding
-        // covers the 64 bytes read.
+        // Plain loads, as in vs_expand16 (expand16.h), which the compiler may fold into
+        // the expand; the padding covers the 64 bytes read.
         lo = _mm512_maskz_expand_ps((__mmask16)low, _mm512_loadu_ps(f));
         hi = _mm512_maskz_expand_ps((__mmask16)(mask >> 16), _mm512_loadu_ps(f + _mm_popcnt_u32(low)));
         return;
