@@ -31,6 +31,7 @@
 
 #include "spmm.h"
 #include "prefetch.h"  // RegionPrefetch, as the library's kernels use it
+#include "hsum256.h"   // the library's horizontal sum
 
 alignas(64) static uint8_t widen_bf16[256][32];
 static void init_tables() {
@@ -40,10 +41,6 @@ static void init_tables() {
     else widen_bf16[b][4*j+2] = widen_bf16[b][4*j+3] = 0x80; } }
 }
 static void* halloc(size_t n){ n=(n+(2<<20)-1)/(2<<20)*(2<<20); void* p=aligned_alloc(2<<20,n); madvise(p,n,MADV_HUGEPAGE); memset(p,0,n); return p; }
-static inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s)); s = _mm_add_ss(s, _mm_movehdup_ps(s)); return _mm_cvtss_f32(s);
-}
 // One 32-column bitmap word of a row: each byte's packed values placed in its 8
 // columns' fp32 lanes by one shuffle (as the library's one-row loop does), times the
 // activations xq[byte], added into a; p moves past the word's values.
