@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -733,6 +734,12 @@ def test_forced_isa_and_cpu_description(monkeypatch):
         isa.default()
     described = isa.cpu_description()
     assert described["cpu"] and isinstance(described["flags"], list)
+    # Two VMs can share a model name: the record names the family and model as well.
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    family = re.search(r"^cpu family\s*:\s*(\S+)", cpuinfo, re.M)
+    model = re.search(r"^model\s*:\s*(\S+)", cpuinfo, re.M)
+    if family and model:
+        assert f"family {family.group(1)} model {model.group(1)}" in described["cpu"]
 
 
 def test_stream_read_reads_every_word():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+from pathlib import Path
 
 import torch
 
@@ -66,21 +67,43 @@ def host_class(code: int | None = None) -> str:
 
 
 def cpu_description() -> dict:
-    """CPU model and the SIMD flags that matter here, for benchmark records."""
-    model, flags = platform.processor() or "unknown", set()
+    """CPU model and the SIMD flags that matter here, for benchmark records. Virtual
+    machines of two CPU generations can share a model name ("Intel(R) Xeon(R)
+    Processor"), so the name carries the family, model and cache sizes as well."""
+    model, flags, ids = platform.processor() or "unknown", set(), {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name") and model in ("unknown", "", platform.processor()):
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
+                key, _, value = line.partition(":")
+                key, value = key.strip(), value.strip()
+                if key == "model name" and model in ("unknown", "", platform.processor()):
+                    model = value
+                elif key in ("cpu family", "model"):
+                    ids.setdefault(key, value)
+                elif key == "flags":
+                    flags = set(value.split())
                     break
     except OSError:
         pass
+    details = [f"family {ids['cpu family']} model {ids['model']}"] if len(ids) == 2 else []
+    details += [f"{level} {size}" for level, size in _cache_sizes()]
+    if details:
+        model = f"{model} ({', '.join(details)})"
     wanted = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vbmi2", "avx512_bf16",
               "avx512_vpopcntdq", "amx_bf16")
     return {"cpu": model, "cores": os.cpu_count(), "flags": [f for f in wanted if f in flags]}
+
+
+def _cache_sizes() -> list[tuple[str, str]]:
+    """("L2", "2048K"), ("L3", "491520K"): each unified cache level of CPU 0, as sysfs reports it."""
+    levels = []
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            if (index / "type").read_text().strip() == "Unified":
+                levels.append((f"L{(index / 'level').read_text().strip()}", (index / "size").read_text().strip()))
+        except OSError:
+            continue
+    return levels
 
 
 def available() -> bool:
