@@ -344,8 +344,8 @@ inline void record_masks(const uint8_t* record, uint64_t* masks) {
 // for theirs ~2 KiB ahead). Without it the group's four streams waited on memory among
 // the tile instructions even with the group brought into L2 ahead: same-process A/B,
 // 2-core Xeon with AMX (480 MiB L3 reported), 2026-12-08, cold weights, against the
-// region prefetch alone: M = 2 1.34-1.51x -> 1.77-2.13x of oneDNN, M = 8 1.22-1.50x ->
-// 1.76-2.04x, M = 64 1.15-1.59x -> 1.42-2.04x, M = 512 0.78-1.04x -> 0.83-1.13x on
+// region prefetch alone: M = 2 1.34-1.51x -> 1.77-2.13x of oneDNN, M = 8 1.22-1.51x ->
+// 1.76-2.11x, M = 64 1.15-1.90x -> 1.42-2.14x, M = 512 0.78-1.04x -> 0.83-1.13x on
 // five Llama-1B / Llama-3-8B shapes (K = 2048-14336); short rows: ops.cpp.
 const int kFillRecordsAhead = 4;
 

@@ -669,9 +669,9 @@ at::Tensor nm24_linear(const at::Tensor& x_in, const at::Tensor& blocks, int64_t
         // the next group comes into L2 as well only where rows are short, as
         // SmolLM2's: with K = 576 (9 records a row) the lead misses half of each
         // stream. Same-process A/B, 2-core Xeon with AMX, 2026-12-08, cold weights,
-        // both against the records alone: K = 576 M = 2 1.19-1.20x -> 1.24-1.31x of
-        // oneDNN, M = 64 1.07-1.10x -> 1.16-1.23x, M = 512 0.80-0.84x -> 0.77-0.80x;
-        // K = 1536-4096 at M = 2-64 0.70-0.94x of the records alone.
+        // both against the records alone: K = 576 M = 2 1.19-1.24x -> 1.24-1.33x of
+        // oneDNN, M = 64 1.07-1.11x -> 1.16-1.23x, M = 512 0.80-0.84x -> 0.77-0.92x;
+        // K = 1536-8192 at M = 2-64 0.70-0.94x of the records alone.
         const int amx_regions_max_k = 1024;
         auto amx_group = [&](int64_t r0, int64_t rows, const uint16_t* b, int64_t m, const VsGemm* g, void* work,
                              const VsRegion* next, int regions, const VsAmxPart* part, const VsAmxChain* chain) {
