@@ -75,12 +75,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 def _last_level_cache_bytes() -> int:
     """The largest CPU cache sysfs reports (0 where it reports none)."""
-    sizes = []
-    for path in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
-        text = path.read_text().strip()
-        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
-        sizes.append(int(text.rstrip("KMG")) * scale)
-    return max(sizes, default=0)
+    return max((size for _, size in isa.unified_caches()), default=0)
 
 
 # The weight copies each side cycles through: twice the last-level cache, at least

@@ -86,7 +86,7 @@ def cpu_description() -> dict:
     except OSError:
         pass
     details = [f"family {ids['cpu family']} model {ids['model']}"] if len(ids) == 2 else []
-    details += [f"{level} {size}" for level, size in _cache_sizes()]
+    details += [f"L{level} {size >> 10}K" for level, size in unified_caches()]
     if details:
         model = f"{model} ({', '.join(details)})"
     wanted = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vbmi2", "avx512_bf16",
@@ -94,16 +94,20 @@ def cpu_description() -> dict:
     return {"cpu": model, "cores": os.cpu_count(), "flags": [f for f in wanted if f in flags]}
 
 
-def _cache_sizes() -> list[tuple[str, str]]:
-    """("L2", "2048K"), ("L3", "491520K"): each unified cache level of CPU 0, as sysfs reports it."""
-    levels = []
+def unified_caches() -> list[tuple[int, int]]:
+    """(level, bytes) of each unified cache of CPU 0 as sysfs reports it, e.g. [(2, 2 MiB),
+    (3, 480 MiB)]; empty where sysfs says nothing."""
+    caches = []
     for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
         try:
-            if (index / "type").read_text().strip() == "Unified":
-                levels.append((f"L{(index / 'level').read_text().strip()}", (index / "size").read_text().strip()))
-        except OSError:
+            if (index / "type").read_text().strip() != "Unified":
+                continue
+            text = (index / "size").read_text().strip()
+            scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+            caches.append((int((index / "level").read_text()), int(text.rstrip("KMG")) * scale))
+        except (OSError, ValueError):
             continue
-    return levels
+    return caches
 
 
 def available() -> bool:

@@ -346,8 +346,15 @@ inline void record_masks(const uint8_t* record, uint64_t* masks) {
 // 2-core Xeon with AMX (480 MiB L3 reported), 2026-12-08, cold weights, against the
 // region prefetch alone: M = 2 1.34-1.51x -> 1.77-2.13x of oneDNN, M = 8 1.22-1.51x ->
 // 1.76-2.11x, M = 64 1.15-1.90x -> 1.42-2.14x, M = 512 0.78-1.04x -> 0.83-1.13x on
-// five Llama-1B / Llama-3-8B shapes (K = 2048-14336); short rows: ops.cpp.
+// five Llama-1B / Llama-3-8B shapes (K = 2048-14336).
 const int kFillRecordsAhead = 4;
+// Where a row of a block is at most this many records (K <= 1024, as SmolLM2's 576:
+// nine records), the lead misses a quarter or more of each stream, and the next group
+// still comes into L2 as the bitmap layout's does. Same-process A/B, same host, both
+// against the records alone: K = 576 M = 2 1.19-1.24x -> 1.24-1.33x of oneDNN, M = 64
+// 1.07-1.11x -> 1.16-1.23x, M = 512 0.80-0.84x -> 0.77-0.92x; K = 1536-8192 at
+// M = 2-64 0.70-0.94x of the records alone.
+const int64_t kRegionMaxRecords = 4 * kFillRecordsAhead;
 
 struct NM24Rows : FillCursor {
     const VsNM24Weight* w;
@@ -590,5 +597,6 @@ extern "C" void vs_amx_bitmap_group(const VsWeight* w, int64_t row0, int64_t row
 extern "C" void vs_amx_nm24_group(const VsNM24Weight* w, int64_t row0, int64_t rows, const uint16_t* b, int64_t m,
                                   const VsGemm* g, void* work, const VsRegion* next, int regions,
                                   const VsAmxPart* part, const VsAmxChain* chain) {
-    multiply_chained<NM24Rows>(w, row0, rows, b, m, w->k, g, work, next, regions, part, chain);
+    const bool short_rows = (w->k + 63) / 64 <= kRegionMaxRecords;  // records in a row of a block
+    multiply_chained<NM24Rows>(w, row0, rows, b, m, w->k, g, work, next, short_rows ? regions : 0, part, chain);
 }

@@ -665,18 +665,9 @@ at::Tensor nm24_linear(const at::Tensor& x_in, const at::Tensor& blocks, int64_t
         };
         auto fill_panel = [&](int64_t r0, int64_t rows, uint32_t* panel) { vs_panel_from_nm24(&w, r0, rows, panel); };
         auto fill_rows = [&](int64_t r0, int64_t rows, uint32_t* tile) { vs_rowtile_from_nm24(&w, r0, rows, tile); };
-        // The AMX fill asks for each block's records a few ahead (gemm_amx_bf16.cpp);
-        // the next group comes into L2 as well only where rows are short, as
-        // SmolLM2's: with K = 576 (9 records a row) the lead misses half of each
-        // stream. Same-process A/B, 2-core Xeon with AMX, 2026-12-08, cold weights,
-        // both against the records alone: K = 576 M = 2 1.19-1.24x -> 1.24-1.33x of
-        // oneDNN, M = 64 1.07-1.11x -> 1.16-1.23x, M = 512 0.80-0.84x -> 0.77-0.92x;
-        // K = 1536-8192 at M = 2-64 0.70-0.94x of the records alone.
-        const int amx_regions_max_k = 1024;
         auto amx_group = [&](int64_t r0, int64_t rows, const uint16_t* b, int64_t m, const VsGemm* g, void* work,
                              const VsRegion* next, int regions, const VsAmxPart* part, const VsAmxChain* chain) {
-            vs_amx_nm24_group(&w, r0, rows, b, m, g, work, next, w.k <= amx_regions_max_k ? regions : 0, part,
-                              chain);
+            vs_amx_nm24_group(&w, r0, rows, b, m, g, work, next, regions, part, chain);
         };
         return tiled_linear(x, w.n, w.k, x.options(), isa, unpack_rows, fill_panel, fill_rows, amx_group, regions_of,
                             nullptr, bias);
